@@ -1,0 +1,69 @@
+"""Installation of tocpl_ros: works both with `colcon build` (ament_python) and
+with a plain `pip install [-e] .` into a virtualenv (see Makefile target `venv`).
+
+Heavy/binary dependencies (torch, pin, crocoddyl, ros-* wheels) stay in
+requirements.txt: colcon users get rclpy & co. from their ROS install / rosdep.
+"""
+from glob import glob
+import os
+from pathlib import Path
+
+from setuptools import find_packages, setup
+
+PACKAGE_NAME = "tocpl_ros"
+HERE = Path(__file__).resolve().parent
+
+
+def _rel_glob(pattern: str) -> list[str]:
+    """Files matching `pattern` (relative to this file), as relative paths."""
+    return sorted(
+        p for p in glob(pattern, root_dir=HERE, recursive=True) if (HERE / p).is_file()
+    )
+
+
+def _tree(src_dir: str, pattern: str) -> list[tuple[str, list[str]]]:
+    """data_files entries installing src_dir/**/pattern under share/<pkg>/src_dir,
+    preserving sub-folders (config/tasks/x.yaml -> share/tocpl_ros/config/tasks/)."""
+    groups: dict[str, list[str]] = {}
+    for f in _rel_glob(f"{src_dir}/**/{pattern}"):
+        groups.setdefault(os.path.dirname(f), []).append(f)
+    return [(f"share/{PACKAGE_NAME}/{d}", files) for d, files in sorted(groups.items())]
+
+
+data_files = [
+    ("share/ament_index/resource_index/packages", [f"resource/{PACKAGE_NAME}"]),
+    (f"share/{PACKAGE_NAME}", ["package.xml"]),
+]
+launch_files = _rel_glob("launch/*.launch.py")
+if launch_files:
+    data_files.append((f"share/{PACKAGE_NAME}/launch", launch_files))
+data_files += _tree("config", "*.yaml")
+urdf_files = _rel_glob("urdf/*")
+if urdf_files:
+    data_files.append((f"share/{PACKAGE_NAME}/urdf", urdf_files))
+
+setup(
+    name=PACKAGE_NAME,
+    version="0.1.0",
+    description="Neural-network control policies learned from Crocoddyl trajectory "
+    "optimization, run through ROS 2",
+    license="BSD-3-Clause",
+    maintainer="tocpl_ros maintainers",
+    maintainer_email="maintainers@tocpl-ros.dev",
+    python_requires=">=3.10",
+    packages=find_packages(where=str(HERE), include=[PACKAGE_NAME, f"{PACKAGE_NAME}.*"])
+    + ["tocpl_training"]
+    + [f"tocpl_training.{p}" for p in find_packages(where=str(HERE / "training"))],
+    package_dir={"tocpl_training": "training"},
+    data_files=data_files,
+    install_requires=["numpy", "pyyaml"],
+    extras_require={"test": ["pytest"]},
+    zip_safe=False,
+    entry_points={
+        "console_scripts": [
+            "tocpl-solve = tocpl_ros.solve_cli:main",
+            "tocpl-export = tocpl_training.export:main",
+            "tocpl-train = tocpl_training.cli:main",
+        ],
+    },
+)

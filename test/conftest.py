@@ -1,0 +1,23 @@
+"""Session-wide test settings: ROS 2 / DDS traffic stays on loopback.
+
+Set at import time (before any test module can import rclpy and call rclpy.init) and
+re-checked by a session-wide autouse fixture. Tests force LOCALHOST even if the caller's
+environment opened discovery up; the domain id is kept from the environment (the
+Makefile exports one per run) or derived per run.
+"""
+import os
+
+import pytest
+
+from tocpl_ros.ros_env import DISCOVERY_RANGE_VAR, LOOPBACK_RANGE, apply_loopback_defaults
+
+os.environ[DISCOVERY_RANGE_VAR] = LOOPBACK_RANGE
+_ROS_TEST_ENV = apply_loopback_defaults()
+
+
+@pytest.fixture(scope="session", autouse=True)
+def ros_loopback_env():
+    """The ROS variables every test runs with ({name: value})."""
+    os.environ[DISCOVERY_RANGE_VAR] = LOOPBACK_RANGE
+    os.environ.update(_ROS_TEST_ENV)
+    return dict(_ROS_TEST_ENV)

@@ -1,0 +1,212 @@
+"""ROS 2 on loopback: the env helper, and two rclpy processes that talk over it."""
+import os
+import subprocess
+import sys
+import time
+import uuid
+
+import pytest
+
+from tocpl_ros.ros_env import (
+    DISCOVERY_RANGE_VAR,
+    DOMAIN_ID_VAR,
+    apply_loopback_defaults,
+    derive_domain_id,
+    loopback_ros_env,
+)
+
+# ---------------------------------------------------------------------------- unit tests
+
+
+def test_default_is_localhost_and_domain_in_range():
+    env = loopback_ros_env(base={"PATH": "/usr/bin"})
+    assert env[DISCOVERY_RANGE_VAR] == "LOCALHOST"
+    assert 1 <= int(env[DOMAIN_ID_VAR]) <= 100
+    assert env["PATH"] == "/usr/bin"
+
+
+def test_empty_discovery_range_counts_as_unset():
+    env = loopback_ros_env(base={DISCOVERY_RANGE_VAR: ""})
+    assert env[DISCOVERY_RANGE_VAR] == "LOCALHOST"
+
+
+def test_explicit_caller_setting_is_kept():
+    env = loopback_ros_env(base={DISCOVERY_RANGE_VAR: "SUBNET", DOMAIN_ID_VAR: "42"})
+    assert env[DISCOVERY_RANGE_VAR] == "SUBNET"
+    assert env[DOMAIN_ID_VAR] == "42"
+
+
+def test_given_domain_id_wins_and_is_checked():
+    assert loopback_ros_env(base={DOMAIN_ID_VAR: "42"}, domain_id=7)[DOMAIN_ID_VAR] == "7"
+    with pytest.raises(ValueError):
+        loopback_ros_env(base={}, domain_id=-1)
+    with pytest.raises(ValueError):
+        loopback_ros_env(base={}, domain_id=1000)
+    with pytest.raises(ValueError):
+        loopback_ros_env(base={DOMAIN_ID_VAR: "abc"})
+
+
+def test_base_is_not_modified_and_default_base_is_os_environ(monkeypatch):
+    base = {"X": "1"}
+    loopback_ros_env(base=base)
+    assert base == {"X": "1"}
+    monkeypatch.setenv("TOCPL_TEST_MARKER", "yes")
+    assert loopback_ros_env()["TOCPL_TEST_MARKER"] == "yes"
+
+
+def test_derived_domain_id_range_avoids_zero():
+    ids = {derive_domain_id(seed) for seed in range(1000)}
+    assert ids == set(range(1, 101))
+    assert 1 <= derive_domain_id() <= 100
+
+
+def test_apply_loopback_defaults(monkeypatch):
+    monkeypatch.delenv(DISCOVERY_RANGE_VAR, raising=False)
+    monkeypatch.delenv(DOMAIN_ID_VAR, raising=False)
+    values = apply_loopback_defaults()
+    assert os.environ[DISCOVERY_RANGE_VAR] == "LOCALHOST" == values[DISCOVERY_RANGE_VAR]
+    assert 1 <= int(os.environ[DOMAIN_ID_VAR]) <= 100
+    monkeypatch.setenv(DISCOVERY_RANGE_VAR, "SUBNET")
+    assert apply_loopback_defaults(domain_id=5) == {
+        DISCOVERY_RANGE_VAR: "SUBNET",
+        DOMAIN_ID_VAR: "5",
+    }
+    assert os.environ[DOMAIN_ID_VAR] == "5"
+
+
+def test_ros_env_module_is_ros_free():
+    code = (
+        "import sys, tocpl_ros.ros_env; "
+        "bad = [m for m in sys.modules if m.split('.')[0] in ('rclpy', 'rcl', 'rmw')]; "
+        "sys.exit(1 if bad else 0)"
+    )
+    assert subprocess.run([sys.executable, "-c", code], timeout=60).returncode == 0
+
+
+def test_session_runs_on_loopback(ros_loopback_env):
+    assert os.environ[DISCOVERY_RANGE_VAR] == "LOCALHOST"
+    assert os.environ[DOMAIN_ID_VAR] == ros_loopback_env[DOMAIN_ID_VAR]
+
+
+# ------------------------------------------------------------- two processes talking
+
+PUBLISHER = r"""
+import sys, time
+import rclpy
+from rclpy.executors import ExternalShutdownException
+from std_msgs.msg import String
+
+topic, token, lifetime = sys.argv[1], sys.argv[2], float(sys.argv[3])
+rclpy.init()
+node = rclpy.create_node("tocpl_test_talker")
+pub = node.create_publisher(String, topic, 10)
+count = 0
+
+def tick():
+    global count
+    count += 1
+    pub.publish(String(data=f"{token} {count}"))
+
+node.create_timer(0.05, tick)
+deadline = time.monotonic() + lifetime  # never outlive a crashed test
+try:
+    while rclpy.ok() and time.monotonic() < deadline:
+        rclpy.spin_once(node, timeout_sec=0.1)
+except (KeyboardInterrupt, ExternalShutdownException):
+    pass
+finally:
+    node.destroy_node()
+    rclpy.try_shutdown()
+"""
+
+SUBSCRIBER = r"""
+import sys, time
+import rclpy
+from std_msgs.msg import String
+
+topic, token, wanted, timeout = sys.argv[1], sys.argv[2], int(sys.argv[3]), float(sys.argv[4])
+rclpy.init()
+node = rclpy.create_node("tocpl_test_listener")
+got = []
+
+def on_msg(msg):
+    if msg.data.startswith(token + " "):
+        got.append(msg.data)
+        print("RECV", msg.data, flush=True)
+
+node.create_subscription(String, topic, on_msg, 10)
+print("READY", flush=True)
+deadline = time.monotonic() + timeout
+while rclpy.ok() and len(got) < wanted and time.monotonic() < deadline:
+    rclpy.spin_once(node, timeout_sec=0.1)
+print("COUNT", len(got), flush=True)
+node.destroy_node()
+rclpy.try_shutdown()
+sys.exit(0 if len(got) >= wanted else 3)
+"""
+
+
+def _stop(proc: subprocess.Popen) -> None:
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=10)
+
+
+@pytest.mark.ros
+def test_two_processes_talk_over_loopback(ros_loopback_env):
+    session_id = int(ros_loopback_env[DOMAIN_ID_VAR])
+    domain = derive_domain_id(session_id + 37)  # not the session's domain: no cross-talk
+    other_domain = domain % 100 + 1  # negative control: nothing must arrive there
+    assert other_domain != domain
+    token = uuid.uuid4().hex
+    topic = f"/tocpl_test_loopback_{token[:8]}"
+    wanted, receive_timeout = 5, 20.0
+
+    # A caller environment that had opened discovery up must not leak into the test.
+    base = {k: v for k, v in os.environ.items() if k != DISCOVERY_RANGE_VAR}
+    env = loopback_ros_env(base, domain_id=domain)
+    env_other = loopback_ros_env(base, domain_id=other_domain)
+    assert env[DISCOVERY_RANGE_VAR] == env_other[DISCOVERY_RANGE_VAR] == "LOCALHOST"
+
+    procs: list[subprocess.Popen] = []
+
+    def start(script, args, proc_env):
+        proc = subprocess.Popen(
+            [sys.executable, "-c", script, *map(str, args)],
+            env=proc_env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        procs.append(proc)
+        return proc
+
+    try:
+        start(PUBLISHER, [topic, token, 120.0], env)
+        listener = start(SUBSCRIBER, [topic, token, wanted, receive_timeout], env)
+        stranger = start(SUBSCRIBER, [topic, token, 1, 8.0], env_other)
+        t0 = time.monotonic()
+        out, err = listener.communicate(timeout=receive_timeout + 40)
+        elapsed = time.monotonic() - t0
+        s_out, s_err = stranger.communicate(timeout=60)
+    finally:
+        for proc in procs:
+            _stop(proc)
+        for proc in procs:
+            for stream in (proc.stdout, proc.stderr):
+                if stream is not None:
+                    stream.close()
+
+    received = [line for line in out.splitlines() if line.startswith(f"RECV {token} ")]
+    assert listener.returncode == 0, f"listener got {len(received)} msgs\n{out}\n{err}"
+    assert len(received) >= wanted
+    assert elapsed < receive_timeout + 40
+    # Same topic, other domain: the stranger ran (READY) and received nothing.
+    assert "READY" in s_out, s_err
+    assert stranger.returncode == 3, f"{s_out}\n{s_err}"
+    assert "COUNT 0" in s_out
+    assert all(p.poll() is not None for p in procs)

@@ -1,0 +1,95 @@
+"""Solving a task's OCPs with Crocoddyl's SolverBoxFDDP.
+
+Problem construction lives in the tasks; this module only runs the solver and
+returns what the learners need: the trajectory, Crocoddyl's feedback gains and
+the effort spent (iterations, dynamics evaluations).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import crocoddyl
+import numpy as np
+
+from .tasks.base import DynamicsCounter
+from .tasks.config import SolverConfig
+
+
+@dataclass
+class OCSolution:
+    """A locally optimal trajectory and its local controller."""
+
+    xs: np.ndarray
+    """States x_0..x_T, [T+1, nx]."""
+    us: np.ndarray
+    """Controls u_0..u_{T-1}, [T, nu]."""
+    K: np.ndarray
+    """Feedback gains, [T, nu, nx], in Crocoddyl's convention u = ū − K (x − x̄):
+    the local controller's Jacobian ∂u/∂x is −K."""
+    cost: float
+    """Total cost of the solution."""
+    iterations: int
+    """Solver iterations."""
+    converged: bool
+    """The solver met its stopping criterion (not just the iteration cap)."""
+    feasible: bool
+    """The dynamics gaps are closed (xs is a rollout of us)."""
+
+
+class _CountingCallback(crocoddyl.CallbackAbstract):
+    """Counts dynamics evaluations: T for the derivatives and T per line-search trial."""
+
+    def __init__(self, counter: DynamicsCounter, horizon: int):
+        crocoddyl.CallbackAbstract.__init__(self)
+        self.counter = counter
+        self.horizon = horizon
+
+    def __call__(self, solver, *args):
+        alphas = list(solver.alphas)
+        step = solver.stepLength
+        trials = next((i + 1 for i, a in enumerate(alphas) if a <= step + 1e-15), len(alphas))
+        self.counter.add(self.horizon * (1 + trials), "oc_solver")
+
+
+def make_solver(shooting: crocoddyl.ShootingProblem, config: SolverConfig) -> crocoddyl.SolverBoxFDDP:
+    """SolverBoxFDDP; with no bounds in the problem it behaves as FDDP (the '-C' ablation)."""
+    solver = crocoddyl.SolverBoxFDDP(shooting)
+    solver.th_stop = config.th_stop
+    return solver
+
+
+def solve(
+    shooting: crocoddyl.ShootingProblem,
+    config: SolverConfig,
+    init_xs: np.ndarray | None = None,
+    init_us: np.ndarray | None = None,
+    counter: DynamicsCounter | None = None,
+    max_iter: int | None = None,
+) -> OCSolution:
+    """Solve one OCP, warm-started from (init_xs, init_us) when given.
+
+    Without an initial guess the solver starts from x0 held constant and
+    quasi-static controls (Crocoddyl's default cold start).
+    """
+    solver = make_solver(shooting, config)
+    horizon = shooting.T
+    if counter is not None:
+        solver.setCallbacks([_CountingCallback(counter, horizon)])
+        counter.add(horizon, "oc_solver")  # the initial rollout/linearisation
+    if init_us is None:
+        xs0 = [shooting.x0] * (horizon + 1)
+        us0 = list(shooting.quasiStatic(xs0[:-1]))
+    else:
+        us0 = [np.asarray(u, dtype=float) for u in init_us]
+        xs0 = [np.asarray(x, dtype=float) for x in init_xs] if init_xs is not None else shooting.rollout(us0)
+    converged = solver.solve(xs0, us0, max_iter if max_iter is not None else config.max_iter, False)
+    return OCSolution(
+        xs=np.array(solver.xs),
+        us=np.array(solver.us),
+        K=np.array(solver.K),
+        cost=float(solver.cost),
+        iterations=int(solver.iter),
+        converged=bool(converged),
+        feasible=bool(solver.isFeasible),
+    )

@@ -1,0 +1,121 @@
+"""Task configuration dataclasses (``config/tasks/<name>.yaml``)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from ..config import FieldError
+
+Weight = float | list[float]
+"""A cost weight: a scalar, or the diagonal of the weight matrix W in ½‖r‖²_W."""
+
+
+@dataclass
+class CostConfig:
+    running: dict[str, Weight] = field(default_factory=dict)
+    """Named running cost terms ℓ_t and their weights (scaled by dt in the OCP)."""
+    terminal: dict[str, Weight] = field(default_factory=dict)
+    """Named terminal cost terms ℓ_T and their weights."""
+
+    def __post_init__(self) -> None:
+        for phase in ("running", "terminal"):
+            for name, weight in getattr(self, phase).items():
+                values = weight if isinstance(weight, list) else [weight]
+                if any(w < 0 for w in values):
+                    raise FieldError(f"{phase}.{name}", f"weight must be >= 0, got {weight}")
+
+
+@dataclass
+class SamplingConfig:
+    """The distribution P over the problem parameters β = (x0, target)."""
+
+    q_nominal: list[float] | None = None
+    """Centre of the sampled initial posture (and of the target posture for reach); None: q = 0."""
+    q0_halfwidth: float = 0.0
+    """q0 = q_nominal + U(-h, h) per joint (robots); x0 = U(-h, h) per state entry (lqr)."""
+    v0_halfwidth: float = 0.0
+    """v0 = U(-h, h) per joint (robots); ignored by lqr."""
+    target_joint_halfwidth: float = 0.0
+    """reach only: target = position of the frame at q_nominal + U(-h, h) per joint."""
+
+    def __post_init__(self) -> None:
+        for name in ("q0_halfwidth", "v0_halfwidth", "target_joint_halfwidth"):
+            if getattr(self, name) < 0:
+                raise FieldError(name, f"must be >= 0, got {getattr(self, name)}")
+
+
+@dataclass
+class LQRConfig:
+    """Linear dynamics x' = A x + B u of the lqr task."""
+
+    n_dof: int = 2
+    """Default system: n_dof double integrators (nx = 2 n_dof, nu = n_dof), discretised like
+    Crocoddyl's semi-implicit Euler (v' = v + dt u, q' = q + dt v'). Ignored when A and B are given."""
+    A: list[list[float]] | None = None
+    """Explicit state matrix (nx × nx); overrides n_dof."""
+    B: list[list[float]] | None = None
+    """Explicit input matrix (nx × nu); overrides n_dof."""
+    u_limit: float = 1.0
+    """Box on the control: |u_i| <= u_limit."""
+
+    def __post_init__(self) -> None:
+        if self.n_dof < 1:
+            raise FieldError("n_dof", f"must be >= 1, got {self.n_dof}")
+        if self.u_limit <= 0:
+            raise FieldError("u_limit", f"must be > 0, got {self.u_limit}")
+        if (self.A is None) != (self.B is None):
+            raise FieldError("A", "give both A and B, or neither")
+
+
+@dataclass
+class SolverConfig:
+    """Crocoddyl SolverBoxFDDP settings for the task's OCPs."""
+
+    max_iter: int = 200
+    """Iteration cap of one solve."""
+    th_stop: float = 1e-9
+    """Stopping threshold on the expected improvement (Crocoddyl's th_stop)."""
+
+    def __post_init__(self) -> None:
+        if self.max_iter < 1:
+            raise FieldError("max_iter", f"must be >= 1, got {self.max_iter}")
+        if self.th_stop <= 0:
+            raise FieldError("th_stop", f"must be > 0, got {self.th_stop}")
+
+
+@dataclass
+class TaskConfig:
+    kind: str
+    """Task family: 'lqr', 'upright' (pendulums stabilised at q = 0) or 'reach' (end effector to a target)."""
+    dt: float
+    """Integration step of the OCP and of every rollout (s)."""
+    horizon: int
+    """Number of control steps T of one problem."""
+    costs: CostConfig
+    """Named cost terms ℓ = Σ ½‖r_i‖²_{W_i}; the names a kind accepts are listed in its task class."""
+    sampling: SamplingConfig = field(default_factory=SamplingConfig)
+    """Distribution P of the problem parameters."""
+    constrained: bool = True
+    """Keep the control box in the OCP (False drops it: the paper's '-C' ablation)."""
+    urdf: str | None = None
+    """Robot model: a file name in urdf/ (or a path); robots only."""
+    frame: str | None = None
+    """Frame whose position p(x) enters the 'position' cost and the final error; robots only."""
+    u_limit: list[float] | None = None
+    """Per-joint torque bound overriding the URDF effort limits (N·m); robots only."""
+    lqr: LQRConfig = field(default_factory=LQRConfig)
+    """Dynamics of the lqr task."""
+    solver: SolverConfig = field(default_factory=SolverConfig)
+    """Trajectory-optimisation solver settings."""
+
+    def __post_init__(self) -> None:
+        if self.kind not in ("lqr", "upright", "reach"):
+            raise FieldError("kind", f"unknown task kind '{self.kind}' (known: lqr, upright, reach)")
+        if self.dt <= 0:
+            raise FieldError("dt", f"must be > 0, got {self.dt}")
+        if self.horizon < 1:
+            raise FieldError("horizon", f"must be >= 1, got {self.horizon}")
+        if self.kind != "lqr" and (self.urdf is None or self.frame is None):
+            raise FieldError("urdf", f"a '{self.kind}' task needs both a urdf and a frame")
+        if self.u_limit is not None and any(u <= 0 for u in self.u_limit):
+            raise FieldError("u_limit", f"every bound must be > 0, got {self.u_limit}")

@@ -1,0 +1,1 @@
+"""Offline trainer of tocpl_ros (installed as tocpl_training)"""

@@ -1,0 +1,182 @@
+"""The trainer interface every algorithm implements: OC phase, supervised phase, dual update."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+from tocpl_ros.ocp import OCSolution
+from tocpl_ros.tasks import DynamicsCounter, Problems, Task
+from tocpl_ros.tasks.config import SolverConfig
+
+from ..config import TrainConfig
+from ..oc_phase import OCJob, OCPhaseRunner, OCRequest
+from ..policy import MLPPolicy
+from ..supervised import SupervisedData, fit
+
+
+@dataclass
+class OCBatch:
+    """What one OC phase produced."""
+
+    problems: Problems
+    xs: np.ndarray
+    """[N, T+1, nx] OC states."""
+    us: np.ndarray
+    """[N, T, nu] OC controls."""
+    K: np.ndarray
+    """[N, T, nu, nx] Crocoddyl feedback gains (∂u/∂x = −K)."""
+    iterations: np.ndarray
+    """[N] solver iterations."""
+    fallbacks: int = 0
+    """Problems whose policy rollout diverged and were warm-started otherwise."""
+
+    @staticmethod
+    def from_solutions(problems: Problems, sols: list[OCSolution], fallbacks: int) -> OCBatch:
+        return OCBatch(
+            problems,
+            np.stack([s.xs for s in sols]),
+            np.stack([s.us for s in sols]),
+            np.stack([s.K for s in sols]),
+            np.array([s.iterations for s in sols]),
+            fallbacks,
+        )
+
+
+class Algorithm(ABC):
+    """Alternates an OC phase, a supervised phase and (ADMM family) a dual update."""
+
+    def __init__(self, task: Task, policy: MLPPolicy, config: TrainConfig, runner: OCPhaseRunner, counter: DynamicsCounter):
+        self.task = task
+        self.policy = policy
+        self.config = config
+        self.runner = runner
+        self.counter = counter
+        self.optimizer = torch.optim.Adam(policy.parameters(), lr=config.learning_rate)
+        self.generator = torch.Generator().manual_seed(config.seed)
+        self.solver = SolverConfig(max_iter=config.oc_max_iter, th_stop=config.oc_th_stop)
+        self.iteration = 0
+        self.history: list[SupervisedData] = []
+        self.previous: OCBatch | None = None
+
+    # -- the three phases -------------------------------------------------
+    @abstractmethod
+    def oc_phase(self) -> OCBatch:
+        """Solve the iteration's N OCPs."""
+
+    @abstractmethod
+    def supervision(self, batch: OCBatch) -> SupervisedData:
+        """Regression pairs (and Jacobian targets) from an OC phase."""
+
+    def supervised_phase(self, batch: OCBatch) -> dict[str, float]:
+        """Fit the policy on the data of the last ``replay`` OC phases."""
+        self.history = (self.history + [self.supervision(batch)])[-self.config.replay:]
+        return fit(
+            self.policy,
+            self.optimizer,
+            SupervisedData.concat(self.history),
+            epochs=self.config.epochs,
+            batch_size=self.config.batch_size,
+            nx=self.task.nx,
+            sobolev_weight=self.config.sobolev_weight if self.config.sobolev else 0.0,
+            generator=self.generator,
+        )
+
+    def dual_update(self, batch: OCBatch) -> dict[str, float]:
+        """ADMM multiplier step; nothing for the projection methods."""
+        return {}
+
+    def step(self) -> dict[str, float]:
+        """One outer iteration."""
+        batch = self.oc_phase()
+        stats = {
+            "oc_iterations": float(batch.iterations.sum()),
+            "oc_iterations_median": float(np.median(batch.iterations)),
+            "warm_start_fallbacks": float(batch.fallbacks),
+        }
+        stats |= self.supervised_phase(batch)
+        stats |= self.dual_update(batch)
+        self.previous = batch
+        self.iteration += 1
+        return stats
+
+    # -- shared helpers ---------------------------------------------------
+    def observations(self, xs: np.ndarray, problems: Problems) -> np.ndarray:
+        """Policy inputs for states [N, T, nx] of the N problems -> [N, T, obs_dim]."""
+        n, t = xs.shape[:2]
+        target = np.repeat(problems.target[:, None], t, axis=1)
+        return self.task.observation(xs.reshape(n * t, -1), target.reshape(n * t, -1)).reshape(n, t, -1)
+
+    def policy_on(self, xs: np.ndarray, problems: Problems) -> np.ndarray:
+        """π at states [N, T, nx] -> [N, T, nu]."""
+        obs = self.observations(xs, problems)
+        return self.policy.act(obs.reshape(-1, obs.shape[-1])).reshape(*xs.shape[:2], self.task.nu)
+
+    def initial_guesses(self, problems: Problems, same_problems: bool) -> tuple[list[OCJob], int]:
+        """Warm starts per the config; a diverged policy rollout falls back to the previous
+        solution of the same problem (if any) or a cold start, and is counted."""
+        n = len(problems)
+        jobs = [OCJob(problems.x0[i], problems.target[i]) for i in range(n)]
+        mode = self.config.warm_start
+        previous = self.previous if same_problems else None
+        fallbacks = 0
+        if mode == "policy":
+            traj = self.task.rollout(self.policy.act, problems, counter=self.counter)
+            for i, job in enumerate(jobs):
+                if not traj.diverged[i]:
+                    job.init_xs, job.init_us = traj.xs[i], traj.us[i]
+                else:
+                    fallbacks += 1
+                    if previous is not None:
+                        job.init_xs, job.init_us = previous.xs[i], previous.us[i]
+        elif mode == "previous" and previous is not None:
+            for i, job in enumerate(jobs):
+                job.init_xs, job.init_us = previous.xs[i], previous.us[i]
+        return jobs, fallbacks
+
+    def solve(self, problems: Problems, jobs: list[OCJob], fallbacks: int, mode: str = "plain", shared=None) -> OCBatch:
+        sols = self.runner.solve(OCRequest(jobs, self.solver, mode, shared or {}), self.counter)
+        return OCBatch.from_solutions(problems, sols, fallbacks)
+
+    # -- checkpointing ----------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        def batch_dict(b: OCBatch | None):
+            if b is None:
+                return None
+            return {"x0": b.problems.x0, "target": b.problems.target, "xs": b.xs, "us": b.us, "K": b.K,
+                    "iterations": b.iterations, "fallbacks": b.fallbacks}
+
+        return {
+            "iteration": self.iteration,
+            "optimizer": self.optimizer.state_dict(),
+            "generator": self.generator.get_state(),
+            "history": [{"obs": d.obs, "u": d.u, "jacobian": d.jacobian} for d in self.history],
+            "previous": batch_dict(self.previous),
+            "extra": self.extra_state(),
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        def as_np(v):
+            return v.numpy() if isinstance(v, torch.Tensor) else v
+
+        self.iteration = int(state["iteration"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.generator.set_state(state["generator"])
+        self.history = [SupervisedData(as_np(d["obs"]), as_np(d["u"]), as_np(d["jacobian"])) for d in state["history"]]
+        p = state["previous"]
+        self.previous = None if p is None else OCBatch(
+            Problems(as_np(p["x0"]), as_np(p["target"])), as_np(p["xs"]), as_np(p["us"]), as_np(p["K"]),
+            as_np(p["iterations"]), int(p["fallbacks"]),
+        )
+        self.load_extra_state({k: as_np(v) for k, v in state["extra"].items()})
+
+    def extra_state(self) -> dict[str, Any]:
+        """Algorithm-specific state (multipliers, fixed problems)."""
+        return {}
+
+    def load_extra_state(self, state: dict[str, Any]) -> None:
+        pass

@@ -1,0 +1,86 @@
+"""Training configuration (``config/train/<task>.yaml``), every field documented."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from tocpl_ros.config import FieldError
+
+ALGORITHMS = ("pddp", "plal")
+WARM_STARTS = ("policy", "previous", "cold")
+
+
+@dataclass
+class TrainConfig:
+    task: str = "ur5_reach"
+    """Task name (config/tasks/<task>.yaml) or a task YAML path."""
+    algo: str = "pddp"
+    """'pddp' (projected DDP, Alg. 1) or 'plal' (ADMM on the augmented Lagrangian, Alg. 2)."""
+    sobolev: bool = False
+    """'+S': also match the policy's state Jacobian to the DDP feedback gains (stochastic Sobolev term)."""
+    sobolev_weight: float = 1.0
+    """Weight of the Sobolev term relative to the control regression."""
+    multiple_shooting: bool = False
+    """'+M' (plal only): the OC phase tracks fixed references instead of differentiating the policy."""
+    constrained: bool = True
+    """Keep the control box in the OC phase; False is the paper's '-C' ablation (bounds only via tanh)."""
+    iterations: int = 30
+    """Outer iterations M (OC phase + supervised phase + dual update)."""
+    problems: int = 64
+    """Problems N solved per OC phase."""
+    resample: bool = True
+    """pddp: draw N fresh problems every iteration (plal keeps its N problems: λ belongs to them)."""
+    replay: int = 1
+    """Supervised data kept from the last `replay` OC phases (1 = only the newest)."""
+    oc_max_iter: int = 50
+    """Solver iteration cap per problem in an OC phase."""
+    oc_th_stop: float = 1e-9
+    """Solver stopping threshold in the OC phase."""
+    warm_start: str = "policy"
+    """Initial guess of each OC solve: 'policy' rollout, 'previous' solution of that problem, or 'cold'."""
+    mu: float = 1.0
+    """Augmented-Lagrangian penalty μ (plal), in units of the task's cost per (N·m)²."""
+    epochs: int = 20
+    """Passes over the supervised data per iteration."""
+    batch_size: int = 256
+    """Mini-batch size of the supervised phase."""
+    learning_rate: float = 1e-3
+    """Adam learning rate."""
+    hidden: list[int] = field(default_factory=lambda: [256, 256])
+    """Hidden layer widths of the policy MLP."""
+    eval_problems: int = 100
+    """Held-out problems evaluated after every iteration (fixed set, drawn from eval_seed)."""
+    eval_seed: int = 1_000_003
+    """Seed of the held-out problems (disjoint from training seeds)."""
+    seed: int = 0
+    """Seed of the policy initialisation, the problem sampling and the Sobolev directions."""
+    workers: int = 0
+    """Worker processes of the OC phase: 0 = one per core, 1 = in-process."""
+
+    def __post_init__(self) -> None:
+        if self.algo not in ALGORITHMS:
+            raise FieldError("algo", f"unknown algorithm '{self.algo}' (known: {', '.join(ALGORITHMS)})")
+        if self.warm_start not in WARM_STARTS:
+            raise FieldError("warm_start", f"unknown warm start '{self.warm_start}' (known: {', '.join(WARM_STARTS)})")
+        if self.multiple_shooting and self.algo != "plal":
+            raise FieldError("multiple_shooting", "multiple shooting (+M) is a variant of plal")
+        for name in ("iterations", "problems", "replay", "oc_max_iter", "epochs", "batch_size", "eval_problems"):
+            if getattr(self, name) < 1:
+                raise FieldError(name, f"must be >= 1, got {getattr(self, name)}")
+        for name in ("mu", "learning_rate", "oc_th_stop"):
+            if getattr(self, name) <= 0:
+                raise FieldError(name, f"must be > 0, got {getattr(self, name)}")
+        if self.sobolev_weight < 0:
+            raise FieldError("sobolev_weight", f"must be >= 0, got {self.sobolev_weight}")
+        if self.workers < 0:
+            raise FieldError("workers", f"must be >= 0, got {self.workers}")
+        if not self.hidden or any(h < 1 for h in self.hidden):
+            raise FieldError("hidden", f"needs at least one positive width, got {self.hidden}")
+
+    @property
+    def variant(self) -> str:
+        """The paper's name of this configuration, e.g. 'PLAL+M+S' or 'PDDP-C'."""
+        name = self.algo.upper()
+        name += "+M" if self.multiple_shooting else ""
+        name += "+S" if self.sobolev else ""
+        return name + ("" if self.constrained else "-C")

@@ -1,0 +1,104 @@
+"""The supervised phase: regress π_θ on OC controls, optionally with (stochastic) Sobolev terms.
+
+Errors are measured in units of each joint's half torque range (u_half), so a
+wrist and a shoulder count alike. The Sobolev target is the local controller's
+Jacobian ∂u/∂x, which in Crocoddyl's convention (u = ū − K (x − x̄)) is −K.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from .policy import MLPPolicy
+
+
+@dataclass
+class SupervisedData:
+    """Regression pairs gathered from OC phases."""
+
+    obs: np.ndarray
+    """Policy inputs at the supervised states, [M, obs_dim]."""
+    u: np.ndarray
+    """Control targets, [M, nu] (plal: u + λ/μ)."""
+    jacobian: np.ndarray | None = None
+    """Targets for ∂π/∂x, [M, nu, nx] (−K), or None without Sobolev."""
+
+    def __len__(self) -> int:
+        return len(self.obs)
+
+    @staticmethod
+    def concat(parts: list[SupervisedData]) -> SupervisedData:
+        jac = None if any(p.jacobian is None for p in parts) else np.concatenate([p.jacobian for p in parts])
+        return SupervisedData(np.concatenate([p.obs for p in parts]), np.concatenate([p.u for p in parts]), jac)
+
+
+def regression_loss(policy: MLPPolicy, obs: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+    """Mean over the batch of ½‖(u − π(obs)) / u_half‖²  (eq. 7)."""
+    return 0.5 * (((u - policy(obs)) / policy.u_half) ** 2).sum(dim=1).mean()
+
+
+def sobolev_loss_stochastic(
+    policy: MLPPolicy, obs: torch.Tensor, jacobian: torch.Tensor, nx: int, generator: torch.Generator
+) -> torch.Tensor:
+    """Stochastic Sobolev term: ½‖vᵀJ − ∂x(vᵀπ(x))‖² with v uniform on the unit sphere.
+
+    One extra backward pass instead of nu. Multiplied by nu so that its
+    expectation over v equals the full-Jacobian term of eq. (8) (E[v vᵀ] = I/nu).
+    """
+    obs = obs.detach().requires_grad_(True)
+    nu = jacobian.shape[1]
+    v = torch.randn(len(obs), nu, generator=generator, dtype=obs.dtype)
+    v = v / v.norm(dim=1, keepdim=True)
+    w = v / policy.u_half  # the same per-joint scaling as the regression
+    projected = (w * policy(obs)).sum()
+    grad = torch.autograd.grad(projected, obs, create_graph=True)[0][:, :nx]
+    target = torch.einsum("bi,bij->bj", w, jacobian)
+    return 0.5 * nu * ((target - grad) ** 2).sum(dim=1).mean()
+
+
+def sobolev_loss_full(policy: MLPPolicy, obs: torch.Tensor, jacobian: torch.Tensor, nx: int) -> torch.Tensor:
+    """Full Sobolev term of eq. (8): ½‖J − ∂π/∂x‖²_F, nu backward passes (reference/tests)."""
+    obs = obs.detach().requires_grad_(True)
+    out = policy(obs) / policy.u_half
+    rows = [torch.autograd.grad(out[:, i].sum(), obs, create_graph=True)[0][:, :nx] for i in range(out.shape[1])]
+    grad = torch.stack(rows, dim=1)
+    target = jacobian / policy.u_half[None, :, None]
+    return 0.5 * ((target - grad) ** 2).sum(dim=(1, 2)).mean()
+
+
+def fit(
+    policy: MLPPolicy,
+    optimizer: torch.optim.Optimizer,
+    data: SupervisedData,
+    *,
+    epochs: int,
+    batch_size: int,
+    nx: int,
+    sobolev_weight: float,
+    generator: torch.Generator,
+) -> dict[str, float]:
+    """Adam mini-batches over ``data``; returns the last epoch's mean losses."""
+    obs = torch.as_tensor(data.obs, dtype=torch.float32)
+    u = torch.as_tensor(data.u, dtype=torch.float32)
+    jac = None if data.jacobian is None or sobolev_weight == 0 else torch.as_tensor(data.jacobian, dtype=torch.float32)
+    n = len(obs)
+    policy.train()
+    for _ in range(epochs):
+        order = torch.randperm(n, generator=generator)
+        totals = {"regression_loss": 0.0, "sobolev_loss": 0.0}
+        for start in range(0, n, batch_size):
+            idx = order[start:start + batch_size]
+            loss = regression_loss(policy, obs[idx], u[idx])
+            totals["regression_loss"] += loss.item() * len(idx)
+            if jac is not None:
+                sob = sobolev_loss_stochastic(policy, obs[idx], jac[idx], nx, generator)
+                totals["sobolev_loss"] += sob.item() * len(idx)
+                loss = loss + sobolev_weight * sob
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+    policy.eval()
+    return {k: v / n for k, v in totals.items()}

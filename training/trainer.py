@@ -1,0 +1,183 @@
+"""The training loop: run folder, held-out evaluation, logging, checkpoints, resume.
+
+A run folder holds ``config.yaml`` (the resolved training and task configs),
+``metrics.csv`` (one row per outer iteration), ``checkpoint.pt`` (written
+atomically after every iteration; ``--resume`` continues from it exactly) and,
+at the end, ``policy.onnx``.
+"""
+
+from __future__ import annotations
+
+import csv
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+
+from tocpl_ros.config import ConfigError, dump_yaml, load_dataclass, to_dict
+from tocpl_ros.ocp import solve
+from tocpl_ros.tasks import DynamicsCounter, Problems, Task, Trajectories, load_task
+from tocpl_ros.tasks.config import SolverConfig
+
+from .algorithms import make_algorithm
+from .checkpoint import load_checkpoint, policy_payload, save_checkpoint
+from .config import TrainConfig
+from .oc_phase import OCPhaseRunner
+from .policy import MLPPolicy, make_policy
+
+CHECKPOINT = "checkpoint.pt"
+METRICS = "metrics.csv"
+
+
+def success_tolerance(task: Task) -> tuple[str, float]:
+    """(metric, threshold) of 'solved' for a held-out problem: 1 cm, 2°, or 1 % cost gap."""
+    if task.error_unit == "m":
+        return "final_error", 0.01
+    if task.error_unit == "rad":
+        return "final_error", float(np.deg2rad(2.0))
+    return "cost_gap", 0.01
+
+
+@dataclass
+class HeldOut:
+    """Fixed held-out problems and their trajectory-optimisation reference costs."""
+
+    problems: Problems
+    to_cost: np.ndarray
+
+    @staticmethod
+    def make(task: Task, n: int, seed: int) -> HeldOut:
+        problems = task.sample(n, seed)
+        shooting = task.build_problem(problems[0])
+        costs = np.empty(n)
+        for i in range(n):
+            task.set_problem(shooting, problems[i])
+            costs[i] = solve(shooting, task.config.solver).cost
+        return HeldOut(problems, costs)
+
+
+def evaluate_policy(task: Task, policy: MLPPolicy, held_out: HeldOut) -> dict[str, float]:
+    """Roll the policy out for 2T steps: precision at T, holding over [T, 2T], cost gap to TO over [0, T]."""
+    T = task.horizon
+    traj = task.rollout(policy.act, held_out.problems, horizon=2 * T)
+    first = Trajectories(traj.xs[:, : T + 1], traj.us[:, :T], traj.diverged)
+    ev = task.evaluate(held_out.problems, first)
+    hold = np.stack([task.final_error(traj.xs[:, t], held_out.problems.target) for t in range(T, 2 * T + 1)], axis=1)
+    hold_max = np.where(traj.diverged, np.inf, hold.max(axis=1))
+    gap = (ev.cost - held_out.to_cost) / np.maximum(np.abs(held_out.to_cost), 1e-12)
+    metric, tol = success_tolerance(task)
+    solved = (ev.final_error if metric == "final_error" else gap) <= tol
+    final = np.where(ev.diverged, np.inf, ev.final_error)
+    return {
+        "policy_cost": float(np.mean(np.where(ev.diverged, np.nan, ev.cost))) if not ev.diverged.all() else float("inf"),
+        "to_cost": float(held_out.to_cost.mean()),
+        "cost_gap_median": float(np.median(gap)),
+        "cost_gap_mean": float(np.mean(gap)),
+        "final_error_mean": float(np.mean(final)),
+        "final_error_p95": float(np.percentile(final, 95)),
+        "hold_error_p95": float(np.percentile(hold_max, 95)),
+        "within_tolerance": float(np.mean(solved & ~traj.diverged)),
+        "diverged": float(traj.diverged.sum()),
+        "max_bound_violation": float(ev.bound_violation.max()),
+    }
+
+
+class Trainer:
+    """Builds everything from a TrainConfig and runs the outer iterations."""
+
+    def __init__(self, config: TrainConfig, out_dir: str | Path, task_overrides: dict[str, Any] | None = None):
+        self.config = config
+        self.out_dir = Path(out_dir)
+        self.task_overrides = dict(task_overrides or {})
+        overrides = {"constrained": config.constrained, **self.task_overrides}
+        self.task = load_task(config.task, overrides)
+        torch.manual_seed(config.seed)
+        self.policy = make_policy(self.task, config.seed, hidden=config.hidden)
+        self.counter = DynamicsCounter()
+        self.runner = OCPhaseRunner(self.task, constrained=config.constrained, workers=config.workers)
+        self.algorithm = make_algorithm(self.task, self.policy, config, self.runner, self.counter)
+        self.metrics: list[dict[str, float]] = []
+        self.wall_time = 0.0
+        self.held_out: HeldOut | None = None
+
+    # -- run folder -------------------------------------------------------
+    def _prepare_out_dir(self) -> None:
+        try:
+            self.out_dir.mkdir(parents=True, exist_ok=True)
+            probe = self.out_dir / ".write_test"
+            probe.write_text("ok")
+            probe.unlink()
+        except OSError as exc:
+            raise ConfigError(str(self.out_dir), "out", f"run folder is not writable ({exc.strerror})") from exc
+        dump_yaml({"train": to_dict(self.config), "task_overrides": self.task_overrides, "task": to_dict(self.task.config)},
+                  self.out_dir / "config.yaml")
+
+    def _write_metrics(self) -> None:
+        path = self.out_dir / METRICS
+        keys = list(self.metrics[0])
+        tmp = path.with_suffix(".csv.tmp")
+        with open(tmp, "w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=keys)
+            writer.writeheader()
+            writer.writerows(self.metrics)
+        tmp.replace(path)
+
+    def save(self) -> None:
+        payload = {
+            **policy_payload(self.policy, self.task),
+            "train_config": to_dict(self.config),
+            "task_overrides": self.task_overrides,
+            "algorithm": self.algorithm.state_dict(),
+            "counter": {"steps": self.counter.steps, "by_source": dict(self.counter.by_source)},
+            "metrics": self.metrics,
+            "wall_time": self.wall_time,
+            "held_out": {"x0": self.held_out.problems.x0, "target": self.held_out.problems.target,
+                         "to_cost": self.held_out.to_cost},
+        }
+        save_checkpoint(self.out_dir / CHECKPOINT, payload)
+
+    @classmethod
+    def resume(cls, out_dir: str | Path, **changes) -> Trainer:
+        """Continue a run from its checkpoint (``changes`` may raise the iteration budget or set workers)."""
+        data = load_checkpoint(Path(out_dir) / CHECKPOINT)
+        train = {**data["train_config"], **changes}
+        config = load_dataclass(TrainConfig, train, source=f"{out_dir}/{CHECKPOINT}")
+        trainer = cls(config, out_dir, data.get("task_overrides") or {})
+        trainer.policy.load_state_dict(data["policy_state"])
+        trainer.algorithm.load_state_dict(data["algorithm"])
+        trainer.counter.steps = int(data["counter"]["steps"])
+        trainer.counter.by_source = {k: int(v) for k, v in data["counter"]["by_source"].items()}
+        trainer.metrics = [dict(row) for row in data["metrics"]]
+        trainer.wall_time = float(data["wall_time"])
+        h = data["held_out"]
+        trainer.held_out = HeldOut(Problems(h["x0"].numpy(), h["target"].numpy()), h["to_cost"].numpy())
+        return trainer
+
+    # -- loop ---------------------------------------------------------------
+    def run(self, on_iteration: Callable[[dict[str, float]], None] | None = None) -> list[dict[str, float]]:
+        self._prepare_out_dir()
+        if self.held_out is None:
+            self.held_out = HeldOut.make(self.task, self.config.eval_problems, self.config.eval_seed)
+        try:
+            while self.algorithm.iteration < self.config.iterations:
+                start = time.perf_counter()
+                stats = self.algorithm.step()
+                self.wall_time += time.perf_counter() - start
+                row = {
+                    "iteration": float(self.algorithm.iteration),
+                    **evaluate_policy(self.task, self.policy, self.held_out),
+                    "dynamics_evaluations": float(self.counter.steps),
+                    **stats,
+                    "wall_time": self.wall_time,
+                }
+                self.metrics.append(row)
+                self._write_metrics()
+                self.save()
+                if on_iteration is not None:
+                    on_iteration(row)
+        finally:
+            self.runner.close()
+        return self.metrics
