@@ -167,6 +167,20 @@ def with_overrides(obj: T, overrides: dict[str, Any], source: str = "overrides")
     return load_dataclass(type(obj), data, source=source)
 
 
+def parse_key_values(items: list[str], option: str = "--set") -> dict[str, Any]:
+    """``["costs.terminal.position=1e5", ...]`` from a command line -> {dotted key: YAML value}."""
+    overrides = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise ConfigError(option, item, "expected KEY=VALUE")
+        try:
+            overrides[key] = yaml.load(value, Loader=_Loader)
+        except yaml.YAMLError as exc:
+            raise ConfigError(option, key, f"malformed value {value!r}") from exc
+    return overrides
+
+
 def _join(prefix: str, name: str) -> str:
     return f"{prefix}.{name}" if prefix else name
 

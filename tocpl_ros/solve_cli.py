@@ -11,21 +11,10 @@ import sys
 import time
 
 import numpy as np
-import yaml
 
-from .config import ConfigError
+from .config import ConfigError, parse_key_values
 from .ocp import solve
 from .tasks import DynamicsCounter, Trajectories, available_tasks, load_task
-
-
-def parse_overrides(items: list[str]) -> dict:
-    overrides = {}
-    for item in items:
-        key, sep, value = item.partition("=")
-        if not sep:
-            raise ConfigError("--set", item, "expected KEY=VALUE")
-        overrides[key] = yaml.safe_load(value)
-    return overrides
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -40,7 +29,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--problems must be >= 1")
 
     try:
-        task = load_task(args.task, parse_overrides(args.set))
+        task = load_task(args.task, parse_key_values(args.set, "--set"))
     except ConfigError as exc:
         print(f"tocpl-solve: {exc}", file=sys.stderr)
         return 2

@@ -18,8 +18,9 @@ class TrainConfig:
     """'pddp' (projected DDP, Alg. 1) or 'plal' (ADMM on the augmented Lagrangian, Alg. 2)."""
     sobolev: bool = False
     """'+S': also match the policy's state Jacobian to the DDP feedback gains (stochastic Sobolev term)."""
-    sobolev_weight: float = 1.0
-    """Weight of the Sobolev term relative to the control regression."""
+    sobolev_weight: float = 1e-3
+    """Weight of the Sobolev term relative to the control regression. Small by default: the DDP gains
+    near the end of the horizon are stiff (large terminal weights) and would swamp the regression."""
     multiple_shooting: bool = False
     """'+M' (plal only): the OC phase tracks fixed references instead of differentiating the policy."""
     constrained: bool = True

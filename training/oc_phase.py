@@ -56,21 +56,24 @@ class _Worker:
         self.constrained = constrained
         self.problems: dict[str, Any] = {}
 
-    def problem_for(self, mode: str, request: OCRequest, job: OCJob):
+    def problem_for(self, request: OCRequest, job: OCJob):
+        """The mode's problem, built on first use, pointed at this job."""
         nominal = Problems(job.x0[None], job.target[None])
-        if mode not in self.problems:
+        if request.mode not in self.problems:
             shooting = self.task.build_problem(nominal, constrained=self.constrained)
-            self.problems[mode] = (shooting, attach_terms(self.task, shooting, mode))
-        shooting, terms = self.problems[mode]
-        self.task.set_problem(shooting, nominal)
-        if terms is not None:
-            terms.set(job=job, shared=request.shared)
+            self.problems[request.mode] = (shooting, attach_terms(self.task, shooting, request))
+        shooting, terms = self.problems[request.mode]
+        if terms is None:
+            self.task.set_problem(shooting, nominal)
+        else:
+            terms.set_problem(nominal)
+            configure_terms(terms, request, job)
         return shooting
 
     def run(self, request: OCRequest) -> list[tuple[OCSolution, int]]:
         results = []
         for job in request.jobs:
-            shooting = self.problem_for(request.mode, request, job)
+            shooting = self.problem_for(request, job)
             counter = DynamicsCounter()
             sol = solve(shooting, request.solver, job.init_xs, job.init_us, counter=counter)
             if not sol.converged and job.init_us is not None:
@@ -83,11 +86,26 @@ class _Worker:
         return results
 
 
-def attach_terms(task: Task, shooting, mode: str):
-    """Extra cost terms of a mode, as a handle with ``set(job, shared)``; None for 'plain'."""
-    if mode == "plain":
+def attach_terms(task: Task, shooting, request: OCRequest):
+    """Add the extra cost terms of the request's mode to a fresh problem; None for 'plain'."""
+    if request.mode == "plain":
         return None
-    raise ValueError(f"unknown OC phase mode '{mode}'")
+    from . import consensus  # only the ADMM family needs it
+
+    if request.mode == "consensus":
+        return consensus.add_consensus_terms(task, shooting, request.shared["policy"], request.shared["mu"])
+    if request.mode == "tracking":
+        return consensus.add_tracking_terms(task, shooting, request.shared["mu"])
+    raise ValueError(f"unknown OC phase mode '{request.mode}'")
+
+
+def configure_terms(terms, request: OCRequest, job: OCJob) -> None:
+    """Point the extra terms at this job's multipliers/references and the shared policy and μ."""
+    mu = request.shared["mu"]
+    if request.mode == "consensus":
+        terms.set(policy=request.shared["policy"], shifts=job.terms["shift"], mu=mu)
+    else:
+        terms.set(u_refs=job.terms["u_ref"], x_refs=job.terms["x_ref"], mu=mu)
 
 
 _WORKER: _Worker | None = None

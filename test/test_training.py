@@ -1,0 +1,121 @@
+"""The trainer: Sobolev terms, improvement on small budgets, reproducibility, resume, CLI."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from tocpl_ros.tasks import load_task
+from tocpl_training.checkpoint import load_checkpoint, load_policy
+from tocpl_training.cli import build_parser, main as train_main
+from tocpl_training.config import TrainConfig
+from tocpl_training.oc_phase import OCJob, OCPhaseRunner, OCRequest
+from tocpl_training.policy import make_policy
+from tocpl_training.supervised import sobolev_loss_full, sobolev_loss_stochastic
+from tocpl_ros.tasks.config import SolverConfig
+from tocpl_training.trainer import CHECKPOINT, Trainer
+
+
+def small(**changes) -> TrainConfig:
+    base = dict(task="lqr", iterations=3, problems=8, epochs=5, eval_problems=10, workers=1, seed=0)
+    return TrainConfig(**{**base, **changes})
+
+
+def test_stochastic_sobolev_term_has_the_full_jacobian_term_as_expectation():
+    task = load_task("ur5_reach")
+    policy = make_policy(task, seed=0)
+    rng = np.random.default_rng(0)
+    obs = torch.as_tensor(task.observation(task.sample(8, 0).x0, task.sample(8, 0).target), dtype=torch.float32)
+    jac = torch.as_tensor(rng.normal(0, 50, (8, task.nu, task.nx)), dtype=torch.float32)
+    full = sobolev_loss_full(policy, obs, jac, task.nx).item()
+    gen = torch.Generator().manual_seed(0)
+    draws = [sobolev_loss_stochastic(policy, obs, jac, task.nx, gen).item() for _ in range(3000)]
+    assert np.mean(draws) == pytest.approx(full, rel=0.05)
+    assert np.std(draws) > 0.05 * full  # it is a random estimate, not the full term in disguise
+
+
+def test_sobolev_term_is_zero_when_the_policy_jacobian_matches():
+    task = load_task("pendulum")
+    policy = make_policy(task, seed=1)
+    obs = torch.as_tensor(task.sample(16, 0).x0, dtype=torch.float32).requires_grad_(True)
+    out = policy(obs)
+    jac = torch.stack([torch.autograd.grad(out[:, 0].sum(), obs)[0]], dim=1).detach()
+    gen = torch.Generator().manual_seed(0)
+    assert sobolev_loss_stochastic(policy, obs, jac, task.nx, gen).item() < 1e-10
+    assert sobolev_loss_full(policy, obs, jac, task.nx).item() < 1e-10
+
+
+def test_pddp_improves_the_lqr_policy_on_held_out_problems(tmp_path):
+    rows = Trainer(small(iterations=4, sobolev=True), tmp_path / "run").run()
+    first, last = rows[0], rows[-1]
+    assert last["cost_gap_median"] < 0.5 * first["cost_gap_median"]
+    assert last["dynamics_evaluations"] > first["dynamics_evaluations"]
+    assert (tmp_path / "run" / "metrics.csv").is_file() and (tmp_path / "run" / "config.yaml").is_file()
+
+
+@pytest.mark.parametrize("variant", [dict(algo="plal"), dict(algo="plal", multiple_shooting=True, sobolev=True)])
+def test_plal_variants_run_and_reduce_the_consensus_gap(tmp_path, variant):
+    rows = Trainer(small(iterations=4, mu=1.0, **variant), tmp_path / "run").run()
+    assert rows[-1]["consensus_u"] < rows[0]["consensus_u"]
+    assert rows[-1]["cost_gap_median"] < rows[0]["cost_gap_median"]
+
+
+def test_oc_phase_gives_the_same_result_for_any_worker_count():
+    task = load_task("pendulum")
+    problems = task.sample(5, seed=3)
+    jobs = [OCJob(problems.x0[i], problems.target[i]) for i in range(5)]
+    request = OCRequest(jobs, SolverConfig(max_iter=30))
+    with OCPhaseRunner(task, constrained=True, workers=1) as serial, OCPhaseRunner(task, constrained=True, workers=2) as pool:
+        a, b = serial.solve(request), pool.solve(request)
+    for sa, sb in zip(a, b):
+        np.testing.assert_array_equal(sa.us, sb.us)
+        np.testing.assert_array_equal(sa.K, sb.K)
+
+
+def test_interrupted_and_resumed_equals_uninterrupted(tmp_path):
+    config = small(iterations=4, sobolev=True, replay=2)
+    straight = Trainer(config, tmp_path / "straight").run()
+
+    Trainer(TrainConfig(**{**config.__dict__, "iterations": 2}), tmp_path / "split").run()
+    resumed = Trainer.resume(tmp_path / "split", iterations=4).run()
+
+    assert len(resumed) == 4
+    for a, b in zip(straight, resumed):
+        for key in ("final_error_mean", "cost_gap_median", "dynamics_evaluations", "regression_loss"):
+            assert a[key] == b[key], key
+    pa, _, _ = load_policy(tmp_path / "straight" / CHECKPOINT)
+    pb, _, _ = load_policy(tmp_path / "split" / CHECKPOINT)
+    for ta, tb in zip(pa.state_dict().values(), pb.state_dict().values()):
+        assert torch.equal(ta, tb)
+
+
+def test_checkpoint_holds_plain_data_only(tmp_path):
+    Trainer(small(iterations=1), tmp_path / "run").run()
+    data = load_checkpoint(tmp_path / "run" / CHECKPOINT)  # torch.load(weights_only=True) inside
+    assert data["train_config"]["algo"] == "pddp" and data["task_name"] == "lqr"
+    assert not list(tmp_path.joinpath("run").glob("*.tmp"))
+
+
+def test_cli_help_documents_every_field_and_runs_end_to_end(tmp_path, capsys):
+    help_text = build_parser().format_help()
+    for name in TrainConfig.__dataclass_fields__:
+        assert "--" + name.replace("_", "-") in help_text
+    assert "Sobolev" in help_text
+    out = tmp_path / "cli"
+    assert train_main(["--task", "lqr", "--iterations", "2", "--problems", "4", "--eval-problems", "5",
+                       "--workers", "1", "--out", str(out)]) == 0
+    assert (out / "policy.onnx").is_file() and "exported" in capsys.readouterr().out
+    assert train_main(["--task", "lqr", "--algo", "sac", "--out", str(out)]) == 2
+    assert "'algo'" in capsys.readouterr().err
+    assert train_main(["--task", "lqr", "--problems", "4", "--out", str(tmp_path / "x"),
+                       "--task-set", "costs.running.bogus=1"]) == 2
+    assert "costs.running.bogus" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_pddp_sobolev_learns_to_stabilise_the_pendulum(tmp_path):
+    rows = Trainer(TrainConfig(task="pendulum", iterations=12, problems=32, replay=2, epochs=20, sobolev=True,
+                               eval_problems=50, workers=1), tmp_path / "run").run()
+    best = max(r["within_tolerance"] for r in rows)
+    assert rows[0]["within_tolerance"] < 0.5 and best >= 0.8

@@ -1,0 +1,117 @@
+"""``tocpl-train``: learn a policy from trajectory optimisation and export it to ONNX.
+
+    tocpl-train --task ur5_reach --out runs/ur5
+    tocpl-train --task pendulum --algo plal --sobolev --iterations 20 --out runs/pendulum
+    tocpl-train --resume runs/ur5 --iterations 60
+
+Defaults come from TrainConfig, then config/train/<task>.yaml (or --config), then
+the command line. The resolved config is written to <out>/config.yaml.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import sys
+import typing
+from pathlib import Path
+
+
+from tocpl_ros.config import ConfigError, field_docs, load_dataclass, parse_key_values, read_yaml, to_dict
+from tocpl_ros.resources import config_path
+
+from .checkpoint import CheckpointError
+from .config import TrainConfig
+from .trainer import Trainer
+
+
+def default_config_file(task: str) -> Path | None:
+    path = config_path("train") / f"{Path(task).stem}.yaml"
+    return path if path.is_file() else None
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="tocpl-train", description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter
+    )
+    parser.add_argument("--out", type=Path, help="run folder (default: runs/<task>)")
+    parser.add_argument("--config", type=Path, help="training YAML (default: config/train/<task>.yaml if present)")
+    parser.add_argument("--resume", type=Path, metavar="RUN", help="continue the run in this folder from its checkpoint")
+    parser.add_argument("--task-set", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a task config field, e.g. costs.terminal.position=1e5")
+    parser.add_argument("--quiet", action="store_true", help="no per-iteration progress line")
+    docs = field_docs(TrainConfig)
+    hints = typing.get_type_hints(TrainConfig)
+    for f in dataclasses.fields(TrainConfig):
+        flag = "--" + f.name.replace("_", "-")
+        tp = hints[f.name]
+        kwargs = {"dest": f.name, "default": None, "help": docs.get(f.name, "")}
+        if tp is bool:
+            parser.add_argument(flag, action=argparse.BooleanOptionalAction, **kwargs)
+        elif typing.get_origin(tp) is list:
+            parser.add_argument(flag, type=int, nargs="+", **kwargs)
+        else:
+            parser.add_argument(flag, type=tp, **kwargs)
+    return parser
+
+
+def resolve_config(args: argparse.Namespace) -> TrainConfig:
+    cli = {f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig) if getattr(args, f.name) is not None}
+    task = cli.get("task", TrainConfig.task)
+    data: dict = {}
+    source = "command line"
+    file = args.config or default_config_file(task)
+    if file is not None:
+        data = read_yaml(file)
+        source = str(file)
+        if "task" in data and "task" in cli and data["task"] != cli["task"] and args.config is None:
+            data.pop("task")
+    data.update(cli)
+    return load_dataclass(TrainConfig, data, source=source)
+
+
+def progress_line(row: dict, config: TrainConfig, unit: str) -> str:
+    scale, shown = (100.0, "cm") if unit == "m" else (57.29577951308232, "deg") if unit == "rad" else (1.0, unit)
+    return (
+        f"[{config.variant} {int(row['iteration'])}/{config.iterations}] "
+        f"error mean {scale * row['final_error_mean']:.3g} {shown} p95 {scale * row['final_error_p95']:.3g} | "
+        f"within tol {100 * row['within_tolerance']:.0f}% | cost gap {100 * row['cost_gap_median']:.2f}% | "
+        f"evals {row['dynamics_evaluations']:.3g} | {row['wall_time']:.0f}s"
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        if args.resume is not None:
+            changes = {f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig)
+                       if getattr(args, f.name) is not None and f.name in ("iterations", "workers")}
+            trainer = Trainer.resume(args.resume, **changes)
+        else:
+            config = resolve_config(args)
+            out = args.out or Path("runs") / Path(config.task).stem
+            trainer = Trainer(config, out, parse_key_values(args.task_set, "--task-set"))
+    except (ConfigError, CheckpointError) as exc:
+        print(f"tocpl-train: {exc}", file=sys.stderr)
+        return 2
+
+    config = trainer.config
+    print(f"tocpl-train: {config.variant} on {trainer.task.name} -> {trainer.out_dir}")
+    report = None if args.quiet else (lambda row: print(progress_line(row, config, trainer.task.error_unit), flush=True))
+    try:
+        trainer.run(report)
+    except ConfigError as exc:
+        print(f"tocpl-train: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"tocpl-train: interrupted; resume with: tocpl-train --resume {trainer.out_dir}", file=sys.stderr)
+        return 130
+    from .export import export_onnx
+
+    onnx_path = export_onnx(trainer.policy, trainer.task, trainer.out_dir / "policy.onnx", to_dict(config))
+    print(f"tocpl-train: policy exported to {onnx_path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
