@@ -74,7 +74,8 @@ def progress_line(row: dict, config: TrainConfig, unit: str) -> str:
     scale, shown = (100.0, "cm") if unit == "m" else (57.29577951308232, "deg") if unit == "rad" else (1.0, unit)
     return (
         f"[{config.variant} {int(row['iteration'])}/{config.iterations}] "
-        f"error mean {scale * row['final_error_mean']:.3g} {shown} p95 {scale * row['final_error_p95']:.3g} | "
+        f"error mean {scale * row['final_error_mean']:.3g} {shown} p95 {scale * row['final_error_p95']:.3g} "
+        f"hold p95 {scale * row['hold_error_p95']:.3g} | "
         f"within tol {100 * row['within_tolerance']:.0f}% | cost gap {100 * row['cost_gap_median']:.2f}% | "
         f"evals {row['dynamics_evaluations']:.3g} | {row['wall_time']:.0f}s"
     )

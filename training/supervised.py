@@ -41,12 +41,18 @@ def regression_loss(policy: MLPPolicy, obs: torch.Tensor, u: torch.Tensor) -> to
 
 
 def sobolev_loss_stochastic(
-    policy: MLPPolicy, obs: torch.Tensor, jacobian: torch.Tensor, nx: int, generator: torch.Generator
+    policy: MLPPolicy,
+    obs: torch.Tensor,
+    jacobian: torch.Tensor,
+    nx: int,
+    generator: torch.Generator,
+    sample_weight: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Stochastic Sobolev term: ½‖vᵀJ − ∂x(vᵀπ(x))‖² with v uniform on the unit sphere.
 
     One extra backward pass instead of nu. Multiplied by nu so that its
     expectation over v equals the full-Jacobian term of eq. (8) (E[v vᵀ] = I/nu).
+    ``sample_weight`` [B] scales each sample's term (see ``gain_weights``).
     """
     obs = obs.detach().requires_grad_(True)
     nu = jacobian.shape[1]
@@ -56,7 +62,8 @@ def sobolev_loss_stochastic(
     projected = (w * policy(obs)).sum()
     grad = torch.autograd.grad(projected, obs, create_graph=True)[0][:, :nx]
     target = torch.einsum("bi,bij->bj", w, jacobian)
-    return 0.5 * nu * ((target - grad) ** 2).sum(dim=1).mean()
+    per_sample = ((target - grad) ** 2).sum(dim=1)
+    return 0.5 * nu * (per_sample if sample_weight is None else sample_weight * per_sample).mean()
 
 
 def sobolev_loss_full(policy: MLPPolicy, obs: torch.Tensor, jacobian: torch.Tensor, nx: int) -> torch.Tensor:
@@ -67,6 +74,19 @@ def sobolev_loss_full(policy: MLPPolicy, obs: torch.Tensor, jacobian: torch.Tens
     grad = torch.stack(rows, dim=1)
     target = jacobian / policy.u_half[None, :, None]
     return 0.5 * ((target - grad) ** 2).sum(dim=(1, 2)).mean()
+
+
+def gain_weights(jacobian: np.ndarray, u_half: np.ndarray) -> np.ndarray:
+    """Per-sample Sobolev weights min(1, c / ‖J_i‖)², c the median gain norm.
+
+    A finite-horizon DDP controller stiffens towards the end of the horizon
+    (terminal weights): its gains there are 10–50× the median and no
+    stationary policy can match them. Weighting those samples down measures
+    their error relative to their size, so they inform without swamping.
+    """
+    norms = np.linalg.norm(jacobian / u_half[None, :, None], axis=(1, 2))
+    c = np.median(norms)
+    return np.minimum(1.0, c / np.maximum(norms, 1e-12)) ** 2
 
 
 def fit(
@@ -84,6 +104,8 @@ def fit(
     obs = torch.as_tensor(data.obs, dtype=torch.float32)
     u = torch.as_tensor(data.u, dtype=torch.float32)
     jac = None if data.jacobian is None or sobolev_weight == 0 else torch.as_tensor(data.jacobian, dtype=torch.float32)
+    if jac is not None:
+        jac_weight = torch.as_tensor(gain_weights(data.jacobian, policy.u_half.double().numpy()), dtype=torch.float32)
     n = len(obs)
     policy.train()
     for _ in range(epochs):
@@ -94,7 +116,7 @@ def fit(
             loss = regression_loss(policy, obs[idx], u[idx])
             totals["regression_loss"] += loss.item() * len(idx)
             if jac is not None:
-                sob = sobolev_loss_stochastic(policy, obs[idx], jac[idx], nx, generator)
+                sob = sobolev_loss_stochastic(policy, obs[idx], jac[idx], nx, generator, jac_weight[idx])
                 totals["sobolev_loss"] += sob.item() * len(idx)
                 loss = loss + sobolev_weight * sob
             optimizer.zero_grad(set_to_none=True)

@@ -1,14 +1,14 @@
 """The training loop: run folder, held-out evaluation, logging, checkpoints, resume.
 
 A run folder holds ``config.yaml`` (the resolved training and task configs),
-``metrics.csv`` (one row per outer iteration), ``checkpoint.pt`` (written
+``metrics.csv`` (one row per outer iteration, also as TensorBoard scalars under
+``tensorboard/`` and plotted in ``learning_curve.png``), ``checkpoint.pt`` (written
 atomically after every iteration; ``--resume`` continues from it exactly) and,
 at the end, ``policy.onnx``.
 """
 
 from __future__ import annotations
 
-import csv
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,9 +27,9 @@ from .checkpoint import load_checkpoint, policy_payload, save_checkpoint
 from .config import TrainConfig
 from .oc_phase import OCPhaseRunner
 from .policy import MLPPolicy, make_policy
+from .run_log import RunLog
 
 CHECKPOINT = "checkpoint.pt"
-METRICS = "metrics.csv"
 
 
 def success_tolerance(task: Task) -> tuple[str, float]:
@@ -115,16 +115,6 @@ class Trainer:
         dump_yaml({"train": to_dict(self.config), "task_overrides": self.task_overrides, "task": to_dict(self.task.config)},
                   self.out_dir / "config.yaml")
 
-    def _write_metrics(self) -> None:
-        path = self.out_dir / METRICS
-        keys = list(self.metrics[0])
-        tmp = path.with_suffix(".csv.tmp")
-        with open(tmp, "w", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=keys)
-            writer.writeheader()
-            writer.writerows(self.metrics)
-        tmp.replace(path)
-
     def save(self) -> None:
         payload = {
             **policy_payload(self.policy, self.task),
@@ -159,25 +149,28 @@ class Trainer:
     # -- loop ---------------------------------------------------------------
     def run(self, on_iteration: Callable[[dict[str, float]], None] | None = None) -> list[dict[str, float]]:
         self._prepare_out_dir()
+        self.log = RunLog(self.out_dir, f"{self.config.variant} on {self.task.name}", self.task.error_unit)
         if self.held_out is None:
             self.held_out = HeldOut.make(self.task, self.config.eval_problems, self.config.eval_seed)
         try:
             while self.algorithm.iteration < self.config.iterations:
+                # wall time covers everything a run spends, evaluation and checkpoint included
                 start = time.perf_counter()
                 stats = self.algorithm.step()
-                self.wall_time += time.perf_counter() - start
                 row = {
                     "iteration": float(self.algorithm.iteration),
                     **evaluate_policy(self.task, self.policy, self.held_out),
                     "dynamics_evaluations": float(self.counter.steps),
                     **stats,
-                    "wall_time": self.wall_time,
                 }
+                self.wall_time += time.perf_counter() - start
+                row["wall_time"] = self.wall_time
                 self.metrics.append(row)
-                self._write_metrics()
+                self.log.write(self.metrics)
                 self.save()
                 if on_iteration is not None:
                     on_iteration(row)
         finally:
             self.runner.close()
+            self.log.close()
         return self.metrics

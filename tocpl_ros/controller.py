@@ -1,0 +1,718 @@
+"""The policy controller: an ONNX policy made safe to drive a robot (ROS-free).
+
+:class:`PolicyController` is everything the ``policy_node`` does except ROS: it
+checks a policy file against the robot's URDF, takes joint states by joint *name*
+(rejecting malformed ones), keeps the target inside a workspace box, and turns the
+policy's torque into the command of an output mode, with the safety layer around it:
+
+- the policy's torque is always clamped to [u_min, u_max] ∩ [−effort, effort] (URDF);
+- joint states with NaN/Inf, wrong lengths, unknown/missing/duplicate joints,
+  timestamps going backwards, or positions/velocities beyond sanity bounds are
+  rejected (each with a reason string and a counter) and never reach the policy;
+- no fresh joint state for ``stale_periods`` control periods, the controller being
+  stopped, a non-finite policy output or any internal error → the *safe command* of
+  the output mode (see :class:`ControllerConfig` ``safe_mode``);
+- on start, and whenever the policy takes over again after a safe command, the command
+  ramps linearly from the safe command to the policy's over ``fade_in`` seconds;
+- every command returned is finite and inside the output mode's limits.
+
+Times (``stamp``, ``received``, ``now``) are seconds as floats; ``received`` and
+``now`` must come from the same clock (the node uses ``time.monotonic()``).
+
+Only numpy, pinocchio and onnxruntime (through :mod:`tocpl_ros.policy_file`) are
+imported: no torch, no rclpy.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import pinocchio as pin
+
+from .config import FieldError
+from .policy_file import INPUT_NAME, OUTPUT_NAME, OnnxPolicy, PolicyFileError, PolicyMetadata
+from .resources import urdf_path
+
+__all__ = [
+    "OUTPUT_MODES",
+    "SAFE_MODES",
+    "TARGET_POLICIES",
+    "Command",
+    "ControllerConfig",
+    "ControllerStats",
+    "PeriodStats",
+    "PolicyController",
+    "PolicyFileError",
+]
+
+OUTPUT_MODES = ("effort", "velocity", "position")
+SAFE_MODES = ("hold", "gravity", "zero_velocity")
+TARGET_POLICIES = ("clamp", "reject")
+OBS_BLOCKS = ("q", "v", "target")
+"""Observation blocks this controller can assemble (``tocpl.obs_layout`` names)."""
+
+DEFAULT_TARGET_LIMITS = [0.25, 0.85, -0.30, 0.50, -0.15, 0.80]
+"""ur5_reach's training targets span x 0.33..0.77, y −0.19..0.41, z −0.09..0.70 m
+(20 000 samples); the default box adds 5–10 cm: the policy knows nothing beyond."""
+
+
+@dataclass
+class ControllerConfig:
+    """Settings of the policy controller (the ``policy_node`` parameters of the same names)."""
+
+    rate: float = 500.0
+    """Control rate (Hz): one command every 1/rate s (UR e-series: 500 Hz). 1/rate is also
+    the step used to turn torques into velocity/position commands."""
+    output_mode: str = "effort"
+    """'effort' (torque for a forward effort controller), 'velocity' (v + dt·aba(q, v, u)) or
+    'position' (q + dt·that velocity), dt = 1/rate."""
+    exclude_gravity: bool = False
+    """effort mode: publish u − g(q) instead of u, for drivers that add gravity compensation
+    themselves (UR direct torque control). Limits still apply to the total torque u."""
+    stale_periods: int = 5
+    """No accepted joint state for more than stale_periods control periods → safe command."""
+    safe_mode: str = "hold"
+    """Command sent while unsafe (stopped, stale/invalid data, bad policy output).
+    effort mode: 'gravity' → g(q); 'hold' → g(q) + PD to the posture held when the
+    controller went safe; 'zero_velocity' → g(q) − hold_kd·v (damping to rest); the PD/damping
+    terms need fresh data and are dropped when it is stale (then g(last q) only); always clamped
+    to the torque limits. velocity mode: zeros (every safe_mode). position mode: the held posture."""
+    fade_in: float = 0.5
+    """Seconds over which the command ramps linearly from the safe command to the policy's,
+    after start and after every safe period. 0: no ramp."""
+    target_limits: list[float] = field(default_factory=lambda: list(DEFAULT_TARGET_LIMITS))
+    """Workspace box of the target, [x_min, x_max, y_min, y_max, z_min, z_max] (m, base frame)."""
+    target_out_of_limits: str = "clamp"
+    """A target outside target_limits is 'clamp'ed into the box or 'reject'ed (kept the old one)."""
+    initial_target: list[float] | None = None
+    """Target [x, y, z] until one arrives; None: the end-effector position at the first
+    accepted joint state (hold where the robot is). Clamped/rejected like any target."""
+    max_joint_velocity: float = 10.0
+    """Sanity bound (rad/s): joint states with |v| above it are rejected; velocity commands are
+    also clamped to it (besides the URDF velocity limits)."""
+    joint_position_margin: float = 0.1
+    """Joint states with a position beyond the URDF limits by more than this (rad) are rejected."""
+    hold_kp: float = 100.0
+    """'hold' safe mode, effort output: proportional gain (N·m/rad) towards the held posture."""
+    hold_kd: float = 10.0
+    """'hold'/'zero_velocity' safe modes, effort output: damping gain (N·m·s/rad)."""
+    allow_extra_joints: bool = False
+    """Accept joint states that also name joints the policy does not use (e.g. a gripper's);
+    False rejects them as unknown joints."""
+    expected_dt: float | None = None
+    """If set, the policy's tocpl.dt must equal it (s), else the metadata check fails."""
+
+    def __post_init__(self) -> None:
+        def number(name: str, value, lo=None, hi=None, lo_open=False) -> None:
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+                raise FieldError(name, f"must be a finite number, got {value!r}")
+            if lo is not None and (value <= lo if lo_open else value < lo):
+                raise FieldError(name, f"must be {'>' if lo_open else '>='} {lo}, got {value}")
+            if hi is not None and value > hi:
+                raise FieldError(name, f"must be <= {hi}, got {value}")
+
+        number("rate", self.rate, 0.0, 10000.0, lo_open=True)
+        for name, options in (
+            ("output_mode", OUTPUT_MODES),
+            ("safe_mode", SAFE_MODES),
+            ("target_out_of_limits", TARGET_POLICIES),
+        ):
+            if getattr(self, name) not in options:
+                raise FieldError(name, f"must be one of {', '.join(options)}, got {getattr(self, name)!r}")
+        if isinstance(self.stale_periods, bool) or not isinstance(self.stale_periods, int) or self.stale_periods < 1:
+            raise FieldError("stale_periods", f"must be an integer >= 1, got {self.stale_periods!r}")
+        number("fade_in", self.fade_in, 0.0, 60.0)
+        number("max_joint_velocity", self.max_joint_velocity, 0.0, lo_open=True)
+        number("joint_position_margin", self.joint_position_margin, 0.0)
+        number("hold_kp", self.hold_kp, 0.0)
+        number("hold_kd", self.hold_kd, 0.0)
+        limits = list(self.target_limits)
+        if len(limits) != 6:
+            raise FieldError("target_limits", f"needs 6 values [x_min, x_max, y_min, y_max, z_min, z_max], got {len(limits)}")
+        for i, value in enumerate(limits):
+            number(f"target_limits[{i}]", value)
+        for axis, (lo, hi) in zip("xyz", zip(limits[0::2], limits[1::2])):
+            if lo > hi:
+                raise FieldError("target_limits", f"{axis}_min {lo} > {axis}_max {hi}")
+        if self.initial_target is not None:
+            if len(self.initial_target) != 3:
+                raise FieldError("initial_target", f"needs 3 values [x, y, z], got {len(self.initial_target)}")
+            for i, value in enumerate(self.initial_target):
+                number(f"initial_target[{i}]", value)
+        if self.expected_dt is not None:
+            number("expected_dt", self.expected_dt, 0.0, lo_open=True)
+
+    @property
+    def period(self) -> float:
+        """Control period 1/rate (s)."""
+        return 1.0 / self.rate
+
+
+@dataclass
+class Command:
+    """One control step's output."""
+
+    values: np.ndarray | None
+    """The command to publish (joint order of the policy), or None: nothing to publish yet
+    (no joint state ever accepted: even a 'hold' posture is unknown)."""
+    safe: bool
+    """True when this is the safe command (not the policy's)."""
+    reason: str
+    """Why the command is safe ('' for a policy command; 'fading in' while ramping)."""
+
+
+class PeriodStats:
+    """A ring buffer of durations (s) with percentile summaries (loop periods, inference times)."""
+
+    def __init__(self, capacity: int = 20000):
+        self._buf = np.zeros(int(capacity))
+        self._n = 0
+        self.count = 0
+        self.max_ever = 0.0
+
+    def add(self, value: float) -> None:
+        self._buf[self._n % len(self._buf)] = value
+        self._n += 1
+        self.count += 1
+        if value > self.max_ever:
+            self.max_ever = value
+
+    def values(self) -> np.ndarray:
+        return self._buf[: min(self._n, len(self._buf))].copy()
+
+    def clear(self) -> None:
+        """Forget the window (count and max_ever are kept)."""
+        self._n = 0
+
+    def summary(self) -> dict[str, float]:
+        """{'n', 'p50', 'p99', 'max', 'mean'} of the window (NaN when empty)."""
+        v = self.values()
+        if not len(v):
+            return {"n": 0, "p50": math.nan, "p99": math.nan, "max": math.nan, "mean": math.nan}
+        p50, p99 = np.percentile(v, [50, 99])
+        return {"n": len(v), "p50": float(p50), "p99": float(p99), "max": float(v.max()), "mean": float(v.mean())}
+
+
+@dataclass
+class ControllerStats:
+    """Counters of a controller (all cumulative since construction)."""
+
+    ticks: int = 0
+    """compute() calls."""
+    policy_ticks: int = 0
+    """Commands from the policy (fading in or not)."""
+    safe_ticks: int = 0
+    """Safe commands (including the None 'nothing to publish' ones)."""
+    clamped_ticks: int = 0
+    """Policy torques that had to be clamped to the limits (by this controller, after the ONNX graph)."""
+    accepted_states: int = 0
+    """Joint states accepted."""
+    rejected: Counter = field(default_factory=Counter)
+    """Rejected inputs by reason key (joint states and targets)."""
+    safe_reasons: Counter = field(default_factory=Counter)
+    """Safe commands by reason key."""
+    targets_clamped: int = 0
+    """Targets moved into target_limits."""
+    stamp_resets: int = 0
+    """Older time stamps accepted because the stream had gone stale first (publisher restarted)."""
+    inference: PeriodStats = field(default_factory=lambda: PeriodStats(5000))
+    """Policy inference times (s), last 5000."""
+    compute: PeriodStats = field(default_factory=lambda: PeriodStats(5000))
+    """Whole compute() times (s), last 5000."""
+
+    @property
+    def rejected_total(self) -> int:
+        return sum(self.rejected.values())
+
+
+class PolicyController:
+    """An ONNX policy plus the robot model, safety layer and output conversion.
+
+    ``policy``: a policy file path or an :class:`OnnxPolicy`; ``urdf``: a URDF path or
+    file name overriding the metadata's ``tocpl.urdf`` (found with
+    :func:`tocpl_ros.resources.urdf_path`). Raises :class:`PolicyFileError` when the
+    file is unusable or inconsistent with the URDF (joint names/order, bounds, obs
+    layout); :meth:`check_metadata` also compares it with an expected joint list and dt.
+    Starts *stopped*: call :meth:`start`.
+    """
+
+    def __init__(self, policy: str | Path | OnnxPolicy, config: ControllerConfig | None = None, urdf: str | Path | None = None):
+        self.config = config or ControllerConfig()
+        self.policy = policy if isinstance(policy, OnnxPolicy) else OnnxPolicy(policy)
+        self.metadata: PolicyMetadata = self.policy.metadata
+        md = self.metadata
+        source = self.policy.path.name
+
+        # -- robot model -----------------------------------------------------
+        name = str(urdf) if urdf else md.urdf
+        if not name:
+            raise PolicyFileError(f"{source}: policy for task '{md.task}' names no URDF (tocpl.urdf is empty); give one explicitly")
+        try:
+            path = Path(name)
+            if not path.is_file():
+                path = urdf_path(name)
+            self.model = pin.buildModelFromUrdf(str(path))
+        except (FileNotFoundError, ValueError, RuntimeError) as exc:
+            raise PolicyFileError(f"{source}: cannot load URDF '{name}': {exc}") from exc
+        self.urdf_file = path
+        self.data = self.model.createData()
+        self.robot_joint_names = list(self.model.names)[1:]
+        self.nq = self.model.nq
+        self._check_model()
+
+        self.joint_names = list(md.joint_names)
+        self._index = {n: i for i, n in enumerate(self.joint_names)}
+        effort = np.asarray(self.model.effortLimit, dtype=float)
+        self.u_lo = np.maximum(md.u_min, -effort)
+        self.u_hi = np.minimum(md.u_max, effort)
+        self.v_lim = np.minimum(np.asarray(self.model.velocityLimit, dtype=float), self.config.max_joint_velocity)
+        self.q_lo = np.asarray(self.model.lowerPositionLimit, dtype=float)
+        self.q_hi = np.asarray(self.model.upperPositionLimit, dtype=float)
+        margin = self.config.joint_position_margin
+        self._q_ok_lo, self._q_ok_hi = self.q_lo - margin, self.q_hi + margin
+        self._tmin = np.array(self.config.target_limits[0::2], dtype=float)
+        self._tmax = np.array(self.config.target_limits[1::2], dtype=float)
+
+        # -- observation assembly ----------------------------------------------
+        self._obs = np.zeros((1, md.obs_dim), dtype=np.float32)
+        self._slices: list[tuple[str, slice]] = []
+        start = 0
+        for block, size in md.obs_layout:
+            self._slices.append((block, slice(start, start + size)))
+            start += size
+        self._needs_target = any(b == "target" for b, _ in md.obs_layout)
+        frame = md.task_config.get("frame") if isinstance(md.task_config, dict) else None
+        self.frame_id: int | None = None
+        if frame and self.model.existFrame(frame):
+            self.frame_id = self.model.getFrameId(frame)
+        if self._needs_target and self.config.initial_target is None and self.frame_id is None:
+            raise PolicyFileError(
+                f"{source}: the observation has a target but the task config names no end-effector frame "
+                f"of {path.name} (task_config.frame = {frame!r}): set initial_target explicitly"
+            )
+
+        # -- state ------------------------------------------------------------
+        self.stats = ControllerStats()
+        self._q: np.ndarray | None = None
+        self._v: np.ndarray | None = None
+        self._stamp: float | None = None
+        self._received: float | None = None
+        self.target: np.ndarray | None = None
+        if self.config.initial_target is not None:
+            reason = self.update_target(self.config.initial_target)
+            if self.target is None:
+                raise PolicyFileError(f"initial_target {self.config.initial_target}: {reason}")
+        self._running = False
+        self._fade_start: float | None = None
+        self._q_hold: np.ndarray | None = None
+        self._last_was_policy = False
+        self.state = "stopped"
+        """'stopped', 'waiting' (no joint state yet), 'safe', 'fading_in' or 'running'."""
+        self.last_reason = "stopped"
+
+    # ------------------------------------------------------------------ metadata
+
+    def _check_model(self) -> None:
+        """The policy file is consistent with the URDF and with this controller."""
+        md, source = self.metadata, self.policy.path.name
+        urdf = self.urdf_file.name
+        if self.model.nq != self.model.nv:
+            raise PolicyFileError(f"{urdf}: joints with nq != nv are not supported")
+        problem = _name_difference(md.joint_names, self.robot_joint_names, "policy (tocpl.joint_names)", f"URDF {urdf}")
+        if problem:
+            raise PolicyFileError(f"{source}: joint names differ from the robot's: {problem}")
+        if md.nu != self.model.nv:
+            raise PolicyFileError(f"{source}: policy outputs {md.nu} torques but {urdf} has {self.model.nv} joints")
+        effort = np.asarray(self.model.effortLimit, dtype=float)
+        tol = 1e-6 * np.maximum(1.0, effort)
+        over = [
+            f"{n}: policy [{lo:g}, {hi:g}] vs URDF effort limit {e:g}"
+            for n, lo, hi, e, t in zip(md.joint_names, md.u_min, md.u_max, effort, tol)
+            if hi > e + t or lo < -e - t
+        ]
+        if over:
+            raise PolicyFileError(
+                f"{source}: torque bounds (tocpl.u_min/u_max) exceed the URDF effort limits of {urdf}: " + "; ".join(over)
+            )
+        sizes = {"q": self.nq, "v": self.model.nv, "target": 3}
+        for block, size in md.obs_layout:
+            if block not in sizes:
+                raise PolicyFileError(
+                    f"{source}: observation block '{block}' (tocpl.obs_layout) is not supported (known: {', '.join(OBS_BLOCKS)})"
+                )
+            if size != sizes[block]:
+                raise PolicyFileError(f"{source}: observation block '{block}' has size {size}, expected {sizes[block]}")
+
+    def check_metadata(self, joint_names: Sequence[str] | None = None, dt: float | None = None) -> None:
+        """Raise :class:`PolicyFileError` (a ValueError) saying exactly what differs between the
+        policy's metadata and the robot: the URDF (joint names, order, count, torque bounds vs
+        effort limits), ``joint_names`` (the expected joints in order, if given) and ``dt``
+        (if given, else ``config.expected_dt`` if set)."""
+        self._check_model()
+        source = self.policy.path.name
+        if joint_names is not None:
+            problem = _name_difference(self.metadata.joint_names, list(joint_names), "policy (tocpl.joint_names)", "expected joint_names")
+            if problem:
+                raise PolicyFileError(f"{source}: joint names differ: {problem}")
+        if dt is None:
+            dt = self.config.expected_dt
+        if dt is not None:
+            if not (isinstance(dt, (int, float)) and math.isfinite(dt) and dt > 0):
+                raise ValueError(f"expected dt must be a number > 0, got {dt!r}")
+            if abs(self.metadata.dt - dt) > 1e-9 * max(1.0, abs(dt)):
+                raise PolicyFileError(
+                    f"{source}: policy dt (tocpl.dt) is {self.metadata.dt:g} s but the configured control period is {dt:g} s"
+                )
+
+    # ------------------------------------------------------------------ inputs
+
+    def _reject(self, key: str, message: str) -> str:
+        self.stats.rejected[key] += 1
+        return message
+
+    def update_joint_state(
+        self,
+        names: Sequence[str],
+        position: Sequence[float],
+        velocity: Sequence[float],
+        stamp: float,
+        received: float | None = None,
+    ) -> str | None:
+        """Take a joint state (any joint order). Returns None if accepted, else why it was
+        rejected (and counts it in ``stats.rejected``); never raises.
+
+        ``stamp``: the message's time stamp (s); a stamp older than the last accepted one is
+        rejected, unless the stream had gone stale (a restarted publisher). ``received``: when
+        it arrived, on the clock of :meth:`compute`'s ``now`` (default: ``stamp``).
+        """
+        try:
+            try:
+                stamp = float(stamp)
+                received = stamp if received is None else float(received)
+            except (TypeError, ValueError):
+                return self._reject("bad_stamp", f"time stamp is not a number: {stamp!r}")
+            if not (math.isfinite(stamp) and math.isfinite(received)):
+                return self._reject("bad_stamp", f"time stamp is not finite: {stamp!r}")
+            try:
+                names = list(names)
+                n = len(names)
+                pos = np.asarray(position, dtype=float).reshape(-1)
+                vel = np.asarray(velocity, dtype=float).reshape(-1)
+            except (TypeError, ValueError) as exc:
+                return self._reject("malformed", f"malformed joint state ({exc})")
+            if len(pos) != n or len(vel) != n:
+                return self._reject(
+                    "length", f"lengths differ: {n} names, {len(pos)} positions, {len(vel)} velocities"
+                )
+            if not all(isinstance(name, str) for name in names):
+                return self._reject("malformed", "joint names must be strings")
+            if len(set(names)) != n:
+                dup = sorted({x for x in names if names.count(x) > 1})
+                return self._reject("duplicate_joint", f"duplicate joint names {dup}")
+            index = self._index
+            unknown = [x for x in names if x not in index]
+            if unknown and not self.config.allow_extra_joints:
+                return self._reject("unknown_joint", f"unknown joints {unknown[:6]} (policy joints: {self.joint_names})")
+            if n - len(unknown) != self.nq:
+                missing = [x for x in self.joint_names if x not in set(names)]
+                return self._reject("missing_joint", f"missing joints {missing}")
+            order = np.fromiter((index.get(x, -1) for x in names), dtype=np.int64, count=n)
+            used = order >= 0
+            q = np.empty(self.nq)
+            v = np.empty(self.nq)
+            q[order[used]] = pos[used]
+            v[order[used]] = vel[used]
+            if not (np.isfinite(q).all() and np.isfinite(v).all()):
+                bad = [self.joint_names[i] for i in range(self.nq) if not (math.isfinite(q[i]) and math.isfinite(v[i]))]
+                return self._reject("nonfinite", f"NaN/Inf in the state of {bad}")
+            if (q < self._q_ok_lo).any() or (q > self._q_ok_hi).any():
+                bad = [self.joint_names[i] for i in np.flatnonzero((q < self._q_ok_lo) | (q > self._q_ok_hi))]
+                return self._reject("position_bound", f"positions beyond the URDF limits of {bad}")
+            vmax = self.config.max_joint_velocity
+            if (np.abs(v) > vmax).any():
+                bad = [self.joint_names[i] for i in np.flatnonzero(np.abs(v) > vmax)]
+                return self._reject("velocity_bound", f"|velocity| > max_joint_velocity {vmax:g} rad/s for {bad}")
+            if self._stamp is not None and stamp < self._stamp:
+                gone_stale = self._received is not None and received - self._received > self._stale_limit()
+                if not gone_stale:
+                    return self._reject(
+                        "backwards_stamp", f"time stamp {stamp:.6f} is older than the last accepted {self._stamp:.6f}"
+                    )
+                self.stats.stamp_resets += 1  # the stream had gone stale: a restarted publisher
+            self._q, self._v, self._stamp, self._received = q, v, stamp, received
+            self.stats.accepted_states += 1
+            if self.target is None and self._needs_target:
+                self._target_from_posture()
+            return None
+        except Exception as exc:  # never let a malformed message escape
+            return self._reject("malformed", f"malformed joint state ({type(exc).__name__}: {exc})")
+
+    def _target_from_posture(self) -> None:
+        pin.framesForwardKinematics(self.model, self.data, self._q)
+        xyz = self.data.oMf[self.frame_id].translation.copy()
+        self.target = np.clip(xyz, self._tmin, self._tmax)
+
+    def update_target(self, xyz: Sequence[float]) -> str | None:
+        """Set the target [x, y, z]. Returns None if taken as is, else what happened: rejected
+        (NaN/Inf, wrong length, outside target_limits with 'reject': the old target is kept) or
+        clamped into target_limits (with 'clamp'). Counted in ``stats``; never raises."""
+        try:
+            p = np.asarray(xyz, dtype=float).reshape(-1)
+        except (TypeError, ValueError) as exc:
+            return self._reject("target_malformed", f"target rejected: not numbers ({exc})")
+        if p.shape != (3,):
+            return self._reject("target_malformed", f"target rejected: needs 3 values, got {p.size}")
+        if not np.isfinite(p).all():
+            return self._reject("target_nonfinite", f"target rejected: NaN/Inf in {p.tolist()}")
+        inside = bool(((p >= self._tmin) & (p <= self._tmax)).all())
+        if inside:
+            self.target = p
+            return None
+        box = f"[{', '.join(f'{a:g}..{b:g}' for a, b in zip(self._tmin, self._tmax))}]"
+        if self.config.target_out_of_limits == "reject":
+            return self._reject("target_out_of_limits", f"target {p.tolist()} rejected: outside target_limits {box}")
+        self.target = np.clip(p, self._tmin, self._tmax)
+        self.stats.targets_clamped += 1
+        return f"target {p.tolist()} clamped to {self.target.tolist()} (target_limits {box})"
+
+    # ------------------------------------------------------------------ start/stop
+
+    def start(self, now: float | None = None) -> None:
+        """Let the policy drive (after a fade-in from the safe command)."""
+        if not self._running:
+            self._running = True
+            self._fade_start = None  # the ramp starts at the first policy tick
+
+    def stop(self) -> None:
+        """Send the safe command from the next compute() on."""
+        self._running = False
+
+    @property
+    def running(self) -> bool:
+        return self._running
+
+    # ------------------------------------------------------------------ compute
+
+    def _stale_limit(self) -> float:
+        return self.config.stale_periods * self.config.period + 1e-9
+
+    def age(self, now: float) -> float:
+        """Seconds since the last accepted joint state was received (inf if none)."""
+        return math.inf if self._received is None else now - self._received
+
+    def gravity(self, q: np.ndarray) -> np.ndarray:
+        return np.asarray(pin.computeGeneralizedGravity(self.model, self.data, q), dtype=float).copy()
+
+    def output_limits(self, q: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """(low, high) of what this controller may publish in its output mode. Effort with
+        exclude_gravity: the torque limits minus g(q) (q: the current state by default)."""
+        mode = self.config.output_mode
+        if mode == "velocity":
+            return -self.v_lim, self.v_lim.copy()
+        if mode == "position":
+            return self.q_lo.copy(), self.q_hi.copy()
+        if self.config.exclude_gravity:
+            q = self._q if q is None else q
+            g = self.gravity(q)
+            return self.u_lo - g, self.u_hi - g
+        return self.u_lo.copy(), self.u_hi.copy()
+
+    def _safe_values(self, fresh: bool) -> np.ndarray | None:
+        """The safe command in the output mode (None if no state was ever accepted)."""
+        cfg, q, v = self.config, self._q, self._v
+        if q is None:
+            return None
+        if self._q_hold is None:
+            self._q_hold = q.copy()
+        if cfg.output_mode == "velocity":
+            return np.zeros(self.nq)
+        if cfg.output_mode == "position":
+            return np.clip(self._q_hold, self.q_lo, self.q_hi)
+        g = self.gravity(q)
+        u = g.copy()
+        if fresh and cfg.safe_mode == "hold":
+            u += cfg.hold_kp * (self._q_hold - q) - cfg.hold_kd * v
+        elif fresh and cfg.safe_mode == "zero_velocity":
+            u -= cfg.hold_kd * v
+        u = np.clip(u, self.u_lo, self.u_hi)
+        return u - g if cfg.exclude_gravity else u
+
+    def _policy_values(self) -> tuple[np.ndarray | None, str]:
+        """The policy's command in the output mode, or (None, reason) if unusable."""
+        cfg, q, v = self.config, self._q, self._v
+        obs = self._obs[0]
+        for block, sl in self._slices:
+            obs[sl] = q if block == "q" else v if block == "v" else self.target
+        t0 = time.perf_counter()
+        out = self.policy.session.run([OUTPUT_NAME], {INPUT_NAME: self._obs})[0]
+        self.stats.inference.add(time.perf_counter() - t0)
+        u = np.asarray(out, dtype=float).reshape(-1)
+        if u.shape != (self.nq,) or not np.isfinite(u).all():
+            return None, "policy_nonfinite"
+        clamped = np.clip(u, self.u_lo, self.u_hi)
+        if (clamped != u).any():
+            self.stats.clamped_ticks += 1
+        u = clamped
+        if cfg.output_mode == "effort":
+            return (u - self.gravity(q) if cfg.exclude_gravity else u), ""
+        dt = cfg.period
+        a = pin.aba(self.model, self.data, q, v, u)
+        v_next = np.clip(v + dt * np.asarray(a, dtype=float), -self.v_lim, self.v_lim)
+        if cfg.output_mode == "velocity":
+            return v_next, ""
+        return np.clip(q + dt * v_next, self.q_lo, self.q_hi), ""
+
+    def compute(self, now: float) -> Command:
+        """The command for time ``now`` (same clock as ``received``). Never raises; the values
+        are finite and inside :meth:`output_limits` (or None before the first joint state)."""
+        t0 = time.perf_counter()
+        try:
+            command = self._compute(float(now))
+        except Exception as exc:  # last line of defence: a bug must not stop the commands
+            command = self._unsafe("internal_error", f"internal error: {type(exc).__name__}: {exc}", fresh=False)
+        command = self._finalise(command)
+        self.stats.compute.add(time.perf_counter() - t0)
+        return command
+
+    def _unsafe(self, key: str, reason: str, fresh: bool) -> Command:
+        if self._last_was_policy and self._q is not None:
+            self._q_hold = self._q.copy()  # hold where the policy left the robot
+        self._last_was_policy = False
+        self._fade_start = None
+        self.stats.safe_reasons[key] += 1
+        try:
+            values = self._safe_values(fresh)
+        except Exception:
+            values = self._fallback()
+        self.state = "stopped" if key == "stopped" else "waiting" if key == "no_joint_state" else "safe"
+        self.last_reason = reason
+        return Command(values, True, reason)
+
+    def _fallback(self) -> np.ndarray | None:
+        """Last-resort safe command without any model computation."""
+        if self._q is None:
+            return None
+        if self.config.output_mode == "position":
+            hold = self._q_hold if self._q_hold is not None else self._q
+            return np.clip(hold, self.q_lo, self.q_hi)
+        return np.zeros(self.nq)
+
+    def _finalise(self, command: Command) -> Command:
+        """Every published value finite and inside the output limits."""
+        values = command.values
+        if values is None:
+            self.stats.safe_ticks += 1
+            return command
+        ok = values.shape == (self.nq,) and np.isfinite(values).all()
+        if not ok:
+            self.stats.safe_reasons["nonfinite_output"] += 1
+            values = self._fallback()
+            command = Command(values, True, "non-finite command replaced by the fallback")
+            if values is None:
+                self.stats.safe_ticks += 1
+                return command
+        try:
+            lo, hi = self.output_limits()
+            values = np.clip(values, lo, hi)
+        except Exception:  # limits not computable: the model-free fallback (inside the limits)
+            values = self._fallback()
+            command = Command(values, True, "output limits not computable: fallback command")
+        if command.safe:
+            self.stats.safe_ticks += 1
+        else:
+            self.stats.policy_ticks += 1
+        return Command(values, command.safe, command.reason)
+
+    def _compute(self, now: float) -> Command:
+        cfg = self.config
+        self.stats.ticks += 1
+        age = self.age(now)
+        fresh = -self._stale_limit() <= age <= self._stale_limit()
+        if self._q is None:
+            return self._unsafe("no_joint_state", "no joint state received yet", fresh=False)
+        if not self._running:
+            return self._unsafe("stopped", "stopped", fresh)
+        if not fresh:
+            return self._unsafe(
+                "stale",
+                f"stale joint_states: last accepted {age * 1e3:.1f} ms ago "
+                f"(limit {cfg.stale_periods} periods = {cfg.stale_periods * cfg.period * 1e3:.1f} ms)",
+                fresh=False,
+            )
+        if self._needs_target and self.target is None:
+            return self._unsafe("no_target", "no target", fresh)
+        values, key = self._policy_values()
+        if values is None:
+            return self._unsafe(key, "policy output is not finite", fresh)
+        if self._fade_start is None:
+            self._fade_start = now
+        alpha = 1.0 if cfg.fade_in <= 0 else min(max((now - self._fade_start) / cfg.fade_in, 0.0), 1.0)
+        reason = ""
+        if alpha < 1.0:
+            safe = self._safe_values(fresh=True)
+            values = (1.0 - alpha) * safe + alpha * values
+            reason = "fading in"
+            self.state = "fading_in"
+        else:
+            self.state = "running"
+        self._last_was_policy = True
+        self.last_reason = reason
+        return Command(values, False, reason)
+
+    # ------------------------------------------------------------------ reporting
+
+    def diagnostics(self) -> dict[str, str]:
+        """Flat key → value strings of the safety state and counters (for DiagnosticArray)."""
+        s = self.stats
+        inf = s.inference.summary()
+        comp = s.compute.summary()
+        out = {
+            "state": self.state,
+            "reason": self.last_reason,
+            "output_mode": self.config.output_mode,
+            "ticks": str(s.ticks),
+            "policy_ticks": str(s.policy_ticks),
+            "safe_ticks": str(s.safe_ticks),
+            "clamped_ticks": str(s.clamped_ticks),
+            "accepted_joint_states": str(s.accepted_states),
+            "rejected_inputs": str(s.rejected_total),
+            "targets_clamped": str(s.targets_clamped),
+            "stamp_resets": str(s.stamp_resets),
+            "inference_p50_us": f"{inf['p50'] * 1e6:.1f}",
+            "inference_p99_us": f"{inf['p99'] * 1e6:.1f}",
+            "inference_max_us": f"{inf['max'] * 1e6:.1f}",
+            "compute_p50_us": f"{comp['p50'] * 1e6:.1f}",
+            "compute_p99_us": f"{comp['p99'] * 1e6:.1f}",
+            "target": "none" if self.target is None else " ".join(f"{x:.4f}" for x in self.target),
+        }
+        for key, count in sorted(s.rejected.items()):
+            out[f"rejected.{key}"] = str(count)
+        for key, count in sorted(s.safe_reasons.items()):
+            out[f"safe.{key}"] = str(count)
+        return out
+
+
+def _name_difference(got: Sequence[str], want: Sequence[str], got_label: str, want_label: str) -> str:
+    """'' if equal, else a message saying exactly how two joint name lists differ."""
+    got, want = list(got), list(want)
+    if got == want:
+        return ""
+    parts = []
+    if len(got) != len(want):
+        parts.append(f"{got_label} has {len(got)} joints, {want_label} has {len(want)}")
+    missing = [n for n in want if n not in got]
+    extra = [n for n in got if n not in want]
+    if missing:
+        parts.append(f"missing from {got_label}: {missing}")
+    if extra:
+        parts.append(f"not in {want_label}: {extra}")
+    if not missing and not extra:
+        where = [f"#{i}: {a!r} vs {b!r}" for i, (a, b) in enumerate(zip(got, want)) if a != b]
+        parts.append(f"same joints in a different order ({'; '.join(where)})")
+    return "; ".join(parts) + f" [{got_label}: {got}; {want_label}: {want}]"

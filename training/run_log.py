@@ -1,0 +1,84 @@
+"""What a run folder records every iteration: metrics.csv, TensorBoard scalars, learning_curve.png."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import numpy as np
+
+from .checkpoint import atomic_write
+
+METRICS = "metrics.csv"
+CURVE = "learning_curve.png"
+
+
+class RunLog:
+    def __init__(self, out_dir: Path, title: str, error_unit: str):
+        self.out_dir = out_dir
+        self.title = title
+        self.scale, self.unit = {"m": (100.0, "cm"), "rad": (float(np.rad2deg(1.0)), "deg")}.get(error_unit, (1.0, error_unit))
+        self._writer = None
+
+    def write(self, rows: list[dict[str, float]]) -> None:
+        """Rewrite the CSV and the curve from all rows; append the newest row to TensorBoard."""
+        self._write_csv(rows)
+        self._write_tensorboard(rows[-1])
+        self._write_curve(rows)
+
+    def _write_csv(self, rows):
+        keys = list(dict.fromkeys(k for row in rows for k in row))
+
+        def write(tmp):
+            with open(tmp, "w", newline="") as f:
+                writer = csv.DictWriter(f, fieldnames=keys)
+                writer.writeheader()
+                writer.writerows(rows)
+
+        atomic_write(self.out_dir / METRICS, write)
+
+    def _write_tensorboard(self, row):
+        if self._writer is None:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self._writer = SummaryWriter(str(self.out_dir / "tensorboard"))
+        step = int(row["iteration"])
+        for key, value in row.items():
+            if key != "iteration" and np.isfinite(value):
+                self._writer.add_scalar(key, value, step)
+        self._writer.flush()
+
+    def _write_curve(self, rows):
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        evals = np.array([r["dynamics_evaluations"] for r in rows])
+        wall = np.array([r["wall_time"] for r in rows])
+        mean = self.scale * np.array([r["final_error_mean"] for r in rows])
+        p95 = self.scale * np.array([r["final_error_p95"] for r in rows])
+        gap = np.array([r["cost_gap_median"] for r in rows])
+        fig, axes = plt.subplots(1, 3, figsize=(13, 3.8))
+        for ax, x, label in ((axes[0], evals, "dynamics evaluations"), (axes[1], wall, "wall time (s)")):
+            ax.plot(x, mean, "o-", label="mean")
+            ax.plot(x, p95, "s--", label="p95")
+            ax.set_yscale("log")
+            ax.set_xlabel(label)
+            ax.set_ylabel(f"final error ({self.unit})")
+            ax.grid(True, which="both", alpha=0.3)
+            ax.legend()
+        axes[2].plot(evals, np.maximum(gap, 1e-6), "o-")
+        axes[2].set_yscale("log")
+        axes[2].set_xlabel("dynamics evaluations")
+        axes[2].set_ylabel("cost gap to TO (median)")
+        axes[2].grid(True, which="both", alpha=0.3)
+        fig.suptitle(self.title)
+        fig.tight_layout()
+        atomic_write(self.out_dir / CURVE, lambda tmp: fig.savefig(tmp, format="png", dpi=90))
+        plt.close(fig)
+
+    def close(self):
+        if self._writer is not None:
+            self._writer.close()
+            self._writer = None
