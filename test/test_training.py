@@ -61,6 +61,37 @@ def test_plal_variants_run_and_reduce_the_consensus_gap(tmp_path, variant):
     assert rows[-1]["cost_gap_median"] < rows[0]["cost_gap_median"]
 
 
+@pytest.mark.parametrize("variant", [dict(algo="pods", constrained=False),
+                                     dict(algo="dpl", constrained=False, sobolev=True, sobolev_full=True)])
+def test_baselines_run_and_improve(tmp_path, variant):
+    rows = Trainer(small(iterations=4, **variant), tmp_path / "run").run()
+    assert rows[-1]["cost_gap_median"] < rows[0]["cost_gap_median"]
+    assert np.isfinite(rows[-1]["regression_loss"])
+
+
+def test_pods_step_is_the_newton_step_on_an_unconstrained_lqr():
+    """On a quadratic cost with linear dynamics one Gauss–Newton step lands on the optimum."""
+    from tocpl_ros.ocp import solve
+
+    trainer = Trainer(small(algo="pods", constrained=False), "unused")
+    alg, task = trainer.algorithm, trainer.task
+    problems = task.sample(2, seed=5)
+    traj = task.rollout(alg.policy.act, problems)
+    for i in range(2):
+        task.set_problem(alg.shooting, problems[i])
+        us, _ = alg._gauss_newton_step(traj.xs[i], traj.us[i])
+        optimum = solve(alg.shooting, SolverConfig(max_iter=100, th_stop=1e-16))
+        np.testing.assert_allclose(us, optimum.us, atol=1e-6)
+
+
+def test_bcl_schedule_grows_mu_while_the_consensus_error_misses_its_tolerance(tmp_path):
+    rows = Trainer(small(algo="plal", iterations=4, mu=0.01, mu_schedule="bcl", mu_max=10.0), tmp_path / "run").run()
+    mus = [r["mu"] for r in rows]
+    assert mus[0] == 0.01 and max(mus) > 0.01 and all(b >= a for a, b in zip(mus, mus[1:]))
+    for r, nxt in zip(rows, rows[1:]):  # μ grew exactly when the error was above the tolerance
+        assert (nxt["mu"] > r["mu"]) == (r["consensus_error"] > r["eta"] and r["mu"] < 10.0)
+
+
 def test_oc_phase_gives_the_same_result_for_any_worker_count():
     task = load_task("pendulum")
     problems = task.sample(5, seed=3)

@@ -6,7 +6,8 @@ from dataclasses import dataclass, field
 
 from tocpl_ros.config import FieldError
 
-ALGORITHMS = ("pddp", "plal")
+ALGORITHMS = ("pddp", "plal", "pods", "dpl")
+MU_SCHEDULES = ("fixed", "bcl")
 WARM_STARTS = ("policy", "previous", "cold")
 
 
@@ -15,9 +16,13 @@ class TrainConfig:
     task: str = "ur5_reach"
     """Task name (config/tasks/<task>.yaml) or a task YAML path."""
     algo: str = "pddp"
-    """'pddp' (projected DDP, Alg. 1) or 'plal' (ADMM on the augmented Lagrangian, Alg. 2)."""
+    """'pddp' (projected DDP, Alg. 1), 'plal' (ADMM on the augmented Lagrangian, Alg. 2), or the
+    paper's baselines 'pods' (Mora et al. 2021: one Gauss-Newton step on the policy's actions, regress)
+    and 'dpl' (Mordatch & Todorov 2014: quadratic-penalty consensus, full-Jacobian Sobolev)."""
     sobolev: bool = False
     """'+S': also match the policy's state Jacobian to the DDP feedback gains (stochastic Sobolev term)."""
+    sobolev_full: bool = False
+    """Match the full Jacobian (eq. 8, nu backward passes) instead of the stochastic projection (dpl's way)."""
     sobolev_weight: float = 1e-3
     """Weight of the Sobolev term relative to the control regression. Small by default: the DDP gains
     near the end of the horizon are stiff (large terminal weights) and would swamp the regression."""
@@ -40,7 +45,14 @@ class TrainConfig:
     warm_start: str = "policy"
     """Initial guess of each OC solve: 'policy' rollout, 'previous' solution of that problem, or 'cold'."""
     mu: float = 1.0
-    """Augmented-Lagrangian penalty μ (plal), in units of the task's cost per (N·m)²."""
+    """Augmented-Lagrangian penalty μ (plal, dpl), in units of the task's cost per (N·m)²."""
+    mu_schedule: str = "fixed"
+    """'fixed' μ, or 'bcl': the bound-constrained Lagrangian strategy of Conn, Gould & Toint (1991) —
+    update λ when the consensus error met its tolerance η (then tighten η), else grow μ (beyond the paper)."""
+    mu_growth: float = 10.0
+    """bcl: factor by which μ grows when the consensus error missed its tolerance."""
+    mu_max: float = 1e4
+    """bcl: upper bound on μ."""
     epochs: int = 20
     """Passes over the supervised data per iteration."""
     batch_size: int = 256
@@ -63,6 +75,10 @@ class TrainConfig:
             raise FieldError("algo", f"unknown algorithm '{self.algo}' (known: {', '.join(ALGORITHMS)})")
         if self.warm_start not in WARM_STARTS:
             raise FieldError("warm_start", f"unknown warm start '{self.warm_start}' (known: {', '.join(WARM_STARTS)})")
+        if self.mu_schedule not in MU_SCHEDULES:
+            raise FieldError("mu_schedule", f"unknown schedule '{self.mu_schedule}' (known: {', '.join(MU_SCHEDULES)})")
+        if self.mu_growth <= 1 or self.mu_max < self.mu:
+            raise FieldError("mu_growth", "needs mu_growth > 1 and mu_max >= mu")
         if self.multiple_shooting and self.algo != "plal":
             raise FieldError("multiple_shooting", "multiple shooting (+M) is a variant of plal")
         for name in ("iterations", "problems", "replay", "oc_max_iter", "epochs", "batch_size", "eval_problems"):
@@ -83,5 +99,6 @@ class TrainConfig:
         """The paper's name of this configuration, e.g. 'PLAL+M+S' or 'PDDP-C'."""
         name = self.algo.upper()
         name += "+M" if self.multiple_shooting else ""
+        name += "+BCL" if self.mu_schedule == "bcl" and self.algo == "plal" else ""
         name += "+S" if self.sobolev else ""
         return name + ("" if self.constrained else "-C")

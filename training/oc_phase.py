@@ -61,9 +61,6 @@ class _Worker:
         nominal = Problems(job.x0[None], job.target[None])
         if request.mode not in self.problems:
             shooting = self.task.build_problem(nominal, constrained=self.constrained)
-            # parallelism is across problems: Crocoddyl's own OpenMP threads would
-            # oversubscribe the cores the workers already use (and spin-wait)
-            shooting.nthreads = 1
             self.problems[request.mode] = (shooting, attach_terms(self.task, shooting, request))
         shooting, terms = self.problems[request.mode]
         if terms is None:

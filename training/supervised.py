@@ -66,14 +66,17 @@ def sobolev_loss_stochastic(
     return 0.5 * nu * (per_sample if sample_weight is None else sample_weight * per_sample).mean()
 
 
-def sobolev_loss_full(policy: MLPPolicy, obs: torch.Tensor, jacobian: torch.Tensor, nx: int) -> torch.Tensor:
-    """Full Sobolev term of eq. (8): ½‖J − ∂π/∂x‖²_F, nu backward passes (reference/tests)."""
+def sobolev_loss_full(
+    policy: MLPPolicy, obs: torch.Tensor, jacobian: torch.Tensor, nx: int, sample_weight: torch.Tensor | None = None
+) -> torch.Tensor:
+    """Full Sobolev term of eq. (8): ½‖J − ∂π/∂x‖²_F, nu backward passes (dpl, and the tests' reference)."""
     obs = obs.detach().requires_grad_(True)
     out = policy(obs) / policy.u_half
     rows = [torch.autograd.grad(out[:, i].sum(), obs, create_graph=True)[0][:, :nx] for i in range(out.shape[1])]
     grad = torch.stack(rows, dim=1)
     target = jacobian / policy.u_half[None, :, None]
-    return 0.5 * ((target - grad) ** 2).sum(dim=(1, 2)).mean()
+    per_sample = ((target - grad) ** 2).sum(dim=(1, 2))
+    return 0.5 * (per_sample if sample_weight is None else sample_weight * per_sample).mean()
 
 
 def gain_weights(jacobian: np.ndarray, u_half: np.ndarray) -> np.ndarray:
@@ -99,6 +102,7 @@ def fit(
     nx: int,
     sobolev_weight: float,
     generator: torch.Generator,
+    full_jacobian: bool = False,
 ) -> dict[str, float]:
     """Adam mini-batches over ``data``; returns the last epoch's mean losses."""
     obs = torch.as_tensor(data.obs, dtype=torch.float32)
@@ -116,7 +120,10 @@ def fit(
             loss = regression_loss(policy, obs[idx], u[idx])
             totals["regression_loss"] += loss.item() * len(idx)
             if jac is not None:
-                sob = sobolev_loss_stochastic(policy, obs[idx], jac[idx], nx, generator, jac_weight[idx])
+                if full_jacobian:
+                    sob = sobolev_loss_full(policy, obs[idx], jac[idx], nx, jac_weight[idx])
+                else:
+                    sob = sobolev_loss_stochastic(policy, obs[idx], jac[idx], nx, generator, jac_weight[idx])
                 totals["sobolev_loss"] += sob.item() * len(idx)
                 loss = loss + sobolev_weight * sob
             optimizer.zero_grad(set_to_none=True)

@@ -72,10 +72,47 @@ class StartupError(RuntimeError):
     """The node cannot start: bad parameter, unusable policy file, metadata mismatch."""
 
 
-def _array_type(name: str):
-    from rclpy.parameter import Parameter
+def _check_type(name: str, value: Any, default: Any) -> Any:
+    """``value`` of parameter ``name`` converted to the type of its default; StartupError if it
+    cannot be (ints are accepted for floats; an unset/empty array is None)."""
 
-    return Parameter.Type.STRING_ARRAY if name == "joint_names" else Parameter.Type.DOUBLE_ARRAY
+    def kind(v: Any) -> str:
+        return type(v).__name__
+
+    def bad(expected: str) -> StartupError:
+        return StartupError(f"parameter '{name}': expected {expected}, got {value!r} ({kind(value)})")
+
+    if isinstance(default, bool):
+        if not isinstance(value, bool):
+            raise bad("true or false")
+        return value
+    if isinstance(default, int):
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise bad("an integer")
+        return value
+    if isinstance(default, float):
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise bad("a number")
+        return float(value)
+    if isinstance(default, str):
+        if not isinstance(value, str):
+            raise bad("a string")
+        return value
+    # arrays: joint_names (strings), the others numbers; unset or empty -> None
+    if value is None:
+        return None if default is None else list(default)
+    if isinstance(value, (str, bytes)) or not hasattr(value, "__len__"):
+        raise bad("a list")
+    items = list(value)
+    if not items:
+        return None
+    if name == "joint_names":
+        if not all(isinstance(v, str) for v in items):
+            raise bad("a list of strings")
+        return items
+    if not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in items):
+        raise bad("a list of numbers")
+    return [float(v) for v in items]
 
 
 def _make_node_class():
@@ -146,24 +183,25 @@ def _make_node_class():
 
         # -- parameters -------------------------------------------------------------
         def _declare_parameters(self, ParameterDescriptor) -> dict[str, Any]:
+            """Declare every parameter (read-only, with its description) and check its type.
+
+            Declared with dynamic typing so that ``rate:=1000`` (an integer) is accepted for
+            a float; the types are checked here instead, naming the parameter."""
             values: dict[str, Any] = {}
             for name, (default, doc) in NODE_PARAMETERS.items():
-                descriptor = ParameterDescriptor(description=doc, read_only=True)
+                descriptor = ParameterDescriptor(description=doc, read_only=True, dynamic_typing=True)
                 try:
-                    if default is None or isinstance(default, list):
-                        param = self.declare_parameter(name, _array_type(name), descriptor)
-                        value = param.value
-                        if value is None and default is not None:
-                            value = list(default)
-                    else:
-                        value = self.declare_parameter(name, default, descriptor).value
-                except Exception as exc:  # wrong type on the command line / in the params file
+                    value = self.declare_parameter(name, default, descriptor).value
+                except Exception as exc:
                     raise StartupError(f"parameter '{name}': {exc}") from exc
-                if isinstance(default, float) and isinstance(value, int) and not isinstance(value, bool):
-                    value = float(value)
-                if value is not None and not isinstance(value, (str, bool, int, float)):
-                    value = list(value)
-                values[name] = value
+                values[name] = _check_type(name, value, default)
+            overrides = getattr(self, "_parameter_overrides", {}) or {}
+            unknown = sorted(k for k in overrides if not self.has_parameter(k) and not k.startswith("qos_overrides."))
+            if unknown:
+                raise StartupError(
+                    f"unknown parameter '{unknown[0]}'" + (f" (and {unknown[1:]})" if unknown[1:] else "")
+                    + f"; known: {', '.join(NODE_PARAMETERS)}"
+                )
             if values["executor"] not in EXECUTORS:
                 raise StartupError(f"parameter 'executor': must be one of {', '.join(EXECUTORS)}, got {values['executor']!r}")
             if not values["diagnostics_period"] > 0:
@@ -295,7 +333,11 @@ def main(args: list[str] | None = None) -> int:
 
     # Our own SIGINT/SIGTERM handling: the node publishes the safe command before it exits
     # (a forward controller holds the last command it received).
-    rclpy.init(args=args, signal_handler_options=SignalHandlerOptions.NO)
+    try:
+        rclpy.init(args=args, signal_handler_options=SignalHandlerOptions.NO)
+    except Exception as exc:  # malformed --ros-args (e.g. a mixed-type array)
+        print(f"[FATAL] [{NODE_NAME}]: refusing to start: invalid arguments: {exc}", file=sys.stderr, flush=True)
+        return 1
     stop = threading.Event()
 
     def on_signal(signum, frame):
@@ -309,7 +351,6 @@ def main(args: list[str] | None = None) -> int:
             node = _make_node_class()()
         except StartupError as exc:
             rclpy.logging.get_logger(NODE_NAME).fatal(f"refusing to start: {exc}")
-            print(f"{NODE_NAME}: error: {exc}", file=sys.stderr, flush=True)
             return 1
         if node.params["executor"] == "events":
             from rclpy.experimental import EventsExecutor

@@ -33,19 +33,19 @@ import sys
 import time
 from functools import partial
 
-from tocpl_ros.config import ConfigError, FieldError, field_docs, load_dataclass
-from tocpl_ros.ros_env import apply_loopback_defaults
-from tocpl_ros.sim import COMMAND_MODES, NODE_NAME, ArmSimulator, CommandError, SimConfig, default_sim_config
-
-import rclpy  # noqa: E402  (after the ROS-free imports on purpose: nothing above needs it)
+import rclpy
+from rcl_interfaces.msg import ParameterDescriptor
 from rclpy.exceptions import InvalidParameterTypeException
 from rclpy.executors import ExternalShutdownException
 from rclpy.node import Node
-from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy, DurabilityPolicy, qos_profile_sensor_data
-from rcl_interfaces.msg import ParameterDescriptor
+from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
 from sensor_msgs.msg import JointState
 from std_msgs.msg import Float64MultiArray
 from std_srvs.srv import Trigger
+
+from tocpl_ros.config import ConfigError, FieldError, field_docs, load_dataclass
+from tocpl_ros.ros_env import apply_loopback_defaults
+from tocpl_ros.sim import COMMAND_MODES, NODE_NAME, ArmSimulator, CommandError, SimConfig, default_sim_config
 
 COMMAND_TOPICS = {mode: f"/forward_{mode}_controller/commands" for mode in COMMAND_MODES}
 JOINT_STATES_TOPIC = "/joint_states"

@@ -7,9 +7,10 @@ from .pddp import PDDP
 
 
 def make_algorithm(task, policy, config, runner, counter) -> Algorithm:
-    from .plal import PLAL
+    from .plal import DPL, PLAL
+    from .pods import PODS
 
-    classes = {"pddp": PDDP, "plal": PLAL}
+    classes = {"pddp": PDDP, "plal": PLAL, "pods": PODS, "dpl": DPL}
     return classes[config.algo](task, policy, config, runner, counter)
 
 

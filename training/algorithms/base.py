@@ -75,6 +75,8 @@ class Algorithm(ABC):
     def supervised_phase(self, batch: OCBatch) -> dict[str, float]:
         """Fit the policy on the data of the last ``replay`` OC phases."""
         self.history = (self.history + [self.supervision(batch)])[-self.config.replay:]
+        if sum(len(d) for d in self.history) == 0:  # every rollout diverged (pods): nothing to learn from
+            return {"regression_loss": float("nan"), "sobolev_loss": 0.0}
         return fit(
             self.policy,
             self.optimizer,
@@ -84,6 +86,7 @@ class Algorithm(ABC):
             nx=self.task.nx,
             sobolev_weight=self.config.sobolev_weight if self.config.sobolev else 0.0,
             generator=self.generator,
+            full_jacobian=self.config.sobolev_full,
         )
 
     def dual_update(self, batch: OCBatch) -> dict[str, float]:

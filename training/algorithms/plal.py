@@ -28,10 +28,12 @@ class PLAL(Algorithm):
         self.lam = np.zeros((*shape, task.nu))
         self.gamma = np.zeros((*shape, task.nx))
         self.policy_states: np.ndarray | None = None  # ²x of +M, [N, T, nx]
+        self.mu = cfg.mu
+        self.eta = self._eta_after_growth()  # bcl: tolerance on the consensus error
 
     def oc_phase(self) -> OCBatch:
         cfg = self.config
-        mu = cfg.mu
+        mu = self.mu
         jobs, fallbacks = self.initial_guesses(self.problems, same_problems=True)
         if not cfg.multiple_shooting:
             for job, lam in zip(jobs, self.lam):
@@ -59,25 +61,49 @@ class PLAL(Algorithm):
     def supervision(self, batch: OCBatch) -> SupervisedData:
         nu, nx = self.task.nu, self.task.nx
         obs = self.observations(self.supervised_states(batch), batch.problems)
-        target = batch.us + self.lam / self.config.mu
+        target = batch.us + self.lam / self.mu
         jac = -batch.K.reshape(-1, nu, nx) if self.config.sobolev else None
         return SupervisedData(obs.reshape(-1, obs.shape[-1]), target.reshape(-1, nu), jac)
 
+    def consensus_error(self, residual: np.ndarray) -> float:
+        """RMS of u − π(x) in units of each joint's half torque range."""
+        return float(np.sqrt(np.mean((residual / self.policy.u_half.double().numpy()) ** 2)))
+
     def dual_update(self, batch: OCBatch) -> dict[str, float]:
-        mu = self.config.mu
+        mu = self.mu
         x2 = self.supervised_states(batch)
         residual = batch.us - self.policy_on(x2, batch.problems)
-        self.lam += mu * residual
-        stats = {"consensus_u": float(np.sqrt((residual ** 2).sum(axis=-1)).mean())}
-        if self.config.multiple_shooting:
-            state_gap = batch.xs[:, :-1] - x2
-            self.gamma += mu * state_gap
+        error = self.consensus_error(residual)
+        stats = {"consensus_u": float(np.sqrt((residual ** 2).sum(axis=-1)).mean()), "consensus_error": error, "mu": mu}
+        state_gap = batch.xs[:, :-1] - x2 if self.config.multiple_shooting else None
+        if self.config.mu_schedule == "bcl" and error > self.eta:
+            # Conn–Gould–Toint: the consensus is too far off for the multipliers to be
+            # trusted: keep λ, stiffen the penalty, loosen the tolerance to the new μ.
+            self.mu = min(self.mu * self.config.mu_growth, self.config.mu_max)
+            self.eta = self._eta_after_growth()
+        else:
+            self.update_multipliers(mu, residual, state_gap)
+            if self.config.mu_schedule == "bcl":
+                self.eta = max(self.eta / (1.0 + mu) ** 0.9, 1e-6)
+        if state_gap is not None:
             stats["consensus_x"] = float(np.sqrt((state_gap ** 2).sum(axis=-1)).mean())
+        stats["eta"] = self.eta
         return stats
+
+    def update_multipliers(self, mu: float, residual: np.ndarray, state_gap: np.ndarray | None) -> None:
+        """λ ← λ + μ (u − π(x)); with +M also γ ← γ + μ (¹x − ²x)."""
+        self.lam += mu * residual
+        if state_gap is not None:
+            self.gamma += mu * state_gap
+
+    def _eta_after_growth(self) -> float:
+        # BCL's η = η0 / μ^0.1 (Nocedal & Wright, Alg. 17.4), with 1 + μ so it also tightens for μ <= 1
+        return 0.1 / (1.0 + self.mu) ** 0.1
 
     def extra_state(self):
         return {"x0": self.problems.x0, "target": self.problems.target, "lam": self.lam, "gamma": self.gamma,
-                "policy_states": self.policy_states if self.policy_states is not None else np.zeros(0)}
+                "policy_states": self.policy_states if self.policy_states is not None else np.zeros(0),
+                "mu": self.mu, "eta": self.eta}
 
     def load_extra_state(self, state):
         from tocpl_ros.tasks import Problems
@@ -85,3 +111,14 @@ class PLAL(Algorithm):
         self.problems = Problems(state["x0"], state["target"])
         self.lam, self.gamma = state["lam"], state["gamma"]
         self.policy_states = state["policy_states"] if state["policy_states"].size else None
+        self.mu, self.eta = float(state["mu"]), float(state["eta"])
+
+
+class DPL(PLAL):
+    """DPL (Mordatch & Todorov, RSS 2014) as the paper compares it: the consensus is only the
+    quadratic penalty μ/2‖u − π(x)‖² in the OC phase (λ stays 0, no dual ascent), with
+    full-Jacobian Sobolev supervision from the feedback gains. Their OC phase has no control
+    box: run it with --no-constrained (config/train presets do)."""
+
+    def update_multipliers(self, mu, residual, state_gap) -> None:
+        pass
