@@ -64,6 +64,7 @@ setup(
             "tocpl-solve = tocpl_ros.solve_cli:main",
             "tocpl-export = tocpl_training.export:main",
             "tocpl-train = tocpl_training.cli:main",
+            "tocpl-train-bench = tocpl_training.benchmark:main",
             # ROS 2 nodes (ros2 run tocpl_ros <name>) and the launch-free bring-up
             "ur5_sim = tocpl_ros.nodes.ur5_sim:main",
             "policy_node = tocpl_ros.nodes.policy_node:main",

@@ -150,3 +150,14 @@ def test_pddp_sobolev_learns_to_stabilise_the_pendulum(tmp_path):
                                eval_problems=50, workers=1), tmp_path / "run").run()
     best = max(r["within_tolerance"] for r in rows)
     assert rows[0]["within_tolerance"] < 0.5 and best >= 0.8
+
+
+def test_learning_rate_decays_geometrically_to_its_final_value():
+    trainer = Trainer(small(iterations=5, learning_rate=1e-3, learning_rate_final=1e-5), "unused")
+    alg = trainer.algorithm
+    rates = []
+    for k in range(5):
+        alg.iteration = k
+        rates.append(alg.learning_rate())
+    np.testing.assert_allclose(rates, [1e-3, 10 ** -3.5, 1e-4, 10 ** -4.5, 1e-5], rtol=1e-12)
+    trainer.runner.close()

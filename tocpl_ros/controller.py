@@ -76,7 +76,9 @@ class ControllerConfig:
     """effort mode: publish u − g(q) instead of u, for drivers that add gravity compensation
     themselves (UR direct torque control). Limits still apply to the total torque u."""
     stale_periods: int = 5
-    """No accepted joint state for more than stale_periods control periods → safe command."""
+    """No accepted joint state for more than stale_periods control periods → safe command.
+    Counted both in time and in control steps: a step that runs late because this process was
+    held up (its joint states still queued) does not count as missing data."""
     safe_mode: str = "hold"
     """Command sent while unsafe (stopped, stale/invalid data, bad policy output).
     effort mode: 'gravity' → g(q); 'hold' → g(q) + PD to the posture held when the
@@ -303,6 +305,7 @@ class PolicyController:
         self._v: np.ndarray | None = None
         self._stamp: float | None = None
         self._received: float | None = None
+        self._ticks_since_state = 0
         self.target: np.ndarray | None = None
         if self.config.initial_target is not None:
             reason = self.update_target(self.config.initial_target)
@@ -446,6 +449,7 @@ class PolicyController:
                     )
                 self.stats.stamp_resets += 1  # the stream had gone stale: a restarted publisher
             self._q, self._v, self._stamp, self._received = q, v, stamp, received
+            self._ticks_since_state = 0
             self.stats.accepted_states += 1
             if self.target is None and self._needs_target:
                 self._target_from_posture()
@@ -496,6 +500,21 @@ class PolicyController:
     @property
     def running(self) -> bool:
         return self._running
+
+    @property
+    def q(self) -> np.ndarray | None:
+        """Joint positions of the last accepted state (policy joint order), or None."""
+        return None if self._q is None else self._q.copy()
+
+    @property
+    def v(self) -> np.ndarray | None:
+        """Joint velocities of the last accepted state, or None."""
+        return None if self._v is None else self._v.copy()
+
+    @property
+    def held_posture(self) -> np.ndarray | None:
+        """The posture the safe command holds ('hold' effort, position mode), or None."""
+        return None if self._q_hold is None else self._q_hold.copy()
 
     # ------------------------------------------------------------------ compute
 
@@ -632,8 +651,10 @@ class PolicyController:
     def _compute(self, now: float) -> Command:
         cfg = self.config
         self.stats.ticks += 1
+        self._ticks_since_state += 1
         age = self.age(now)
-        fresh = -self._stale_limit() <= age <= self._stale_limit()
+        # stale: too old in time AND more than stale_periods steps computed without new data
+        fresh = -self._stale_limit() <= age <= self._stale_limit() or self._ticks_since_state <= cfg.stale_periods
         if self._q is None:
             return self._unsafe("no_joint_state", "no joint state received yet", fresh=False)
         if not self._running:

@@ -45,6 +45,9 @@ def build_parser() -> argparse.ArgumentParser:
     for f in dataclasses.fields(TrainConfig):
         flag = "--" + f.name.replace("_", "-")
         tp = hints[f.name]
+        optional = [a for a in typing.get_args(tp) if a is not type(None)]
+        if type(None) in typing.get_args(tp) and len(optional) == 1:
+            tp = optional[0]  # X | None: the flag takes an X
         kwargs = {"dest": f.name, "default": None, "help": docs.get(f.name, "")}
         if tp is bool:
             parser.add_argument(flag, action=argparse.BooleanOptionalAction, **kwargs)
@@ -78,6 +81,8 @@ def progress_line(row: dict, config: TrainConfig, unit: str) -> str:
         f"hold p95 {scale * row['hold_error_p95']:.3g} | "
         f"within tol {100 * row['within_tolerance']:.0f}% | cost gap {100 * row['cost_gap_median']:.2f}% | "
         f"evals {row['dynamics_evaluations']:.3g} | {row['wall_time']:.0f}s"
+        + (f" | {row['warm_start_fallbacks']:.0f} policy rollouts diverged: warm-started from the previous "
+           f"solution or cold" if row.get("warm_start_fallbacks") else "")
     )
 
 

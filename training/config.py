@@ -58,7 +58,10 @@ class TrainConfig:
     batch_size: int = 256
     """Mini-batch size of the supervised phase."""
     learning_rate: float = 1e-3
-    """Adam learning rate."""
+    """Adam learning rate at the first iteration."""
+    learning_rate_final: float | None = None
+    """Learning rate at the last iteration, reached geometrically (None: constant). Lowering it settles
+    the policy once the OC data stop changing, instead of letting it drift."""
     hidden: list[int] = field(default_factory=lambda: [256, 256])
     """Hidden layer widths of the policy MLP."""
     eval_problems: int = 100
@@ -87,6 +90,8 @@ class TrainConfig:
         for name in ("mu", "learning_rate", "oc_th_stop"):
             if getattr(self, name) <= 0:
                 raise FieldError(name, f"must be > 0, got {getattr(self, name)}")
+        if self.learning_rate_final is not None and self.learning_rate_final <= 0:
+            raise FieldError("learning_rate_final", f"must be > 0, got {self.learning_rate_final}")
         if self.sobolev_weight < 0:
             raise FieldError("sobolev_weight", f"must be >= 0, got {self.sobolev_weight}")
         if self.workers < 0:

@@ -233,11 +233,17 @@ def _make_node_class():
         def _on_target(self, msg) -> None:
             p = msg.point
             with self.lock:
+                before = self.controller.target
                 reason = self.controller.update_target((p.x, p.y, p.z))
-            if reason:
+                taken = self.controller.target is not before
+                target = None if self.controller.target is None else self.controller.target.tolist()
+            # one throttled log line per outcome: a rejection never hides a clamp or vice versa
+            if reason and not taken:
+                self.get_logger().warning(f"/target: {reason}", throttle_duration_sec=0.5)
+            elif reason:
                 self.get_logger().warning(f"/target: {reason}", throttle_duration_sec=0.5)
             else:
-                self.get_logger().info(f"/target: {self.controller.target.tolist()}", throttle_duration_sec=0.5)
+                self.get_logger().info(f"/target: {target}", throttle_duration_sec=0.5)
 
         def _on_start(self, request, response):
             with self.lock:

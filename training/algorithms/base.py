@@ -77,6 +77,8 @@ class Algorithm(ABC):
         self.history = (self.history + [self.supervision(batch)])[-self.config.replay:]
         if sum(len(d) for d in self.history) == 0:  # every rollout diverged (pods): nothing to learn from
             return {"regression_loss": float("nan"), "sobolev_loss": 0.0}
+        for group in self.optimizer.param_groups:
+            group["lr"] = self.learning_rate()
         return fit(
             self.policy,
             self.optimizer,
@@ -88,6 +90,14 @@ class Algorithm(ABC):
             generator=self.generator,
             full_jacobian=self.config.sobolev_full,
         )
+
+    def learning_rate(self) -> float:
+        """Geometric interpolation from learning_rate to learning_rate_final over the iterations."""
+        cfg = self.config
+        if cfg.learning_rate_final is None or cfg.iterations == 1:
+            return cfg.learning_rate
+        fraction = min(self.iteration / (cfg.iterations - 1), 1.0)
+        return cfg.learning_rate * (cfg.learning_rate_final / cfg.learning_rate) ** fraction
 
     def dual_update(self, batch: OCBatch) -> dict[str, float]:
         """ADMM multiplier step; nothing for the projection methods."""

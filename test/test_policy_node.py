@@ -1,0 +1,374 @@
+"""policy_node end to end: the real node in a subprocess, driven by an in-process rclpy
+test node (joint-state publisher, command/diagnostics subscriber, service client).
+
+DDS stays on loopback (conftest) and each test uses its own ROS_DOMAIN_ID; every wait
+is bounded and every process is killed in a finally.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pinocchio as pin
+import pytest
+import torch
+import yaml
+
+from tocpl_ros.policy_file import OnnxPolicy, read_onnx_metadata
+from tocpl_ros.ros_env import DISCOVERY_RANGE_VAR, DOMAIN_ID_VAR, derive_domain_id, loopback_ros_env
+from tocpl_ros.tasks import load_task
+from tocpl_training.export import export_onnx
+from tocpl_training.policy import make_policy
+
+ROOT = Path(__file__).resolve().parents[1]
+JOINTS = ["shoulder_pan_joint", "shoulder_lift_joint", "elbow_joint", "wrist_1_joint", "wrist_2_joint", "wrist_3_joint"]
+Q0 = np.array([0.0, -1.2, 1.6, -0.4, 1.57, 0.0])
+TARGET = [0.5, 0.1, 0.4]
+RATE = 500.0
+STALE_PERIODS = 5
+FADE_IN = 0.2
+EFFORT_TOPIC = "/forward_effort_controller/commands"
+
+
+# ------------------------------------------------------------------------ helpers
+
+
+@pytest.fixture(scope="module")
+def policies(tmp_path_factory):
+    task = load_task("ur5_reach")
+    folder = tmp_path_factory.mktemp("node_policies")
+    policy = make_policy(task, seed=11)
+    with torch.no_grad():
+        policy.net[-1].weight.mul_(4.0)
+    good = export_onnx(policy.eval(), task, folder / "good.onnx")
+    md = read_onnx_metadata(good)
+    renamed = dataclasses.replace(md, joint_names=[("elbow" if n == "elbow_joint" else n) for n in md.joint_names])
+    model = onnx.load(str(good))
+    del model.metadata_props[:]
+    onnx.helper.set_model_props(model, renamed.to_props())
+    onnx.save(model, str(folder / "renamed.onnx"))
+    return {"good": good, "renamed": folder / "renamed.onnx", "missing": folder / "does_not_exist.onnx"}
+
+
+def node_command() -> list[str]:
+    script = Path(sys.executable).parent / "policy_node"  # the console script
+    return [str(script)] if script.is_file() else [sys.executable, "-m", "tocpl_ros.nodes.policy_node"]
+
+
+def node_env(domain: int) -> dict[str, str]:
+    base = {k: v for k, v in os.environ.items() if k != DISCOVERY_RANGE_VAR}
+    env = loopback_ros_env(base, domain_id=domain)
+    assert env[DISCOVERY_RANGE_VAR] == "LOCALHOST"
+    return env
+
+
+def domain_for(ros_loopback_env, offset: int) -> int:
+    return derive_domain_id(int(ros_loopback_env[DOMAIN_ID_VAR]) + offset)
+
+
+def stop_process(proc: subprocess.Popen) -> None:
+    if proc.poll() is None:
+        proc.kill()
+        proc.wait(timeout=10)
+
+
+def gravity(q) -> np.ndarray:
+    model = pin.buildModelFromUrdf(str(ROOT / "urdf" / "ur5.urdf"))
+    return pin.computeGeneralizedGravity(model, model.createData(), np.asarray(q, dtype=float)).copy()
+
+
+def wait_for(predicate, timeout: float, what: str, proc: subprocess.Popen | None = None, log: Path | None = None):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        if proc is not None and proc.poll() is not None:
+            break
+        time.sleep(0.01)
+    detail = log.read_text()[-3000:] if log is not None and log.exists() else ""
+    raise AssertionError(f"timed out ({timeout} s) waiting for {what}\n{detail}")
+
+
+class Harness:
+    """An rclpy test node (own context, given domain) spinning in a background thread."""
+
+    def __init__(self, domain: int):
+        import rclpy
+        from diagnostic_msgs.msg import DiagnosticArray
+        from geometry_msgs.msg import PointStamped
+        from rclpy.executors import SingleThreadedExecutor
+        from rclpy.qos import QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
+        from sensor_msgs.msg import JointState
+        from std_msgs.msg import Float64MultiArray
+        from std_srvs.srv import Trigger
+
+        self.rclpy, self.JointState, self.PointStamped, self.Trigger = rclpy, JointState, PointStamped, Trigger
+        self.context = rclpy.Context()
+        rclpy.init(context=self.context, domain_id=domain)
+        self.node = rclpy.create_node("policy_node_test_harness", context=self.context)
+        self.lock = threading.Lock()
+        self.commands: list[tuple[float, np.ndarray]] = []
+        self.diagnostics: list = []
+        self.js_sent: list[float] = []
+        self.publishing = threading.Event()
+        self.q = Q0.copy()
+        self.bad_burst = 0
+        self.js_pub = self.node.create_publisher(JointState, "/joint_states", qos_profile_sensor_data)
+        self.target_pub = self.node.create_publisher(PointStamped, "/target", 10)
+        self.node.create_subscription(
+            Float64MultiArray, EFFORT_TOPIC, self._on_command, QoSProfile(depth=1000, reliability=ReliabilityPolicy.RELIABLE)
+        )
+        self.node.create_subscription(DiagnosticArray, "/diagnostics", self._on_diag, 10)
+        self.clients = {name: self.node.create_client(Trigger, f"/policy_node/{name}") for name in ("start", "stop")}
+        self.node.create_timer(1.0 / RATE, self._publish_joint_state)
+        self.executor = SingleThreadedExecutor(context=self.context)
+        self.executor.add_node(self.node)
+        self._stop = threading.Event()
+        self.thread = threading.Thread(target=self._spin, daemon=True)
+        self.thread.start()
+
+    def _spin(self):
+        while not self._stop.is_set() and self.context.ok():
+            self.executor.spin_once(timeout_sec=0.05)
+
+    def _on_command(self, msg):
+        with self.lock:
+            self.commands.append((time.monotonic(), np.array(msg.data)))
+
+    def _on_diag(self, msg):
+        with self.lock:
+            self.diagnostics.extend(s for s in msg.status if s.name.startswith("policy_node"))
+
+    def _publish_joint_state(self):
+        if not self.publishing.is_set():
+            return
+        msg = self.JointState()
+        msg.header.stamp = self.node.get_clock().now().to_msg()
+        perm = np.random.permutation(6)  # the order on the wire is not guaranteed
+        q = self.q.copy()
+        if self.bad_burst > 0:
+            self.bad_burst -= 1
+            q[self.bad_burst % 6] = [math.nan, math.inf, 1e300][self.bad_burst % 3]
+        msg.name = [JOINTS[i] for i in perm]
+        msg.position = [float(q[i]) for i in perm]
+        msg.velocity = [0.0] * 6
+        self.js_pub.publish(msg)
+        with self.lock:
+            self.js_sent.append(time.monotonic())
+
+    def send_target(self, xyz):
+        msg = self.PointStamped()
+        msg.header.frame_id = "base_link"
+        msg.point.x, msg.point.y, msg.point.z = (float(v) for v in xyz)
+        self.target_pub.publish(msg)
+
+    def call(self, name: str, timeout: float = 10.0):
+        client = self.clients[name]
+        assert client.wait_for_service(timeout_sec=timeout), f"service /policy_node/{name} not available"
+        future = client.call_async(self.Trigger.Request())
+        deadline = time.monotonic() + timeout
+        while not future.done() and time.monotonic() < deadline:
+            time.sleep(0.005)
+        assert future.done(), f"/policy_node/{name} did not answer within {timeout} s"
+        return future.result()
+
+    def commands_since(self, t: float) -> list[tuple[float, np.ndarray]]:
+        with self.lock:
+            return [(tc, v) for tc, v in self.commands if tc >= t]
+
+    def last_command(self) -> np.ndarray:
+        with self.lock:
+            return self.commands[-1][1]
+
+    def close(self):
+        self._stop.set()
+        self.thread.join(timeout=5)
+        self.executor.shutdown()
+        self.node.destroy_node()
+        self.rclpy.try_shutdown(context=self.context)
+
+
+# ------------------------------------------------------------------------ tests
+
+
+def test_params_file_matches_node_parameters():
+    from tocpl_ros.controller import ControllerConfig
+    from tocpl_ros.nodes.policy_node import NODE_PARAMETERS
+
+    data = yaml.safe_load((ROOT / "config" / "policy_node.yaml").read_text())
+    params = data["policy_node"]["ros__parameters"]
+    assert list(params) and set(params) == set(NODE_PARAMETERS)
+    for name, (default, description) in NODE_PARAMETERS.items():
+        assert description, name
+        value = params[name]
+        if default is None:
+            assert value == [], name  # an unset array
+        else:
+            assert value == default, (name, value, default)
+    assert ControllerConfig().rate == params["rate"] == 500.0
+
+
+def test_node_process_does_not_import_torch():
+    code = (
+        "import sys; from tocpl_ros.nodes import policy_node as m; m._make_node_class(); "
+        "bad = [k for k in sys.modules if k.split('.')[0] in ('torch', 'crocoddyl')]; print(bad); sys.exit(1 if bad else 0)"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+@pytest.mark.ros
+def test_node_refuses_to_start_on_bad_policy(policies, ros_loopback_env, tmp_path):
+    """Missing file, joint names differing from the robot's, a bad parameter: exit status != 0
+    and stderr says what is wrong. The three run concurrently (one start-up time)."""
+    env = node_env(domain_for(ros_loopback_env, 41))
+    cases = {
+        "missing": (["-p", f"policy_path:={policies['missing']}"], ["policy file not found", str(policies["missing"])]),
+        "renamed": (["-p", f"policy_path:={policies['renamed']}"], ["joint names differ", "['elbow_joint']", "['elbow']"]),
+        "bad_param": (["-p", f"policy_path:={policies['good']}", "-p", "output_mode:=torque"], ["output_mode", "torque"]),
+        "unknown_param": (["-p", f"policy_path:={policies['good']}", "-p", "rat:=1000"], ["unknown parameter 'rat'"]),
+    }
+    procs = {}
+    try:
+        for name, (args, _) in cases.items():
+            procs[name] = subprocess.Popen(
+                node_command() + ["--ros-args", *args], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+            )
+        for name, proc in procs.items():
+            out, err = proc.communicate(timeout=60)
+            assert proc.returncode not in (0, None), f"{name}: exit {proc.returncode}\n{out}\n{err}"
+            assert "refusing to start" in err, f"{name}: {err}"
+            for fragment in cases[name][1]:
+                assert fragment in err, f"{name}: {fragment!r} not in stderr:\n{err}"
+    finally:
+        for proc in procs.values():
+            stop_process(proc)
+
+
+@pytest.mark.ros
+def test_node_runs_policy_safely(policies, ros_loopback_env, tmp_path):
+    domain = domain_for(ros_loopback_env, 53)
+    md = read_onnx_metadata(policies["good"])
+    policy = OnnxPolicy(policies["good"])
+    u_policy = np.clip(policy(np.concatenate([Q0, np.zeros(6), TARGET])), md.u_min, md.u_max)
+    g0 = gravity(Q0)
+    assert np.abs(u_policy - g0).max() > 1.0, "the test needs the policy and safe commands to differ"
+    period = 1.0 / RATE
+    stale_limit = STALE_PERIODS * period
+
+    def near(values, want, tol=1e-5):
+        return np.abs(values - want).max() <= tol * max(1.0, np.abs(want).max())
+
+    log = tmp_path / "policy_node.log"
+    args = [
+        "--ros-args",
+        "--params-file", str(ROOT / "config" / "policy_node.yaml"),
+        "-p", f"policy_path:={policies['good']}",
+        "-p", f"rate:={RATE}",
+        "-p", f"stale_periods:={STALE_PERIODS}",
+        "-p", f"fade_in:={FADE_IN}",
+        "-p", "safe_mode:=hold",
+        "-p", f"initial_target:=[{', '.join(map(str, TARGET))}]",
+    ]
+    with open(log, "w") as out:
+        proc = subprocess.Popen(node_command() + args, env=node_env(domain), stdout=out, stderr=subprocess.STDOUT)
+    harness = None
+    try:
+        harness = Harness(domain)
+        harness.publishing.set()
+        # 1. commands arrive, converge to the policy's after the fade-in
+        wait_for(lambda: len(harness.commands) > 50, 30, "first commands", proc, log)
+        time.sleep(FADE_IN + 0.1)
+        t0 = time.monotonic()
+        time.sleep(2.0)
+        window = [v for tc, v in harness.commands_since(t0) if tc < t0 + 2.0]
+        rate = len(window) / 2.0
+        assert 0.85 * RATE <= rate <= 1.15 * RATE, f"{rate:.0f} Hz"
+        values = np.array(window)
+        assert np.isfinite(values).all()
+        assert (values >= md.u_min).all() and (values <= md.u_max).all()
+        with harness.lock:
+            sent = np.array([t for t in harness.js_sent if t0 - 0.05 <= t <= t0 + 2.0])
+        max_gap = float(np.diff(sent).max())
+        matching = sum(near(v, u_policy) for v in values)
+        print(f"steady state: {rate:.0f} Hz, {matching}/{len(values)} policy commands, max joint-state gap {max_gap * 1e3:.1f} ms")
+        assert matching == len(values), (matching, len(values), max_gap)
+
+        # 2. diagnostics: loop statistics and safety state
+        wait_for(lambda: any(dict((kv.key, kv.value) for kv in s.values).get("state") == "running" for s in harness.diagnostics), 5, "diagnostics")
+        with harness.lock:
+            status = harness.diagnostics[-1]
+        diag = {kv.key: kv.value for kv in status.values}
+        for key in ("loop_period_p50_ms", "loop_period_p99_ms", "loop_period_max_ms", "inference_p50_us", "rejected_inputs", "overruns"):
+            assert key in diag, key
+        assert abs(float(diag["loop_period_p50_ms"]) - 1e3 * period) < 0.3, diag
+
+        # 3. ~/stop -> safe command (hold at a fresh, still posture: g(q)); ~/start -> fade-in
+        response = harness.call("stop")
+        assert response.success, response.message
+        time.sleep(0.1)
+        assert near(harness.last_command(), g0), harness.last_command()
+        t_start = time.monotonic()
+        assert harness.call("start").success
+        time.sleep(FADE_IN + 0.2)
+        ramp = np.array([v for _, v in harness.commands_since(t_start)])
+        assert near(ramp[-1], u_policy)
+        joint = int(np.argmax(np.abs(u_policy - g0)))
+        moves = np.diff(ramp[:, joint]) * np.sign(u_policy[joint] - g0[joint])
+        assert (moves >= -1e-9).all(), "the fade-in is monotonic"
+        between = [v for v in ramp if not near(v, g0, 1e-3) and not near(v, u_policy, 1e-3)]
+        assert len(between) >= 0.5 * FADE_IN * RATE, f"only {len(between)} intermediate commands"
+
+        # 4. the joint-state publisher stops -> safe command within the stale limit
+        harness.publishing.clear()
+        time.sleep(0.3)
+        with harness.lock:
+            last_js = harness.js_sent[-1]
+        after = harness.commands_since(last_js)
+        first_safe = next((tc for tc, v in after if near(v, g0)), None)
+        assert first_safe is not None, "no safe command after the joint states stopped"
+        latency = first_safe - last_js
+        assert latency <= stale_limit + 2 * period + 0.03, f"safe after {latency * 1e3:.1f} ms"
+        late = [v for tc, v in after if tc > last_js + stale_limit + 0.05]
+        assert len(late) > 0.5 * 0.2 * RATE, "commands keep coming while stale"
+        assert all(near(v, g0) for v in late)
+
+        # 5. fresh data again -> the policy resumes (after a fade-in) without a restart
+        harness.publishing.set()
+        time.sleep(FADE_IN + 0.3)
+        assert near(harness.last_command(), u_policy)
+
+        # 6. bad inputs: NaN/Inf/huge joint states, NaN and far targets -> finite, in limits
+        t_bad = time.monotonic()
+        harness.bad_burst = 60
+        harness.send_target([math.nan, 0.0, 0.4])
+        harness.send_target([50.0, -50.0, 50.0])  # clamped into target_limits
+        time.sleep(0.4)
+        bad = np.array([v for _, v in harness.commands_since(t_bad)])
+        assert len(bad) > 100
+        assert np.isfinite(bad).all() and (bad >= md.u_min).all() and (bad <= md.u_max).all()
+
+        # 7. SIGINT: clean exit, the last command sent is the safe one
+        harness.send_target(TARGET)
+        time.sleep(FADE_IN + 0.2)
+        proc.send_signal(signal.SIGINT)
+        proc.wait(timeout=15)
+        assert proc.returncode == 0, log.read_text()[-3000:]
+        time.sleep(0.1)
+        assert near(harness.last_command(), g0), harness.last_command()
+        text = log.read_text()
+        assert "rejected" in text and "clamped" in text, text[-3000:]
+    finally:
+        stop_process(proc)
+        if harness is not None:
+            harness.close()

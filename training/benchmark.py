@@ -1,0 +1,78 @@
+"""``tocpl-train-bench``: train the default configuration of each task over several seeds and print
+the held-out figures the README reports.
+
+    tocpl-train-bench --tasks ur5_reach --seeds 0 1 2
+    tocpl-train-bench --tasks lqr pendulum double_pendulum ur5_reach --seeds 0 1 2 --out runs/bench
+
+Every run is a normal run folder (metrics.csv, learning_curve.png, policy.onnx) under --out.
+Wall time is the whole run, set-up and evaluation included, measured on this machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from tocpl_ros.config import ConfigError, load_dataclass, read_yaml
+
+from .cli import default_config_file
+from .config import TrainConfig
+from .trainer import Trainer
+
+
+def run_one(task: str, seed: int, out: Path, overrides: dict) -> dict:
+    file = default_config_file(task)
+    data = read_yaml(file) if file else {"task": task}
+    config = load_dataclass(TrainConfig, {**data, **overrides, "seed": seed}, source=str(file or task))
+    start = time.perf_counter()
+    rows = Trainer(config, out / f"{task}_seed{seed}").run()
+    total = time.perf_counter() - start
+    last = rows[-1]
+    return {"task": task, "seed": seed, "variant": config.variant, "iterations": len(rows), "wall_time": total, **last}
+
+
+def format_row(r: dict, unit: str) -> str:
+    scale, shown = {"m": (100.0, "cm"), "rad": (float(np.rad2deg(1)), "deg")}.get(unit, (1.0, unit))
+    return (f"{r['task']:<16} {r['variant']:<10} seed {r['seed']:<3} "
+            f"err mean {scale * r['final_error_mean']:8.3g} {shown:<3} p95 {scale * r['final_error_p95']:8.3g} "
+            f"hold p95 {scale * r['hold_error_p95']:8.3g}  within {100 * r['within_tolerance']:5.1f}%  "
+            f"gap {100 * r['cost_gap_median']:8.3g}%  bound viol {r['max_bound_violation']:.2g}  "
+            f"evals {r['dynamics_evaluations']:9.3g}  {r['wall_time']:6.0f} s")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="tocpl-train-bench", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--tasks", nargs="+", default=["ur5_reach"])
+    parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    parser.add_argument("--out", type=Path, default=Path("runs/bench"))
+    parser.add_argument("--iterations", type=int, help="override the default iteration budget")
+    parser.add_argument("--workers", type=int, help="override the OC-phase worker count")
+    args = parser.parse_args(argv)
+    overrides = {k: v for k, v in (("iterations", args.iterations), ("workers", args.workers)) if v is not None}
+    from tocpl_ros.tasks import load_task
+
+    try:
+        units = {task: load_task(task).error_unit for task in args.tasks}
+        results = []
+        for task in args.tasks:
+            for seed in args.seeds:
+                r = run_one(task, seed, args.out, overrides)
+                results.append(r)
+                print(format_row(r, units[task]), flush=True)
+    except ConfigError as exc:
+        print(f"tocpl-train-bench: {exc}", file=sys.stderr)
+        return 2
+    print("\nmedian over seeds:")
+    for task in args.tasks:
+        rows = [r for r in results if r["task"] == task]
+        median = {k: float(np.median([r[k] for r in rows])) for k in rows[0] if isinstance(rows[0][k], float)}
+        print(format_row({**rows[0], **median, "seed": "med"}, units[task]))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
