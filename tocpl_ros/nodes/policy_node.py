@@ -117,7 +117,6 @@ def _check_type(name: str, value: Any, default: Any) -> Any:
 
 def _make_node_class():
     """The Node subclass (built lazily so that importing this module needs no rclpy)."""
-    import numpy as np
     from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
     from geometry_msgs.msg import PointStamped
     from rcl_interfaces.msg import ParameterDescriptor
@@ -168,7 +167,6 @@ def _make_node_class():
             )
             self.create_timer(self.params["diagnostics_period"], self._publish_diagnostics, clock=steady)
             self._diag_types = (DiagnosticArray, DiagnosticStatus, KeyValue)
-            self._np = np
 
             if self.params["autostart"]:
                 self.controller.start()
@@ -351,7 +349,6 @@ def main(args: list[str] | None = None) -> int:
 
     previous = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
     node = None
-    status = 0
     try:
         try:
             node = _make_node_class()()
@@ -380,7 +377,7 @@ def main(args: list[str] | None = None) -> int:
         if node is not None:
             node.destroy_node()
         rclpy.try_shutdown()
-    return status
+    return 0
 
 
 if __name__ == "__main__":
