@@ -41,8 +41,10 @@ test: venv
 test-fast: venv
 	export $(TEST_ENV) && $(VPY) -m pytest -q test -m "not slow" $(PYTEST_ARGS)
 
+# Trains a small UR5 policy into runs/demo (reused if runs/demo/policy.onnx exists), brings up
+# the simulated UR5 + policy node, sends 3 targets and prints the precision and loop statistics.
 demo: venv
-	export $(DEMO_ENV) && $(VENV)/bin/tocpl-solve --task ur5_reach --problems 5
+	export $(DEMO_ENV) && $(VENV)/bin/tocpl-demo
 
 clean:
 	rm -rf build install log .pytest_cache *.egg-info

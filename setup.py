@@ -65,9 +65,13 @@ setup(
             "tocpl-export = tocpl_training.export:main",
             "tocpl-train = tocpl_training.cli:main",
             "tocpl-train-bench = tocpl_training.benchmark:main",
+            "tocpl-mpc-bench = tocpl_ros.mpc_benchmark:main",
             # ROS 2 nodes (ros2 run tocpl_ros <name>) and the launch-free bring-up
             "ur5_sim = tocpl_ros.nodes.ur5_sim:main",
             "policy_node = tocpl_ros.nodes.policy_node:main",
+            "mpc_node = tocpl_ros.nodes.mpc_node:main",
+            "tocpl-bringup = tocpl_ros.bringup_cli:main",
+            "tocpl-demo = tocpl_ros.demo:main",
         ],
     },
 )

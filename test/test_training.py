@@ -161,3 +161,16 @@ def test_learning_rate_decays_geometrically_to_its_final_value():
         rates.append(alg.learning_rate())
     np.testing.assert_allclose(rates, [1e-3, 10 ** -3.5, 1e-4, 10 ** -4.5, 1e-5], rtol=1e-12)
     trainer.runner.close()
+
+
+def test_diverging_policy_rollouts_do_not_poison_the_oc_phase():
+    """An untrained UR5 policy spins the wrist past the divergence limit: those problems are
+    warm-started otherwise (counted), and every OC solution is still finite and precise."""
+    trainer = Trainer(small(task="ur5_reach", problems=8, sobolev=True), "unused")
+    alg, task = trainer.algorithm, trainer.task
+    batch = alg.oc_phase()
+    assert batch.fallbacks > 0
+    assert np.isfinite(batch.xs).all() and np.isfinite(batch.us).all() and np.isfinite(batch.K).all()
+    errors = task.final_error(batch.xs[:, -1], batch.problems.target)
+    assert errors.max() < 1e-3
+    trainer.runner.close()

@@ -1,0 +1,249 @@
+"""RecedingHorizonMPC (tocpl_ros.mpc): warm starts, deadline/failure fallback, Crocoddyl's
+feedback convention and the closed loop on the task's own model. ROS-free.
+
+The policy-dependent tests use a small UR5 policy trained in a module fixture (~1 min);
+the others an untrained export (precision does not matter there).
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from tocpl_ros.config import FieldError
+from tocpl_ros.mpc import MPCConfig, MPCResult, RecedingHorizonMPC, TaskPolicy, run_closed_loop
+from tocpl_ros.policy_file import OnnxPolicy, PolicyFileError
+from tocpl_ros.tasks import load_task
+from tocpl_training.config import TrainConfig
+from tocpl_training.export import export_onnx
+from tocpl_training.policy import make_policy
+from tocpl_training.trainer import Trainer
+
+HELD_OUT_SEED = 7_000_001
+"""Problems drawn here are not among the training ones (seeds [0, iteration]) nor the trainer's
+held-out set (1_000_003)."""
+
+
+@pytest.fixture(scope="module")
+def task():
+    return load_task("ur5_reach")
+
+
+@pytest.fixture(scope="module")
+def untrained(task, tmp_path_factory) -> OnnxPolicy:
+    path = export_onnx(make_policy(task, seed=5).eval(), task, tmp_path_factory.mktemp("untrained") / "policy.onnx")
+    return OnnxPolicy(path)
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory) -> OnnxPolicy:
+    folder = tmp_path_factory.mktemp("mpc_trained")
+    config = TrainConfig(
+        task="ur5_reach", iterations=8, problems=64, replay=10, sobolev=True, sobolev_weight=0.01, workers=1, eval_problems=10
+    )
+    trainer = Trainer(config, folder / "run")
+    trainer.run()
+    return OnnxPolicy(export_onnx(trainer.policy, trainer.task, folder / "policy.onnx"))
+
+
+def exact(**changes) -> MPCConfig:
+    """Solve to convergence: no deadline, Crocoddyl's th_stop, a high iteration cap."""
+    return MPCConfig(**{"deadline": math.inf, "max_iter": 500, **changes})
+
+
+# ------------------------------------------------------------------------ config and adapter
+
+
+def test_config_validation():
+    assert MPCConfig().rate == 100.0 and MPCConfig().warm_start == "policy"
+    assert MPCConfig(horizon=0).horizon is None
+    assert MPCConfig(deadline=math.inf).deadline == math.inf
+    for bad in (dict(rate=0.0), dict(rate=math.nan), dict(deadline=0.0), dict(deadline=-1.0), dict(warm_start="hot"),
+                dict(max_iter=0), dict(horizon=-3), dict(threads=0), dict(max_iter=True)):
+        with pytest.raises(FieldError):
+            MPCConfig(**bad)
+
+
+def test_horizon_override(task, untrained):
+    mpc = RecedingHorizonMPC(task, untrained, exact(horizon=20, warm_start="cold"))
+    assert mpc.horizon == 20 and mpc.shooting.T == 20 and task.horizon == 50
+    p = task.sample(1, HELD_OUT_SEED)
+    result = mpc.solve(p.x0[0], p.target[0])
+    assert result.ok and result.xs.shape == (21, task.nx) and result.us.shape == (20, task.nu)
+
+
+def test_task_policy_adapter(task, untrained):
+    """TaskPolicy lets task.rollout run the ONNX policy; the MPC's single-trajectory rollout
+    through Crocoddyl's models gives the same trajectory; the policy must fit the task."""
+    adapter = TaskPolicy(untrained, task)
+    problems = task.sample(4, HELD_OUT_SEED)
+    traj = task.rollout(adapter, problems)
+    obs = task.observation(problems.x0, problems.target)
+    assert np.allclose(adapter(obs), np.clip(untrained(obs), task.u_min, task.u_max))
+    mpc = RecedingHorizonMPC(task, untrained, exact())
+    for i in range(len(problems)):
+        xs, us = adapter.rollout(mpc._rollout_models, mpc._rollout_datas, problems.x0[i], problems.target[i])
+        assert np.abs(xs - traj.xs[i]).max() < 1e-9 and np.abs(us - traj.us[i]).max() < 1e-9
+        assert np.allclose(adapter.command(problems.x0[i], problems.target[i]), traj.us[i, 0])
+    other = load_task("ur5_reach", {"dt": 0.01})
+    with pytest.raises(PolicyFileError, match="dt"):
+        TaskPolicy(untrained, other)
+    with pytest.raises(PolicyFileError):
+        TaskPolicy(untrained, load_task("lqr"))
+
+
+# ------------------------------------------------------------------------ warm starts
+
+
+def test_policy_warm_start_fewer_iterations_than_cold(task, trained):
+    problems = task.sample(10, HELD_OUT_SEED)
+    iterations = {}
+    for mode in ("policy", "cold"):
+        mpc = RecedingHorizonMPC(task, trained, exact(warm_start=mode))
+        results = [mpc.solve(problems.x0[i], problems.target[i]) for i in range(len(problems))]
+        assert all(r.ok and r.converged and r.warm_start == mode for r in results), [r.message for r in results]
+        iterations[mode] = np.array([r.iterations for r in results])
+    print({k: v.tolist() for k, v in iterations.items()})
+    assert iterations["policy"].mean() < iterations["cold"].mean()
+    assert iterations["policy"].max() <= iterations["cold"].max()
+
+
+def test_shifted_warm_start(task):
+    """No policy needed: the first solve starts cold, the next ones from the shifted solution."""
+    mpc = RecedingHorizonMPC(task, None, exact(warm_start="shifted"))
+    p = task.sample(1, HELD_OUT_SEED + 1)
+    episode = run_closed_loop(mpc, p.x0[0], p.target[0], duration=0.05)
+    modes = [r.warm_start for r in episode.results]
+    assert modes == ["cold"] + ["shifted"] * 4
+    assert all(r.ok for r in episode.results)
+    first, later = episode.results[0].iterations, [r.iterations for r in episode.results[1:]]
+    print("cold first solve", first, "shifted", later)
+    assert max(later) <= 3 and max(later) < first
+
+    # a shift by exactly one OCP step is the textbook one: drop the first node, repeat the last
+    previous = episode.results[-1]
+    x = episode.xs[-1]
+    mpc._previous = (previous.xs, previous.us, 0.0)
+    xs, us = mpc._shifted_guess(x, now=task.dt)
+    assert np.allclose(xs[1:-1], previous.xs[2:]) and np.allclose(xs[-1], previous.xs[-1]) and np.allclose(xs[0], x)
+    assert np.allclose(us[:-1], previous.us[1:]) and np.allclose(us[-1], previous.us[-1])
+    mpc.reset()
+    assert mpc.solve(x, p.target[0]).warm_start == "cold"
+
+
+# ------------------------------------------------------------------------ failures
+
+
+def assert_policy_fallback(result: MPCResult, mpc: RecedingHorizonMPC, x, target, status: str):
+    assert not result.ok and result.fallback and result.status == status, (result.status, result.message)
+    assert result.message
+    want = mpc.policy.command(x, target)
+    assert np.allclose(result.command, want, atol=1e-9), (result.command, want)
+    assert np.array_equal(result.u_bar, result.command) and np.array_equal(result.x_bar, x)
+    assert result.K.shape == (mpc.task.nu, mpc.task.nx) and not result.K.any()
+    assert result.feedback_array().shape == (mpc.task.nu + mpc.task.nx + mpc.task.nu * mpc.task.nx,)
+
+
+class _FakeSolver:
+    """Stands in for SolverBoxFDDP: raises, or 'converges' to NaN."""
+
+    def __init__(self, mode: str, task):
+        self.mode, self.iter, self.cost = mode, 3, 1.0
+        self.xs = [np.full(task.nx, np.nan)] * (task.horizon + 1)
+        self.us = [np.zeros(task.nu)] * task.horizon
+        self.K = [np.zeros((task.nu, task.nx))] * task.horizon
+
+    def solve(self, *args):
+        if self.mode == "raise":
+            raise RuntimeError("solver exploded")
+        return True
+
+
+def test_deadline_and_failures_fall_back_to_the_policy(task, untrained):
+    p = task.sample(1, HELD_OUT_SEED + 2)
+    x, target = p.x0[0], p.target[0]
+    for mode in ("policy", "shifted", "cold"):
+        mpc = RecedingHorizonMPC(task, untrained, MPCConfig(warm_start=mode, deadline=1e-6))
+        result = mpc.solve(x, target)
+        assert_policy_fallback(result, mpc, x, target, "deadline")
+        assert "deadline" in result.message
+
+    mpc = RecedingHorizonMPC(task, untrained, MPCConfig(warm_start="cold", max_iter=1, deadline=math.inf))
+    result = mpc.solve(x, target)
+    assert_policy_fallback(result, mpc, x, target, "max_iter")
+    assert result.iterations == 1 and result.xs is not None  # the unconverged iterate is kept (for 'shifted')
+
+    for fake, status in (("raise", "error"), ("nan", "nonfinite")):
+        mpc = RecedingHorizonMPC(task, untrained, exact())
+        mpc.solver = _FakeSolver(fake, task)
+        result = mpc.solve(x, target)
+        assert_policy_fallback(result, mpc, x, target, status)
+
+    mpc = RecedingHorizonMPC(task, untrained, exact(warm_start="cold"))
+    for bad_x, bad_target in ((np.full(task.nx, np.nan), target), (x, [np.inf, 0, 0]), (x[:5], target), ("abc", target)):
+        result = mpc.solve(bad_x, bad_target)
+        assert result.status == "invalid_input" and not result.ok and result.command is None
+    assert mpc.solve(x, target).ok  # and it still works
+
+
+def test_failure_without_policy_has_no_command(task):
+    mpc = RecedingHorizonMPC(task, None, MPCConfig(warm_start="cold", deadline=1e-6))
+    p = task.sample(1, HELD_OUT_SEED)
+    result = mpc.solve(p.x0[0], p.target[0])
+    assert result.status == "deadline" and result.command is None and not result.fallback
+    with pytest.raises(ValueError):
+        RecedingHorizonMPC(task, None, MPCConfig(warm_start="policy"))
+
+
+# ------------------------------------------------------------------------ feedback and closed loop
+
+
+def test_feedback_gain_is_crocoddyls_convention(task):
+    """u(x̄ + δ) from a re-solve ≈ ū − K δ (Crocoddyl: u = ū − K (x − x̄)), not ū + K δ.
+
+    K is the DDP gain of Crocoddyl's Gauss-Newton model (no second derivatives of the
+    dynamics or residuals), not the exact sensitivity of the optimum: on these problems
+    |Δu + Kδ| / |Δu| is 3-12 %, the same for δ from 1e-5 to 1e-2 (so a property of K, not
+    nonlinearity). The test checks the sign, a bounded relative error and its linearity in δ.
+    """
+    mpc = RecedingHorizonMPC(task, None, exact(warm_start="cold"))
+    mpc.solver.th_stop = 1e-16  # converge tightly: u_0 must not carry solver tolerance
+    problems = task.sample(3, HELD_OUT_SEED + 3)
+    rng = np.random.default_rng(0)
+    for i in range(len(problems)):
+        x0, target = problems.x0[i], problems.target[i]
+        nominal = mpc.solve(x0, target)
+        assert nominal.ok and np.allclose(nominal.x_bar, x0)
+        direction = rng.standard_normal(task.nx)
+        relative = []
+        for eps in (1e-3, 1e-4):
+            delta = eps * direction
+            perturbed = mpc.solve(x0 + delta, target)
+            assert perturbed.ok
+            change = perturbed.u_bar - nominal.u_bar
+            predicted = -nominal.K @ delta  # Crocoddyl: u = ū − K (x − x̄)
+            size = np.linalg.norm(change)
+            relative.append(np.linalg.norm(change - predicted) / size)
+            wrong_sign = np.linalg.norm(change + predicted) / size
+            print(f"problem {i}, |δ| {np.linalg.norm(delta):.1e}: |Δu| {size:.3g}, |Δu + Kδ|/|Δu| {relative[-1]:.3f}, "
+                  f"with +Kδ: {wrong_sign:.3f}")
+            assert size > 10 * eps
+            assert relative[-1] < 0.2
+            assert wrong_sign > 1.5
+        assert abs(relative[0] - relative[1]) < 0.01  # first-order: the mismatch does not shrink with δ
+
+
+def test_closed_loop_reaches_the_target(task, trained):
+    mpc = RecedingHorizonMPC(task, trained, MPCConfig(deadline=math.inf))  # default max_iter, policy warm start
+    problems = task.sample(3, HELD_OUT_SEED + 4)
+    for i in range(len(problems)):
+        episode = run_closed_loop(mpc, problems.x0[i], problems.target[i], duration=1.5)
+        converged = sum(r.ok for r in episode.results)
+        iterations = [r.iterations for r in episode.results]
+        print(f"problem {i}: final error {episode.final_error * 100:.3f} cm, {converged}/{len(episode.results)} converged, "
+              f"iterations median {np.median(iterations):g} max {max(iterations)}")
+        assert converged == len(episode.results)
+        assert episode.final_error < 0.01
+        assert np.isfinite(episode.xs).all()

@@ -1,0 +1,317 @@
+"""mpc_node end to end: the real node in a subprocess, driven by an in-process rclpy test
+node (fake /joint_states publisher, /mpc/command + /mpc/feedback + /diagnostics subscriber).
+
+DDS stays on loopback (conftest) and each test uses its own ROS_DOMAIN_ID; every wait is
+bounded and every process is killed in a finally. The policy is an untrained export:
+these tests are about the node's timing and fallback, not precision.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+from tocpl_ros.policy_file import OnnxPolicy, read_onnx_metadata
+from tocpl_ros.ros_env import DISCOVERY_RANGE_VAR, DOMAIN_ID_VAR, derive_domain_id, loopback_ros_env
+from tocpl_ros.tasks import load_task
+
+ROOT = Path(__file__).resolve().parents[1]
+JOINTS = ["shoulder_pan_joint", "shoulder_lift_joint", "elbow_joint", "wrist_1_joint", "wrist_2_joint", "wrist_3_joint"]
+Q0 = np.array([0.0, -1.2, 1.6, -0.4, 1.57, 0.0])
+TARGET = [0.5, 0.1, 0.4]
+RATE = 100.0
+JS_RATE = 500.0
+STALE_PERIODS = 5
+FEEDBACK_SIZE = 6 + 12 + 6 * 12
+
+
+@pytest.fixture(scope="module")
+def policy_file(tmp_path_factory) -> Path:
+    from tocpl_training.export import export_onnx
+    from tocpl_training.policy import make_policy
+
+    task = load_task("ur5_reach")
+    return export_onnx(make_policy(task, seed=11).eval(), task, tmp_path_factory.mktemp("mpc_node") / "policy.onnx")
+
+
+def node_command() -> list[str]:
+    script = Path(sys.executable).parent / "mpc_node"  # the console script
+    return [str(script)] if script.is_file() else [sys.executable, "-m", "tocpl_ros.nodes.mpc_node"]
+
+
+def node_env(domain: int) -> dict[str, str]:
+    base = {k: v for k, v in os.environ.items() if k != DISCOVERY_RANGE_VAR}
+    env = loopback_ros_env(base, domain_id=domain)
+    assert env[DISCOVERY_RANGE_VAR] == "LOCALHOST"
+    return env
+
+
+def domain_for(ros_loopback_env, offset: int) -> int:
+    return derive_domain_id(int(ros_loopback_env[DOMAIN_ID_VAR]) + offset)
+
+
+def stop_process(proc: subprocess.Popen) -> None:
+    if proc.poll() is None:
+        proc.kill()
+        proc.wait(timeout=10)
+
+
+def wait_for(predicate, timeout: float, what: str, proc: subprocess.Popen | None = None, log: Path | None = None):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        if proc is not None and proc.poll() is not None:
+            break
+        time.sleep(0.01)
+    detail = log.read_text()[-3000:] if log is not None and log.exists() else ""
+    raise AssertionError(f"timed out ({timeout} s) waiting for {what}\n{detail}")
+
+
+class Harness:
+    """An rclpy test node (own context, given domain) spinning in a background thread."""
+
+    def __init__(self, domain: int):
+        import rclpy
+        from diagnostic_msgs.msg import DiagnosticArray
+        from geometry_msgs.msg import PointStamped
+        from rclpy.executors import SingleThreadedExecutor
+        from rclpy.qos import QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
+        from sensor_msgs.msg import JointState
+        from std_msgs.msg import Float64MultiArray
+
+        self.rclpy, self.JointState, self.PointStamped = rclpy, JointState, PointStamped
+        self.context = rclpy.Context()
+        rclpy.init(context=self.context, domain_id=domain)
+        self.node = rclpy.create_node("mpc_node_test_harness", context=self.context)
+        self.lock = threading.Lock()
+        self.commands: list[tuple[float, np.ndarray]] = []
+        self.feedback: list[tuple[float, np.ndarray]] = []
+        self.diagnostics: list[tuple[float, dict[str, str], int]] = []
+        self.js_sent: list[float] = []
+        self.publishing = threading.Event()
+        self.bad_burst = 0
+        self.js_pub = self.node.create_publisher(JointState, "/joint_states", qos_profile_sensor_data)
+        self.target_pub = self.node.create_publisher(PointStamped, "/target", 10)
+        reliable = QoSProfile(depth=1000, reliability=ReliabilityPolicy.RELIABLE)
+        self.node.create_subscription(Float64MultiArray, "/mpc/command", self._on_command, reliable)
+        self.node.create_subscription(Float64MultiArray, "/mpc/feedback", self._on_feedback, reliable)
+        self.node.create_subscription(DiagnosticArray, "/diagnostics", self._on_diag, 10)
+        self.node.create_timer(1.0 / JS_RATE, self._publish_joint_state)
+        self.executor = SingleThreadedExecutor(context=self.context)
+        self.executor.add_node(self.node)
+        self._stop = threading.Event()
+        self.thread = threading.Thread(target=self._spin, daemon=True)
+        self.thread.start()
+
+    def _spin(self):
+        while not self._stop.is_set() and self.context.ok():
+            self.executor.spin_once(timeout_sec=0.05)
+
+    def _on_command(self, msg):
+        with self.lock:
+            self.commands.append((time.monotonic(), np.array(msg.data)))
+
+    def _on_feedback(self, msg):
+        with self.lock:
+            self.feedback.append((time.monotonic(), np.array(msg.data)))
+
+    def _on_diag(self, msg):
+        with self.lock:
+            for s in msg.status:
+                if s.name.startswith("mpc_node"):
+                    self.diagnostics.append((time.monotonic(), {kv.key: kv.value for kv in s.values}, s.level))
+
+    def _publish_joint_state(self):
+        if not self.publishing.is_set():
+            return
+        msg = self.JointState()
+        msg.header.stamp = self.node.get_clock().now().to_msg()
+        perm = np.random.permutation(6)  # the order on the wire is not guaranteed
+        q = Q0.copy()
+        if self.bad_burst > 0:
+            self.bad_burst -= 1
+            q[self.bad_burst % 6] = [math.nan, math.inf, 1e300][self.bad_burst % 3]
+        msg.name = [JOINTS[i] for i in perm]
+        msg.position = [float(q[i]) for i in perm]
+        msg.velocity = [0.0] * 6
+        self.js_pub.publish(msg)
+        with self.lock:
+            self.js_sent.append(time.monotonic())
+
+    def send_target(self, xyz):
+        msg = self.PointStamped()
+        msg.header.frame_id = "base_link"
+        msg.point.x, msg.point.y, msg.point.z = (float(v) for v in xyz)
+        self.target_pub.publish(msg)
+
+    def commands_between(self, t0: float, t1: float) -> list[np.ndarray]:
+        with self.lock:
+            return [v for tc, v in self.commands if t0 <= tc < t1]
+
+    def diag_after(self, t: float) -> list[dict[str, str]]:
+        with self.lock:
+            return [d for tc, d, _ in self.diagnostics if tc >= t]
+
+    def close(self):
+        self._stop.set()
+        self.thread.join(timeout=5)
+        self.executor.shutdown()
+        self.node.destroy_node()
+        self.rclpy.try_shutdown(context=self.context)
+
+
+def start_node(policy_file: Path, domain: int, log: Path, *extra: str) -> subprocess.Popen:
+    args = [
+        "--ros-args",
+        "--params-file", str(ROOT / "config" / "mpc_node.yaml"),
+        "-p", f"policy_path:={policy_file}",
+        "-p", f"initial_target:=[{', '.join(map(str, TARGET))}]",
+        *extra,
+    ]
+    with open(log, "w") as out:
+        return subprocess.Popen(node_command() + args, env=node_env(domain), stdout=out, stderr=subprocess.STDOUT)
+
+
+def measure_rate(harness: Harness, seconds: float = 2.0) -> tuple[float, np.ndarray]:
+    t0 = time.monotonic()
+    time.sleep(seconds)
+    window = harness.commands_between(t0, t0 + seconds)
+    return len(window) / seconds, np.array(window)
+
+
+# ------------------------------------------------------------------------ tests
+
+
+def test_params_file_matches_node_parameters():
+    from tocpl_ros.mpc import MPCConfig
+    from tocpl_ros.nodes.mpc_node import NODE_PARAMETERS
+
+    data = yaml.safe_load((ROOT / "config" / "mpc_node.yaml").read_text())
+    params = data["mpc_node"]["ros__parameters"]
+    assert set(params) == set(NODE_PARAMETERS)
+    for name, (default, description) in NODE_PARAMETERS.items():
+        assert description, name
+        assert params[name] == ([] if default is None else default), (name, params[name], default)
+    assert MPCConfig().rate == params["rate"] == 100.0
+    assert MPCConfig().deadline == params["deadline"] and MPCConfig().warm_start == params["warm_start"]
+
+
+def test_node_process_does_not_import_torch():
+    code = (
+        "import sys; from tocpl_ros.nodes import mpc_node as m; m._make_node_class(); "
+        "bad = [k for k in sys.modules if k.split('.')[0] == 'torch']; print(bad); sys.exit(1 if bad else 0)"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+@pytest.mark.ros
+def test_mpc_node_commands_feedback_and_diagnostics(policy_file, ros_loopback_env, tmp_path):
+    domain = domain_for(ros_loopback_env, 61)
+    md = read_onnx_metadata(policy_file)
+    log = tmp_path / "mpc_node.log"
+    proc = start_node(policy_file, domain, log)
+    harness = None
+    try:
+        harness = Harness(domain)
+        harness.publishing.set()
+        # 1. commands at ~100 Hz, finite, within the torque limits; feedback alongside
+        wait_for(lambda: len(harness.commands) > 20, 60, "first /mpc/command", proc, log)
+        rate, values = measure_rate(harness)
+        print(f"/mpc/command at {rate:.1f} Hz")
+        assert 0.85 * RATE <= rate <= 1.15 * RATE, f"{rate:.1f} Hz\n{log.read_text()[-2000:]}"
+        assert values.shape[1] == 6 and np.isfinite(values).all()
+        assert (values >= md.u_min).all() and (values <= md.u_max).all()
+        with harness.lock:
+            feedback = [v for _, v in harness.feedback[-50:]]
+        assert feedback and all(v.shape == (FEEDBACK_SIZE,) and np.isfinite(v).all() for v in feedback)
+        x_bar = feedback[-1][6:18]
+        assert np.allclose(x_bar, np.concatenate([Q0, np.zeros(6)]))
+
+        # 2. diagnostics report solve statistics
+        t_diag = time.monotonic()
+        wait_for(lambda: len(harness.diag_after(t_diag)) >= 1, 5, "diagnostics")
+        diag = harness.diag_after(t_diag)[-1]
+        print({k: diag[k] for k in ("solves", "converged", "fallbacks", "solve_time_p50_ms", "iterations_p50", "warm_start")})
+        for key in ("solve_time_p50_ms", "solve_time_p99_ms", "solve_time_max_ms", "iterations_p50", "iterations_max",
+                    "solves", "converged", "fallbacks", "warm_start", "deadline_ms", "loop_period_p50_ms", "stale_ticks"):
+            assert key in diag, key
+        solves = int(diag["solves"])
+        assert solves > 100 and int(diag["converged"]) + int(diag["fallbacks"]) == solves
+        assert math.isfinite(float(diag["solve_time_p50_ms"])) and float(diag["solve_time_p50_ms"]) > 0
+        assert diag["warm_start"] == "policy" and int(diag.get("warm_start.policy", 0)) == solves
+        assert float(diag["deadline_ms"]) == 8.0
+
+        # 3. NaN/Inf/huge joint states are ignored: commands stay finite and in limits
+        t_bad = time.monotonic()
+        harness.bad_burst = 100
+        time.sleep(0.5)
+        bad = np.array(harness.commands_between(t_bad, time.monotonic()))
+        assert len(bad) > 30 and np.isfinite(bad).all() and (bad >= md.u_min).all() and (bad <= md.u_max).all()
+        wait_for(lambda: any(int(d.get("rejected_inputs", 0)) > 0 for d in harness.diag_after(t_bad)), 5, "rejected inputs")
+
+        # 4. stale joint states -> no solve, nothing published; fresh again -> commands resume
+        harness.publishing.clear()
+        time.sleep(0.5)
+        with harness.lock:
+            last_js = harness.js_sent[-1]
+        stale_limit = STALE_PERIODS / RATE
+        late = harness.commands_between(last_js + stale_limit + 0.05, time.monotonic())
+        assert late == [], f"{len(late)} commands while stale"
+        t_stale = time.monotonic()
+        wait_for(lambda: any(int(d["stale_ticks"]) > 0 for d in harness.diag_after(t_stale)), 5, "stale ticks in diagnostics")
+        harness.publishing.set()
+        t_fresh = time.monotonic()
+        wait_for(lambda: len(harness.commands_between(t_fresh, math.inf)) > 20, 5, "commands after fresh data")
+    finally:
+        stop_process(proc)
+        if harness is not None:
+            harness.close()
+
+
+@pytest.mark.ros
+def test_mpc_node_impossible_deadline_falls_back_to_the_policy(policy_file, ros_loopback_env, tmp_path):
+    domain = domain_for(ros_loopback_env, 67)
+    md = read_onnx_metadata(policy_file)
+    u_policy = np.clip(OnnxPolicy(policy_file)(np.concatenate([Q0, np.zeros(6), TARGET])), md.u_min, md.u_max)
+    log = tmp_path / "mpc_node.log"
+    proc = start_node(policy_file, domain, log, "-p", "deadline:=0.000001")
+    harness = None
+    try:
+        harness = Harness(domain)
+        harness.publishing.set()
+        wait_for(lambda: len(harness.commands) > 20, 60, "first /mpc/command", proc, log)
+        rate, values = measure_rate(harness)
+        print(f"/mpc/command (all fallbacks) at {rate:.1f} Hz")
+        assert 0.85 * RATE <= rate <= 1.15 * RATE, f"{rate:.1f} Hz"
+        assert np.abs(values - u_policy).max() < 1e-4 * max(1.0, np.abs(u_policy).max()), "the fallback is the policy's command"
+        with harness.lock:
+            feedback = harness.feedback[-1][1]
+        assert np.allclose(feedback[:6], u_policy, atol=1e-4) and not feedback[18:].any()  # K = 0 on a fallback
+
+        t0 = time.monotonic()
+        wait_for(lambda: len(harness.diag_after(t0)) >= 2, 5, "two diagnostics messages")
+        first, second = harness.diag_after(t0)[:2]
+        print({k: second[k] for k in ("solves", "converged", "fallbacks", "fallback.deadline", "reason")})
+        assert int(second["fallbacks"]) > int(first["fallbacks"]) > 0
+        assert int(second["converged"]) == 0 and int(second["fallback.deadline"]) == int(second["fallbacks"])
+        assert "deadline" in second["reason"]
+        with harness.lock:
+            levels = [level for _, _, level in harness.diagnostics]
+        from diagnostic_msgs.msg import DiagnosticStatus
+
+        assert levels[-1] == DiagnosticStatus.WARN
+    finally:
+        stop_process(proc)
+        if harness is not None:
+            harness.close()

@@ -1,0 +1,335 @@
+"""``tocpl-demo`` (``make demo``): train a small UR5 policy, run it on the simulated UR5 through ROS 2.
+
+1. Policy: ``runs/demo/policy.onnx`` if it exists, else ``tocpl-train --task ur5_reach
+   --iterations 12 --out runs/demo`` (resumed from its checkpoint if a previous run was cut short).
+2. Bring-up of ``ur5_policy`` (simulated UR5 + policy node, + MPC node with ``--use-mpc``) as
+   processes, by :class:`tocpl_ros.bringup_cli.Bringup`, like ``tocpl-bringup ur5_policy``.
+3. Three targets from the ur5_reach task's held-out distribution (the trainer's held-out seed),
+   one after the other on ``/target`` (geometry_msgs/PointStamped), ~3 s each; for each, how
+   close tool0 got: forward kinematics (pinocchio, ``urdf/ur5.urdf``) of the received
+   ``/joint_states``.
+4. The policy node's loop statistics from ``/diagnostics``.
+
+DDS stays on loopback (ROS_AUTOMATIC_DISCOVERY_RANGE=LOCALHOST unless set; one ROS_DOMAIN_ID
+for this run, shared by the demo and its nodes).
+"""
+
+from __future__ import annotations
+
+import argparse
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+
+from .bringup import BringupError, graph_for
+from .ros_env import apply_loopback_defaults, loopback_ros_env
+
+PROG = "tocpl-demo"
+TASK = "ur5_reach"
+JOINT_STATES_TOPIC = "/joint_states"
+TARGET_TOPIC = "/target"
+DIAGNOSTICS_TOPIC = "/diagnostics"
+EFFORT_TOPIC = "/forward_effort_controller/commands"
+HELD_OUT_SEED = 1_000_003
+"""TrainConfig.eval_seed: the trainer's held-out problems come from this seed, never its training ones."""
+
+__all__ = ["Probe", "ToolKinematics", "ensure_policy", "demo_targets", "main"]
+
+
+class ToolKinematics:
+    """Position of a frame (tool0) from joint states given by name (pinocchio, ROS-free)."""
+
+    def __init__(self, urdf: str = "ur5", frame: str = "tool0"):
+        import pinocchio as pin
+
+        from .resources import urdf_path
+
+        self.pin = pin
+        self.model = pin.buildModelFromUrdf(str(urdf_path(urdf)))
+        self.data = self.model.createData()
+        self.frame_id = self.model.getFrameId(frame)
+        if self.frame_id >= len(self.model.frames):
+            raise ValueError(f"frame '{frame}' not in {urdf}")
+        self.joint_names = [n for n in self.model.names[1:]]
+        self.q_index = {n: self.model.joints[self.model.getJointId(n)].idx_q for n in self.joint_names}
+
+    def q_of(self, names, positions) -> np.ndarray:
+        by_name = dict(zip(names, positions))
+        q = np.zeros(self.model.nq)
+        for name, i in self.q_index.items():
+            q[i] = by_name[name]
+        return q
+
+    def position(self, q: np.ndarray) -> np.ndarray:
+        self.pin.framesForwardKinematics(self.model, self.data, np.asarray(q, dtype=float))
+        return self.data.oMf[self.frame_id].translation.copy()
+
+    def gravity(self, q: np.ndarray) -> np.ndarray:
+        return np.asarray(self.pin.computeGeneralizedGravity(self.model, self.data, np.asarray(q, dtype=float))).copy()
+
+
+class Probe:
+    """rclpy in this process (own context, no signal handlers): records /joint_states,
+    /diagnostics of the policy node and (optionally) the effort commands, each with the
+    ``time.monotonic()`` of reception; publishes targets. Spins in a background thread."""
+
+    def __init__(self, domain_id: int, record_commands: bool = False, name: str = "tocpl_demo_probe"):
+        import rclpy
+        from diagnostic_msgs.msg import DiagnosticArray
+        from geometry_msgs.msg import PointStamped
+        from rclpy.executors import SingleThreadedExecutor
+        from rclpy.qos import QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
+        from rclpy.signals import SignalHandlerOptions
+        from sensor_msgs.msg import JointState
+        from std_msgs.msg import Float64MultiArray
+
+        self.PointStamped = PointStamped
+        self.context = rclpy.Context()
+        rclpy.init(context=self.context, domain_id=domain_id, signal_handler_options=SignalHandlerOptions.NO)
+        self.node = rclpy.create_node(name, context=self.context)
+        self.lock = threading.Lock()
+        self.joint_states: list[tuple[float, list[str], np.ndarray, np.ndarray]] = []
+        self.diagnostics: list[tuple[float, dict[str, str], str]] = []
+        self.commands: list[tuple[float, np.ndarray]] = []
+        self.node.create_subscription(JointState, JOINT_STATES_TOPIC, self._on_joint_state, qos_profile_sensor_data)
+        self.node.create_subscription(DiagnosticArray, DIAGNOSTICS_TOPIC, self._on_diagnostics, 10)
+        if record_commands:
+            self.node.create_subscription(
+                Float64MultiArray, EFFORT_TOPIC, self._on_command,
+                QoSProfile(depth=1000, reliability=ReliabilityPolicy.RELIABLE),
+            )
+        self.target_pub = self.node.create_publisher(PointStamped, TARGET_TOPIC, 10)
+        self.executor = SingleThreadedExecutor(context=self.context)
+        self.executor.add_node(self.node)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._spin, name="probe-spin", daemon=True)
+        self._thread.start()
+
+    def _spin(self) -> None:
+        while not self._stop.is_set() and self.context.ok():
+            try:
+                self.executor.spin_once(timeout_sec=0.05)
+            except Exception:  # shutting down
+                if self._stop.is_set():
+                    return
+                raise
+
+    def _on_joint_state(self, msg) -> None:
+        now = time.monotonic()
+        with self.lock:
+            self.joint_states.append((now, list(msg.name), np.array(msg.position), np.array(msg.velocity)))
+            if len(self.joint_states) > 20000:
+                del self.joint_states[:10000]
+
+    def _on_diagnostics(self, msg) -> None:
+        now = time.monotonic()
+        with self.lock:
+            for status in msg.status:
+                if status.name.startswith("policy_node"):
+                    self.diagnostics.append((now, {kv.key: kv.value for kv in status.values}, status.message))
+
+    def _on_command(self, msg) -> None:
+        now = time.monotonic()
+        with self.lock:
+            self.commands.append((now, np.array(msg.data)))
+
+    # -- queries ---------------------------------------------------------------------------
+    def last_joint_state(self):
+        with self.lock:
+            return self.joint_states[-1] if self.joint_states else None
+
+    def last_diagnostics(self):
+        with self.lock:
+            return self.diagnostics[-1] if self.diagnostics else None
+
+    def wait_for(self, predicate, timeout: float, poll: float = 0.02) -> bool:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if predicate():
+                return True
+            time.sleep(poll)
+        return bool(predicate())
+
+    def send_target(self, xyz, frame_id: str = "base_link", timeout: float = 10.0) -> None:
+        """Publish a target once a subscriber (the policy node) is matched (reliable QoS)."""
+        if not self.wait_for(lambda: self.target_pub.get_subscription_count() > 0, timeout):
+            raise RuntimeError(f"no subscriber on {TARGET_TOPIC} after {timeout:g} s (is policy_node running?)")
+        msg = self.PointStamped()
+        msg.header.frame_id = frame_id
+        msg.header.stamp = self.node.get_clock().now().to_msg()
+        msg.point.x, msg.point.y, msg.point.z = (float(v) for v in xyz)
+        self.target_pub.publish(msg)
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)
+        try:
+            self.executor.shutdown()
+            self.node.destroy_node()
+        finally:
+            self.context.try_shutdown()
+
+
+def ensure_policy(out: Path, iterations: int, retrain: bool = False) -> Path:
+    """``out/policy.onnx``: reused if present (unless ``retrain``), else trained with tocpl-train
+    (a run cut short is resumed from its checkpoint)."""
+    policy = out / "policy.onnx"
+    if policy.is_file() and not retrain:
+        print(f"[{PROG}] reusing the policy {policy} (delete it or pass --retrain to train again)", flush=True)
+        return policy
+    exe = Path(sys.executable).parent / "tocpl-train"
+    train = [str(exe)] if exe.is_file() else [sys.executable, "-m", "tocpl_training.cli"]
+    if (out / "checkpoint.pt").is_file() and not retrain:
+        cmd = train + ["--resume", str(out), "--iterations", str(iterations)]
+    else:
+        cmd = train + ["--task", TASK, "--iterations", str(iterations), "--out", str(out)]
+    print(f"[{PROG}] training a small UR5 policy (a few minutes): {' '.join(cmd)}", flush=True)
+    started = time.monotonic()
+    code = subprocess.call(cmd)
+    if code != 0 or not policy.is_file():
+        raise RuntimeError(f"training failed (exit status {code}); see the output above")
+    print(f"[{PROG}] trained in {time.monotonic() - started:.0f} s: {policy}", flush=True)
+    return policy
+
+
+def demo_targets(n: int, seed: int = HELD_OUT_SEED) -> np.ndarray:
+    """``n`` targets of the ur5_reach task's distribution, [n, 3] (m, base frame)."""
+    from .tasks import load_task
+
+    return load_task(TASK).sample(n, seed).target
+
+
+def reach(probe: Probe, kin: ToolKinematics, target, duration: float, within: float = 0.01) -> dict[str, float]:
+    """Send ``target``, follow tool0 for ``duration`` s: final error, best error, and the time
+    after which it stayed within ``within`` m (nan if it did not)."""
+    target = np.asarray(target, dtype=float)
+    start_state = probe.last_joint_state()
+    start_error = float(np.linalg.norm(kin.position(kin.q_of(start_state[1], start_state[2])) - target))
+    probe.send_target(target)
+    sent = time.monotonic()
+    best, settled_at, error = start_error, float("nan"), start_error
+    while time.monotonic() - sent < duration:
+        time.sleep(0.02)
+        state = probe.last_joint_state()
+        error = float(np.linalg.norm(kin.position(kin.q_of(state[1], state[2])) - target))
+        best = min(best, error)
+        if error <= within:
+            if np.isnan(settled_at):
+                settled_at = time.monotonic() - sent
+        else:
+            settled_at = float("nan")
+    speed = float(np.abs(probe.last_joint_state()[3]).max())
+    return {"start_error": start_error, "final_error": error, "best_error": best, "settled_at": settled_at,
+            "max_joint_speed": speed}
+
+
+def format_diagnostics(values: dict[str, str], message: str) -> list[str]:
+    get = values.get
+    return [
+        f"state {message}; {get('commands_published', '?')} commands published at {get('rate_hz', '?')} Hz "
+        f"on {get('command_topic', '?')}",
+        f"loop period (last window of {get('loop_period_samples', '?')} ticks): p50 {get('loop_period_p50_ms', '?')} ms, "
+        f"p99 {get('loop_period_p99_ms', '?')} ms, max {get('loop_period_max_ms', '?')} ms; "
+        f"max since start {get('loop_period_max_ever_ms', '?')} ms; overruns (> 1.5 periods) {get('overruns', '?')}",
+        f"policy inference: p50 {get('inference_p50_us', '?')} us, p99 {get('inference_p99_us', '?')} us, "
+        f"max {get('inference_max_us', '?')} us; whole step p50 {get('compute_p50_us', '?')} us, "
+        f"p99 {get('compute_p99_us', '?')} us",
+        f"safety: {get('safe_ticks', '?')} safe ticks of {get('ticks', '?')}, {get('clamped_ticks', '?')} clamped, "
+        f"{get('rejected_inputs', '?')} rejected inputs, {get('targets_clamped', '?')} targets clamped",
+    ]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog=PROG, description=__doc__.split("\n\n")[0])
+    parser.add_argument("--out", type=Path, default=Path("runs/demo"), help="run folder of the policy (default: runs/demo)")
+    parser.add_argument("--iterations", type=int, default=12, help="training iterations if it trains (default: 12)")
+    parser.add_argument("--retrain", action="store_true", help="train again even if the run folder has a policy")
+    parser.add_argument("--policy", type=Path, help="use this .onnx instead of training / runs/demo")
+    parser.add_argument("--targets", type=int, default=3, help="number of targets (default: 3)")
+    parser.add_argument("--seed", type=int, default=HELD_OUT_SEED, help="seed of the targets (default: the held-out seed)")
+    parser.add_argument("--wait", type=float, default=3.0, help="seconds per target (default: 3)")
+    parser.add_argument("--rate", default="500", help="control rate, Hz (default: 500)")
+    parser.add_argument("--use-mpc", action="store_true", help="also start the MPC node (use_mpc:=true)")
+    parser.add_argument("--quiet-nodes", action="store_true", help="do not print the nodes' output")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    apply_loopback_defaults()  # this process (the probe) and the nodes share the domain
+    env = loopback_ros_env()
+    print(f"[{PROG}] DDS: ROS_AUTOMATIC_DISCOVERY_RANGE={env['ROS_AUTOMATIC_DISCOVERY_RANGE']} "
+          f"ROS_DOMAIN_ID={env['ROS_DOMAIN_ID']}", flush=True)
+    from .bringup_cli import Bringup
+
+    try:
+        policy = args.policy if args.policy is not None else ensure_policy(args.out, args.iterations, args.retrain)
+        specs = graph_for("ur5_policy", policy=str(policy), use_mpc="true" if args.use_mpc else "false", rate=args.rate)
+        bringup = Bringup(specs, env=env, out=None if args.quiet_nodes else sys.stdout)
+    except (BringupError, RuntimeError) as exc:
+        print(f"{PROG}: error: {exc}", file=sys.stderr)
+        return 2
+    targets = demo_targets(args.targets, args.seed)
+    kin = ToolKinematics()
+    probe = Probe(int(env["ROS_DOMAIN_ID"]))
+    results = []
+    code = 0
+    try:
+        bringup.start()
+        started = time.monotonic()
+        ready = probe.wait_for(
+            lambda: bringup.poll() is not None
+            or (probe.last_joint_state() is not None and probe.last_diagnostics() is not None
+                and probe.last_diagnostics()[2] == "running"),
+            timeout=90.0,
+        )
+        if bringup.poll() is not None or not ready:
+            print(f"{PROG}: error: the nodes did not come up (joint states and a running policy) within 90 s",
+                  file=sys.stderr)
+            return 1
+        print(f"[{PROG}] sim + policy up after {time.monotonic() - started:.1f} s; sending {len(targets)} targets "
+              f"from the {TASK} held-out distribution, {args.wait:g} s each", flush=True)
+        for i, target in enumerate(targets, 1):
+            r = reach(probe, kin, target, args.wait)
+            results.append(r)
+            settled = "did not stay within 1 cm" if np.isnan(r["settled_at"]) else f"within 1 cm after {r['settled_at']:.2f} s"
+            print(
+                f"[{PROG}] target {i}/{len(targets)} [{target[0]:.3f}, {target[1]:.3f}, {target[2]:.3f}] m "
+                f"(tool0 started {100 * r['start_error']:.1f} cm away): error after {args.wait:g} s "
+                f"{100 * r['final_error']:.2f} cm, best {100 * r['best_error']:.2f} cm, {settled}, "
+                f"joint speed now {r['max_joint_speed']:.3f} rad/s",
+                flush=True,
+            )
+            if bringup.poll() is not None:
+                break
+        probe.wait_for(lambda: probe.last_diagnostics() is not None and probe.last_diagnostics()[0] > time.monotonic() - 0.5,
+                       timeout=1.5)
+        diag = probe.last_diagnostics()
+        if diag is not None:
+            print(f"[{PROG}] policy_node /diagnostics:", flush=True)
+            for line in format_diagnostics(diag[1], diag[2]):
+                print(f"[{PROG}]   {line}", flush=True)
+        if results:
+            errors = np.array([r["final_error"] for r in results])
+            print(f"[{PROG}] tool0 error over {len(results)} targets: mean {100 * errors.mean():.2f} cm, "
+                  f"max {100 * errors.max():.2f} cm", flush=True)
+        if bringup.poll() is not None:
+            print(f"{PROG}: error: {bringup.poll().name} exited during the demo", file=sys.stderr)
+            code = 1
+    except KeyboardInterrupt:
+        print(f"[{PROG}] interrupted", flush=True)
+        code = 130
+    finally:
+        bringup.stop("demo finished")
+        probe.close()
+        stopped = bringup.summary()
+        code = code or stopped
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())
