@@ -122,11 +122,14 @@ def test_default_graph(policy_file):
 
 def test_params_files_and_parameters_belong_to_the_nodes(policy_file):
     """Each node's section of its params file is its name; every parameter set is declared by the node."""
-    from tocpl_ros.nodes.policy_node import NODE_PARAMETERS
+    from tocpl_ros.nodes import mpc_node, policy_node
     from tocpl_ros.sim import SimConfig
 
-    declared = {"ur5_sim": {f.name for f in dataclasses.fields(SimConfig)}, "policy_node": set(NODE_PARAMETERS)}
-    specs = graph_for(policy=str(policy_file), target="0.5,0.1,0.4", rate="1000", output_mode="velocity")
+    declared = {"ur5_sim": {f.name for f in dataclasses.fields(SimConfig)},
+                "policy_node": set(policy_node.NODE_PARAMETERS), "mpc_node": set(mpc_node.NODE_PARAMETERS)}
+    assert mpc_node.COMMAND_TOPIC == MPC_COMMAND_TOPIC
+    specs = graph_for(policy=str(policy_file), target="0.5,0.1,0.4", rate="1000", output_mode="velocity", use_mpc="true")
+    assert [s.name for s in specs] == ["ur5_sim", "policy_node", "mpc_node"]
     for spec in specs:
         for path in spec.params_files:
             data = yaml.safe_load(path.read_text())
@@ -164,6 +167,8 @@ def test_use_mpc_adds_the_mpc_node(policy_file):
     mpc = nodes["mpc_node"]
     assert (mpc.package, mpc.executable) == ("tocpl_ros", "mpc_node")
     assert mpc.parameters == {"policy_path": str(policy_file.resolve())}
+    targeted = by_name(graph_for(policy=str(policy_file), use_mpc="true", target="0.4,0.1,0.5"))["mpc_node"]
+    assert targeted.parameters == {"policy_path": str(policy_file.resolve()), "initial_target": [0.4, 0.1, 0.5]}
     assert mpc.params_files == mpc_params_files()
     assert MPC_COMMAND_TOPIC in mpc.description and "mpc_node" in mpc.missing_hint
     # the other nodes do not change
@@ -186,7 +191,7 @@ def test_use_mpc_adds_the_mpc_node(policy_file):
         ({"rate": "0"}, r"argument 'rate': must be in \(0, 10000\] Hz"),
         ({"rate": "inf"}, r"argument 'rate': must be in"),
         ({"output_mode": "torque"}, r"argument 'output_mode': must be one of effort, velocity, position, got 'torque'"),
-        ({"sim_backend": "mujoco"}, r"argument 'sim_backend': must be one of pinocchio, got 'mujoco'"),
+        ({"sim_backend": "bullet"}, r"argument 'sim_backend': must be one of pinocchio, mujoco, got 'bullet'"),
         ({"log_level": "loud"}, r"argument 'log_level': must be one of debug, info"),
     ],
 )
@@ -402,24 +407,30 @@ def test_launch_file_with_real_launch_ros(tmp_path, ros_loopback_env):
         IncludeLaunchDescription(PythonLaunchDescriptionSource(str(LAUNCH_FILE)),
                                  launch_arguments={"policy": str(policy), "target": "0.5,0.1,0.4"}.items())
     ])
-    service = launch.LaunchService()
-    service.include_launch_description(description)
-    result: dict[str, int] = {}
-    runner = threading.Thread(target=lambda: result.setdefault("rc", service.run()), daemon=True)
-    runner.start()
     from tocpl_ros.demo import Probe
 
+    service = launch.LaunchService()
+    service.include_launch_description(description)
     probe = Probe(int(ros_loopback_env[DOMAIN_ID_VAR]), record_commands=True, name="launch_test_probe")
+    seen: dict[str, object] = {}
+
+    def check() -> None:  # in a thread: LaunchService.run wants the main thread (signal handlers)
+        try:
+            seen["flowing"] = probe.wait_for(lambda: len(probe.joint_states) > 50 and len(probe.commands) > 50, 60.0)
+            seen["names"] = set(probe.node.get_node_names())
+        finally:
+            service.shutdown()
+
+    checker = threading.Thread(target=check, daemon=True)
+    checker.start()
     try:
-        assert probe.wait_for(lambda: len(probe.joint_states) > 50 and len(probe.commands) > 50, 60.0), \
-            "no joint states / commands from the launched nodes"
-        names = set(probe.node.get_node_names())
-        assert {"ur5_sim", "policy_node"} <= names, names
+        rc = service.run()
     finally:
-        service.shutdown()
-        runner.join(timeout=30)
+        checker.join(timeout=70)
         probe.close()
-    assert result.get("rc") == 0
+    assert seen.get("flowing"), "no joint states / commands from the launched nodes"
+    assert {"ur5_sim", "policy_node"} <= seen["names"], seen["names"]
+    assert rc == 0
 
 
 def _random_policy(folder: Path) -> Path:
@@ -566,9 +577,9 @@ def _fake_graph(tmp_path, **scripts: str) -> tuple[list[NodeSpec], dict[str, str
 def _gone(pid: int) -> bool:
     try:
         os.kill(pid, 0)
-    except ProcessLookupError:
+        return "State:\tZ" in Path(f"/proc/{pid}/status").read_text()  # a zombie is not running
+    except (ProcessLookupError, FileNotFoundError):
         return True
-    return Path(f"/proc/{pid}/status").read_text().count("State:\tZ") == 1  # a zombie is not running
 
 
 def test_bringup_stops_everything_when_a_node_fails(tmp_path):
@@ -636,13 +647,18 @@ def test_bringup_refuses_before_starting_anything_if_an_executable_is_missing(tm
 
 # ============================================================================ end to end (slow, ros)
 
-REACH_BOUND = 0.03
-"""m: tool0 must come this close to the target within REACH_TIME (see the report in the docstring
-of test_bringup_reaches_a_target for what is measured)."""
+REACH_BOUND = 0.01
+"""m: tool0 must come this close to the target within REACH_TIME. Measured with the policy of
+``trained_policy`` (10 runs): within 3 cm after 0.6 s, best 0.37-0.51 cm, 0.7-0.8 cm at 1 s (the
+trained horizon); the bound was tightened from 3 cm to 1 cm (the trainer's success tolerance)."""
 REACH_TIME = 5.0
 RATE = 500.0
 STALE_PERIODS = 5  # config/policy_node.yaml
 SAFE_TOL = 0.5  # N·m between the safe command g(q_last) and the published one
+STALE_SLACK = 10
+"""Control periods (20 ms) allowed on top of the stale limit: the probe sees the last joint state
+before the policy node has taken it from its queue when that process is held up. Measured here
+(idle machine and with other jobs running): 5-6 policy commands, 9-13 ms after the last joint state."""
 
 
 @pytest.fixture(scope="module")
@@ -695,10 +711,14 @@ class BringupProcess:
         return code
 
     def cleanup(self) -> None:
-        """Whatever happened: no process of this bring-up left running."""
+        """Whatever happened: no process of this bring-up left running (Ctrl-C first, then SIGKILL)."""
         if self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait(timeout=10)
+            self.proc.send_signal(signal.SIGINT)
+            try:
+                self.proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(timeout=10)
         for pid in self.pids.values():
             try:
                 os.kill(pid, signal.SIGKILL)
@@ -715,28 +735,59 @@ def _env_for(ros_loopback_env, offset: int) -> tuple[dict[str, str], int]:
     return env, domain
 
 
-def _start_graph(ros_loopback_env, policy: Path, offset: int):
+def _quiet_domain(ros_loopback_env, offset: int):
+    """(probe, env) on a domain where no other ROS node is seen for 1 s (other test runs on this
+    machine pick their domains the same way: a shared one would mix their topics with ours)."""
     from tocpl_ros.demo import Probe
 
-    env, domain = _env_for(ros_loopback_env, offset)
-    probe = Probe(domain, record_commands=True, name="bringup_test_probe")
-    bring = BringupProcess(env, "ur5_policy", f"policy:={policy}", "--sigterm-timeout", "5", "--sigkill-timeout", "5")
-    up = probe.wait_for(
-        lambda: bring.proc.poll() is not None
-        or (probe.last_joint_state() is not None and probe.last_diagnostics() is not None
-            and probe.last_diagnostics()[2] == "running" and len(probe.commands) > 0),
-        timeout=90.0,
-    )
-    assert up and bring.proc.poll() is None, f"graph did not come up:\n{bring.text[-4000:]}"
-    assert set(bring.pids) == {"ur5_sim", "policy_node"}, bring.text
+    for attempt in range(10):
+        env, domain = _env_for(ros_loopback_env, offset + 7 * attempt)
+        probe = Probe(domain, record_commands=True, name="bringup_test_probe")
+        time.sleep(1.0)
+        if set(probe.node.get_node_names()) <= {"bringup_test_probe"}:
+            return probe, env
+        probe.close()
+    pytest.fail("no quiet ROS domain found (10 tried)")
+
+
+def _start_graph(ros_loopback_env, policy: Path, offset: int, target) -> tuple:
+    """tocpl-bringup ur5_policy policy:=... target:=x,y,z (the policy drives from the first joint
+    state on), a probe on the same (quiet) domain; returns once joint states, commands and the
+    policy node's diagnostics flow."""
+    probe, env = _quiet_domain(ros_loopback_env, offset)
+    bring = BringupProcess(env, "ur5_policy", f"policy:={policy}", "target:=" + ",".join(f"{x:.6f}" for x in target),
+                           "--sigterm-timeout", "5", "--sigkill-timeout", "5")
+    try:
+        up = probe.wait_for(
+            lambda: bring.proc.poll() is not None
+            or (probe.last_joint_state() is not None and probe.last_diagnostics() is not None and len(probe.commands) > 0),
+            timeout=90.0,
+        )
+        assert up and bring.proc.poll() is None, f"graph did not come up:\n{bring.text[-4000:]}"
+        assert set(bring.pids) == {"ur5_sim", "policy_node"}, bring.text
+        diag = probe.last_diagnostics()[1]
+        assert diag["target"] == " ".join(f"{x:.4f}" for x in target), diag  # the target:= launch argument
+    except BaseException:
+        bring.cleanup()
+        probe.close()
+        raise
     return probe, bring
 
 
-def _test_target() -> np.ndarray:
+def _restart_from_initial_posture(probe) -> float:
+    """/ur5_sim/reset: the arm back at rest in its initial posture (q_nominal of the task), the
+    policy (running) drives it from there; returns the time of the reset."""
+    assert probe.call_trigger("/ur5_sim/reset")[0]
+    reset = time.monotonic()  # answered: the joint states from now on start at the reset posture
+    assert probe.wait_for(lambda: probe.last_joint_state()[0] > reset + 0.003, 2.0, poll=0.002)
+    return reset
+
+
+def _test_target(seed: int = 2024) -> np.ndarray:
     """A target of the ur5_reach distribution (q_nominal + U(-0.4, 0.4) per joint, forward kinematics)."""
     from tocpl_ros.demo import demo_targets
 
-    return demo_targets(1, seed=2024)[0]
+    return demo_targets(1, seed=seed)[0]
 
 
 def _tool_error(kin, probe, target) -> float:
@@ -747,28 +798,30 @@ def _tool_error(kin, probe, target) -> float:
 @pytest.mark.slow
 @pytest.mark.ros
 def test_bringup_reaches_a_target(trained_policy, ros_loopback_env):
-    """tocpl-bringup starts sim + policy; the trained policy brings tool0 to a target of the task's
-    distribution within REACH_BOUND in REACH_TIME; Ctrl-C (SIGINT) stops everything cleanly."""
+    """tocpl-bringup starts sim + policy; from the initial posture the trained policy brings tool0
+    within REACH_BOUND of a target of the task's distribution within REACH_TIME; Ctrl-C (SIGINT)
+    stops everything cleanly."""
     from tocpl_ros.demo import ToolKinematics
 
     kin = ToolKinematics()
-    probe, bring = _start_graph(ros_loopback_env, trained_policy, offset=31)
+    target = _test_target()
+    probe, bring = _start_graph(ros_loopback_env, trained_policy, offset=31, target=target)
     try:
-        target = _test_target()
+        start = _restart_from_initial_posture(probe)
         start_error = _tool_error(kin, probe, target)
-        probe.send_target(target)
-        sent = time.monotonic()
         errors = []
-        while time.monotonic() - sent < REACH_TIME:
+        while time.monotonic() - start < REACH_TIME:
             time.sleep(0.01)
-            errors.append((time.monotonic() - sent, _tool_error(kin, probe, target)))
+            errors.append((time.monotonic() - start, _tool_error(kin, probe, target)))
         reached = [t for t, e in errors if e <= REACH_BOUND]
         best = min(e for _, e in errors)
+        diag = probe.last_diagnostics()[1]
         print(f"\nreach: start {100 * start_error:.1f} cm, best {100 * best:.2f} cm, "
               f"first within {100 * REACH_BOUND:g} cm at {reached[0] if reached else float('nan'):.2f} s, "
-              f"error at 1/2/3/5 s: " + ", ".join(
-                  f"{100 * min(errors, key=lambda te: abs(te[0] - s))[1]:.2f}" for s in (1, 2, 3, 5)) + " cm")
-        assert reached, f"tool0 came no closer than {100 * best:.2f} cm to {target} in {REACH_TIME} s"
+              "error at 0.5/1/2/3/5 s: " + ", ".join(
+                  f"{100 * min(errors, key=lambda te: abs(te[0] - s))[1]:.2f}" for s in (0.5, 1, 2, 3, 5)) + " cm; "
+              + ", ".join(f"{k} {v}" for k, v in diag.items() if k.startswith(("safe", "overruns", "rejected"))))
+        assert reached, f"tool0 came no closer than {100 * best:.2f} cm to {target} in {REACH_TIME} s; policy_node: {diag}"
         assert bring.proc.poll() is None
 
         bring.proc.send_signal(signal.SIGINT)  # Ctrl-C
@@ -782,25 +835,43 @@ def test_bringup_reaches_a_target(trained_policy, ros_loopback_env):
         probe.close()
 
 
-def _check_goes_safe(probe, kin, since: float, what: str) -> tuple[int, float]:
-    """After the joint states stopped (at ``since`` or later): the policy node publishes the safe
-    command g(q_last) within its stale limit, and only that. Returns (policy commands after the
-    last joint state, ms from the last joint state to the first safe command)."""
+def _gravity_gap(probe, kin) -> float:
+    """max |latest command − g(q of the latest joint state)| (N·m)."""
     with probe.lock:
-        states = [s for s in probe.joint_states]
+        u = probe.commands[-1][1]
+        _, names, q, _ = probe.joint_states[-1]
+    return float(np.abs(u - kin.gravity(kin.q_of(names, q))).max())
+
+
+def _wait_policy_active(probe, kin, timeout: float = 3.0) -> None:
+    """Until the latest command is the policy's, visibly not the safe command g(q) (the arm moves)."""
+    assert probe.wait_for(lambda: _gravity_gap(probe, kin) > 4 * SAFE_TOL, timeout, poll=0.002), \
+        "the policy node is not driving the arm"
+
+
+def _check_goes_safe(probe, kin, since: float, what: str, min_after: int) -> tuple[int, float]:
+    """The joint states stopped at ``since`` (or a little later). Then the policy node must settle
+    on the safe command of stale data, g(q) at the last posture it accepted (one of the last joint
+    states), within its stale limit: at most stale_periods (+1 tick of phase, +1 of DDS ordering)
+    other commands after the last joint state, plus STALE_SLACK for the scheduling of three
+    processes on a busy machine. Returns (those commands, ms from the last joint state to the
+    first safe command). ``min_after``: commands expected after the last joint state (few when
+    tocpl-bringup stops the policy node right away)."""
+    with probe.lock:
+        states = list(probe.joint_states)
         commands = list(probe.commands)
-    t_last, names, q_last, _ = states[-1]
-    assert t_last >= since - 1.0
-    safe = kin.gravity(kin.q_of(names, q_last))
+    t_last = states[-1][0]
+    assert t_last >= since - 0.5, f"{what}: no joint state in the 0.5 s before the stop"
     after = [(t, u) for t, u in commands if t > t_last]
-    assert len(after) > 50, f"{what}: the policy node stopped publishing ({len(after)} commands after the last joint state)"
-    is_safe = [float(np.abs(u - safe).max()) <= SAFE_TOL for _, u in after]
-    first = is_safe.index(True) if True in is_safe else None
-    assert first is not None, f"{what}: never sent the safe command g(q_last) = {safe.round(2)}; last {after[-1][1].round(2)}"
-    assert all(is_safe[first:]), f"{what}: a non-safe command after the first safe one"
-    # within the stale limit: at most stale_periods (+1 tick of phase, +1 of DDS ordering) policy
-    # commands published after the last joint state
-    assert first <= STALE_PERIODS + 2, (
+    assert len(after) >= min_after, f"{what}: the policy node stopped publishing ({len(after)} commands after the last joint state)"
+    settled = after[-1][1]
+    gaps = [float(np.abs(settled - kin.gravity(kin.q_of(names, q))).max()) for t, names, q, _ in states if t > t_last - 0.5]
+    assert min(gaps) <= SAFE_TOL, (f"{what}: the last command {settled.round(2)} is not g(q) of a recent posture "
+                                   f"(closest: {min(gaps):.2f} N·m)")
+    is_safe = [float(np.abs(u - settled).max()) <= SAFE_TOL for _, u in after]
+    first = is_safe.index(True)
+    assert all(is_safe[first:]), f"{what}: not a constant safe command once it started"
+    assert first <= STALE_PERIODS + 2 + STALE_SLACK, (
         f"{what}: {first} policy commands after the last joint state (stale limit {STALE_PERIODS} periods)")
     return first, 1e3 * (after[first][0] - t_last)
 
@@ -808,18 +879,19 @@ def _check_goes_safe(probe, kin, since: float, what: str) -> tuple[int, float]:
 @pytest.mark.slow
 @pytest.mark.ros
 def test_policy_goes_safe_when_the_sim_stops(trained_policy, ros_loopback_env):
-    """Sim frozen (SIGSTOP): the policy node sends the safe command within its stale limit and says
-    so on /diagnostics; sim resumed: the policy takes over again. Sim killed (SIGKILL): safe command
-    within the stale limit again, then tocpl-bringup stops the policy node and exits non-zero
-    naming the sim; no process is left."""
+    """Sim frozen (SIGSTOP) while the policy drives the arm: the policy node sends the safe
+    command within its stale limit and says so on /diagnostics; sim resumed: the policy takes over
+    again. Sim killed (SIGKILL) while moving: safe command within the stale limit again, then
+    tocpl-bringup stops the policy node and exits non-zero naming the sim; no process is left."""
     from tocpl_ros.demo import ToolKinematics
 
     kin = ToolKinematics()
-    probe, bring = _start_graph(ros_loopback_env, trained_policy, offset=47)
+    probe, bring = _start_graph(ros_loopback_env, trained_policy, offset=47, target=_test_target())
     sim_pid = bring.pids["ur5_sim"]
     try:
-        probe.send_target(_test_target())
-        time.sleep(0.3)  # moving towards it
+        _restart_from_initial_posture(probe)
+        _wait_policy_active(probe, kin)  # moving towards the target
+        gap = _gravity_gap(probe, kin)
 
         # -- freeze the simulator: no more joint states, the process is still there
         frozen = time.monotonic()
@@ -828,24 +900,28 @@ def test_policy_goes_safe_when_the_sim_stops(trained_policy, ros_loopback_env):
                               and d[1]["state"] == "safe", timeout=3.0), probe.last_diagnostics()
         diag = probe.last_diagnostics()[1]
         assert diag["reason"].startswith("stale joint_states") and int(diag["safe.stale"]) > 0, diag
-        n_policy, ms = _check_goes_safe(probe, kin, frozen, "sim frozen")
-        print(f"\nsim frozen: safe after {n_policy} policy commands, {ms:.1f} ms after the last joint state "
-              f"(stale limit {STALE_PERIODS} periods = {1e3 * STALE_PERIODS / RATE:.0f} ms)")
+        n_policy, ms = _check_goes_safe(probe, kin, frozen, "sim frozen", min_after=STALE_PERIODS + 10)
+        print(f"\nsim frozen (policy - g(q) {gap:.1f} N·m before): safe after {n_policy} policy commands, {ms:.1f} ms "
+              f"after the last joint state (stale limit {STALE_PERIODS} periods = {1e3 * STALE_PERIODS / RATE:.0f} ms)")
         assert bring.proc.poll() is None  # a frozen node is not an exited one
 
-        # -- resume: fresh joint states, the policy takes over again (after its fade-in)
-        resumed = time.monotonic()
+        # -- resume (and reset: on waking up the sim integrates the held command over its 50 ms
+        # catch-up): fresh joint states, the policy takes over again after its fade-in
         os.kill(sim_pid, signal.SIGCONT)
+        resumed = _restart_from_initial_posture(probe)
         assert probe.wait_for(lambda: (d := probe.last_diagnostics()) is not None and d[0] > resumed + 0.6
                               and d[2] == "running", timeout=4.0), probe.last_diagnostics()
 
-        # -- kill it
-        time.sleep(0.2)
+        # -- kill it while the policy drives it to the target again
+        _restart_from_initial_posture(probe)
+        _wait_policy_active(probe, kin)
+        gap = _gravity_gap(probe, kin)
         killed = time.monotonic()
         os.kill(sim_pid, signal.SIGKILL)
         code = bring.wait(timeout=30)
-        n_policy, ms = _check_goes_safe(probe, kin, killed, "sim killed")
-        print(f"sim killed: safe after {n_policy} policy commands, {ms:.1f} ms after the last joint state")
+        n_policy, ms = _check_goes_safe(probe, kin, killed, "sim killed", min_after=1)
+        print(f"sim killed (policy - g(q) {gap:.1f} N·m before): safe after {n_policy} policy commands, {ms:.1f} ms "
+              "after the last joint state")
         assert code == 1, bring.text[-3000:]
         assert "[tocpl-bringup] ur5_sim exited (killed by SIGKILL)" in bring.text
         assert "[tocpl-bringup] ur5_sim: killed by SIGKILL -- FAILED" in bring.text

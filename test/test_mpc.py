@@ -247,3 +247,22 @@ def test_closed_loop_reaches_the_target(task, trained):
         assert converged == len(episode.results)
         assert episode.final_error < 0.01
         assert np.isfinite(episode.xs).all()
+
+
+def test_benchmark_cli_smoke(untrained, tmp_path, capsys):
+    """tocpl-mpc-bench end to end on a tiny budget (numbers meaningless with an untrained policy)."""
+    import json
+
+    from tocpl_ros.mpc_benchmark import main
+
+    out = tmp_path / "bench.json"
+    code = main(["--policy", str(untrained.path), "--problems", "2", "--episode", "0.03", "--max-iter", "50",
+                 "--json", str(out)])
+    text = capsys.readouterr().out
+    assert code == 0, text
+    for fragment in ("Open loop", "Closed loop", "policy", "shifted (first, cold)", "cold", "median iterations policy/cold"):
+        assert fragment in text, fragment
+    report = json.loads(out.read_text())
+    assert report["open_loop"]["cold"]["solves"] == 2 and report["closed_loop"]["policy"]["solves"] == 2 * 3
+    assert report["closed_loop"]["shifted (first, cold)"]["solves"] == 2
+    assert main(["--policy", str(tmp_path / "missing.onnx")]) == 2

@@ -269,7 +269,7 @@ def _variant(tmp_path, **params):
         ({"damping": -1.0}, "damping", [">= 0"]),
         ({"friction": [1.0, -2.0]}, "friction", [">= 0"]),
         ({"command_mode": "torque"}, "command_mode", ["effort", "velocity", "position"]),
-        ({"backend": "mujoco"}, "backend", ["pinocchio"]),
+        ({"backend": "bullet"}, "backend", ["pinocchio", "mujoco"]),
         ({"physics_rate": 0.0}, "physics_rate", ["> 0"]),
         ({"publish_rate": "fast"}, "publish_rate", ["expected float"]),
         ({"payload_mass": -0.5}, "payload_mass", [">= 0"]),

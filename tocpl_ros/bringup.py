@@ -53,7 +53,7 @@ __all__ = [
 
 OUTPUT_MODES = ("effort", "velocity", "position")
 """policy_node output modes = ur5_sim command modes (tocpl_ros.controller / tocpl_ros.sim)."""
-SIM_BACKENDS = ("pinocchio",)
+SIM_BACKENDS = ("pinocchio", "mujoco")
 """ur5_sim physics backends (tocpl_ros.sim.BACKENDS; a test keeps the two equal)."""
 LOG_LEVELS = ("debug", "info", "warn", "error", "fatal")
 MPC_COMMAND_TOPIC = "/mpc/command"
@@ -270,12 +270,15 @@ def _ur5_policy(args: dict[str, Any]) -> list[NodeSpec]:
         # The MPC node is optional and may not be installed (yet): its params file is used if
         # present, its absence as an executable is reported when the graph is started.
         mpc_yaml = [p for p in (_maybe_config("mpc_node.yaml"),) if p is not None]
+        mpc_parameters: dict[str, Any] = {"policy_path": str(policy)}
+        if target is not None:
+            mpc_parameters["initial_target"] = target
         nodes.append(
             NodeSpec(
                 package=PACKAGE_NAME,
                 executable="mpc_node",
                 name="mpc_node",
-                parameters={"policy_path": str(policy)},
+                parameters=mpc_parameters,
                 params_files=mpc_yaml,
                 ros_arguments=list(ros_arguments),
                 description=f"MPC (Crocoddyl, policy warm start) -> {MPC_COMMAND_TOPIC} (not consumed by policy_node yet)",

@@ -87,7 +87,10 @@ class Probe:
         from sensor_msgs.msg import JointState
         from std_msgs.msg import Float64MultiArray
 
-        self.PointStamped = PointStamped
+        from std_srvs.srv import Trigger
+
+        self.PointStamped, self.Trigger = PointStamped, Trigger
+        self._clients: dict[str, object] = {}
         self.context = rclpy.Context()
         rclpy.init(context=self.context, domain_id=domain_id, signal_handler_options=SignalHandlerOptions.NO)
         self.node = rclpy.create_node(name, context=self.context)
@@ -164,6 +167,20 @@ class Probe:
         msg.point.x, msg.point.y, msg.point.z = (float(v) for v in xyz)
         self.target_pub.publish(msg)
 
+    def call_trigger(self, service: str, timeout: float = 10.0) -> tuple[bool, str]:
+        """Call a std_srvs/Trigger service (e.g. /policy_node/start, /ur5_sim/reset):
+        (success, message). Raises RuntimeError if it is not available or does not answer."""
+        client = self._clients.get(service)
+        if client is None:
+            client = self._clients[service] = self.node.create_client(self.Trigger, service)
+        if not client.wait_for_service(timeout_sec=timeout):
+            raise RuntimeError(f"service {service} not available after {timeout:g} s")
+        future = client.call_async(self.Trigger.Request())
+        if not self.wait_for(future.done, timeout, poll=0.005):
+            raise RuntimeError(f"service {service} did not answer within {timeout:g} s")
+        response = future.result()
+        return bool(response.success), str(response.message)
+
     def close(self) -> None:
         self._stop.set()
         self._thread.join(timeout=5)
@@ -203,28 +220,41 @@ def demo_targets(n: int, seed: int = HELD_OUT_SEED) -> np.ndarray:
     return load_task(TASK).sample(n, seed).target
 
 
-def reach(probe: Probe, kin: ToolKinematics, target, duration: float, within: float = 0.01) -> dict[str, float]:
-    """Send ``target``, follow tool0 for ``duration`` s: final error, best error, and the time
-    after which it stayed within ``within`` m (nan if it did not)."""
+def reach(probe: Probe, kin: ToolKinematics, target, duration: float, within: float = 0.01,
+          before=None, after=None) -> dict[str, float]:
+    """Send ``target`` and follow tool0 for ``duration`` s. ``before()`` runs just before the
+    target is sent (e.g. reset the simulator; the start error is measured after it), ``after()``
+    just after (e.g. start the policy). Returns the start error, the error at 1 s (the trained
+    horizon) and at the end, the best error, the time after which it stayed within ``within``
+    m (nan if it did not), and the largest joint speed at the end."""
     target = np.asarray(target, dtype=float)
+    if before is not None:
+        before()
+        done = time.monotonic()
+        probe.wait_for(lambda: probe.last_joint_state()[0] > done + 0.003, 2.0, poll=0.002)
     start_state = probe.last_joint_state()
     start_error = float(np.linalg.norm(kin.position(kin.q_of(start_state[1], start_state[2])) - target))
     probe.send_target(target)
     sent = time.monotonic()
-    best, settled_at, error = start_error, float("nan"), start_error
+    if after is not None:
+        after()
+    best, settled_at, error, at_1s = start_error, float("nan"), start_error, float("nan")
     while time.monotonic() - sent < duration:
-        time.sleep(0.02)
+        time.sleep(0.01)
         state = probe.last_joint_state()
         error = float(np.linalg.norm(kin.position(kin.q_of(state[1], state[2])) - target))
         best = min(best, error)
+        elapsed = time.monotonic() - sent
+        if np.isnan(at_1s) and elapsed >= 1.0:
+            at_1s = error
         if error <= within:
             if np.isnan(settled_at):
-                settled_at = time.monotonic() - sent
+                settled_at = elapsed
         else:
             settled_at = float("nan")
     speed = float(np.abs(probe.last_joint_state()[3]).max())
-    return {"start_error": start_error, "final_error": error, "best_error": best, "settled_at": settled_at,
-            "max_joint_speed": speed}
+    return {"start_error": start_error, "error_1s": at_1s, "final_error": error, "best_error": best,
+            "settled_at": settled_at, "max_joint_speed": speed}
 
 
 def format_diagnostics(values: dict[str, str], message: str) -> list[str]:
@@ -253,6 +283,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--seed", type=int, default=HELD_OUT_SEED, help="seed of the targets (default: the held-out seed)")
     parser.add_argument("--wait", type=float, default=3.0, help="seconds per target (default: 3)")
     parser.add_argument("--rate", default="500", help="control rate, Hz (default: 500)")
+    parser.add_argument("--no-reset", action="store_true",
+                        help="do not reset the simulated UR5 to its initial posture before each target "
+                        "(the targets then follow each other from wherever the arm is)")
     parser.add_argument("--use-mpc", action="store_true", help="also start the MPC node (use_mpc:=true)")
     parser.add_argument("--quiet-nodes", action="store_true", help="do not print the nodes' output")
     return parser
@@ -268,40 +301,55 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         policy = args.policy if args.policy is not None else ensure_policy(args.out, args.iterations, args.retrain)
-        specs = graph_for("ur5_policy", policy=str(policy), use_mpc="true" if args.use_mpc else "false", rate=args.rate)
+        targets = demo_targets(args.targets, args.seed)
+        # the policy drives from the first joint state on: towards the first target (the simulator is
+        # reset before it is measured), or with --no-reset holding tool0 where it is until then
+        first = "" if args.no_reset else ",".join(f"{x:.6f}" for x in targets[0])
+        specs = graph_for("ur5_policy", policy=str(policy), use_mpc="true" if args.use_mpc else "false",
+                          rate=args.rate, target=first)
         bringup = Bringup(specs, env=env, out=None if args.quiet_nodes else sys.stdout)
     except (BringupError, RuntimeError) as exc:
         print(f"{PROG}: error: {exc}", file=sys.stderr)
         return 2
-    targets = demo_targets(args.targets, args.seed)
     kin = ToolKinematics()
     probe = Probe(int(env["ROS_DOMAIN_ID"]))
     results = []
     code = 0
     try:
+        time.sleep(1.0)  # discovery: is anyone else on this domain?
+        others = sorted(set(probe.node.get_node_names()) - {"tocpl_demo_probe"})
+        if others:
+            print(f"[{PROG}] warning: other ROS nodes share ROS_DOMAIN_ID={env['ROS_DOMAIN_ID']} ({', '.join(others)}); "
+                  "their topics mix with the demo's: set another ROS_DOMAIN_ID", flush=True)
         bringup.start()
         started = time.monotonic()
         ready = probe.wait_for(
             lambda: bringup.poll() is not None
-            or (probe.last_joint_state() is not None and probe.last_diagnostics() is not None
-                and probe.last_diagnostics()[2] == "running"),
+            or (probe.last_joint_state() is not None and probe.last_diagnostics() is not None),
             timeout=90.0,
         )
         if bringup.poll() is not None or not ready:
-            print(f"{PROG}: error: the nodes did not come up (joint states and a running policy) within 90 s",
+            print(f"{PROG}: error: the nodes did not come up (joint states and policy diagnostics) within 90 s",
                   file=sys.stderr)
             return 1
         print(f"[{PROG}] sim + policy up after {time.monotonic() - started:.1f} s; sending {len(targets)} targets "
-              f"from the {TASK} held-out distribution, {args.wait:g} s each", flush=True)
+              f"from the {TASK} held-out distribution, {args.wait:g} s each"
+              + ("" if args.no_reset else ", the simulated UR5 reset to its initial posture before each"), flush=True)
+
+        def reset_sim() -> None:
+            ok, message = probe.call_trigger("/ur5_sim/reset")
+            if not ok:
+                raise RuntimeError(f"/ur5_sim/reset failed: {message}")
+
         for i, target in enumerate(targets, 1):
-            r = reach(probe, kin, target, args.wait)
+            r = reach(probe, kin, target, args.wait, before=None if args.no_reset else reset_sim)
             results.append(r)
-            settled = "did not stay within 1 cm" if np.isnan(r["settled_at"]) else f"within 1 cm after {r['settled_at']:.2f} s"
+            settled = "did not stay within 1 cm" if np.isnan(r["settled_at"]) else f"within 1 cm from {r['settled_at']:.2f} s on"
             print(
-                f"[{PROG}] target {i}/{len(targets)} [{target[0]:.3f}, {target[1]:.3f}, {target[2]:.3f}] m "
-                f"(tool0 started {100 * r['start_error']:.1f} cm away): error after {args.wait:g} s "
-                f"{100 * r['final_error']:.2f} cm, best {100 * r['best_error']:.2f} cm, {settled}, "
-                f"joint speed now {r['max_joint_speed']:.3f} rad/s",
+                f"[{PROG}] target {i}/{len(targets)} [{target[0]:.3f}, {target[1]:.3f}, {target[2]:.3f}] m, "
+                f"tool0 {100 * r['start_error']:.1f} cm away: error {100 * r['error_1s']:.2f} cm at 1 s, "
+                f"{100 * r['final_error']:.2f} cm at {args.wait:g} s (best {100 * r['best_error']:.2f} cm), {settled}; "
+                f"fastest joint now {r['max_joint_speed']:.2f} rad/s",
                 flush=True,
             )
             if bringup.poll() is not None:
@@ -314,12 +362,17 @@ def main(argv: list[str] | None = None) -> int:
             for line in format_diagnostics(diag[1], diag[2]):
                 print(f"[{PROG}]   {line}", flush=True)
         if results:
-            errors = np.array([r["final_error"] for r in results])
-            print(f"[{PROG}] tool0 error over {len(results)} targets: mean {100 * errors.mean():.2f} cm, "
-                  f"max {100 * errors.max():.2f} cm", flush=True)
+            at_1s = np.array([r["error_1s"] for r in results])
+            final = np.array([r["final_error"] for r in results])
+            print(f"[{PROG}] tool0 error over {len(results)} targets: at 1 s mean {100 * at_1s.mean():.2f} cm "
+                  f"(max {100 * at_1s.max():.2f}); at {args.wait:g} s mean {100 * final.mean():.2f} cm "
+                  f"(max {100 * final.max():.2f})", flush=True)
         if bringup.poll() is not None:
             print(f"{PROG}: error: {bringup.poll().name} exited during the demo", file=sys.stderr)
             code = 1
+    except RuntimeError as exc:
+        print(f"{PROG}: error: {exc}", file=sys.stderr)
+        code = 1
     except KeyboardInterrupt:
         print(f"[{PROG}] interrupted", flush=True)
         code = 130

@@ -1,6 +1,16 @@
-"""A simulated arm for the ``ur5_sim`` node: Pinocchio forward dynamics of a URDF (ROS-free).
+"""A simulated arm for the ``ur5_sim`` node: forward dynamics of a URDF (ROS-free).
 
-Physics (one step of length h):
+Two physics backends share one interface (:class:`SimulatorBase`: state, commands, modes,
+servo, saturation, step loop); :func:`make_simulator` picks one by ``SimConfig.backend``:
+
+- ``pinocchio`` (:class:`ArmSimulator`, default): Pinocchio's ABA, described below; it is
+  the model the OCPs and the policies are built on;
+- ``mujoco`` (:class:`tocpl_ros.sim_mujoco.MujocoArmSimulator`): MuJoCo built from the
+  same URDF, an independent implementation to test a policy against a simulator it was
+  not trained on (its own rigid-body code, MuJoCo's dry-friction constraint instead of the
+  smooth Coulomb model below; see that module). Imported only when selected.
+
+Physics of the Pinocchio backend (one step of length h):
 
 - motor torque τ: the command of the active mode (see below), saturated at the URDF
   effort limits; this is what a JointState reports as ``effort``;
@@ -28,7 +38,7 @@ Command modes, like the ros2_control forward controllers of a UR:
   independently of the posture, with zero steady-state error for a constant command
   unless a torque limit saturates.
 
-Until the first command arrives (and after :meth:`ArmSimulator.reset`) the simulator holds
+Until the first command arrives (and after :meth:`SimulatorBase.reset`) the simulator holds
 its posture with the position servo (``hold_until_command``), as a UR does when its
 brakes are released and no program runs; set it to False to get zero torque / zero
 velocity instead.
@@ -49,6 +59,9 @@ from .resources import config_path, urdf_path
 
 __all__ = [
     "ArmSimulator",
+    "SimulatorBase",
+    "make_simulator",
+    "resolve_urdf",
     "SimConfig",
     "CommandError",
     "COMMAND_MODES",
@@ -60,8 +73,8 @@ __all__ = [
 
 COMMAND_MODES = ("effort", "velocity", "position")
 """Command interfaces, as the ros2_control forward controllers name them."""
-BACKENDS = ("pinocchio",)
-"""Physics backends available (a MuJoCo one is planned, see issue 4)."""
+BACKENDS = ("pinocchio", "mujoco")
+"""Physics backends (:func:`make_simulator`): Pinocchio (ABA) or MuJoCo, from the same URDF."""
 NODE_NAME = "ur5_sim"
 """Node name under which config/ur5_sim.yaml keeps its ``ros__parameters``."""
 
@@ -76,7 +89,8 @@ class SimConfig:
     urdf: str = "ur5"
     """Robot model: a file name in urdf/ (with or without .urdf) or a path."""
     backend: str = "pinocchio"
-    """Physics backend; only 'pinocchio' (forward dynamics by ABA) exists for now."""
+    """Physics backend: 'pinocchio' (ABA, the model the policies are trained on) or 'mujoco'
+    (MuJoCo built from the same URDF: an independent simulator to test a policy against)."""
     physics_rate: float = 1000.0
     """Physics steps per simulated second (Hz); the step is h = 1/physics_rate."""
     publish_rate: float = 500.0
@@ -189,43 +203,55 @@ class CommandError(ValueError):
     """A command the simulator refuses (wrong length, non-finite values, unknown mode)."""
 
 
-def _load_model(name: str) -> tuple[pin.Model, Path]:
+def resolve_urdf(name: str) -> Path:
+    """The URDF file of ``SimConfig.urdf``: a path, or a name in urdf/ (FieldError if absent)."""
     path = Path(name)
-    if not path.is_file():
-        try:
-            path = urdf_path(name)
-        except FileNotFoundError as exc:
-            raise FieldError("urdf", f"URDF '{name}' not found ({exc})") from exc
+    if path.is_file():
+        return path
+    try:
+        return urdf_path(name)
+    except FileNotFoundError as exc:
+        raise FieldError("urdf", f"URDF '{name}' not found ({exc})") from exc
+
+
+def _load_model(name: str) -> tuple[pin.Model, Path]:
+    path = resolve_urdf(name)
     try:
         return pin.buildModelFromUrdf(str(path)), path
     except (ValueError, RuntimeError) as exc:
         raise FieldError("urdf", f"cannot build a model from {path}: {exc}") from exc
 
 
-class ArmSimulator:
-    """A fully actuated arm with revolute/prismatic joints, simulated from its URDF.
+class SimulatorBase:
+    """What every physics backend shares: configuration, state, commands, the command
+    modes with their computed-torque servo, saturation and the step loop.
+
+    A backend implements :meth:`_load` (model, joint names, limits, payload),
+    :meth:`_advance` (one step of length h under a motor torque), :meth:`mass_matrix`,
+    :meth:`bias` (Coriolis/centrifugal + gravity), :meth:`gravity` and :meth:`energy`;
+    it may override :meth:`inverse_dynamics` and :meth:`_difference`.
 
     State: ``q``, ``v`` (URDF joint order, ``joint_names``); ``effort`` is the motor
     torque applied during the last step; ``time`` the simulated time (s). See the module
-    docstring for the physics, the command modes and the servo.
+    docstring for the command modes and the servo.
     """
+
+    backend = ""
+    urdf_file: Path
+    joint_names: list[str]
+    effort_limit: np.ndarray
+    velocity_limit: np.ndarray
 
     def __init__(self, config: SimConfig | None = None):
         self.config = config = config if config is not None else SimConfig()
-        self.model, self.urdf_file = _load_model(config.urdf)
-        model = self.model
-        if model.nq != model.nv:
-            raise FieldError("urdf", f"{self.urdf_file} has joints with nq != nv; only revolute/prismatic joints are supported")
-        self.nq = self.nv = model.nv
-        self.joint_names: list[str] = list(model.names)[1:]
-        self.effort_limit = np.array(model.effortLimit, dtype=float)
+        self.dt = 1.0 / config.physics_rate
+        self.payload_mass = config.payload_mass
+        neutral = self._load(config)
+        self.nq = self.nv = len(self.joint_names)
+        self.effort_limit = np.asarray(self.effort_limit, dtype=float)
         if self.effort_limit.shape != (self.nv,) or not (self.effort_limit > 0).all():
             raise FieldError("urdf", f"every joint needs an effort limit > 0 in {self.urdf_file}, got {self.effort_limit}")
-        self.velocity_limit = np.array(model.velocityLimit, dtype=float)
-        self.payload_mass = config.payload_mass
-        self._attach_payload(config.payload_mass, config.payload_frame, np.array(config.payload_com, dtype=float))
-        self.data = model.createData()
-        self.dt = 1.0 / config.physics_rate
+        self.velocity_limit = np.asarray(self.velocity_limit, dtype=float)
         self.damping = self._per_joint("damping", config.damping)
         self.friction = self._per_joint("friction", config.friction)
         self.friction_smoothing = config.friction_smoothing
@@ -233,22 +259,50 @@ class ArmSimulator:
         self.kp = self._per_joint("position_kp", config.position_kp)
         self.kd = self._per_joint("position_kd", config.position_kd)
         self.hold_until_command = config.hold_until_command
-        self.initial_q = self._vector("initial_positions", config.initial_positions, pin.neutral(model))
+        self.initial_q = self._vector("initial_positions", config.initial_positions, neutral)
         self.initial_v = self._vector("initial_velocities", config.initial_velocities, np.zeros(self.nv))
         self._mode = config.command_mode
+        self._configure_losses()
         self.reset()
 
-    # -- construction helpers ------------------------------------------------------------
-    def _attach_payload(self, mass: float, frame: str, com: np.ndarray) -> None:
-        if not self.model.existFrame(frame):
-            raise FieldError("payload_frame", f"frame '{frame}' is not in {self.urdf_file}")
-        if mass == 0:
-            return
-        f = self.model.frames[self.model.getFrameId(frame)]
-        payload = pin.Inertia(mass, com, np.zeros((3, 3)))  # point mass, in the frame
-        joint = f.parentJoint
-        self.model.inertias[joint] = self.model.inertias[joint] + f.placement.act(payload)
+    # -- backend hooks ---------------------------------------------------------------------
+    def _load(self, config: SimConfig) -> np.ndarray:
+        """Build the model (payload attached); set ``urdf_file``, ``joint_names``,
+        ``effort_limit``, ``velocity_limit``; return the neutral configuration."""
+        raise NotImplementedError
 
+    def _configure_losses(self) -> None:
+        """Hand the joint losses (``damping``, ``friction``) to the physics, if it models them."""
+
+    def _advance(self, tau: np.ndarray, h: float) -> None:
+        """One step of length h under motor torque ``tau`` (already saturated): update q, v."""
+        raise NotImplementedError
+
+    def mass_matrix(self, q: Sequence[float] | None = None) -> np.ndarray:
+        """Joint-space mass matrix M(q) of the simulated model (payload included)."""
+        raise NotImplementedError
+
+    def bias(self, q: Sequence[float] | None = None, v: Sequence[float] | None = None) -> np.ndarray:
+        """Bias torques b(q, v) = C(q, v)·v + g(q) (M·a + b = τ without losses)."""
+        raise NotImplementedError
+
+    def gravity(self, q: Sequence[float] | None = None) -> np.ndarray:
+        """Gravity torques g(q) of the simulated model (payload included)."""
+        raise NotImplementedError
+
+    def energy(self) -> float:
+        """Kinetic + potential energy of the current state (J)."""
+        raise NotImplementedError
+
+    def inverse_dynamics(self, q: np.ndarray, v: np.ndarray, a: np.ndarray) -> np.ndarray:
+        """τ = M(q)·a + b(q, v) (no losses)."""
+        return self.mass_matrix(q) @ a + self.bias(q, v)
+
+    def _difference(self, q0: np.ndarray, q1: np.ndarray) -> np.ndarray:
+        """q1 ⊖ q0 (revolute/prismatic joints: a plain difference)."""
+        return q1 - q0
+
+    # -- construction helpers ------------------------------------------------------------
     def _per_joint(self, name: str, value) -> np.ndarray:
         values = np.array(value if isinstance(value, (list, tuple)) else [value], dtype=float)
         if values.size == 1:
@@ -318,7 +372,7 @@ class ArmSimulator:
             raise CommandError(f"a '{mode}' command while the command mode is '{self._mode}'")
         self.command = self.validate_command(values)
 
-    # -- dynamics --------------------------------------------------------------------------
+    # -- losses, servo, saturation -----------------------------------------------------------
     def losses(self, v: np.ndarray) -> np.ndarray:
         """Joint loss torques d·v + f_c·tanh(v/ε) (they oppose v: the applied torque is −losses)."""
         return self.damping * v + self.friction * np.tanh(v / self.friction_smoothing)
@@ -331,31 +385,12 @@ class ArmSimulator:
     def has_losses(self) -> bool:
         return bool((self.damping > 0).any() or (self.friction > 0).any())
 
-    def acceleration(self, q: np.ndarray, v: np.ndarray, tau: np.ndarray, h: float | None = None) -> np.ndarray:
-        """Joint acceleration for motor torque ``tau`` (losses linearly implicit over ``h``)."""
-        if not self.has_losses:
-            return pin.aba(self.model, self.data, q, v, tau).copy()
-        h = self.dt if h is None else h
-        mass = pin.crba(self.model, self.data, q)
-        mass = np.triu(mass) + np.triu(mass, 1).T
-        bias = pin.nonLinearEffects(self.model, self.data, q, v)
-        return np.linalg.solve(mass + h * np.diag(self._loss_slope(v)), tau - bias - self.losses(v))
-
-    def gravity(self, q: Sequence[float] | None = None) -> np.ndarray:
-        """Gravity torques g(q) of the simulated model (payload included)."""
-        q = self.q if q is None else np.asarray(q, dtype=float)
-        return pin.computeGeneralizedGravity(self.model, self.data, q).copy()
-
-    def energy(self) -> float:
-        """Kinetic + potential energy of the current state (J)."""
-        kinetic = pin.computeKineticEnergy(self.model, self.data, self.q, self.v)
-        return float(kinetic + pin.computePotentialEnergy(self.model, self.data, self.q))
-
     def servo_torque(self, a_ref: np.ndarray, h: float | None = None) -> np.ndarray:
         """Unsaturated torque giving acceleration a_ref over the next step of length h:
         inverse dynamics plus the losses at the step's end velocity v + h·a_ref (linearised
-        like :meth:`acceleration` treats them), so that a = a_ref exactly when unsaturated."""
-        tau = pin.rnea(self.model, self.data, self.q, self.v, a_ref)
+        like :meth:`ArmSimulator.acceleration` treats them), so that a = a_ref exactly when
+        unsaturated (for a backend whose losses are those of the model)."""
+        tau = self.inverse_dynamics(self.q, self.v, a_ref)
         if self.has_losses:
             h = self.dt if h is None else h
             tau = tau + self.losses(self.v) + h * self._loss_slope(self.v) * a_ref
@@ -377,22 +412,104 @@ class ArmSimulator:
         elif mode == "velocity":
             tau = self.servo_torque(self.kv * (cmd - self.v), h)
         else:
-            error = pin.difference(self.model, self.q, cmd)
+            error = self._difference(self.q, cmd)
             tau = self.servo_torque(self.kp * error - self.kd * self.v, h)
         return np.clip(tau, -self.effort_limit, self.effort_limit)
 
     def step(self, dt: float | None = None, substeps: int = 1) -> None:
-        """Advance by ``dt`` (default 1/physics_rate) in ``substeps`` equal semi-implicit
-        Euler steps; the motor torque is re-evaluated (servo, saturation) at every substep."""
+        """Advance by ``dt`` (default 1/physics_rate) in ``substeps`` equal steps; the
+        motor torque is re-evaluated (servo, saturation) at every substep."""
         dt = self.dt if dt is None else float(dt)
         if not dt > 0 or substeps < 1:
             raise ValueError(f"need dt > 0 and substeps >= 1, got dt={dt}, substeps={substeps}")
         h = dt / substeps
         for _ in range(substeps):
             tau = self.motor_torque(h)
-            a = self.acceleration(self.q, self.v, tau, h)
-            self.v = self.v + h * a
-            self.q = pin.integrate(self.model, self.q, h * self.v)
+            self._advance(tau, h)
             self.effort = tau
             self.time += h
             self.steps += 1
+
+
+class ArmSimulator(SimulatorBase):
+    """The Pinocchio backend (``backend: pinocchio``): a fully actuated arm with
+    revolute/prismatic joints, simulated from its URDF by ABA and semi-implicit Euler
+    (see the module docstring for the physics)."""
+
+    backend = "pinocchio"
+
+    # -- construction --------------------------------------------------------------------
+    def _load(self, config: SimConfig) -> np.ndarray:
+        self.model, self.urdf_file = _load_model(config.urdf)
+        model = self.model
+        if model.nq != model.nv:
+            raise FieldError("urdf", f"{self.urdf_file} has joints with nq != nv; only revolute/prismatic joints are supported")
+        self.joint_names = list(model.names)[1:]
+        self.effort_limit = np.array(model.effortLimit, dtype=float)
+        self.velocity_limit = np.array(model.velocityLimit, dtype=float)
+        self._attach_payload(config.payload_mass, config.payload_frame, np.array(config.payload_com, dtype=float))
+        self.data = model.createData()
+        return pin.neutral(model)
+
+    def _attach_payload(self, mass: float, frame: str, com: np.ndarray) -> None:
+        if not self.model.existFrame(frame):
+            raise FieldError("payload_frame", f"frame '{frame}' is not in {self.urdf_file}")
+        if mass == 0:
+            return
+        f = self.model.frames[self.model.getFrameId(frame)]
+        payload = pin.Inertia(mass, com, np.zeros((3, 3)))  # point mass, in the frame
+        joint = f.parentJoint
+        self.model.inertias[joint] = self.model.inertias[joint] + f.placement.act(payload)
+
+    # -- dynamics --------------------------------------------------------------------------
+    def acceleration(self, q: np.ndarray, v: np.ndarray, tau: np.ndarray, h: float | None = None) -> np.ndarray:
+        """Joint acceleration for motor torque ``tau`` (losses linearly implicit over ``h``)."""
+        if not self.has_losses:
+            return pin.aba(self.model, self.data, q, v, tau).copy()
+        h = self.dt if h is None else h
+        mass = self.mass_matrix(q)
+        bias = pin.nonLinearEffects(self.model, self.data, q, v)
+        return np.linalg.solve(mass + h * np.diag(self._loss_slope(v)), tau - bias - self.losses(v))
+
+    def mass_matrix(self, q: Sequence[float] | None = None) -> np.ndarray:
+        q = self.q if q is None else np.asarray(q, dtype=float)
+        mass = pin.crba(self.model, self.data, q)
+        return np.triu(mass) + np.triu(mass, 1).T
+
+    def bias(self, q: Sequence[float] | None = None, v: Sequence[float] | None = None) -> np.ndarray:
+        q = self.q if q is None else np.asarray(q, dtype=float)
+        v = self.v if v is None else np.asarray(v, dtype=float)
+        return pin.nonLinearEffects(self.model, self.data, q, v).copy()
+
+    def gravity(self, q: Sequence[float] | None = None) -> np.ndarray:
+        q = self.q if q is None else np.asarray(q, dtype=float)
+        return pin.computeGeneralizedGravity(self.model, self.data, q).copy()
+
+    def energy(self) -> float:
+        kinetic = pin.computeKineticEnergy(self.model, self.data, self.q, self.v)
+        return float(kinetic + pin.computePotentialEnergy(self.model, self.data, self.q))
+
+    def inverse_dynamics(self, q: np.ndarray, v: np.ndarray, a: np.ndarray) -> np.ndarray:
+        return pin.rnea(self.model, self.data, q, v, a).copy()
+
+    def _difference(self, q0: np.ndarray, q1: np.ndarray) -> np.ndarray:
+        return pin.difference(self.model, q0, q1)
+
+    def _advance(self, tau: np.ndarray, h: float) -> None:
+        """Semi-implicit Euler: v' = v + h·a, q' = q ⊕ h·v'."""
+        a = self.acceleration(self.q, self.v, tau, h)
+        self.v = self.v + h * a
+        self.q = pin.integrate(self.model, self.q, h * self.v)
+
+
+def make_simulator(config: SimConfig | None = None) -> SimulatorBase:
+    """The simulator of ``config.backend``: :class:`ArmSimulator` ('pinocchio') or
+    :class:`tocpl_ros.sim_mujoco.MujocoArmSimulator` ('mujoco', imported only then)."""
+    config = config if config is not None else SimConfig()
+    if config.backend == "mujoco":
+        try:
+            from .sim_mujoco import MujocoArmSimulator
+        except ImportError as exc:
+            raise FieldError("backend", f"'mujoco' needs the mujoco package (requirements.txt): {exc}") from exc
+        return MujocoArmSimulator(config)
+    return ArmSimulator(config)

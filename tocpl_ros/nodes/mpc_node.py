@@ -58,6 +58,8 @@ FEEDBACK_TOPIC = "/mpc/feedback"
 JOINT_STATES_TOPIC = "/joint_states"
 TARGET_TOPIC = "/target"
 DIAGNOSTICS_TOPIC = "/diagnostics"
+TICK_MARGIN = 0.001
+"""Seconds of each period kept free of solving (publishing, joint-state callbacks)."""
 
 _MPC_DOCS = field_docs(MPCConfig)
 _CONTROLLER_DOCS = field_docs(ControllerConfig)
@@ -104,8 +106,9 @@ class MPCLoop:
         self.last_status = "waiting"
         self.last_message = "no joint state received yet"
 
-    def tick(self, now: float) -> tuple[np.ndarray, np.ndarray] | None:
-        """(command [nu], feedback [nu + nx + nu·nx]) to publish, or None (nothing)."""
+    def tick(self, now: float, budget: float | None = None) -> tuple[np.ndarray, np.ndarray] | None:
+        """(command [nu], feedback [nu + nx + nu·nx]) to publish, or None (nothing). ``budget``:
+        seconds left for the solve in this period (None: the configured deadline)."""
         c = self.controller
         self.counts["ticks"] += 1
         q, v, target = c.q, c.v, c.target
@@ -116,6 +119,7 @@ class MPCLoop:
         age = c.age(now)
         if not -self.stale_limit <= age <= self.stale_limit:
             self.counts["stale_ticks"] += 1
+            self.mpc.reset()  # a solution from before the gap is no guess for 'shifted'
             self.last_status = "stale"
             self.last_message = f"stale joint_states: last accepted {age * 1e3:.1f} ms ago (limit {self.stale_limit * 1e3:.1f} ms)"
             return None
@@ -124,7 +128,9 @@ class MPCLoop:
             self.last_status, self.last_message = "waiting", "no target"
             return None
         x = np.concatenate([q, v])
-        result = self.mpc.solve(x, target, now)
+        if budget is not None and budget < self.mpc.config.deadline:
+            self.counts["short_budget_ticks"] += 1  # started late: less than the deadline left
+        result = self.mpc.solve(x, target, now, deadline=budget)
         self.counts["solves"] += 1
         self.counts[f"warm_start.{result.warm_start or 'none'}"] += 1
         self.solve_times.add(result.solve_time)
@@ -175,7 +181,9 @@ class MPCLoop:
             "rejected_inputs": str(s.rejected_total),
             "target": "none" if self.controller.target is None else " ".join(f"{x:.4f}" for x in self.controller.target),
         }
-        for key in ("ticks", "solves", "converged", "fallbacks", "stale_ticks", "no_state_ticks", "no_command_ticks"):
+        counters = ("ticks", "solves", "converged", "fallbacks", "short_budget_ticks", "stale_ticks", "no_state_ticks",
+                    "no_command_ticks")
+        for key in counters:
             out[key] = str(self.counts[key])
         for key, count in sorted(self.counts.items()):
             if "." in key:
@@ -244,7 +252,9 @@ def _make_node_class():
             self.publish_errors = 0
             self._last_tick: float | None = None
             self._command_msg, self._feedback_msg = Float64MultiArray(), Float64MultiArray()
-            self.create_timer(mpc_config.period, self._tick, callback_group=MutuallyExclusiveCallbackGroup(), clock=steady)
+            self.control_timer = self.create_timer(
+                mpc_config.period, self._tick, callback_group=MutuallyExclusiveCallbackGroup(), clock=steady
+            )
             self.create_timer(p["diagnostics_period"], self._publish_diagnostics, clock=steady)
             self._diag_types = (DiagnosticArray, DiagnosticStatus, KeyValue)
             deadline = "none" if math.isinf(mpc_config.deadline) else f"{mpc_config.deadline * 1e3:g} ms"
@@ -313,9 +323,10 @@ def _make_node_class():
                 if period > 1.5 * self.config.period:
                     self.overruns += 1
             self._last_tick = now
+            budget = self._budget()
             with self.lock:
                 try:
-                    out = self.loop.tick(now)
+                    out = self.loop.tick(now, budget)
                 except Exception as exc:  # last line of defence (mpc.solve itself never raises)
                     self.get_logger().error(f"MPC tick failed: {type(exc).__name__}: {exc}", throttle_duration_sec=1.0)
                     self.loop.counts["tick_errors"] += 1
@@ -332,6 +343,17 @@ def _make_node_class():
             except Exception as exc:  # e.g. during shutdown
                 self.publish_errors += 1
                 self.get_logger().error(f"publishing failed: {exc}", throttle_duration_sec=1.0)
+
+        def _budget(self) -> float | None:
+            """Seconds until the next tick is due, minus a margin for publishing: a tick that
+            started late gets a shorter deadline, so the solve never delays the next command."""
+            try:
+                remaining = self.control_timer.time_until_next_call()
+            except Exception:
+                return None
+            if remaining is None:
+                return None
+            return max(0.0, 1e-9 * remaining - TICK_MARGIN)
 
         def _publish_diagnostics(self) -> None:
             DiagnosticArray, DiagnosticStatus, KeyValue = self._diag_types

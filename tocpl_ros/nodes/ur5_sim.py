@@ -45,7 +45,7 @@ from std_srvs.srv import Trigger
 
 from tocpl_ros.config import ConfigError, FieldError, field_docs, load_dataclass
 from tocpl_ros.ros_env import apply_loopback_defaults
-from tocpl_ros.sim import COMMAND_MODES, NODE_NAME, ArmSimulator, CommandError, SimConfig, default_sim_config
+from tocpl_ros.sim import BACKENDS, COMMAND_MODES, NODE_NAME, CommandError, SimConfig, default_sim_config, make_simulator
 
 COMMAND_TOPICS = {mode: f"/forward_{mode}_controller/commands" for mode in COMMAND_MODES}
 JOINT_STATES_TOPIC = "/joint_states"
@@ -74,7 +74,7 @@ class Ur5SimNode(Node):
         super().__init__(NODE_NAME, **node_kwargs)
         self.config = self._read_parameters()
         try:
-            self.sim = ArmSimulator(self.config)
+            self.sim = make_simulator(self.config)  # backend 'pinocchio' or 'mujoco'
         except FieldError as exc:
             raise ConfigError(f"{NODE_NAME} parameters", exc.field, exc.message) from exc
         sim, config = self.sim, self.config
@@ -115,6 +115,8 @@ class Ur5SimNode(Node):
             )
             if f.name == "command_mode":
                 descriptor.additional_constraints = "one of: " + ", ".join(COMMAND_MODES)
+            elif f.name == "backend":
+                descriptor.additional_constraints = "one of: " + ", ".join(BACKENDS)
             try:
                 param = self.declare_parameter(f.name, default, descriptor)
             except (InvalidParameterTypeException, TypeError, ValueError) as exc:
