@@ -188,6 +188,23 @@ def test_deadline_and_failures_fall_back_to_the_policy(task, untrained):
     assert mpc.solve(x, target).ok  # and it still works
 
 
+def test_hopeless_cycles_are_skipped(task, untrained):
+    """Once a warm start alone has overrun the budget, later cycles with no time for one
+    iteration fall back at once (cheap), and solving resumes when time allows."""
+    p = task.sample(1, HELD_OUT_SEED + 2)
+    x, target = p.x0[0], p.target[0]
+    mpc = RecedingHorizonMPC(task, untrained, MPCConfig(warm_start="cold", deadline=1e-6))
+    first = mpc.solve(x, target)
+    assert first.status == "deadline" and "skipped" not in first.message
+    second = mpc.solve(x, target)
+    assert second.status == "deadline" and "skipped" in second.message and "deadline" in second.message
+    assert_policy_fallback(second, mpc, x, target, "deadline")
+    assert second.solve_time < first.solve_time
+    assert mpc.solve(x, target, deadline=math.inf).status == "deadline"  # a per-call deadline never extends the config's
+    mpc.config.deadline = math.inf
+    assert mpc.solve(x, target).ok
+
+
 def test_failure_without_policy_has_no_command(task):
     mpc = RecedingHorizonMPC(task, None, MPCConfig(warm_start="cold", deadline=1e-6))
     p = task.sample(1, HELD_OUT_SEED)

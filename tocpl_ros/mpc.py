@@ -18,7 +18,11 @@ of the moment. Each solve starts from an initial guess chosen by ``MPCConfig.war
 A solve has an iteration cap and a wall-time deadline (the warm start's construction
 included). The deadline is enforced between solver iterations: a solve whose next
 iteration (estimated as its longest one so far) would end past the deadline is stopped
-there, so a solve overruns its deadline by at most one iteration's mis-estimate. Every
+there, so a solve overruns its deadline by at most one iteration's mis-estimate. A cycle
+whose budget is smaller than the running estimate of warm start + first iteration is not
+attempted at all (reported as 'deadline', "skipped"), so a late cycle or a starved CPU
+degrades to the policy's commands instead of delaying them; the estimate decays by 10 %
+per skipped cycle so that solves are retried. Every
 failure (deadline missed, not converged within the cap, non-finite numbers, a solver
 exception, invalid input) is *reported* in the :class:`MPCResult`, never raised, and the
 result then carries the policy's own command for the current state as the fallback.
@@ -257,12 +261,15 @@ class _DeadlineCallback(crocoddyl.CallbackAbstract):
         self.deadline = deadline
         self.last = time.perf_counter()
         self.longest = 0.0
+        self.first = math.nan
         self.calls = 0
 
     def __call__(self, solver, *args):
         now = time.perf_counter()
         self.calls += 1
         self.longest = max(self.longest, now - self.last)
+        if self.calls == 1:
+            self.first = now - self.last
         self.last = now
         if solver.stop < solver.th_stop:
             return  # the solver is about to return converged: let it
@@ -299,6 +306,8 @@ class RecedingHorizonMPC:
         self._deadline = _DeadlineCallback()
         self.solver.setCallbacks([self._deadline])
         self._previous: tuple[np.ndarray, np.ndarray, float | None] | None = None
+        self._need: dict[str, float] = {}
+        """Per warm start, running estimate (s) of warm start + first iteration: the least a useful solve takes."""
         self._rollout_models = list(self.shooting.runningModels)
         self._rollout_datas = [m.createData() for m in self._rollout_models]
 
@@ -372,6 +381,16 @@ class RecedingHorizonMPC:
         mode = cfg.warm_start
         if mode == "shifted" and self._previous is None:
             mode = "cold"
+        need = self._need.get(mode, 0.0)
+        if need > budget:
+            # No time for even one iteration (a late cycle, a loaded machine): fall back at once,
+            # keeping the CPU for the next cycle. The estimate decays so that solves are retried.
+            self._need[mode] = 0.9 * need
+            return self._failure(
+                "deadline",
+                f"skipped: deadline {budget * 1e3:.3g} ms, a {mode} solve needs ~{need * 1e3:.3g} ms (warm start + 1 iteration)",
+                x, target, mode, t0,
+            )
         try:
             self.task.set_problem(self.shooting, Problems(x[None], target[None]))
             if mode == "policy":
@@ -382,6 +401,7 @@ class RecedingHorizonMPC:
                 init_xs, init_us = self._cold_guess(x)
             warm_time = time.perf_counter() - t0
             if warm_time > budget:
+                self._estimate(mode, warm_time)
                 return self._failure(
                     "deadline", f"the {mode} warm start alone took {warm_time * 1e3:.2f} ms (deadline {budget * 1e3:.3g} ms)",
                     x, target, mode, t0, warm_time=warm_time,
@@ -393,6 +413,8 @@ class RecedingHorizonMPC:
             except _DeadlineExceeded:
                 converged, stopped = False, True
             solve_time = time.perf_counter() - t0
+            first = self._deadline.first if self._deadline.calls else solve_time - warm_time
+            self._estimate(mode, warm_time + first)
             iterations = int(self.solver.iter)
             xs, us = np.array(self.solver.xs), np.array(self.solver.us)
             K0 = np.array(self.solver.K[0])
@@ -423,6 +445,10 @@ class RecedingHorizonMPC:
             warm_start=mode, iterations=iterations, converged=True, solve_time=solve_time, warm_start_time=warm_time,
             cost=cost, xs=xs, us=us,
         )
+
+    def _estimate(self, mode: str, seconds: float) -> None:
+        old = self._need.get(mode, 0.0)
+        self._need[mode] = seconds if old <= 0.0 else 0.7 * old + 0.3 * seconds
 
     def _failure(
         self,
