@@ -4,6 +4,7 @@ output modes and a fuzz loop. ROS-free; policies are real ONNX exports of ur5_re
 from __future__ import annotations
 
 import dataclasses
+import math
 import subprocess
 import sys
 import zlib
@@ -18,6 +19,7 @@ import torch
 from tocpl_ros.config import FieldError
 from tocpl_ros.controller import Command, ControllerConfig, PolicyController
 from tocpl_ros.policy_file import OnnxPolicy, PolicyFileError, read_onnx_metadata
+from tocpl_ros.sim import ArmSimulator, SimConfig
 from tocpl_ros.tasks import load_task
 from tocpl_training.export import export_onnx
 from tocpl_training.policy import make_policy
@@ -60,7 +62,7 @@ def files(task, tmp_path_factory):
         "over_limit": dict(u_min=md.u_min * np.array([1, 1, 1, 1, 2, 1]), u_max=md.u_max * np.array([1, 1, 1, 1, 2, 1])),
         "bad_block": dict(obs_layout=[("q", 6), ("v", 6), ("goal", 3)]),
     }
-    out = {"good": good}
+    out = {"good": good, "untrained": export_onnx(make_policy(task, seed=11).eval(), task, folder / "untrained.onnx")}
     for name, changes in variants.items():
         out[name] = rewrite_metadata(good, folder / f"{name}.onnx", **changes)
     return out
@@ -192,6 +194,9 @@ def test_config_range_checks():
         (dict(target_out_of_limits="ignore"), "target_out_of_limits"),
         (dict(max_joint_velocity=0.0), "max_joint_velocity"),
         (dict(expected_dt=0.0), "expected_dt"),
+        (dict(hold_kp=-1.0), "hold_kp"),
+        (dict(rate=100.0, hold_kp=1000.0), "hold_kp"),  # ω·period = 0.32 > 0.25
+        (dict(rate=100.0, hold_kd=60.0), "hold_kd"),  # kd·period = 0.6 > 0.5
     ]:
         with pytest.raises(FieldError) as err:
             ControllerConfig(**kwargs)
@@ -305,10 +310,19 @@ def test_stale_state_gives_safe_command_within_stale_periods(files, robot, stale
     assert feed(ctl, 0.0, Q0, v) is None
     for k in range(0, stale_periods + 1):
         assert not ctl.compute(k * PERIOD).safe, k
-    cmd = ctl.compute((stale_periods + 1) * PERIOD)
+    u_last = ctl.compute(stale_periods * PERIOD).values  # the policy's, held by the robot since
+    t_stale = (stale_periods + 1) * PERIOD
+    cmd = ctl.compute(t_stale)
     assert cmd.safe and "stale" in cmd.reason
-    # hold on stale data: gravity of the last posture only (no feedback on old data)
-    np.testing.assert_allclose(cmd.values, gravity(robot, Q0), atol=1e-9)
+    # hold on stale data: the computed-torque hold on the state predicted from the last accepted
+    # one (received at t = 0) under the torque held since, one period per step
+    model, data = robot
+    q, qd = Q0.copy(), v.copy()
+    for _ in range(stale_periods + 1):
+        qd = qd + PERIOD * pin.aba(model, data, q, qd, u_last)
+        q = q + PERIOD * qd
+    want = gravity(robot, q) + mass(robot, q) @ (400.0 * (Q0 - q) - 40.0 * qd)
+    np.testing.assert_allclose(cmd.values, want, rtol=1e-9, atol=1e-9)
     # fresh data again: policy back (fading in from the safe command)
     t = (stale_periods + 2) * PERIOD
     assert feed(ctl, t, Q0, v) is None
@@ -378,13 +392,21 @@ def test_fade_in_ramps_monotonically(files, robot):
     np.testing.assert_allclose(again.values, stopped.values, atol=1e-9)
 
 
+def mass(robot, q):
+    model, data = robot
+    upper = pin.crba(model, data, np.asarray(q, dtype=float))
+    return np.triu(upper) + np.triu(upper, 1).T
+
+
 def test_safe_modes_in_effort(files, robot):
+    """Computed torque: the gains are accelerations (1/s², 1/s) through M(q)."""
     v = np.array([0.2, -0.1, 0.3, 0.0, 0.5, -0.4])
     q_now = Q0 + 0.05
+    M = mass(robot, q_now)
     expected = {
         "gravity": gravity(robot, q_now),
-        "hold": gravity(robot, q_now) + 100.0 * (Q0 - q_now) - 10.0 * v,
-        "zero_velocity": gravity(robot, q_now) - 10.0 * v,
+        "hold": gravity(robot, q_now) + M @ (100.0 * (Q0 - q_now) - 10.0 * v),
+        "zero_velocity": gravity(robot, q_now) - M @ (10.0 * v),
     }
     for mode, want in expected.items():
         ctl = make(files, safe_mode=mode, hold_kp=100.0, hold_kd=10.0)
@@ -396,6 +418,141 @@ def test_safe_modes_in_effort(files, robot):
         md = ctl.metadata
         np.testing.assert_allclose(cmd.values, np.clip(want, md.u_min, md.u_max), atol=1e-9, err_msg=mode)
         np.testing.assert_array_equal(ctl.held_posture, Q0)
+
+
+def run_in_simulator(ctl, sim, rate, seconds, feed_until=None, bad_state=None):
+    """Closed loop of the controller and the Pinocchio simulator (1 kHz physics): each control
+    tick gets the state measured one tick earlier (one period of transport delay, as through
+    ROS) and its command is held for one period. After ``feed_until`` s no joint state arrives
+    (or, with ``bad_state``, only rejected ones). Returns times, commands, q, v per tick."""
+    period = 1.0 / rate
+    substeps = int(round(sim.config.physics_rate / rate))
+    measured = (sim.q.copy(), sim.v.copy(), 0.0)
+    out = {"t": [], "u": [], "q": [], "v": []}
+    for k in range(int(round(seconds * rate))):
+        t = k * period
+        q, v, stamp = measured
+        measured = (sim.q.copy(), sim.v.copy(), t)
+        if feed_until is None or t < feed_until:
+            assert ctl.update_joint_state(JOINTS, q, v, stamp, t) is None
+        elif bad_state is not None:
+            assert ctl.update_joint_state(*bad_state(q, v), stamp, t) is not None
+        cmd = ctl.compute(t)
+        sim.set_command(cmd.values)
+        sim.step(period, substeps=substeps)
+        for key, value in (("t", t), ("u", cmd.values), ("q", sim.q.copy()), ("v", sim.v.copy())):
+            out[key].append(value)
+    return {k: np.array(v) for k, v in out.items()}
+
+
+def settling_time(run, q_ref=None, v_tol=1e-3, q_tol=1e-3):
+    """First time after which every joint stays below v_tol (and within q_tol of q_ref)."""
+    ok = (np.abs(run["v"]) < v_tol).all(axis=1)
+    if q_ref is not None:
+        ok &= (np.abs(run["q"] - q_ref) < q_tol).all(axis=1)
+    bad = np.flatnonzero(~ok)
+    return 0.0 if not len(bad) else (math.inf if bad[-1] == len(ok) - 1 else float(run["t"][bad[-1] + 1]))
+
+
+SPINNING = np.array([0.5, -0.5, 0.8, 1.0, -1.5, 3.0])  # rad/s; wrist_3 (0.017 kg·m²) at 3 rad/s
+
+
+@pytest.mark.parametrize("rate", [500.0, 1000.0])
+def test_hold_stops_a_moving_arm_in_simulation(files, rate):
+    """The 'hold' safe command (controller stopped) brings an arm moving fast on every joint
+    back to rest at the held posture, with one period of delay, at 500 Hz and 1 kHz, never
+    beyond the effort limits. (The former uniform PD, 100 N·m/rad and 10 N·m·s/rad on every
+    joint, still oscillated on wrist_3 at 0.09 rad/s after 2 s at 500 Hz in this loop.)"""
+    sim = ArmSimulator(SimConfig(physics_rate=1000.0, hold_until_command=False))
+    sim.reset(Q0, SPINNING)
+    ctl = make(files, rate=rate, safe_mode="hold")  # stopped: the safe command throughout
+    run = run_in_simulator(ctl, sim, rate, seconds=2.0)
+    assert (np.abs(run["u"]) <= sim.effort_limit + 1e-9).all()
+    q_hold = ctl.held_posture
+    np.testing.assert_array_equal(q_hold, Q0)
+    settle = settling_time(run, q_hold)
+    print(f"{rate:g} Hz: settled (|v| < 1e-3 rad/s, |q - q_hold| < 1e-3 rad) after {settle:.3f} s, "
+          f"max |u|/limit {np.max(np.abs(run['u']) / sim.effort_limit):.2f}")
+    assert settle < 1.0, settle
+    assert np.abs(run["v"][-1]).max() < 1e-6 and np.abs(run["q"][-1] - q_hold).max() < 1e-6
+
+
+@pytest.mark.parametrize("rate", [500.0, 1000.0])
+def test_zero_velocity_brakes_a_moving_arm_in_simulation(files, rate):
+    sim = ArmSimulator(SimConfig(physics_rate=1000.0, hold_until_command=False))
+    sim.reset(Q0, SPINNING)
+    ctl = make(files, rate=rate, safe_mode="zero_velocity")
+    run = run_in_simulator(ctl, sim, rate, seconds=1.0)
+    assert (np.abs(run["u"]) <= sim.effort_limit + 1e-9).all()
+    settle = settling_time(run)
+    print(f"{rate:g} Hz: zero_velocity at rest (|v| < 1e-3 rad/s) after {settle:.3f} s")
+    assert settle < 0.5, settle
+
+
+@pytest.mark.parametrize("data", ["silent", "rejected"])
+def test_stale_hold_brakes_a_spinning_wrist_in_simulation(files, data):
+    """The policy drives (wrist_3 spinning up to 7 rad/s), then the joint states stop (or only
+    NaN ones arrive, rejected): after stale_periods the hold runs on the predicted state and
+    brakes every joint, instead of leaving the wrist coasting on gravity compensation as the
+    former g(last q) did. Without measurements this is open loop: the prediction's error (here
+    from one period of transport delay) lets gravity pull the arm away within about a second,
+    so only the braking is asserted."""
+    rate = 500.0
+    feed_until, brake_time = 0.02, 0.3
+    runs = {}
+    for mode in ("hold", "gravity"):
+        sim = ArmSimulator(SimConfig(physics_rate=1000.0, hold_until_command=False))
+        sim.reset(Q0, SPINNING)
+        ctl = make(files, "untrained", rate=rate, fade_in=0.0, safe_mode=mode)
+        ctl.start()
+
+        def nan_state(q, v):
+            q = q.copy()
+            q[5] = np.nan
+            return JOINTS, q, v
+
+        bad = nan_state if data == "rejected" else None
+        runs[mode] = run = run_in_simulator(ctl, sim, rate, seconds=feed_until + brake_time, feed_until=feed_until, bad_state=bad)
+        assert (np.abs(run["u"]) <= sim.effort_limit + 1e-9).all()
+        assert ctl.state == "safe" and "stale" in ctl.last_reason
+        if data == "rejected":
+            assert ctl.stats.rejected["nonfinite"] > 100
+    k_stop = int(round(feed_until * rate))
+    spin = np.abs(runs["hold"]["v"][k_stop, 5])
+    hold_v, gravity_v = np.abs(runs["hold"]["v"][-1]), np.abs(runs["gravity"]["v"][-1])
+    print(f"{data}: wrist_3 at {spin:.2f} rad/s when the data stops; {brake_time} s later: hold {hold_v[5]:.3f} rad/s "
+          f"(max over joints {hold_v.max():.3f}), g(last q) only {gravity_v[5]:.2f} rad/s")
+    assert spin > 5.0
+    assert hold_v[5] < 0.05 * spin and hold_v.max() < 0.5, hold_v
+    assert gravity_v[5] > 0.5 * spin  # what the former stale 'hold' did: the wrist coasts
+
+
+def test_bursts_and_gaps(files):
+    """A burst of queued joint states (same arrival time) is taken in stamp order, the newest
+    one used; an out-of-order one in it is rejected. A gap shorter than stale_periods keeps the
+    policy on the last state; a longer one gives the safe command until data is back."""
+    ctl = make(files, fade_in=0.0, stale_periods=5)
+    ctl.start()
+    assert feed(ctl, 0.0) is None and not ctl.compute(0.0).safe
+    t = 4 * PERIOD  # a 4-period gap: still fresh
+    assert not ctl.compute(t).safe
+    burst = [(Q0 + 0.01 * k, (k + 1) * PERIOD) for k in range(4)]
+    for q, stamp in burst:
+        assert ctl.update_joint_state(JOINTS, q, np.zeros(6), stamp, t) is None
+    assert "older than" in ctl.update_joint_state(JOINTS, Q0 + 0.5, np.zeros(6), 2 * PERIOD, t)
+    np.testing.assert_allclose(ctl.q, burst[-1][0])
+    assert ctl.stats.rejected["backwards_stamp"] == 1 and ctl.last_rejected == "backwards_stamp"
+    cmd = ctl.compute(t)
+    assert not cmd.safe
+    u, _ = policy_u(files, burst[-1][0], np.zeros(6), np.array(TARGET))
+    np.testing.assert_allclose(cmd.values, u, atol=1e-9)
+    # a gap beyond the stale limit: safe until data is back, then the policy again
+    for k in range(1, 12):
+        cmd = ctl.compute(t + k * PERIOD)
+        assert cmd.safe == (k > 5), k
+    t += 12 * PERIOD
+    assert ctl.update_joint_state(JOINTS, Q0, np.zeros(6), t, t) is None
+    assert not ctl.compute(t).safe
 
 
 def test_exclude_gravity_subtracts_g(files, robot):

@@ -12,6 +12,15 @@ policy's torque into the command of an output mode, with the safety layer around
 - no fresh joint state for ``stale_periods`` control periods, the controller being
   stopped, a non-finite policy output or any internal error → the *safe command* of
   the output mode (see :class:`ControllerConfig` ``safe_mode``);
+- a *rejected* joint state counts as a missing one, deliberately: for up to
+  ``stale_periods`` periods the policy keeps running on the last accepted state (one bad
+  message must not jerk the robot into the safe command), after that the safe command;
+- the effort safe commands are computed-torque laws (joint-space accelerations through
+  M(q)), so one pair of gains is well-damped on every joint, from the 2.6 kg·m² shoulder
+  to the 0.017 kg·m² wrist_3. While the data is stale they run on a *prediction* of the
+  state: the last accepted state rolled forward through the model under the torques sent
+  since, so a moving arm is still braked to rest instead of being left to coast on
+  gravity compensation;
 - on start, and whenever the policy takes over again after a safe command, the command
   ramps linearly from the safe command to the policy's over ``fade_in`` seconds;
 - every command returned is finite and inside the output mode's limits.
@@ -57,6 +66,15 @@ TARGET_POLICIES = ("clamp", "reject")
 OBS_BLOCKS = ("q", "v", "target")
 """Observation blocks this controller can assemble (``tocpl.obs_layout`` names)."""
 
+HOLD_MAX_OMEGA_DT = 0.25
+HOLD_MAX_KD_DT = 0.5
+"""Upper bounds of hold_kp·period² (as ω·period) and hold_kd·period. With one period of delay
+between measurement and torque, a damping gain of kd·period ≥ 1 makes the discrete loop
+oscillate and ≥ 2 diverge (the old uniform PD had 10 N·m·s/rad / 0.017 kg·m² · 2 ms = 1.2 on
+wrist_3 at 500 Hz); these bounds keep it well inside."""
+PREDICTION_MAX_STEPS = 50
+"""Most integration steps (of at most one period) of the stale-state prediction per call."""
+
 DEFAULT_TARGET_LIMITS = [0.25, 0.85, -0.30, 0.50, -0.15, 0.80]
 """ur5_reach's training targets span x 0.33..0.77, y −0.19..0.41, z −0.09..0.70 m
 (20 000 samples); the default box adds 5–10 cm: the policy knows nothing beyond."""
@@ -81,10 +99,12 @@ class ControllerConfig:
     held up (its joint states still queued) does not count as missing data."""
     safe_mode: str = "hold"
     """Command sent while unsafe (stopped, stale/invalid data, bad policy output).
-    effort mode: 'gravity' → g(q); 'hold' → g(q) + PD to the posture held when the
-    controller went safe; 'zero_velocity' → g(q) − hold_kd·v (damping to rest); the PD/damping
-    terms need fresh data and are dropped when it is stale (then g(last q) only); always clamped
-    to the torque limits. velocity mode: zeros (every safe_mode). position mode: the held posture."""
+    effort mode: 'hold' → g(q) + M(q)·(hold_kp·(q_hold − q) − hold_kd·v), to the posture held
+    when the controller went safe; 'zero_velocity' → g(q) − M(q)·hold_kd·v (brake to rest where
+    the arm stops); 'gravity' → g(q) only (passive: a moving arm keeps moving). With stale data,
+    hold/zero_velocity use the state predicted from the last accepted one, gravity the last
+    accepted posture. Always clamped to the torque limits. velocity mode: zeros (every
+    safe_mode). position mode: the held posture."""
     fade_in: float = 0.5
     """Seconds over which the command ramps linearly from the safe command to the policy's,
     after start and after every safe period. 0: no ramp."""
@@ -100,10 +120,13 @@ class ControllerConfig:
     also clamped to it (besides the URDF velocity limits)."""
     joint_position_margin: float = 0.1
     """Joint states with a position beyond the URDF limits by more than this (rad) are rejected."""
-    hold_kp: float = 100.0
-    """'hold' safe mode, effort output: proportional gain (N·m/rad) towards the held posture."""
-    hold_kd: float = 10.0
-    """'hold'/'zero_velocity' safe modes, effort output: damping gain (N·m·s/rad)."""
+    hold_kp: float = 400.0
+    """'hold' safe mode, effort output: stiffness as an acceleration gain (1/s², = ω²; 400:
+    ω = 20 rad/s), multiplied by M(q), so the same on every joint whatever its inertia.
+    At most (0.25·rate)² (ω·period ≤ 0.25: well-damped in discrete time)."""
+    hold_kd: float = 40.0
+    """'hold'/'zero_velocity' safe modes, effort output: damping as an acceleration gain (1/s,
+    = 2ζω; 40 with hold_kp 400: critically damped), multiplied by M(q). At most 0.5·rate."""
     allow_extra_joints: bool = False
     """Accept joint states that also name joints the policy does not use (e.g. a gripper's);
     False rejects them as unknown joints."""
@@ -132,8 +155,8 @@ class ControllerConfig:
         number("fade_in", self.fade_in, 0.0, 60.0)
         number("max_joint_velocity", self.max_joint_velocity, 0.0, lo_open=True)
         number("joint_position_margin", self.joint_position_margin, 0.0)
-        number("hold_kp", self.hold_kp, 0.0)
-        number("hold_kd", self.hold_kd, 0.0)
+        number("hold_kp", self.hold_kp, 0.0, (HOLD_MAX_OMEGA_DT * self.rate) ** 2)
+        number("hold_kd", self.hold_kd, 0.0, HOLD_MAX_KD_DT * self.rate)
         limits = list(self.target_limits)
         if len(limits) != 6:
             raise FieldError("target_limits", f"needs 6 values [x_min, x_max, y_min, y_max, z_min, z_max], got {len(limits)}")
@@ -315,6 +338,11 @@ class PolicyController:
         self._fade_start: float | None = None
         self._q_hold: np.ndarray | None = None
         self._last_was_policy = False
+        # stale-data prediction for the effort safe command: state, time, torque being applied
+        self._pred: tuple[np.ndarray, np.ndarray, float] | None = None
+        self._last_u: np.ndarray | None = None
+        self.last_rejected: str = ""
+        """Key of the last rejected input (a ``stats.rejected`` key), for per-reason logging."""
         self.state = "stopped"
         """'stopped', 'waiting' (no joint state yet), 'safe', 'fading_in' or 'running'."""
         self.last_reason = "stopped"
@@ -377,6 +405,7 @@ class PolicyController:
 
     def _reject(self, key: str, message: str) -> str:
         self.stats.rejected[key] += 1
+        self.last_rejected = key
         return message
 
     def update_joint_state(
@@ -450,6 +479,7 @@ class PolicyController:
                 self.stats.stamp_resets += 1  # the stream had gone stale: a restarted publisher
             self._q, self._v, self._stamp, self._received = q, v, stamp, received
             self._ticks_since_state = 0
+            self._pred = None  # measured again: no prediction needed
             self.stats.accepted_states += 1
             if self.target is None and self._needs_target:
                 self._target_from_posture()
@@ -542,24 +572,56 @@ class PolicyController:
             return self.u_lo - g, self.u_hi - g
         return self.u_lo.copy(), self.u_hi.copy()
 
-    def _safe_values(self, fresh: bool) -> np.ndarray | None:
+    def mass_matrix(self, q: np.ndarray) -> np.ndarray:
+        upper = pin.crba(self.model, self.data, q)
+        return np.triu(upper) + np.triu(upper, 1).T
+
+    def _predicted_state(self, now: float | None) -> tuple[np.ndarray, np.ndarray]:
+        """(q, v) rolled forward from the last accepted state (at its arrival) to ``now`` through
+        the model, under the torque sent meanwhile: a forward controller holds the last command,
+        and the policy's command on an unchanged state is unchanged. At most
+        PREDICTION_MAX_STEPS periods are integrated per call (a longer stall is skipped)."""
+        if now is None:
+            return self._q, self._v
+        if self._pred is None:
+            self._pred = (self._q.copy(), self._v.copy(), min(self._received, now))
+        q, v, then = self._pred
+        u = self._last_u
+        elapsed = max(0.0, now - then)
+        if u is not None and elapsed > 0:
+            steps = min(PREDICTION_MAX_STEPS, max(1, math.ceil(elapsed / self.config.period - 1e-9)))
+            h = min(elapsed / steps, self.config.period)
+            for _ in range(steps):  # semi-implicit Euler, as the simulator and the OCP
+                v = v + h * np.asarray(pin.aba(self.model, self.data, q, v, u))
+                q = np.clip(q + h * v, self.q_lo, self.q_hi)
+        self._pred = (q, v, now)
+        return q, v
+
+    def _safe_values(self, fresh: bool, now: float | None = None) -> np.ndarray | None:
         """The safe command in the output mode (None if no state was ever accepted)."""
-        cfg, q, v = self.config, self._q, self._v
-        if q is None:
+        cfg = self.config
+        if self._q is None:
             return None
         if self._q_hold is None:
-            self._q_hold = q.copy()
+            self._q_hold = self._q.copy()
         if cfg.output_mode == "velocity":
             return np.zeros(self.nq)
         if cfg.output_mode == "position":
             return np.clip(self._q_hold, self.q_lo, self.q_hi)
-        g = self.gravity(q)
-        u = g.copy()
-        if fresh and cfg.safe_mode == "hold":
-            u += cfg.hold_kp * (self._q_hold - q) - cfg.hold_kd * v
-        elif fresh and cfg.safe_mode == "zero_velocity":
-            u -= cfg.hold_kd * v
+        if cfg.safe_mode == "gravity":
+            q = self._q
+            g = self.gravity(q)
+            u = g
+        else:
+            q, v = (self._q, self._v) if fresh else self._predicted_state(now)
+            if cfg.safe_mode == "hold":
+                a = cfg.hold_kp * (self._q_hold - q) - cfg.hold_kd * v
+            else:  # zero_velocity
+                a = -cfg.hold_kd * v
+            g = self.gravity(q)
+            u = g + self.mass_matrix(q) @ a
         u = np.clip(u, self.u_lo, self.u_hi)
+        self._last_u = u  # the torque the robot will hold: what the prediction integrates
         return u - g if cfg.exclude_gravity else u
 
     def _policy_values(self) -> tuple[np.ndarray | None, str]:
@@ -594,19 +656,19 @@ class PolicyController:
         try:
             command = self._compute(float(now))
         except Exception as exc:  # last line of defence: a bug must not stop the commands
-            command = self._unsafe("internal_error", f"internal error: {type(exc).__name__}: {exc}", fresh=False)
+            command = self._unsafe("internal_error", f"internal error: {type(exc).__name__}: {exc}", fresh=False, now=now)
         command = self._finalise(command)
         self.stats.compute.add(time.perf_counter() - t0)
         return command
 
-    def _unsafe(self, key: str, reason: str, fresh: bool) -> Command:
+    def _unsafe(self, key: str, reason: str, fresh: bool, now: float | None = None) -> Command:
         if self._last_was_policy and self._q is not None:
             self._q_hold = self._q.copy()  # hold where the policy left the robot
         self._last_was_policy = False
         self._fade_start = None
         self.stats.safe_reasons[key] += 1
         try:
-            values = self._safe_values(fresh)
+            values = self._safe_values(fresh, now)
         except Exception:
             values = self._fallback()
         self.state = "stopped" if key == "stopped" else "waiting" if key == "no_joint_state" else "safe"
@@ -658,19 +720,20 @@ class PolicyController:
         if self._q is None:
             return self._unsafe("no_joint_state", "no joint state received yet", fresh=False)
         if not self._running:
-            return self._unsafe("stopped", "stopped", fresh)
+            return self._unsafe("stopped", "stopped", fresh, now)
         if not fresh:
             return self._unsafe(
                 "stale",
                 f"stale joint_states: last accepted {age * 1e3:.1f} ms ago "
                 f"(limit {cfg.stale_periods} periods = {cfg.stale_periods * cfg.period * 1e3:.1f} ms)",
                 fresh=False,
+                now=now,
             )
         if self._needs_target and self.target is None:
-            return self._unsafe("no_target", "no target", fresh)
+            return self._unsafe("no_target", "no target", fresh, now)
         values, key = self._policy_values()
         if values is None:
-            return self._unsafe(key, "policy output is not finite", fresh)
+            return self._unsafe(key, "policy output is not finite", fresh, now)
         if self._fade_start is None:
             self._fade_start = now
         alpha = 1.0 if cfg.fade_in <= 0 else min(max((now - self._fade_start) / cfg.fade_in, 0.0), 1.0)
@@ -682,6 +745,8 @@ class PolicyController:
             self.state = "fading_in"
         else:
             self.state = "running"
+        if cfg.output_mode == "effort":  # the torque the robot holds if the data stops now
+            self._last_u = values + self.gravity(self._q) if cfg.exclude_gravity else values
         self._last_was_policy = True
         self.last_reason = reason
         return Command(values, False, reason)
