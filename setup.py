@@ -65,6 +65,7 @@ setup(
             "tocpl-export = tocpl_training.export:main",
             "tocpl-train = tocpl_training.cli:main",
             "tocpl-train-bench = tocpl_training.benchmark:main",
+            "tocpl-bench = tocpl_training.compare:main",
             "tocpl-mpc-bench = tocpl_ros.mpc_benchmark:main",
             # ROS 2 nodes (ros2 run tocpl_ros <name>) and the launch-free bring-up
             "ur5_sim = tocpl_ros.nodes.ur5_sim:main",

@@ -1,0 +1,178 @@
+"""tocpl-bench: the gym wrappers are the tasks' own OCPs, and a --quick comparison produces
+consistent per-run metrics, plots, summary table and TO warm-start study (real SB3, real Crocoddyl)."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import numpy as np
+import pytest
+
+from tocpl_ros.config import FieldError
+from tocpl_ros.tasks import DynamicsCounter, load_task
+from tocpl_training.compare import configuration, load_bench_config, main
+from tocpl_training.rl_baselines import TaskEnv, load_rl_config
+from tocpl_training.trainer import HeldOut, evaluate_policy
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.mark.parametrize("task_name", ["lqr", "pendulum", "ur5_reach"])
+def test_env_is_the_task(task_name):
+    """Same controls -> same states as Task.rollout (1e-9), rewards sum to minus the task's cost,
+    one dynamics evaluation per step, episode ends exactly at T, seeded resets from P."""
+    task = load_task(task_name)
+    counter = DynamicsCounter()
+    rng = np.random.default_rng(7)
+    obs_mean, obs_scale = rng.normal(size=task.obs_dim), rng.uniform(0.5, 2.0, task.obs_dim)
+    env = TaskEnv(task, counter, obs_mean=obs_mean, obs_scale=obs_scale)
+    obs, _ = env.reset(seed=11)
+    problem = env.problem
+    # beyond the box half of the time: both must clip the same way
+    us = rng.uniform(1.5 * task.u_min, 1.5 * task.u_max, (task.horizon, task.nu))
+    xs, rewards = [env.x.copy()], []
+    observations = [obs]
+    for t in range(task.horizon):
+        obs, reward, terminated, truncated, info = env.step(env.action_of(us[t]))
+        assert terminated == (t == task.horizon - 1) and not truncated
+        np.testing.assert_allclose(info["u"], np.clip(us[t], task.u_min, task.u_max), rtol=0, atol=1e-12)
+        xs.append(env.x.copy())
+        rewards.append(reward)
+        observations.append(obs)
+    assert counter.steps == task.horizon and counter.by_source == {"env_step": task.horizon}
+    with pytest.raises(RuntimeError):
+        env.step(np.zeros(task.nu))
+
+    calls = {"t": 0}
+
+    def open_loop(o):
+        u = us[calls["t"]][None]
+        calls["t"] += 1
+        return u
+
+    ref_counter = DynamicsCounter()
+    traj = task.rollout(open_loop, problem, counter=ref_counter)
+    assert ref_counter.steps == counter.steps
+    np.testing.assert_allclose(np.array(xs), traj.xs[0], rtol=0, atol=1e-9)
+    cost = task.evaluate(problem, traj).cost[0]
+    assert np.isfinite(cost) and cost > 0
+    assert sum(rewards) == pytest.approx(-cost, rel=1e-9, abs=1e-9)
+    expected_obs = (task.observation(traj.xs[0], np.repeat(problem.target, task.horizon + 1, axis=0)) - obs_mean) / obs_scale
+    np.testing.assert_allclose(np.array(observations), expected_obs, rtol=1e-5, atol=1e-5)  # float32 observations
+
+    # seeded resets: reproducible, and drawn from the task's distribution P
+    again = TaskEnv(task)
+    again.reset(seed=11)
+    np.testing.assert_array_equal(again.problem.x0, problem.x0)
+    np.testing.assert_array_equal(again.problem.target, problem.target)
+    again.reset(seed=12)
+    assert not np.array_equal(again.problem.x0, problem.x0)
+    x0s = np.array([again.reset()[0] for _ in range(200)])
+    reference = task.observation(task.sample(2000, 3).x0, task.sample(2000, 3).target)
+    assert (x0s.min(axis=0) >= reference.min(axis=0) - 0.05 * np.ptp(reference, axis=0) - 1e-6).all()
+    assert (x0s.max(axis=0) <= reference.max(axis=0) + 0.05 * np.ptp(reference, axis=0) + 1e-6).all()
+
+
+def test_configuration_names():
+    assert configuration("plal+M+S-C") == ("to", {"algo": "plal", "multiple_shooting": True, "sobolev": True,
+                                                  "constrained": False})
+    assert configuration("pddp") == ("to", {"algo": "pddp", "multiple_shooting": False, "sobolev": False,
+                                            "constrained": True})
+    assert configuration("sac") == ("rl", {"algo": "sac"})
+    assert configuration("dpl")[1]["constrained"] is False
+    for bad in ("pddp+M", "ppo+S", "pods-C", "trpo", "plal+S+M"):
+        with pytest.raises(FieldError):
+            configuration(bad)
+    bench = load_bench_config()
+    assert {"ppo", "sac", "pods", "dpl", "pddp+S", "plal+M+S"} <= set(bench.configurations)
+    for task in bench.tasks:
+        for algo in ("ppo", "sac"):
+            config = load_rl_config(algo, task)
+            assert config.algo == algo and config.net_arch == [256, 256]
+
+
+def _rows(path):
+    with open(path, newline="") as f:
+        return [{k: float(v) for k, v in r.items()} for r in csv.DictReader(f)]
+
+
+@pytest.mark.slow
+def test_quick_bench(tmp_path):
+    out = tmp_path / "bench"
+    configs = ["pddp+S", "ppo", "sac"]
+    assert main(["--quick", "--tasks", "lqr", "--configs", *configs, "--seeds", "0", "1", "--out", str(out)]) == 0
+    bench = load_bench_config()
+    manifest = json.loads((out / "runs.json").read_text())
+    assert sorted(manifest) == sorted(f"lqr/{c}/seed{s}" for c in configs for s in (0, 1))
+    assert all(e["status"] == "ok" and e["quick"] for e in manifest.values())
+
+    task = load_task("lqr")
+
+    class Zero:
+        def act(self, obs):
+            return np.zeros((len(obs), task.nu))
+
+    eval_columns = set(evaluate_policy(task, Zero(), HeldOut.make(task, 3, 0)))  # the trainer's held-out metrics
+    assert {"final_error_mean", "final_error_p95", "cost_gap_median", "within_tolerance"} <= eval_columns
+    curves = {}
+    for key, entry in manifest.items():
+        rows = _rows(out / entry["metrics"])
+        curves[key] = rows
+        assert eval_columns | {"iteration", "dynamics_evaluations", "wall_time"} <= set(rows[0])
+        evals = np.array([r["dynamics_evaluations"] for r in rows])
+        wall = np.array([r["wall_time"] for r in rows])
+        assert (np.diff(evals) > 0).all() and evals[0] > 0, key
+        assert (np.diff(wall) > 0).all() and wall[0] > 0, key
+        assert [r["iteration"] for r in rows] == list(range(1, len(rows) + 1))
+        assert all(0 <= r["within_tolerance"] <= 1 for r in rows)
+        if entry["kind"] == "rl":
+            rl = load_rl_config(entry["configuration"], "lqr", bench.quick_rl)
+            # one dynamics evaluation per environment step, evaluated on the planned schedule
+            assert all(r["timesteps"] == r["dynamics_evaluations"] for r in rows)
+            assert evals[-1] >= rl.total_steps
+            assert len(rows) == len(rl.evaluation_steps())
+            assert (evals >= np.array(rl.evaluation_steps())).all()
+        else:
+            assert len(rows) == bench.quick_to["iterations"]
+            assert (out / "runs" / "lqr" / entry["configuration"] / f"seed{entry['seed']}" / "policy.onnx").is_file()
+        assert entry["dynamics_evaluations"] == evals[-1]
+    # every run was scored on the same held-out problems: same TO reference cost
+    to_costs = {r["to_cost"] for rows in curves.values() for r in rows}
+    assert len(to_costs) == 1
+    # RL learners saw their own seeds: the two seeds differ
+    assert curves["lqr/ppo/seed0"][-1]["final_error_mean"] != curves["lqr/ppo/seed1"][-1]["final_error_mean"]
+
+    png = (out / "lqr_precision.png").read_bytes()
+    assert png.startswith(PNG_MAGIC) and len(png) > 20_000
+    summary = list(csv.DictReader(open(out / "summary.csv", newline="")))
+    assert [(r["task"], r["configuration"]) for r in summary] == [("lqr", c) for c in configs]
+    for r in summary:
+        lasts = [curves[f"lqr/{r['configuration']}/seed{s}"][-1] for s in (0, 1)]
+        assert int(r["seeds"]) == 2 and r["seed_list"] == "0 1"
+        assert float(r["final_error_mean"]) == pytest.approx(np.median([x["final_error_mean"] for x in lasts]))
+        assert float(r["dynamics_evaluations"]) == pytest.approx(np.median([x["dynamics_evaluations"] for x in lasts]))
+        assert float(r["wall_time"]) == pytest.approx(np.median([x["wall_time"] for x in lasts]))
+        reached = sum(any(row["within_tolerance"] >= bench.reach_fraction for row in
+                          curves[f"lqr/{r['configuration']}/seed{s}"]) for s in (0, 1))
+        assert int(r["reached"]) == reached
+    md = (out / "summary.md").read_text()
+    assert "Smoke run" in md and "lqr_precision.png" in md
+    assert [line.split("|")[1].strip() for line in md.splitlines() if line.startswith("| ") and "seeds" not in line] == configs
+
+    # TO warm-start study (paper Fig. 7) on a policy the bench just trained
+    policy = out / "runs" / "lqr" / "pddp+S" / "seed0" / "policy.onnx"
+    assert main(["--warm-start-study", str(policy), "--task", "lqr", "--problems", "6", "--out", str(out)]) == 0
+    report = json.loads((out / "warm_start_lqr.json").read_text())
+    for mode in ("policy", "cold"):
+        its = report["iterations"][mode]
+        assert len(its) == 6 and all(i >= 0 for i in its)
+        assert report[mode]["solves"] == 6 and report[mode]["iterations_median"] == np.median(its)
+    assert (out / "warm_start_lqr.png").read_bytes().startswith(PNG_MAGIC)
+    assert "| policy |" in (out / "warm_start_lqr.md").read_text()
+
+    # re-aggregation from the files alone reproduces the table and links the study
+    before = (out / "summary.csv").read_text()
+    assert main(["--plot-only", "--out", str(out)]) == 0
+    assert (out / "summary.csv").read_text() == before
+    assert "warm_start_lqr.md" in (out / "summary.md").read_text()

@@ -1,0 +1,521 @@
+"""``tocpl-bench``: the paper's comparison (Fig. 3–5) and TO warm-start study (Fig. 7).
+
+    tocpl-bench --quick --tasks lqr --configs pddp+S ppo --seeds 0        # smoke run (seconds)
+    tocpl-bench --tasks lqr --configs pddp+S plal+M+S ppo sac --seeds 0 1 2 --out docs/results
+    tocpl-bench --plot-only --out docs/results                             # re-aggregate existing runs
+    tocpl-bench --warm-start-study runs/ur5/policy.onnx --task ur5_reach --out docs/results
+
+Configurations are named like the paper: ``pddp``, ``plal`` with ``+M`` (multiple shooting),
+``+S`` (Sobolev), ``-C`` (no control box in the OC phase), e.g. ``plal+M+S-C``; the baselines
+``pods``, ``dpl`` (penalty consensus, full-Jacobian Sobolev, no box, as the paper runs them),
+``ppo`` and ``sac`` (stable-baselines3, :mod:`tocpl_training.rl_baselines`).
+
+Every run is a normal run folder under ``--runs-dir`` (checkpoints, TensorBoard: not for git);
+its ``metrics.csv`` is copied to ``<out>/metrics/<task>/<configuration>/seed<k>.csv`` and listed
+in ``<out>/runs.json``. All runs of one task evaluate on the same held-out problems with the same
+TO reference costs (the constrained OCP of the task config, also for the ``-C`` ablations), with
+the trainer's :func:`evaluate_policy`. Then, under ``--out``:
+
+* ``<task>_precision.png``: held-out final error (mean) and median cost gap to TO vs dynamics
+  evaluations and vs wall time, median over seeds with the min–max band;
+* ``summary.md`` / ``summary.csv``: per task and configuration, the dynamics evaluations and wall
+  time until ≥ ``reach_fraction`` of the held-out problems are within tolerance (1 cm on
+  ur5_reach, 2° on the pendulums, 1 % cost gap on lqr: the trainer's ``success_tolerance``), and
+  the final precision, medians over seeds.
+
+``--warm-start-study POLICY.onnx`` runs :func:`tocpl_ros.mpc_benchmark.open_loop` (SolverBoxFDDP
+to the task's th_stop from the policy's rollout vs Crocoddyl's cold start) on held-out problems
+and writes ``warm_start_<task>.png`` (histogram of iterations), ``.json`` and ``.md``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import re
+import shutil
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from tocpl_ros.config import ConfigError, FieldError, load_dataclass, read_yaml, to_dict
+from tocpl_ros.resources import config_path
+
+RUNS_MANIFEST = "runs.json"
+NAME_RE = re.compile(r"^(pddp|plal|pods|dpl|ppo|sac)(\+M)?(\+S)?(-C)?$")
+
+
+@dataclass
+class BenchConfig:
+    """What tocpl-bench runs (``config/bench/compare.yaml``)."""
+
+    tasks: list[str] = field(default_factory=lambda: ["lqr", "pendulum", "double_pendulum", "ur5_reach"])
+    """Tasks (config/tasks/<task>.yaml)."""
+    configurations: list[str] = field(default_factory=lambda: ["pddp+S", "plal+M+S", "pods", "dpl", "ppo", "sac"])
+    """Configurations, named as in the paper (see the module docstring)."""
+    seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
+    """Seeds of every configuration (policy initialisation, problem sampling, RL exploration)."""
+    reach_fraction: float = 0.9
+    """'Reached the tolerance' = at least this share of the held-out problems within tolerance."""
+    workers: int = 0
+    """OC-phase worker processes of the TO learners (0 = one per core)."""
+    to_overrides: dict[str, Any] = field(default_factory=dict)
+    """TrainConfig fields applied to every TO run (over config/train/<task>.yaml)."""
+    to_task_overrides: dict[str, dict[str, Any]] = field(default_factory=dict)
+    """Per task TrainConfig fields (over to_overrides)."""
+    quick_to: dict[str, Any] = field(default_factory=dict)
+    """--quick: TrainConfig fields of the smoke run."""
+    quick_rl: dict[str, Any] = field(default_factory=dict)
+    """--quick: RLConfig fields of the smoke run."""
+
+    def __post_init__(self) -> None:
+        if not 0 < self.reach_fraction <= 1:
+            raise FieldError("reach_fraction", f"must be in (0, 1], got {self.reach_fraction}")
+        for name in self.configurations:
+            configuration(name)
+
+
+def configuration(name: str) -> tuple[str, dict[str, Any]]:
+    """('to' | 'rl', overrides) of a configuration name; FieldError naming what is wrong."""
+    m = NAME_RE.match(name)
+    if not m:
+        raise FieldError("configurations", f"unknown configuration '{name}' (e.g. pddp+S, plal+M+S-C, pods, dpl, ppo, sac)")
+    algo, multiple, sobolev, unconstrained = m.groups()
+    if algo in ("pods", "dpl", "ppo", "sac"):
+        if multiple or sobolev or unconstrained:
+            raise FieldError("configurations", f"'{name}': {algo} takes no +M/+S/-C flags")
+        if algo == "pods":  # Mora et al.: no box, no derivative supervision
+            return "to", {"algo": "pods", "sobolev": False, "constrained": False}
+        if algo == "dpl":  # Mordatch & Todorov as the paper runs it (training/algorithms/plal.py DPL)
+            return "to", {"algo": "dpl", "sobolev": True, "sobolev_full": True, "constrained": False}
+        return "rl", {"algo": algo}
+    if multiple and algo != "plal":
+        raise FieldError("configurations", f"'{name}': multiple shooting (+M) is a variant of plal")
+    return "to", {"algo": algo, "multiple_shooting": bool(multiple), "sobolev": bool(sobolev),
+                  "constrained": not unconstrained}
+
+
+def load_bench_config(path: str | Path | None = None) -> BenchConfig:
+    path = Path(path) if path is not None else config_path("bench", "compare.yaml")
+    return load_dataclass(BenchConfig, read_yaml(path), source=str(path))
+
+
+# -- runs ------------------------------------------------------------------------------------
+def train_config_for(task: str, name: str, seed: int, bench: BenchConfig, quick: bool):
+    """The resolved TrainConfig of a TO configuration on a task."""
+    from .cli import default_config_file
+    from .config import TrainConfig
+
+    file = default_config_file(task)
+    data = dict(read_yaml(file)) if file else {"task": task}
+    data.update(bench.to_overrides)
+    data.update(bench.to_task_overrides.get(task, {}))
+    data.update(configuration(name)[1])
+    data.update({"seed": seed, "workers": bench.workers})
+    if quick:
+        data.update(bench.quick_to)
+    return load_dataclass(TrainConfig, data, source=f"{file or task} + tocpl-bench {name}")
+
+
+def held_out_for(task: str, bench: BenchConfig, quick: bool):
+    """The held-out problems all runs on ``task`` share (size and seed of the task's train config),
+    with reference costs from the task's own (constrained) OCP."""
+    from tocpl_ros.tasks import load_task
+
+    from .trainer import HeldOut
+
+    config = train_config_for(task, "pddp", 0, bench, quick)
+    return HeldOut.make(load_task(task), config.eval_problems, config.eval_seed)
+
+
+def run_to(task: str, name: str, seed: int, run_dir: Path, held_out, bench: BenchConfig, quick: bool) -> list[dict]:
+    from .export import export_onnx
+    from .trainer import Trainer
+
+    config = train_config_for(task, name, seed, bench, quick)
+    trainer = Trainer(config, run_dir)
+    trainer.held_out = held_out  # the shared held-out set (Trainer.run keeps a preset one)
+    rows = trainer.run()
+    export_onnx(trainer.policy, trainer.task, run_dir / "policy.onnx", to_dict(config))
+    return rows
+
+
+def run_rl(task: str, name: str, seed: int, run_dir: Path, held_out, bench: BenchConfig, quick: bool) -> list[dict]:
+    from .rl_baselines import load_rl_config, train_rl
+
+    config = load_rl_config(name, task, bench.quick_rl if quick else None)
+    return train_rl(config, task, seed, run_dir, held_out=held_out)
+
+
+def metrics_file(out: Path, task: str, name: str, seed: int) -> Path:
+    return out / "metrics" / task / name / f"seed{seed}.csv"
+
+
+def load_manifest(out: Path) -> dict[str, dict]:
+    path = out / RUNS_MANIFEST
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
+def save_manifest(out: Path, manifest: dict[str, dict]) -> None:
+    tmp = out / (RUNS_MANIFEST + ".tmp")
+    tmp.write_text(json.dumps(dict(sorted(manifest.items())), indent=1) + "\n")
+    os.replace(tmp, out / RUNS_MANIFEST)
+
+
+def run_all(tasks, names, seeds, out: Path, runs_dir: Path, bench: BenchConfig, quick: bool, force: bool) -> int:
+    """Run every (task, configuration, seed) not already done; returns the number of failed runs."""
+    out.mkdir(parents=True, exist_ok=True)
+    manifest = load_manifest(out)
+    failed = 0
+    for task in tasks:
+        held_out = None
+        for name in names:
+            kind = configuration(name)[0]
+            for seed in seeds:
+                key = f"{task}/{name}/seed{seed}"
+                csv_path = metrics_file(out, task, name, seed)
+                if not force and manifest.get(key, {}).get("status") == "ok" and csv_path.is_file():
+                    print(f"tocpl-bench: {key}: done before, skipped (--force re-runs it)", flush=True)
+                    continue
+                if held_out is None:
+                    held_out = held_out_for(task, bench, quick)
+                run_dir = runs_dir / task / name / f"seed{seed}"
+                if run_dir.exists():
+                    shutil.rmtree(run_dir)
+                print(f"tocpl-bench: {key} -> {run_dir}", flush=True)
+                start = time.perf_counter()
+                entry = {"task": task, "configuration": name, "seed": seed, "kind": kind, "quick": quick,
+                         "run_dir": str(run_dir), "metrics": str(csv_path.relative_to(out))}
+                try:
+                    rows = (run_to if kind == "to" else run_rl)(task, name, seed, run_dir, held_out, bench, quick)
+                    csv_path.parent.mkdir(parents=True, exist_ok=True)
+                    shutil.copyfile(run_dir / "metrics.csv", csv_path)
+                    last = rows[-1]
+                    entry.update(status="ok", evaluations=len(rows), dynamics_evaluations=last["dynamics_evaluations"],
+                                 wall_time=last["wall_time"], final_error_mean=last["final_error_mean"],
+                                 within_tolerance=last["within_tolerance"])
+                    print(f"tocpl-bench: {key}: {len(rows)} evaluations, {last['dynamics_evaluations']:.3g} dynamics "
+                          f"evaluations, within tolerance {100 * last['within_tolerance']:.0f} %, "
+                          f"{time.perf_counter() - start:.0f} s", flush=True)
+                except Exception as exc:  # one failing run must not end the benchmark
+                    failed += 1
+                    entry.update(status="failed", error=f"{type(exc).__name__}: {exc}")
+                    csv_path.unlink(missing_ok=True)
+                    print(f"tocpl-bench: {key} FAILED: {entry['error']}", file=sys.stderr, flush=True)
+                entry["seconds"] = time.perf_counter() - start
+                manifest[key] = entry
+                save_manifest(out, manifest)
+    return failed
+
+
+# -- aggregation -----------------------------------------------------------------------------
+def read_metrics(path: Path) -> dict[str, np.ndarray]:
+    with open(path, newline="") as f:
+        rows = list(csv.DictReader(f))
+    return {k: np.array([float(r[k]) if r[k] not in ("", None) else np.nan for r in rows]) for k in rows[0]}
+
+
+def unit_scale(error_unit: str) -> tuple[float, str]:
+    return {"m": (100.0, "cm"), "rad": (float(np.rad2deg(1.0)), "deg")}.get(error_unit, (1.0, error_unit))
+
+
+def first_reach(m: dict[str, np.ndarray], fraction: float) -> tuple[float, float]:
+    """(dynamics evaluations, wall time) of the first evaluation with ≥ fraction within tolerance; inf if never."""
+    hit = np.flatnonzero(m["within_tolerance"] >= fraction - 1e-12)
+    if not len(hit):
+        return np.inf, np.inf
+    return float(m["dynamics_evaluations"][hit[0]]), float(m["wall_time"][hit[0]])
+
+
+def band(series: list[tuple[np.ndarray, np.ndarray]], points: int = 80):
+    """(grid, median, min, max) of step-interpolated seed curves over their common x range, or None."""
+    lo = max(x[0] for x, _ in series)
+    hi = min(x[-1] for x, _ in series)
+    if len(series) < 2 or not lo < hi:
+        return None
+    grid = np.geomspace(lo, hi, points) if lo > 0 else np.linspace(lo, hi, points)
+    ys = np.stack([y[np.clip(np.searchsorted(x, grid, side="right") - 1, 0, len(x) - 1)] for x, y in series])
+    with np.errstate(all="ignore"):
+        return grid, np.nanmedian(ys, axis=0), np.nanmin(ys, axis=0), np.nanmax(ys, axis=0)
+
+
+def _median_over_seeds(values: list[float]) -> float:
+    """Median counting non-reached (inf) seeds: inf when half or more never reached."""
+    return float(np.median(values)) if values else np.nan
+
+
+def _fmt(v: float, spec: str = ".3g", inf: str = "not reached") -> str:
+    if v is None or (isinstance(v, float) and np.isnan(v)):
+        return "–"
+    if np.isinf(v):
+        return inf
+    return format(v, spec)
+
+
+def summarize(out: Path, bench: BenchConfig, tasks: list[str] | None = None) -> list[dict]:
+    """Plots and tables of every ok run listed in the manifest (restricted to ``tasks`` if given)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from tocpl_ros.tasks import load_task
+
+    from .trainer import success_tolerance
+
+    manifest = load_manifest(out)
+    groups: dict[str, dict[str, list[tuple[int, dict[str, np.ndarray]]]]] = {}
+    for entry in manifest.values():
+        if entry.get("status") != "ok" or (tasks and entry["task"] not in tasks):
+            continue
+        m = read_metrics(out / entry["metrics"])
+        groups.setdefault(entry["task"], {}).setdefault(entry["configuration"], []).append((entry["seed"], m))
+    known = {n: i for i, n in enumerate(bench.configurations)}
+    table: list[dict] = []
+    for task in sorted(groups):
+        t = load_task(task)
+        scale, unit = unit_scale(t.error_unit)
+        metric, tol = success_tolerance(t)
+        configs = sorted(groups[task], key=lambda n: (known.get(n, len(known)), n))
+        fig, axes = plt.subplots(2, 2, figsize=(13, 8.5), squeeze=False)
+        colors = plt.get_cmap("tab20")(np.linspace(0, 1, max(len(configs), 2)))
+        for ci, name in enumerate(configs):
+            runs = sorted(groups[task][name], key=lambda r: r[0])
+            style = "--" if configuration(name)[0] == "rl" else "-"
+            for row, (key, s) in enumerate((("final_error_mean", scale), ("cost_gap_median", 1.0))):
+                for col, xkey in enumerate(("dynamics_evaluations", "wall_time")):
+                    series = []
+                    for _, m in runs:
+                        y = s * m[key]
+                        y = np.where(np.isfinite(y), y, np.nan)
+                        if key == "cost_gap_median":
+                            y = np.maximum(y, 1e-6)
+                        series.append((m[xkey], y))
+                    ax = axes[row][col]
+                    b = band(series)
+                    label = f"{name} ({len(runs)} seed{'s' if len(runs) > 1 else ''})" if row == col == 0 else None
+                    if b is None:
+                        for i, (x, y) in enumerate(series):
+                            ax.plot(x, y, style, marker=".", color=colors[ci], label=label if i == 0 else None)
+                    else:
+                        grid, med, lo, hi = b
+                        ax.plot(grid, med, style, color=colors[ci], label=label)
+                        ax.fill_between(grid, lo, hi, color=colors[ci], alpha=0.15, linewidth=0)
+        for row, (ylabel, line) in enumerate(((f"held-out final error, mean ({unit})", tol * scale if metric == "final_error" else None),
+                                              ("held-out cost gap to TO, median", tol if metric == "cost_gap" else None))):
+            for col, xlabel in enumerate(("dynamics evaluations", "wall time (s)")):
+                ax = axes[row][col]
+                ax.set_xscale("log")
+                ax.set_yscale("log")
+                ax.set_xlabel(xlabel)
+                ax.set_ylabel(ylabel)
+                ax.grid(True, which="both", alpha=0.3)
+                if line is not None:
+                    ax.axhline(line, color="k", lw=0.8, ls=":")
+        axes[0][0].legend(fontsize=8, ncol=2)
+        fig.suptitle(f"{task}: held-out precision (median over seeds, band min–max); dotted: tolerance "
+                     f"({'cost gap' if metric == 'cost_gap' else 'final error'} ≤ {_fmt(tol * (scale if metric == 'final_error' else 100), '.3g')}"
+                     f"{unit if metric == 'final_error' else ' %'})")
+        fig.tight_layout()
+        fig.savefig(out / f"{task}_precision.png", dpi=90)
+        plt.close(fig)
+
+        for name in configs:
+            runs = groups[task][name]
+            reach = [first_reach(m, bench.reach_fraction) for _, m in runs]
+            last = [{k: float(v[-1]) for k, v in m.items()} for _, m in runs]
+            med = lambda k: float(np.median([r[k] for r in last]))  # noqa: E731
+            table.append({
+                "task": task, "configuration": name, "seeds": len(runs),
+                "seed_list": " ".join(str(s) for s, _ in sorted(runs, key=lambda r: r[0])),
+                "reached": sum(np.isfinite(e) for e, _ in reach),
+                "evals_to_tolerance": _median_over_seeds([e for e, _ in reach]),
+                "wall_time_to_tolerance": _median_over_seeds([w for _, w in reach]),
+                "final_error_mean": med("final_error_mean") * scale, "final_error_p95": med("final_error_p95") * scale,
+                "error_unit": unit, "cost_gap_median": med("cost_gap_median"), "within_tolerance": med("within_tolerance"),
+                "dynamics_evaluations": med("dynamics_evaluations"), "wall_time": med("wall_time"),
+                "evaluations_logged": int(np.median([len(m["iteration"]) for _, m in runs])),
+            })
+    write_summary(out, bench, table)
+    return table
+
+
+def write_summary(out: Path, bench: BenchConfig, table: list[dict]) -> None:
+    keys = list(table[0]) if table else ["task", "configuration"]
+    with open(out / "summary.csv", "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=keys)
+        writer.writeheader()
+        writer.writerows(table)
+    manifest = load_manifest(out)
+    quick = any(e.get("quick") for e in manifest.values())
+    failed = [k for k, e in manifest.items() if e.get("status") != "ok"]
+    lines = [
+        "# Policy learning from TO vs PPO / SAC / PODS / DPL: held-out comparison",
+        "",
+        f"Written by `tocpl-bench` on {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, "
+        f"{os.cpu_count()} CPUs. {'**Smoke run (--quick): tiny budgets, not a result.** ' if quick else ''}"
+        "Run list with per-run budgets and times: `runs.json`; per-run curves: `metrics/<task>/<configuration>/seed<k>.csv` "
+        "(the trainer's `metrics.csv` columns).",
+        "",
+        f"*Reached*: first held-out evaluation where ≥ {100 * bench.reach_fraction:g} % of the held-out problems are within "
+        "tolerance (final error ≤ 1 cm on ur5_reach, ≤ 2° on the pendulums; cost gap to TO ≤ 1 % on lqr). Evaluations and "
+        "wall time to reach it: median over seeds, a seed that never reached counts as ∞. Final columns: last evaluation, "
+        "median over seeds. Dynamics evaluations: one per simulated or linearised time step (TO learners: policy "
+        "rollouts + solver linearisations + line-search trials; RL: environment steps). Wall time: the whole training run "
+        "on this machine, held-out evaluations included.",
+        "",
+    ]
+    if failed:
+        lines += [f"Failed runs (see runs.json): {', '.join(failed)}", ""]
+    for task in dict.fromkeys(r["task"] for r in table):
+        rows = [r for r in table if r["task"] == task]
+        unit = rows[0]["error_unit"]
+        lines += [
+            f"## {task}", "", f"![{task}]({task}_precision.png)", "",
+            f"| configuration | seeds | reached | dyn. evals to tol. | wall time to tol. (s) | final error mean ({unit}) "
+            f"| final error p95 ({unit}) | cost gap median | within tol. | dyn. evals total | wall time total (s) |",
+            "|---|---|---|---|---|---|---|---|---|---|---|",
+        ]
+        for r in rows:
+            lines.append(
+                f"| {r['configuration']} | {r['seeds']} | {r['reached']}/{r['seeds']} | {_fmt(r['evals_to_tolerance'], '.3g')} "
+                f"| {_fmt(r['wall_time_to_tolerance'], '.3g')} | {_fmt(r['final_error_mean'], '.3g', 'diverged')} "
+                f"| {_fmt(r['final_error_p95'], '.3g', 'diverged')} | {_fmt(100 * r['cost_gap_median'], '.3g')} % "
+                f"| {100 * r['within_tolerance']:.0f} % | {r['dynamics_evaluations']:.3g} | {r['wall_time']:.3g} |"
+            )
+        lines.append("")
+    for ws in sorted(out.glob("warm_start_*.md")):
+        lines += [f"## TO warm start: see [{ws.name}]({ws.name})", ""]
+    (out / "summary.md").write_text("\n".join(lines))
+
+
+# -- TO warm-start study (Fig. 7) ---------------------------------------------------------------
+def warm_start_study(policy_path: str | Path, task_name: str, out: Path, problems: int = 100, seed: int | None = None,
+                     max_iter: int = 500) -> dict:
+    """Iterations of SolverBoxFDDP to the task's th_stop, from the policy's rollout and cold, on held-out problems
+    (:func:`tocpl_ros.mpc_benchmark.open_loop`); writes warm_start_<task>.{png,json,md} into ``out``."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from tocpl_ros.mpc import TaskPolicy
+    from tocpl_ros.mpc_benchmark import DEFAULT_SEED, LONG_TAIL, open_loop
+    from tocpl_ros.policy_file import OnnxPolicy
+    from tocpl_ros.tasks import load_task
+    from tocpl_ros.tasks.config import SolverConfig
+
+    seed = DEFAULT_SEED if seed is None else seed
+    task = load_task(task_name)
+    policy = TaskPolicy(OnnxPolicy(str(policy_path)), task)
+    solver = SolverConfig(max_iter=max_iter, th_stop=task.config.solver.th_stop)
+    probs = task.sample(problems, seed)
+    start = time.perf_counter()
+    results = open_loop(task, policy, probs, solver)
+    seconds = time.perf_counter() - start
+    summary = {k: v.summary() for k, v in results.items()}
+    it = {k: np.array(v.iterations) for k, v in results.items()}
+    cost_p, cost_c = np.array(results["policy"].costs), np.array(results["cold"].costs)
+    rel = (cost_p - cost_c) / np.maximum(np.abs(cost_c), 1e-12)
+    report = {
+        "task": task.name, "policy": str(policy_path), "problems": problems, "seed": seed, "max_iter": max_iter,
+        "th_stop": solver.th_stop, "long_tail": LONG_TAIL, "seconds": seconds, **summary,
+        "iterations": {k: v.tolist() for k, v in it.items()},
+        "cost_relative_difference_median": float(np.median(rel)),
+    }
+    out.mkdir(parents=True, exist_ok=True)
+    (out / f"warm_start_{task.name}.json").write_text(json.dumps(report, indent=1, default=float) + "\n")
+
+    top = int(max(v.max() for v in it.values()))
+    bins = np.arange(-0.5, top + 1.5) if top <= 60 else np.unique(np.geomspace(1, top + 1, 40).round()) - 0.5
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for k, color in (("cold", "tab:gray"), ("policy", "tab:blue")):
+        ax.hist(it[k], bins=bins, alpha=0.6, color=color,
+                label=f"{'policy rollout' if k == 'policy' else 'cold start'} (median {np.median(it[k]):g}, max {it[k].max()})")
+    if top > LONG_TAIL:
+        ax.axvline(LONG_TAIL, color="k", ls=":", lw=0.8)
+    if top > 60:
+        ax.set_xscale("log")
+    ax.set_xlabel(f"SolverBoxFDDP iterations to th_stop = {solver.th_stop:g}")
+    ax.set_ylabel("held-out problems")
+    ax.set_title(f"{task.name}: TO initialised with / without the learned policy ({problems} problems)")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(out / f"warm_start_{task.name}.png", dpi=90)
+    plt.close(fig)
+
+    lines = [f"# TO warm start on {task.name} (paper Fig. 7)", "",
+             f"Policy `{policy_path}`; {problems} held-out problems (seed {seed}); SolverBoxFDDP to th_stop "
+             f"{solver.th_stop:g}, max {max_iter} iterations, 1 thread ({seconds:.0f} s).", "",
+             f"![warm start](warm_start_{task.name}.png)", "",
+             f"| initial guess | converged | iterations median | p90 | max | > {LONG_TAIL} | solve ms median |",
+             "|---|---|---|---|---|---|---|"]
+    for k in ("policy", "cold"):
+        s = summary[k]
+        lines.append(f"| {k} | {s['converged']}/{s['solves']} | {s['iterations_median']:g} | {s['iterations_p90']:.1f} | "
+                     f"{s['iterations_max']:g} | {s['over_100']} | {s['solve_ms_median']:.2f} |")
+    lines += ["", f"Cost reached, policy vs cold: median relative difference {np.median(rel):+.2e} (other local optima).", ""]
+    (out / f"warm_start_{task.name}.md").write_text("\n".join(lines))
+    return report
+
+
+# -- command line ----------------------------------------------------------------------------
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="tocpl-bench", description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__.split("\n\n", 1)[1])
+    p.add_argument("--config", type=Path, help="bench config (default: config/bench/compare.yaml)")
+    p.add_argument("--tasks", nargs="+", help="tasks (default: the config's)")
+    p.add_argument("--configs", nargs="+", help="configurations, e.g. pddp+S plal+M+S-C ppo (default: the config's)")
+    p.add_argument("--seeds", nargs="+", type=int, help="seeds (default: the config's)")
+    p.add_argument("--out", type=Path, help="results folder (default: docs/results, with --quick runs/bench-quick)")
+    p.add_argument("--runs-dir", type=Path, help="run folders (default: runs/bench, with --quick <out>/runs)")
+    p.add_argument("--workers", type=int, help="OC-phase worker processes of the TO learners")
+    p.add_argument("--quick", action="store_true", help="tiny budgets (quick_to / quick_rl of the config): a smoke run")
+    p.add_argument("--force", action="store_true", help="re-run runs already done in --out")
+    p.add_argument("--plot-only", action="store_true", help="only re-aggregate the runs listed in <out>/runs.json")
+    p.add_argument("--warm-start-study", type=Path, metavar="POLICY.onnx",
+                   help="only the TO warm-start study (Fig. 7) of this policy on --task")
+    p.add_argument("--task", default="ur5_reach", help="task of --warm-start-study (default: ur5_reach)")
+    p.add_argument("--problems", type=int, default=100, help="held-out problems of --warm-start-study (default: 100)")
+    p.add_argument("--max-iter", type=int, default=500, help="solver iteration cap of --warm-start-study (default: 500)")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    out = args.out or Path("runs/bench-quick" if args.quick else "docs/results")
+    try:
+        bench = load_bench_config(args.config)
+        if args.workers is not None:
+            bench.workers = args.workers
+        if args.warm_start_study is not None:
+            r = warm_start_study(args.warm_start_study, args.task, out, problems=args.problems, max_iter=args.max_iter)
+            print(f"tocpl-bench: warm start on {r['task']}: median iterations policy {r['policy']['iterations_median']:g} "
+                  f"vs cold {r['cold']['iterations_median']:g}, over {r['long_tail']}: {r['policy']['over_100']} vs "
+                  f"{r['cold']['over_100']} -> {out}/warm_start_{r['task']}.md")
+            return 0
+        tasks = args.tasks or bench.tasks
+        names = args.configs or bench.configurations
+        for name in names:
+            configuration(name)
+        failed = 0
+        if not args.plot_only:
+            runs_dir = args.runs_dir or (out / "runs" if args.quick else Path("runs/bench"))
+            failed = run_all(tasks, names, args.seeds or bench.seeds, out, runs_dir, bench, args.quick, args.force)
+        table = summarize(out, bench)
+    except (ConfigError, FieldError) as exc:
+        print(f"tocpl-bench: {exc}", file=sys.stderr)
+        return 2
+    print(f"tocpl-bench: {len(table)} table rows -> {out}/summary.md, {out}/summary.csv, "
+          f"{', '.join(sorted({str(out / (r['task'] + '_precision.png')) for r in table}))}")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

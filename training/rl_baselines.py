@@ -1,0 +1,361 @@
+"""Model-free baselines of the paper's comparison (Fig. 3–5): PPO and SAC from stable-baselines3.
+
+Each task becomes a :class:`TaskEnv` (``gymnasium.Env``) that is the same optimal-control
+problem the trajectory-optimisation learners see:
+
+* ``reset`` draws β = (x0, target) from the task's distribution P (``Task.sample``, seeded);
+* ``step`` applies the task's own discrete dynamics (``Task.step``: Crocoddyl's semi-implicit
+  integrator, same dt) to the control clipped to the task's box, exactly like ``Task.rollout``;
+* reward = −(running cost of the step) from the task's own Crocoddyl action models, and at the
+  last step (t = T) also −(terminal cost): the return of an episode is −R(β; u), the cost the
+  trainer evaluates (``Task.evaluate``);
+* observation = the policy's observation (``Task.observation``: the state, plus the target on
+  ur5_reach), optionally standardised with the statistics the trainer's policy uses
+  (:func:`tocpl_training.policy.policy_spec_for`);
+* actions live in [−1, 1]^nu and map affinely onto [u_min, u_max] (SB3's recommended
+  normalised action space; the same box as the OCP);
+* every ``step`` is one dynamics evaluation (``DynamicsCounter`` source ``env_step``), the unit of
+  the trainer's x-axis (its policy rollouts count B·T, its solver T per linearisation and T per
+  line-search trial). Held-out evaluation rollouts are not counted, as in the trainer.
+
+:func:`train_rl` trains PPO or SAC and, at log-spaced numbers of environment steps, evaluates
+the deterministic policy on the trainer's held-out problems with the trainer's own
+:func:`tocpl_training.trainer.evaluate_policy`, writing the same ``metrics.csv`` columns
+(``iteration`` is the evaluation index) through the trainer's :class:`RunLog`.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import gymnasium as gym
+import numpy as np
+
+from tocpl_ros.config import ConfigError, FieldError, dump_yaml, load_dataclass, read_yaml, to_dict
+from tocpl_ros.resources import config_path
+from tocpl_ros.tasks import DynamicsCounter, Problems, Task, load_task
+
+RL_ALGORITHMS = ("ppo", "sac")
+
+
+@dataclass
+class RLConfig:
+    """Hyperparameters of a PPO / SAC baseline run (``config/bench/<algo>.yaml``: ``defaults`` and
+    per-task sections ``tasks.<task>`` that override them)."""
+
+    algo: str = "ppo"
+    """'ppo' or 'sac' (stable-baselines3)."""
+    total_steps: int = 1_000_000
+    """Budget in environment steps = dynamics evaluations."""
+    evaluations: int = 30
+    """Held-out evaluations, at log-spaced step counts from first_evaluation to total_steps."""
+    first_evaluation: int = 10_000
+    """Environment steps at the first held-out evaluation."""
+    learning_rate: float = 3e-4
+    """Adam learning rate (actor and critic)."""
+    learning_rate_final: float | None = None
+    """Learning rate at the end of training, reached linearly (None: constant)."""
+    gamma: float = 0.99
+    """Discount factor. The OCP is undiscounted over a fixed horizon; gamma < 1 only stabilises the critic."""
+    net_arch: list[int] = field(default_factory=lambda: [256, 256])
+    """Hidden widths of actor and critic (the trainer's policy: [256, 256])."""
+    activation: str = "tanh"
+    """'tanh' or 'relu' hidden activation."""
+    n_envs: int = 1
+    """Environments stepped in lockstep (DummyVecEnv, in-process)."""
+    normalize_obs: bool = True
+    """Standardise observations with the trainer policy's fixed statistics of P (policy_spec_for)."""
+    norm_reward: bool = True
+    """Scale rewards by a running estimate of the return's std (SB3 VecNormalize; evaluation uses raw costs)."""
+    torch_threads: int = 1
+    """torch intra-op threads (small MLPs are fastest on one thread)."""
+    divergence_limit: float = 1e3
+    """A state beyond this (or non-finite) ends the episode, as Task.rollout freezes it."""
+    divergence_penalty: float = 1e3
+    """Reward −penalty on the step that diverged (only reached by exploding rollouts)."""
+    # -- PPO --
+    n_steps: int = 2048
+    """PPO: steps per environment per rollout."""
+    batch_size: int = 256
+    """PPO / SAC: mini-batch size."""
+    n_epochs: int = 10
+    """PPO: passes over each rollout."""
+    gae_lambda: float = 0.95
+    """PPO: GAE λ."""
+    clip_range: float = 0.2
+    """PPO: clipping of the probability ratio."""
+    ent_coef: float = 0.0
+    """PPO: entropy bonus."""
+    log_std_init: float = -0.5
+    """PPO: initial log std of the Gaussian policy (in normalised action units)."""
+    max_grad_norm: float = 0.5
+    """PPO: gradient clipping."""
+    # -- SAC --
+    buffer_size: int = 1_000_000
+    """SAC: replay buffer size."""
+    learning_starts: int = 5_000
+    """SAC: uniformly random steps before learning starts."""
+    tau: float = 0.005
+    """SAC: target-network Polyak coefficient."""
+    train_freq: int = 1
+    """SAC: environment steps between updates."""
+    gradient_steps: int = 1
+    """SAC: gradient steps per update."""
+
+    def __post_init__(self) -> None:
+        if self.algo not in RL_ALGORITHMS:
+            raise FieldError("algo", f"unknown RL algorithm '{self.algo}' (known: {', '.join(RL_ALGORITHMS)})")
+        if self.activation not in ("tanh", "relu"):
+            raise FieldError("activation", f"'tanh' or 'relu', got '{self.activation}'")
+        for name in ("total_steps", "evaluations", "first_evaluation", "n_envs", "n_steps", "batch_size", "n_epochs",
+                     "buffer_size", "train_freq", "gradient_steps", "torch_threads"):
+            if getattr(self, name) < 1:
+                raise FieldError(name, f"must be >= 1, got {getattr(self, name)}")
+        if not 0 < self.gamma <= 1:
+            raise FieldError("gamma", f"must be in (0, 1], got {self.gamma}")
+        if self.learning_rate <= 0 or (self.learning_rate_final is not None and self.learning_rate_final <= 0):
+            raise FieldError("learning_rate", "learning rates must be > 0")
+        if not self.net_arch or any(h < 1 for h in self.net_arch):
+            raise FieldError("net_arch", f"needs at least one positive width, got {self.net_arch}")
+
+    def evaluation_steps(self) -> list[int]:
+        """Environment-step counts at which the policy is evaluated (increasing, last = total_steps)."""
+        first = min(self.first_evaluation, self.total_steps)
+        grid = np.geomspace(first, self.total_steps, self.evaluations) if self.evaluations > 1 else [self.total_steps]
+        return sorted({int(round(s)) for s in grid})
+
+
+def load_rl_config(algo: str, task: str, overrides: dict[str, Any] | None = None, file: str | Path | None = None) -> RLConfig:
+    """``defaults`` of config/bench/<algo>.yaml (or ``file``), then its ``tasks.<task>`` section, then ``overrides``."""
+    path = Path(file) if file is not None else config_path("bench", f"{algo}.yaml")
+    data = read_yaml(path)
+    unknown = sorted(set(data) - {"defaults", "tasks"})
+    if unknown:
+        raise ConfigError(str(path), unknown[0], "unknown key (known keys: defaults, tasks)")
+    merged = {"algo": algo, **(data.get("defaults") or {}), **((data.get("tasks") or {}).get(Path(task).stem) or {})}
+    merged.update(overrides or {})
+    return load_dataclass(RLConfig, merged, source=str(path))
+
+
+class TaskEnv(gym.Env):
+    """One problem family of a :class:`Task` as a gymnasium environment (see the module docstring)."""
+
+    metadata = {"render_modes": []}
+
+    def __init__(
+        self,
+        task: Task,
+        counter: DynamicsCounter | None = None,
+        seed: int | None = None,
+        obs_mean: np.ndarray | None = None,
+        obs_scale: np.ndarray | None = None,
+        divergence_limit: float = 1e3,
+        divergence_penalty: float = 1e3,
+    ):
+        super().__init__()
+        self.task = task
+        self.horizon = task.horizon
+        self.counter = counter if counter is not None else DynamicsCounter()
+        self.obs_mean = np.zeros(task.obs_dim) if obs_mean is None else np.asarray(obs_mean, dtype=float)
+        self.obs_scale = np.ones(task.obs_dim) if obs_scale is None else np.asarray(obs_scale, dtype=float)
+        self.u_mid = (task.u_max + task.u_min) / 2
+        self.u_half = (task.u_max - task.u_min) / 2
+        self.divergence_limit = divergence_limit
+        self.divergence_penalty = divergence_penalty
+        self.action_space = gym.spaces.Box(-1.0, 1.0, (task.nu,), dtype=np.float32)
+        self.observation_space = gym.spaces.Box(-np.inf, np.inf, (task.obs_dim,), dtype=np.float32)
+        self.shooting = task.build_problem()  # its action models give the per-step cost
+        self._first_seed = seed
+        self.problem: Problems | None = None
+        self.x = np.zeros(task.nx)
+        self.t = 0
+        self.episode_cost = 0.0
+
+    # -- mapping ------------------------------------------------------------
+    def control(self, action: np.ndarray) -> np.ndarray:
+        """Torque of a normalised action: u_mid + u_half · clip(a, −1, 1), inside the task's box."""
+        a = np.clip(np.nan_to_num(np.asarray(action, dtype=float), nan=0.0), -1.0, 1.0)
+        return np.clip(self.u_mid + self.u_half * a, self.task.u_min, self.task.u_max)
+
+    def action_of(self, u: np.ndarray) -> np.ndarray:
+        """Inverse of :meth:`control` inside the box."""
+        return (np.asarray(u, dtype=float) - self.u_mid) / self.u_half
+
+    def _obs(self) -> np.ndarray:
+        obs = self.task.observation(self.x[None], self.problem.target)[0]
+        return ((obs - self.obs_mean) / self.obs_scale).astype(np.float32)
+
+    # -- gymnasium API ---------------------------------------------------------
+    def reset(self, *, seed: int | None = None, options: dict | None = None):
+        if seed is None and self._first_seed is not None:
+            seed, self._first_seed = self._first_seed, None
+        super().reset(seed=seed)
+        problem = (options or {}).get("problem")
+        self.problem = problem[:1] if problem is not None else self.task.sample(1, self.np_random)
+        self.task.set_problem(self.shooting, self.problem)
+        self.x = np.array(self.problem.x0[0], dtype=float)
+        self.t = 0
+        self.episode_cost = 0.0
+        return self._obs(), {}
+
+    def step(self, action):
+        if self.problem is None or self.t >= self.horizon:
+            raise RuntimeError("TaskEnv.step called before reset() or after the episode ended")
+        u = self.control(action)
+        model, data = self.shooting.runningModels[self.t], self.shooting.runningDatas[self.t]
+        model.calc(data, self.x, u)
+        cost = float(data.cost)
+        x_next = self.task.step(self.x[None], u[None])[0]
+        self.counter.add(1, "env_step")
+        self.t += 1
+        info: dict[str, Any] = {"u": u}
+        if not (np.isfinite(x_next).all() and (np.abs(x_next) < self.divergence_limit).all()):
+            # frozen like Task.rollout; the episode ends with a fixed penalty instead of an infinite cost
+            info["diverged"] = True
+            self.episode_cost = np.inf
+            info["episode_cost"] = self.episode_cost
+            return self._obs(), -self.divergence_penalty, True, False, info
+        self.x = x_next
+        terminated = self.t == self.horizon
+        if terminated:
+            tmodel, tdata = self.shooting.terminalModel, self.shooting.terminalData
+            tmodel.calc(tdata, self.x)
+            cost += float(tdata.cost)
+        self.episode_cost += cost
+        if terminated:
+            info["episode_cost"] = self.episode_cost
+        return self._obs(), -cost, terminated, False, info
+
+
+class SB3Actor:
+    """A trained SB3 model as a trainer-style policy: ``act(obs [B, obs_dim]) -> u [B, nu]`` (deterministic)."""
+
+    def __init__(self, model, env: TaskEnv):
+        self.model = model
+        self.obs_mean, self.obs_scale = env.obs_mean, env.obs_scale
+        self.u_mid, self.u_half = env.u_mid, env.u_half
+        self.u_min, self.u_max = env.task.u_min, env.task.u_max
+
+    def act(self, obs: np.ndarray) -> np.ndarray:
+        z = ((np.asarray(obs, dtype=float) - self.obs_mean) / self.obs_scale).astype(np.float32)
+        a, _ = self.model.predict(z, deterministic=True)
+        return np.clip(self.u_mid + self.u_half * np.clip(np.asarray(a, dtype=float), -1, 1), self.u_min, self.u_max)
+
+
+def _make_model(config: RLConfig, venv, seed: int):
+    import torch
+    from stable_baselines3 import PPO, SAC
+
+    activation = {"tanh": torch.nn.Tanh, "relu": torch.nn.ReLU}[config.activation]
+    lr: float | Callable[[float], float] = config.learning_rate
+    if config.learning_rate_final is not None:
+        lr0, lr1 = config.learning_rate, config.learning_rate_final
+        lr = lambda progress_remaining: lr1 + (lr0 - lr1) * progress_remaining  # noqa: E731
+    common = dict(learning_rate=lr, gamma=config.gamma, seed=seed, device="cpu", verbose=0)
+    if config.algo == "ppo":
+        return PPO(
+            "MlpPolicy", venv, n_steps=config.n_steps, batch_size=config.batch_size, n_epochs=config.n_epochs,
+            gae_lambda=config.gae_lambda, clip_range=config.clip_range, ent_coef=config.ent_coef,
+            max_grad_norm=config.max_grad_norm,
+            policy_kwargs=dict(net_arch=dict(pi=list(config.net_arch), vf=list(config.net_arch)),
+                               activation_fn=activation, log_std_init=config.log_std_init),
+            **common,
+        )
+    return SAC(
+        "MlpPolicy", venv, buffer_size=config.buffer_size, learning_starts=config.learning_starts,
+        batch_size=config.batch_size, tau=config.tau, train_freq=config.train_freq,
+        gradient_steps=config.gradient_steps, ent_coef="auto",
+        policy_kwargs=dict(net_arch=list(config.net_arch), activation_fn=activation),
+        **common,
+    )
+
+
+def train_rl(
+    config: RLConfig,
+    task_name: str,
+    seed: int,
+    out_dir: str | Path,
+    held_out=None,
+    eval_problems: int = 100,
+    eval_seed: int = 1_000_003,
+    task_overrides: dict[str, Any] | None = None,
+    on_evaluation: Callable[[dict[str, float]], None] | None = None,
+) -> list[dict[str, float]]:
+    """Train ``config.algo`` on the task; returns (and writes to ``out_dir``) the metrics rows.
+
+    ``held_out`` (a :class:`tocpl_training.trainer.HeldOut`) should be the one the trainer runs
+    use; without it the trainer's own is rebuilt from (eval_problems, eval_seed).
+    """
+    import torch
+    from stable_baselines3.common.callbacks import BaseCallback
+    from stable_baselines3.common.vec_env import DummyVecEnv, VecNormalize
+
+    from .policy import policy_spec_for
+    from .run_log import RunLog
+    from .trainer import HeldOut, evaluate_policy
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    torch.set_num_threads(config.torch_threads)
+    task = load_task(task_name, task_overrides or None)
+    if held_out is None:
+        held_out = HeldOut.make(task, eval_problems, eval_seed)
+    dump_yaml({"rl": to_dict(config), "task_name": task.name, "seed": seed, "task_overrides": task_overrides or {},
+               "task": to_dict(task.config)}, out_dir / "config.yaml")
+    spec = policy_spec_for(task, hidden=config.net_arch)
+    mean, scale = (np.array(spec.obs_mean), np.array(spec.obs_scale)) if config.normalize_obs else (None, None)
+    counter = DynamicsCounter()
+
+    def make_env(index: int):
+        return lambda: TaskEnv(task, counter, seed=None, obs_mean=mean, obs_scale=scale,
+                               divergence_limit=config.divergence_limit, divergence_penalty=config.divergence_penalty)
+
+    venv = DummyVecEnv([make_env(i) for i in range(config.n_envs)])
+    if config.norm_reward:
+        venv = VecNormalize(venv, norm_obs=False, norm_reward=True, gamma=config.gamma)
+    model = _make_model(config, venv, seed)  # seeds torch, the action noise and env i with seed + i
+    actor = SB3Actor(model, venv.envs[0] if not config.norm_reward else venv.venv.envs[0])
+    log = RunLog(out_dir, f"{config.algo.upper()} on {task.name}", task.error_unit)
+    rows: list[dict[str, float]] = []
+    schedule = config.evaluation_steps()
+    state = {"wall": 0.0, "start": 0.0, "episodes": 0, "costs": []}
+
+    def evaluate() -> None:
+        row = {"iteration": float(len(rows) + 1), **evaluate_policy(task, actor, held_out),
+               "dynamics_evaluations": float(counter.steps), "timesteps": float(model.num_timesteps),
+               "episodes": float(state["episodes"]),
+               "train_episode_cost": float(np.mean(state["costs"])) if state["costs"] else float("nan")}
+        state["costs"] = []
+        row["wall_time"] = state["wall"] + time.perf_counter() - state["start"]
+        rows.append(row)
+        log.write(rows)
+        if on_evaluation is not None:
+            on_evaluation(row)
+
+    class _Evaluations(BaseCallback):
+        def _on_training_start(self) -> None:
+            state["start"] = time.perf_counter()
+
+        def _on_step(self) -> bool:
+            for info in self.locals.get("infos", []):
+                if "episode_cost" in info:
+                    state["episodes"] += 1
+                    state["costs"].append(info["episode_cost"])
+            if schedule and counter.steps >= schedule[0]:
+                while schedule and counter.steps >= schedule[0]:
+                    schedule.pop(0)
+                evaluate()
+            return True
+
+    try:
+        model.learn(total_timesteps=config.total_steps, callback=_Evaluations())
+        if not rows or rows[-1]["dynamics_evaluations"] < counter.steps:
+            evaluate()
+        model.save(str(out_dir / "model.zip"))
+    finally:
+        log.close()
+        venv.close()
+    return rows
