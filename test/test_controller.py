@@ -344,10 +344,17 @@ def test_backwards_timestamps_rejected_unless_stream_restarted(files):
     assert ctl.stats.rejected["backwards_stamp"] == 1
     np.testing.assert_array_equal(ctl.q, Q0)
     assert ctl.update_joint_state(JOINTS, Q0, np.zeros(6), stamp=10.0, received=10.002) is None  # equal: fine
-    # the publisher restarts with a fresh clock after the stream went stale: accepted
-    assert ctl.update_joint_state(JOINTS, Q0 + 0.1, np.zeros(6), stamp=0.5, received=11.0) is None
+    # the publisher restarts with a fresh clock after the stream went stale: its first message
+    # is held back, the second one (stamps going forward again) is accepted
+    assert "restarted publisher" in ctl.update_joint_state(JOINTS, Q0 + 0.1, np.zeros(6), stamp=0.5, received=11.0)
+    assert ctl.update_joint_state(JOINTS, Q0 + 0.1, np.zeros(6), stamp=0.502, received=11.002) is None
     assert ctl.stats.stamp_resets == 1
     np.testing.assert_allclose(ctl.q, Q0 + 0.1)
+    # a clock running backwards is never taken for a restart, stale or not
+    for k in range(1, 40):
+        t = 11.002 + k * 0.002
+        assert "older than" in ctl.update_joint_state(JOINTS, Q0, np.zeros(6), stamp=0.502 - 0.001 * k, received=t)
+    assert ctl.stats.stamp_resets == 1 and ctl.stats.rejected["backwards_stamp"] == 1 + 1 + 39
     for stamp in (float("nan"), float("inf"), "x", None):
         assert ctl.update_joint_state(JOINTS, Q0, np.zeros(6), stamp=stamp) is not None
     assert ctl.stats.rejected["bad_stamp"] == 4

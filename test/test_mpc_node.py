@@ -206,6 +206,93 @@ def test_params_file_matches_node_parameters():
     assert MPCConfig().deadline == params["deadline"] and MPCConfig().warm_start == params["warm_start"]
 
 
+@pytest.fixture(scope="module")
+def nan_policy_file(policy_file, tmp_path_factory) -> Path:
+    """The same policy with NaN output biases: a real ONNX graph whose output is NaN."""
+    import onnx
+    from onnx import numpy_helper
+
+    model = onnx.load(str(policy_file))
+    last_bias = [i for i in model.graph.initializer if i.name.endswith(".bias")][-1]
+    last_bias.CopyFrom(numpy_helper.from_array(np.full(tuple(last_bias.dims), np.nan, dtype=np.float32), last_bias.name))
+    path = tmp_path_factory.mktemp("mpc_node_nan") / "nan.onnx"
+    onnx.save(model, str(path))
+    return path
+
+
+def make_loop(policy_path: Path, **mpc_config):
+    """The node's ROS-free tick logic with the real controller, Crocoddyl MPC and ONNX policy."""
+    from tocpl_ros.controller import ControllerConfig, PolicyController
+    from tocpl_ros.mpc import MPCConfig, RecedingHorizonMPC
+    from tocpl_ros.nodes.mpc_node import MPCLoop
+
+    task = load_task("ur5_reach")
+    config = MPCConfig(**mpc_config)
+    controller = PolicyController(
+        policy_path, ControllerConfig(rate=config.rate, output_mode="effort", fade_in=0.0, initial_target=TARGET)
+    )
+    controller.start()
+    return MPCLoop(RecedingHorizonMPC(task, controller.policy, config), controller, STALE_PERIODS)
+
+
+V0 = np.array([0.1, -0.2, 0.3, 0.0, 0.5, 3.0])
+
+
+def loop_commands(loop, ticks: int = 10) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Ticks at the MPC period, a fresh joint state before each; every tick must publish."""
+    out = []
+    for k in range(ticks):
+        t = k / RATE
+        assert loop.controller.update_joint_state(JOINTS, Q0, V0, t, t) is None
+        result = loop.tick(t)
+        assert result is not None, f"tick {k}: nothing published ({loop.last_status}: {loop.last_message})"
+        out.append(result)
+    return out
+
+
+@pytest.mark.parametrize("failure", ["max_iter", "deadline", "error"])
+def test_mpc_loop_failed_solves_publish_the_policy_command(policy_file, failure):
+    """A solve that does not converge, misses its deadline or raises inside the solver: the
+    policy's command for the current state is published that same tick (K = 0), never a gap."""
+    if failure == "max_iter":
+        loop = make_loop(policy_file, warm_start="cold", max_iter=1, deadline=math.inf)
+    elif failure == "deadline":
+        loop = make_loop(policy_file, deadline=1e-6)
+    else:
+        loop = make_loop(policy_file, deadline=math.inf)
+        loop.mpc.shooting = None  # the solver's problem is gone: set_problem raises inside solve()
+    x = np.concatenate([Q0, V0])
+    u_policy = loop.mpc.policy_command(x, np.array(TARGET))
+    for command, feedback in loop_commands(loop):
+        np.testing.assert_allclose(command, u_policy, atol=1e-12)
+        np.testing.assert_allclose(feedback[:6], u_policy, atol=1e-12)
+        np.testing.assert_allclose(feedback[6:18], x)
+        assert not feedback[18:].any()
+    assert loop.counts["fallbacks"] == loop.counts["solves"] == 10
+    assert loop.counts[f"fallback.{failure}"] == 10, loop.counts
+    assert loop.last_status == "fallback" and loop.counts["converged"] == 0
+
+
+def test_mpc_loop_nonfinite_policy_and_solve_publish_braking(nan_policy_file):
+    """The policy's output is NaN (so its warm start and its fallback are useless): the tick
+    publishes the braking command g(q) − M(q)·kd·v, inside the limits, never NaN, never a gap."""
+    import pinocchio as pin
+
+    loop = make_loop(nan_policy_file, deadline=math.inf)
+    c = loop.controller
+    model = pin.buildModelFromUrdf(str(ROOT / "urdf" / "ur5.urdf"))
+    data = model.createData()
+    upper = pin.crba(model, data, Q0)
+    M = np.triu(upper) + np.triu(upper, 1).T
+    brake = np.clip(pin.computeGeneralizedGravity(model, data, Q0) - M @ (40.0 * V0), c.u_lo, c.u_hi)
+    assert brake[5] < -0.5, "the wrist spinning at +3 rad/s is braked"
+    for command, feedback in loop_commands(loop):
+        np.testing.assert_allclose(command, brake, atol=1e-9)
+        assert np.isfinite(feedback).all() and not feedback[18:].any()
+    assert loop.counts["brake_ticks"] == 10 and loop.counts["fallbacks"] == 10, loop.counts
+    assert loop.last_status == "brake"
+
+
 def test_node_process_does_not_import_torch():
     code = (
         "import sys; from tocpl_ros.nodes import mpc_node as m; m._make_node_class(); "

@@ -123,6 +123,10 @@ class Harness:
         self.publishing = threading.Event()
         self.q = Q0.copy()
         self.bad_burst = 0
+        self.backwards = False  # stamps going back 1 ms per message
+        self.wrong_length_every = 0  # every n-th message has 5 positions
+        self._sent = 0
+        self._stamp_base = None
         self.js_pub = self.node.create_publisher(JointState, "/joint_states", qos_profile_sensor_data)
         self.target_pub = self.node.create_publisher(PointStamped, "/target", 10)
         self.node.create_subscription(
@@ -153,7 +157,16 @@ class Harness:
         if not self.publishing.is_set():
             return
         msg = self.JointState()
-        msg.header.stamp = self.node.get_clock().now().to_msg()
+        now = self.node.get_clock().now()
+        if self.backwards:
+            if self._stamp_base is None:
+                self._stamp_base = now.nanoseconds - 10**9
+            self._stamp_base -= 10**6
+            msg.header.stamp.sec, msg.header.stamp.nanosec = divmod(self._stamp_base, 10**9)
+        else:
+            self._stamp_base = None
+            msg.header.stamp = now.to_msg()
+        self._sent += 1
         perm = np.random.permutation(6)  # the order on the wire is not guaranteed
         q = self.q.copy()
         if self.bad_burst > 0:
@@ -162,6 +175,8 @@ class Harness:
         msg.name = [JOINTS[i] for i in perm]
         msg.position = [float(q[i]) for i in perm]
         msg.velocity = [0.0] * 6
+        if self.wrong_length_every and self._sent % self.wrong_length_every == 0:
+            msg.position = msg.position[:5]
         self.js_pub.publish(msg)
         with self.lock:
             self.js_sent.append(time.monotonic())
@@ -185,6 +200,10 @@ class Harness:
     def commands_since(self, t: float) -> list[tuple[float, np.ndarray]]:
         with self.lock:
             return [(tc, v) for tc, v in self.commands if tc >= t]
+
+    def last_diagnostics(self) -> dict[str, str]:
+        with self.lock:
+            return {kv.key: kv.value for kv in self.diagnostics[-1].values} if self.diagnostics else {}
 
     def last_command(self) -> np.ndarray:
         with self.lock:
@@ -372,3 +391,61 @@ def test_node_runs_policy_safely(policies, ros_loopback_env, tmp_path):
         stop_process(proc)
         if harness is not None:
             harness.close()
+
+
+@pytest.mark.ros
+def test_node_input_edge_cases_logged_per_reason_and_sigterm(policies, ros_loopback_env, tmp_path):
+    """Backwards time stamps (a flood) and wrong-length joint states, a NaN and a far target
+    with target_out_of_limits 'reject': commands keep coming, finite and in the limits; every
+    reason is logged, each at most once a second (with the count of the suppressed ones), the
+    flood of one never hiding the other; SIGTERM: exit 0 after the safe command."""
+    domain = domain_for(ros_loopback_env, 59)
+    md = read_onnx_metadata(policies["good"])
+    g0 = gravity(Q0)
+    log = tmp_path / "policy_node.log"
+    args = [
+        "--ros-args", "--params-file", str(ROOT / "config" / "policy_node.yaml"),
+        "-p", f"policy_path:={policies['good']}", "-p", "fade_in:=0.05", "-p", "diagnostics_period:=0.5",
+        "-p", "target_out_of_limits:=reject", "-p", f"initial_target:=[{', '.join(map(str, TARGET))}]",
+    ]
+    with open(log, "w") as out:
+        proc = subprocess.Popen(node_command() + args, env=node_env(domain), stdout=out, stderr=subprocess.STDOUT)
+    harness = None
+    try:
+        harness = Harness(domain)
+        harness.publishing.set()
+        wait_for(lambda: harness.last_diagnostics().get("state") == "running", 30, "running", proc, log)
+
+        t_bad = time.monotonic()
+        harness.backwards, harness.wrong_length_every = True, 7
+        harness.send_target([math.nan, 0.0, 0.4])
+        harness.send_target([5.0, 5.0, 5.0])
+        time.sleep(2.5)
+        bad = np.array([v for _, v in harness.commands_since(t_bad)])
+        assert len(bad) > 0.5 * RATE * 2.5, len(bad)  # no gap: the safe command while every state is rejected
+        assert np.isfinite(bad).all() and (bad >= md.u_min).all() and (bad <= md.u_max).all()
+        wait_for(lambda: int(harness.last_diagnostics().get("rejected.backwards_stamp", 0)) > 500, 5, "diagnostics")
+        diag = harness.last_diagnostics()
+        assert int(diag["rejected.length"]) > 50 and diag["state"] == "safe", diag
+        assert int(diag["rejected.target_nonfinite"]) == 1 and int(diag["rejected.target_out_of_limits"]) == 1
+        assert diag["target"] == " ".join(f"{x:.4f}" for x in TARGET)  # both targets rejected
+
+        harness.backwards, harness.wrong_length_every = False, 0
+        wait_for(lambda: harness.last_diagnostics().get("state") == "running", 5, "running again", proc, log)
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=15)
+        assert proc.returncode == 0, log.read_text()[-3000:]
+        time.sleep(0.1)
+        assert np.abs(harness.last_command() - g0).max() < 1e-5 * np.abs(g0).max(), harness.last_command()
+    finally:
+        stop_process(proc)
+        if harness is not None:
+            harness.close()
+    text = log.read_text()
+    backwards = [line for line in text.splitlines() if "rejected (backwards_stamp)" in line]
+    length = [line for line in text.splitlines() if "rejected (length)" in line]
+    print(f"{len(backwards)} backwards_stamp and {len(length)} length log lines in ~2.5 s; last: {backwards[-1][-120:]}")
+    assert 1 <= len(backwards) <= 4 and 1 <= len(length) <= 4, text[-3000:]
+    assert any("more 'joint_states.backwards_stamp' since the last report" in line for line in backwards), backwards
+    assert "rejected (target_nonfinite)" in text and "rejected (target_out_of_limits)" in text
+    assert "Traceback" not in text

@@ -245,7 +245,7 @@ class ControllerStats:
     targets_clamped: int = 0
     """Targets moved into target_limits."""
     stamp_resets: int = 0
-    """Older time stamps accepted because the stream had gone stale first (publisher restarted)."""
+    """Publisher restarts accepted: the stream had gone stale, then two older stamps in order."""
     inference: PeriodStats = field(default_factory=lambda: PeriodStats(5000))
     """Policy inference times (s), last 5000."""
     compute: PeriodStats = field(default_factory=lambda: PeriodStats(5000))
@@ -328,6 +328,7 @@ class PolicyController:
         self._v: np.ndarray | None = None
         self._stamp: float | None = None
         self._received: float | None = None
+        self._restart_stamp: float | None = None  # first older stamp after the stream went stale
         self._ticks_since_state = 0
         self.target: np.ndarray | None = None
         if self.config.initial_target is not None:
@@ -420,7 +421,8 @@ class PolicyController:
         rejected (and counts it in ``stats.rejected``); never raises.
 
         ``stamp``: the message's time stamp (s); a stamp older than the last accepted one is
-        rejected, unless the stream had gone stale (a restarted publisher). ``received``: when
+        rejected, unless the stream had gone stale and the next message's stamp goes forward
+        from it (a restarted publisher: its second message is the first one accepted). ``received``: when
         it arrived, on the clock of :meth:`compute`'s ``now`` (default: ``stamp``).
         """
         try:
@@ -471,12 +473,19 @@ class PolicyController:
                 bad = [self.joint_names[i] for i in np.flatnonzero(np.abs(v) > vmax)]
                 return self._reject("velocity_bound", f"|velocity| > max_joint_velocity {vmax:g} rad/s for {bad}")
             if self._stamp is not None and stamp < self._stamp:
+                # Older than the last accepted: out of order, or a restarted publisher (new clock).
+                # A restart is believed only once the stream had gone stale and a second message
+                # confirms that the new stamps go forward: a clock running backwards never is.
                 gone_stale = self._received is not None and received - self._received > self._stale_limit()
-                if not gone_stale:
+                candidate = self._restart_stamp
+                if not (gone_stale and candidate is not None and candidate <= stamp):
+                    self._restart_stamp = stamp if gone_stale else None
                     return self._reject(
                         "backwards_stamp", f"time stamp {stamp:.6f} is older than the last accepted {self._stamp:.6f}"
+                        + (" (a restarted publisher? accepted once the next stamp goes forward)" if gone_stale else "")
                     )
-                self.stats.stamp_resets += 1  # the stream had gone stale: a restarted publisher
+                self.stats.stamp_resets += 1
+            self._restart_stamp = None
             self._q, self._v, self._stamp, self._received = q, v, stamp, received
             self._ticks_since_state = 0
             self._pred = None  # measured again: no prediction needed

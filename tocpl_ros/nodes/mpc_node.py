@@ -8,8 +8,9 @@ reliable QoS:
 
 - ``/mpc/command`` (std_msgs/Float64MultiArray): the torque to apply now, [nu], clamped to
   the torque limits: the solution's first control, or the policy's own command for the
-  current state when the solve missed its deadline or failed (never a gap while the state
-  is fresh);
+  current state when the solve missed its deadline or failed (exception, non-finite,
+  not converged), and should the policy's output not be finite either, the braking command
+  g(q) − M(q)·40·v: never a gap while the state is fresh;
 - ``/mpc/feedback`` (std_msgs/Float64MultiArray, empty layout), for a fast loop applying
   Crocoddyl's law u = ū − K (x − x̄): data = [ū (nu), x̄ (nx = 2 nu: q then v),
   K row-major (nu × nx)], 90 values for the UR5; on a fallback ū is the policy's command and
@@ -35,7 +36,6 @@ from __future__ import annotations
 
 import array
 import math
-import signal
 import sys
 import threading
 import time
@@ -46,11 +46,10 @@ from typing import Any
 import numpy as np
 
 from ..config import ConfigError, FieldError, field_docs
-from ..controller import ControllerConfig, PeriodStats, PolicyController
+from ..controller import HOLD_MAX_KD_DT, HOLD_MAX_OMEGA_DT, ControllerConfig, PeriodStats, PolicyController
 from ..mpc import MPCConfig, RecedingHorizonMPC
 from ..policy_file import PolicyFileError
-from ..ros_env import apply_loopback_defaults
-from .policy_node import EXECUTORS, StartupError, _check_type
+from .runtime import StartupError, ThrottledLog, declare_parameters, run_node, take_joint_state, take_target
 
 NODE_NAME = "mpc_node"
 COMMAND_TOPIC = "/mpc/command"
@@ -130,6 +129,34 @@ class MPCLoop:
         x = np.concatenate([q, v])
         if budget is not None and budget < self.mpc.config.deadline:
             self.counts["short_budget_ticks"] += 1  # started late: less than the deadline left
+        try:
+            return self._solve(x, target, now, budget)
+        except Exception as exc:  # a bug here must not leave a gap: the policy, else braking
+            self.counts["tick_errors"] += 1
+            self.last_status, self.last_message = "fallback", f"MPC tick failed: {type(exc).__name__}: {exc}"
+            return self._fallback(x, target)
+
+    def _fallback(self, x: np.ndarray, target: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The policy's command for x, else (non-finite policy output) the controller's braking
+        command g(q) − M(q)·hold_kd·v; either with K = 0 in the feedback."""
+        c = self.controller
+        command = None
+        try:
+            command = self.mpc.policy_command(x, target)
+        except Exception:
+            command = None
+        if command is None or command.shape != (c.nq,) or not np.isfinite(command).all():
+            self.counts["brake_ticks"] += 1
+            self.last_status = "brake"
+            q, v = x[: c.nq], x[c.nq:]
+            command = c.gravity(q) - c.mass_matrix(q) @ (c.config.hold_kd * v)
+            if not np.isfinite(command).all():
+                command = np.zeros(c.nq)
+        command = np.clip(command, c.u_lo, c.u_hi)
+        return command, np.concatenate([command, x, np.zeros(c.nq * x.size)])
+
+    def _solve(self, x: np.ndarray, target: np.ndarray, now: float, budget: float | None) -> tuple[np.ndarray, np.ndarray]:
+        c = self.controller
         result = self.mpc.solve(x, target, now, deadline=budget)
         self.counts["solves"] += 1
         self.counts[f"warm_start.{result.warm_start or 'none'}"] += 1
@@ -144,9 +171,7 @@ class MPCLoop:
         self.last_message = result.message
         command = result.command
         if command is None or command.shape != (c.nq,) or not np.isfinite(command).all():
-            self.counts["no_command_ticks"] += 1
-            self.last_status = "no_command"
-            return None
+            return self._fallback(x, target)
         command = np.clip(command, c.u_lo, c.u_hi)
         K = result.K if result.K is not None else np.zeros((c.nq, x.size))
         x_bar = result.x_bar if result.x_bar is not None else x
@@ -182,7 +207,7 @@ class MPCLoop:
             "target": "none" if self.controller.target is None else " ".join(f"{x:.4f}" for x in self.controller.target),
         }
         counters = ("ticks", "solves", "converged", "fallbacks", "short_budget_ticks", "stale_ticks", "no_state_ticks",
-                    "no_command_ticks")
+                    "brake_ticks", "tick_errors")
         for key in counters:
             out[key] = str(self.counts[key])
         for key, count in sorted(self.counts.items()):
@@ -197,7 +222,6 @@ def _make_node_class():
     """The Node subclass (built lazily so that importing this module needs no rclpy)."""
     from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
     from geometry_msgs.msg import PointStamped
-    from rcl_interfaces.msg import ParameterDescriptor
     from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
     from rclpy.clock import Clock, ClockType
     from rclpy.node import Node
@@ -210,14 +234,17 @@ def _make_node_class():
     class MPCNode(Node):
         def __init__(self, **kwargs):
             super().__init__(NODE_NAME, **kwargs)
-            self.params = self._declare_parameters(ParameterDescriptor)
-            p = self.params
+            self.params = p = self._declare_parameters()
+            self.executor_kind = p["executor"]
             if not p["policy_path"]:
                 raise StartupError("parameter 'policy_path' is not set (the .onnx policy file)")
             try:
                 mpc_config = MPCConfig(**{f.name: p[f.name] for f in fields(MPCConfig)})
+                # braking gains of the last-resort command, kept within the bounds for this rate
                 controller_config = ControllerConfig(
-                    rate=mpc_config.rate, output_mode="effort", fade_in=0.0,
+                    rate=mpc_config.rate, output_mode="effort", fade_in=0.0, safe_mode="zero_velocity",
+                    hold_kp=min(ControllerConfig.hold_kp, (HOLD_MAX_OMEGA_DT * mpc_config.rate) ** 2),
+                    hold_kd=min(ControllerConfig.hold_kd, HOLD_MAX_KD_DT * mpc_config.rate),
                     **{name: p[name] for name in CONTROLLER_PARAMETERS},
                 )
             except FieldError as exc:
@@ -237,6 +264,7 @@ def _make_node_class():
             self.mpc, self.controller, self.config = mpc, controller, mpc_config
             self._warm_up(task)
             self.lock = threading.Lock()
+            self.input_log = ThrottledLog(self.get_logger(), period=1.0)
 
             steady = Clock(clock_type=ClockType.STEADY_TIME)
             qos = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE, history=HistoryPolicy.KEEP_LAST)
@@ -271,26 +299,8 @@ def _make_node_class():
                 self.mpc.solve(nominal.x0[0], nominal.target[0])
             self.mpc.reset()
 
-        def _declare_parameters(self, ParameterDescriptor) -> dict[str, Any]:
-            values: dict[str, Any] = {}
-            for name, (default, doc) in NODE_PARAMETERS.items():
-                descriptor = ParameterDescriptor(description=doc, read_only=True, dynamic_typing=True)
-                try:
-                    value = self.declare_parameter(name, default, descriptor).value
-                except Exception as exc:
-                    raise StartupError(f"parameter '{name}': {exc}") from exc
-                values[name] = _check_type(name, value, default)
-            overrides = getattr(self, "_parameter_overrides", {}) or {}
-            unknown = sorted(k for k in overrides if not self.has_parameter(k) and not k.startswith("qos_overrides."))
-            if unknown:
-                raise StartupError(
-                    f"unknown parameter '{unknown[0]}'" + (f" (and {unknown[1:]})" if unknown[1:] else "")
-                    + f"; known: {', '.join(NODE_PARAMETERS)}"
-                )
-            if values["executor"] not in EXECUTORS:
-                raise StartupError(f"parameter 'executor': must be one of {', '.join(EXECUTORS)}, got {values['executor']!r}")
-            if not values["diagnostics_period"] > 0:
-                raise StartupError(f"parameter 'diagnostics_period': must be > 0, got {values['diagnostics_period']}")
+        def _declare_parameters(self) -> dict[str, Any]:
+            values = declare_parameters(self, NODE_PARAMETERS)
             if not values["initial_target"]:
                 values["initial_target"] = None
             if values["target_limits"] is None:
@@ -298,22 +308,10 @@ def _make_node_class():
             return values
 
         def _on_joint_state(self, msg) -> None:
-            received = time.monotonic()
-            stamp = msg.header.stamp.sec + 1e-9 * msg.header.stamp.nanosec
-            with self.lock:
-                reason = self.controller.update_joint_state(msg.name, msg.position, msg.velocity, stamp, received)
-            if reason:
-                self.get_logger().warning(f"/joint_states rejected: {reason}", throttle_duration_sec=1.0)
+            take_joint_state(self.controller, self.lock, self.input_log, msg)
 
         def _on_target(self, msg) -> None:
-            pt = msg.point
-            with self.lock:
-                reason = self.controller.update_target((pt.x, pt.y, pt.z))
-                target = None if self.controller.target is None else self.controller.target.tolist()
-            if reason:
-                self.get_logger().warning(f"/target: {reason}", throttle_duration_sec=0.5)
-            else:
-                self.get_logger().info(f"/target: {target}", throttle_duration_sec=0.5)
+            take_target(self.controller, self.lock, self.input_log, msg)
 
         def _tick(self) -> None:
             now = time.monotonic()
@@ -327,7 +325,7 @@ def _make_node_class():
             with self.lock:
                 try:
                     out = self.loop.tick(now, budget)
-                except Exception as exc:  # last line of defence (mpc.solve itself never raises)
+                except Exception as exc:  # only before a state exists (tick() falls back itself after)
                     self.get_logger().error(f"MPC tick failed: {type(exc).__name__}: {exc}", throttle_duration_sec=1.0)
                     self.loop.counts["tick_errors"] += 1
                     out = None
@@ -393,51 +391,7 @@ def _make_node_class():
 
 
 def main(args: list[str] | None = None) -> int:
-    apply_loopback_defaults()
-    import rclpy
-    from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
-    from rclpy.signals import SignalHandlerOptions
-
-    try:
-        rclpy.init(args=args, signal_handler_options=SignalHandlerOptions.NO)
-    except Exception as exc:  # malformed --ros-args
-        print(f"[FATAL] [{NODE_NAME}]: refusing to start: invalid arguments: {exc}", file=sys.stderr, flush=True)
-        return 1
-    stop = threading.Event()
-
-    def on_signal(signum, frame):
-        stop.set()
-
-    previous = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
-    node = None
-    try:
-        try:
-            node = _make_node_class()()
-        except StartupError as exc:
-            rclpy.logging.get_logger(NODE_NAME).fatal(f"refusing to start: {exc}")
-            return 1
-        if node.params["executor"] == "events":
-            from rclpy.experimental import EventsExecutor
-
-            executor = EventsExecutor()
-        else:
-            executor = SingleThreadedExecutor()
-        executor.add_node(node)
-        try:
-            while not stop.is_set() and rclpy.ok():
-                executor.spin_once(timeout_sec=0.1)
-            node.get_logger().info("shutting down")
-        except (KeyboardInterrupt, ExternalShutdownException):
-            pass
-        finally:
-            executor.shutdown()
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
-        if node is not None:
-            node.destroy_node()
-        rclpy.try_shutdown()
-    return 0
+    return run_node(NODE_NAME, lambda: _make_node_class()(), args)
 
 
 if __name__ == "__main__":

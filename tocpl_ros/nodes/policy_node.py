@@ -24,7 +24,6 @@ DDS stays on loopback unless ``ROS_AUTOMATIC_DISCOVERY_RANGE`` is set explicitly
 from __future__ import annotations
 
 import array
-import signal
 import sys
 import threading
 import time
@@ -34,7 +33,8 @@ from typing import Any
 from ..config import FieldError, field_docs
 from ..controller import ControllerConfig, PeriodStats, PolicyController
 from ..policy_file import PolicyFileError
-from ..ros_env import apply_loopback_defaults
+from .runtime import EXECUTORS, StartupError, ThrottledLog, declare_parameters, run_node, take_joint_state, take_target
+from .runtime import check_type as _check_type  # noqa: F401  (kept importable from here)
 
 NODE_NAME = "policy_node"
 COMMAND_TOPICS = {
@@ -45,7 +45,6 @@ COMMAND_TOPICS = {
 JOINT_STATES_TOPIC = "/joint_states"
 TARGET_TOPIC = "/target"
 DIAGNOSTICS_TOPIC = "/diagnostics"
-EXECUTORS = ("events", "single")
 
 _CONFIG_DOCS = field_docs(ControllerConfig)
 # name -> (default, description). ControllerConfig fields take their default and their
@@ -68,58 +67,10 @@ for _f in fields(ControllerConfig):
     NODE_PARAMETERS[_f.name] = (_default, _doc)
 
 
-class StartupError(RuntimeError):
-    """The node cannot start: bad parameter, unusable policy file, metadata mismatch."""
-
-
-def _check_type(name: str, value: Any, default: Any) -> Any:
-    """``value`` of parameter ``name`` converted to the type of its default; StartupError if it
-    cannot be (ints are accepted for floats; an unset/empty array is None)."""
-
-    def kind(v: Any) -> str:
-        return type(v).__name__
-
-    def bad(expected: str) -> StartupError:
-        return StartupError(f"parameter '{name}': expected {expected}, got {value!r} ({kind(value)})")
-
-    if isinstance(default, bool):
-        if not isinstance(value, bool):
-            raise bad("true or false")
-        return value
-    if isinstance(default, int):
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise bad("an integer")
-        return value
-    if isinstance(default, float):
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise bad("a number")
-        return float(value)
-    if isinstance(default, str):
-        if not isinstance(value, str):
-            raise bad("a string")
-        return value
-    # arrays: joint_names (strings), the others numbers; unset or empty -> None
-    if value is None:
-        return None if default is None else list(default)
-    if isinstance(value, (str, bytes)) or not hasattr(value, "__len__"):
-        raise bad("a list")
-    items = list(value)
-    if not items:
-        return None
-    if name == "joint_names":
-        if not all(isinstance(v, str) for v in items):
-            raise bad("a list of strings")
-        return items
-    if not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in items):
-        raise bad("a list of numbers")
-    return [float(v) for v in items]
-
-
 def _make_node_class():
     """The Node subclass (built lazily so that importing this module needs no rclpy)."""
     from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
     from geometry_msgs.msg import PointStamped
-    from rcl_interfaces.msg import ParameterDescriptor
     from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
     from rclpy.clock import Clock, ClockType
     from rclpy.node import Node
@@ -131,7 +82,8 @@ def _make_node_class():
     class PolicyNode(Node):
         def __init__(self, **kwargs):
             super().__init__(NODE_NAME, **kwargs)
-            self.params = self._declare_parameters(ParameterDescriptor)
+            self.params = declare_parameters(self, NODE_PARAMETERS)
+            self.executor_kind = self.params["executor"]
             config = self._controller_config()
             path = self.params["policy_path"]
             if not path:
@@ -144,6 +96,7 @@ def _make_node_class():
             self.config = config
             md = self.controller.metadata
             self.lock = threading.Lock()  # joint-state/target callbacks vs the control tick
+            self.input_log = ThrottledLog(self.get_logger(), period=1.0)
 
             steady = Clock(clock_type=ClockType.STEADY_TIME)
             self.command_topic = COMMAND_TOPICS[config.output_mode]
@@ -161,6 +114,7 @@ def _make_node_class():
             self.publish_errors = 0
             self.published = 0
             self._last_tick: float | None = None
+            self._logged_state = self.controller.state
             self._msg = Float64MultiArray()
             self.control_timer = self.create_timer(
                 config.period, self._tick, callback_group=MutuallyExclusiveCallbackGroup(), clock=steady
@@ -180,32 +134,6 @@ def _make_node_class():
             )
 
         # -- parameters -------------------------------------------------------------
-        def _declare_parameters(self, ParameterDescriptor) -> dict[str, Any]:
-            """Declare every parameter (read-only, with its description) and check its type.
-
-            Declared with dynamic typing so that ``rate:=1000`` (an integer) is accepted for
-            a float; the types are checked here instead, naming the parameter."""
-            values: dict[str, Any] = {}
-            for name, (default, doc) in NODE_PARAMETERS.items():
-                descriptor = ParameterDescriptor(description=doc, read_only=True, dynamic_typing=True)
-                try:
-                    value = self.declare_parameter(name, default, descriptor).value
-                except Exception as exc:
-                    raise StartupError(f"parameter '{name}': {exc}") from exc
-                values[name] = _check_type(name, value, default)
-            overrides = getattr(self, "_parameter_overrides", {}) or {}
-            unknown = sorted(k for k in overrides if not self.has_parameter(k) and not k.startswith("qos_overrides."))
-            if unknown:
-                raise StartupError(
-                    f"unknown parameter '{unknown[0]}'" + (f" (and {unknown[1:]})" if unknown[1:] else "")
-                    + f"; known: {', '.join(NODE_PARAMETERS)}"
-                )
-            if values["executor"] not in EXECUTORS:
-                raise StartupError(f"parameter 'executor': must be one of {', '.join(EXECUTORS)}, got {values['executor']!r}")
-            if not values["diagnostics_period"] > 0:
-                raise StartupError(f"parameter 'diagnostics_period': must be > 0, got {values['diagnostics_period']}")
-            return values
-
         def _controller_config(self) -> ControllerConfig:
             kwargs = {f.name: self.params[f.name] for f in fields(ControllerConfig)}
             if not kwargs["initial_target"]:
@@ -221,27 +149,10 @@ def _make_node_class():
 
         # -- callbacks --------------------------------------------------------------
         def _on_joint_state(self, msg) -> None:
-            received = time.monotonic()
-            stamp = msg.header.stamp.sec + 1e-9 * msg.header.stamp.nanosec
-            with self.lock:
-                reason = self.controller.update_joint_state(msg.name, msg.position, msg.velocity, stamp, received)
-            if reason:
-                self.get_logger().warning(f"/joint_states rejected: {reason}", throttle_duration_sec=1.0)
+            take_joint_state(self.controller, self.lock, self.input_log, msg)
 
         def _on_target(self, msg) -> None:
-            p = msg.point
-            with self.lock:
-                before = self.controller.target
-                reason = self.controller.update_target((p.x, p.y, p.z))
-                taken = self.controller.target is not before
-                target = None if self.controller.target is None else self.controller.target.tolist()
-            # one throttled log line per outcome: a rejection never hides a clamp or vice versa
-            if reason and not taken:
-                self.get_logger().warning(f"/target: {reason}", throttle_duration_sec=0.5)
-            elif reason:
-                self.get_logger().warning(f"/target: {reason}", throttle_duration_sec=0.5)
-            else:
-                self.get_logger().info(f"/target: {target}", throttle_duration_sec=0.5)
+            take_target(self.controller, self.lock, self.input_log, msg)
 
         def _on_start(self, request, response):
             with self.lock:
@@ -271,6 +182,13 @@ def _make_node_class():
             self._last_tick = now
             with self.lock:
                 command = self.controller.compute(now)
+                state, reason = self.controller.state, self.controller.last_reason
+            if state != self._logged_state:  # transitions only, safe ones rate-limited
+                if state == "safe":
+                    self.input_log.warning("state.safe", f"safe command ({self.config.safe_mode}): {reason}")
+                else:
+                    self.get_logger().info(f"state: {state}{f' ({reason})' if reason else ''}", throttle_duration_sec=1.0)
+                self._logged_state = state
             if command.values is None:
                 return
             try:
@@ -318,8 +236,10 @@ def _make_node_class():
             msg.header.stamp = self.get_clock().now().to_msg()
             self.diag_pub.publish(msg)
 
-        def safe_shutdown(self, executor, linger: float = 0.1) -> None:
-            """Stop the policy and keep publishing the safe command for ``linger`` s."""
+        def on_shutdown(self, executor, linger: float = 0.1) -> None:
+            """Stop the policy and keep publishing the safe command for ``linger`` s (a forward
+            controller holds the last command it received)."""
+            self.get_logger().info("publishing the safe command before exiting")
             with self.lock:
                 self.controller.stop()
             deadline = time.monotonic() + linger
@@ -330,54 +250,7 @@ def _make_node_class():
 
 
 def main(args: list[str] | None = None) -> int:
-    apply_loopback_defaults()
-    import rclpy
-    from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
-    from rclpy.signals import SignalHandlerOptions
-
-    # Our own SIGINT/SIGTERM handling: the node publishes the safe command before it exits
-    # (a forward controller holds the last command it received).
-    try:
-        rclpy.init(args=args, signal_handler_options=SignalHandlerOptions.NO)
-    except Exception as exc:  # malformed --ros-args (e.g. a mixed-type array)
-        print(f"[FATAL] [{NODE_NAME}]: refusing to start: invalid arguments: {exc}", file=sys.stderr, flush=True)
-        return 1
-    stop = threading.Event()
-
-    def on_signal(signum, frame):
-        stop.set()
-
-    previous = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
-    node = None
-    try:
-        try:
-            node = _make_node_class()()
-        except StartupError as exc:
-            rclpy.logging.get_logger(NODE_NAME).fatal(f"refusing to start: {exc}")
-            return 1
-        if node.params["executor"] == "events":
-            from rclpy.experimental import EventsExecutor
-
-            executor = EventsExecutor()
-        else:
-            executor = SingleThreadedExecutor()
-        executor.add_node(node)
-        try:
-            while not stop.is_set() and rclpy.ok():
-                executor.spin_once(timeout_sec=0.1)
-            node.get_logger().info("shutting down: publishing the safe command")
-            node.safe_shutdown(executor)
-        except (KeyboardInterrupt, ExternalShutdownException):
-            pass
-        finally:
-            executor.shutdown()
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
-        if node is not None:
-            node.destroy_node()
-        rclpy.try_shutdown()
-    return 0
+    return run_node(NODE_NAME, lambda: _make_node_class()(), args)
 
 
 if __name__ == "__main__":

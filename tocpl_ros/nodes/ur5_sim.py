@@ -33,10 +33,8 @@ import sys
 import time
 from functools import partial
 
-import rclpy
 from rcl_interfaces.msg import ParameterDescriptor
 from rclpy.exceptions import InvalidParameterTypeException
-from rclpy.executors import ExternalShutdownException
 from rclpy.node import Node
 from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
 from sensor_msgs.msg import JointState
@@ -44,7 +42,7 @@ from std_msgs.msg import Float64MultiArray
 from std_srvs.srv import Trigger
 
 from tocpl_ros.config import ConfigError, FieldError, field_docs, load_dataclass
-from tocpl_ros.ros_env import apply_loopback_defaults
+from tocpl_ros.nodes.runtime import run_node
 from tocpl_ros.sim import BACKENDS, COMMAND_MODES, NODE_NAME, CommandError, SimConfig, default_sim_config, make_simulator
 
 COMMAND_TOPICS = {mode: f"/forward_{mode}_controller/commands" for mode in COMMAND_MODES}
@@ -196,6 +194,10 @@ class Ur5SimNode(Node):
     def _total_steps(self) -> int:
         return self._steps_before_reset + self.sim.steps
 
+    def exit_summary(self) -> str:
+        """Logged by :func:`run_node` after the node is destroyed."""
+        return self.stats_line()
+
     def stats_line(self) -> str:
         s = self.stats()
         return (
@@ -206,27 +208,9 @@ class Ur5SimNode(Node):
 
 def main(args: list[str] | None = None) -> int:
     """Entry point of ``ur5_sim`` (``ros2 run tocpl_ros ur5_sim``). SIGINT / SIGTERM stop
-    it cleanly (exit 0); bad parameters exit with 2 and an error naming the parameter."""
-    apply_loopback_defaults()  # before rclpy.init: the middleware reads them at init
-    rclpy.init(args=args)  # installs rclpy's SIGINT and SIGTERM handlers
-    node = None
-    code = 0
-    try:
-        node = Ur5SimNode()
-        rclpy.spin(node)
-    except (KeyboardInterrupt, ExternalShutdownException):
-        pass
-    except ConfigError as exc:
-        rclpy.logging.get_logger(NODE_NAME).error(f"invalid parameters: {exc}")
-        code = 2
-    finally:
-        if node is not None:
-            summary = node.stats_line()
-            node.destroy_node()
-            # after destroy_node: a signal has already invalidated the rosout publisher
-            rclpy.logging.get_logger(NODE_NAME).info(summary)
-        rclpy.try_shutdown()
-    return code
+    it cleanly (exit 0, with a rate summary); bad parameters exit with 2 and an error naming
+    the parameter."""
+    return run_node(NODE_NAME, Ur5SimNode, args, startup_errors=(ConfigError,), startup_exit_code=2)
 
 
 if __name__ == "__main__":
