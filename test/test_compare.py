@@ -176,3 +176,10 @@ def test_quick_bench(tmp_path):
     assert main(["--plot-only", "--out", str(out)]) == 0
     assert (out / "summary.csv").read_text() == before
     assert "warm_start_lqr.md" in (out / "summary.md").read_text()
+
+
+def test_quick_and_full_runs_do_not_mix(tmp_path, capsys):
+    (tmp_path / "runs.json").write_text(json.dumps({"lqr/ppo/seed0": {"status": "ok", "quick": False}}))
+    assert main(["--quick", "--tasks", "lqr", "--configs", "ppo", "--seeds", "0", "--out", str(tmp_path)]) == 2
+    assert "--quick runs go into another --out" in capsys.readouterr().err
+    assert not (tmp_path / "metrics").exists()

@@ -172,6 +172,10 @@ def run_all(tasks, names, seeds, out: Path, runs_dir: Path, bench: BenchConfig, 
     """Run every (task, configuration, seed) not already done; returns the number of failed runs."""
     out.mkdir(parents=True, exist_ok=True)
     manifest = load_manifest(out)
+    mixed = sorted(k for k, e in manifest.items() if bool(e.get("quick")) != quick)
+    if mixed:
+        raise ConfigError(str(out / RUNS_MANIFEST), mixed[0], f"{'full' if quick else '--quick'} runs are listed here: "
+                          f"{'--quick' if quick else 'full'} runs go into another --out")
     failed = 0
     for task in tasks:
         held_out = None
