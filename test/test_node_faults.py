@@ -1,0 +1,461 @@
+"""Faults around the real nodes, each over DDS with real processes (loopback, quiet domain).
+
+Not covered elsewhere (test_bringup.py freezes the simulator with SIGSTOP/SIGCONT and kills it
+for good; test_mpc_node.py runs a 1 µs deadline, where every solve is skipped up front):
+
+- ``test_policy_node_survives_simulator_kill_and_restart``: the simulator process
+  (``ur5_sim``) is SIGKILLed and a new one started, twice, while ``policy_node`` keeps
+  running. Each time the policy node switches to its safe command within its stale
+  limit (+ scheduling slack) and keeps it while the data is stale and says 'safe: stale joint_states' on /diagnostics; commands never
+  stop; once the new simulator publishes, the policy's command is back (after the fade-in),
+  from the same policy-node process.
+- ``test_mpc_failures_keep_the_command_stream``: ``mpc_node`` whose solves cannot succeed,
+  (a) ``max_iter`` 1 from cold starts (never converges), (b) solves that need ~35 ms
+  (cold start, horizon 100) with an unreachable 1 s ``deadline``, so only the node's own
+  per-period budget can stop them. The consumer of ``/mpc/command`` (the fast loop) gets a
+  command every period: no gap above MAX_GAP_PERIODS periods, rate within 15 %, all
+  finite and inside the torque limits, and /diagnostics counts the fallbacks by reason.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from tocpl_ros.ros_env import DISCOVERY_RANGE_VAR, DOMAIN_ID_VAR, derive_domain_id, loopback_ros_env
+
+ROOT = Path(__file__).resolve().parents[1]
+JOINTS = ["shoulder_pan_joint", "shoulder_lift_joint", "elbow_joint", "wrist_1_joint", "wrist_2_joint", "wrist_3_joint"]
+Q0 = np.array([0.0, -1.2, 1.6, -0.4, 1.57, 0.0])
+TARGET = [0.5, 0.1, 0.4]
+RATE = 500.0
+STALE_PERIODS = 5  # config/policy_node.yaml
+FADE_IN = 0.2
+STALE_SLACK = 10
+"""Control periods allowed on top of the stale limit before the safe command (as in
+test_bringup.py: the harness sees the last joint state before the policy node has taken it from
+its queue when that process is held up on this shared 2-core machine)."""
+WRIST_OFFSET = 2.0
+"""N·m the test policy adds on wrist_3 (no gravity load there): its command differs from
+every safe command by at least this."""
+SIM_DAMPING = 30.0
+"""N·m·s/rad in the simulator: the constant-torque test policy holds the arm near Q0 (wrist_3
+turns at 2/30 rad/s) for the whole test."""
+KILL_CYCLES = 2
+MPC_RATE = 100.0
+MAX_GAP_PERIODS = 6
+"""Largest gap allowed between two /mpc/command messages, in MPC periods (slack for this shared,
+niced 2-core machine: see check_command_stream)."""
+
+
+# ------------------------------------------------------------------------ shared helpers
+
+
+def node_env(domain: int) -> dict[str, str]:
+    base = {k: v for k, v in os.environ.items() if k != DISCOVERY_RANGE_VAR}
+    env = loopback_ros_env(base, domain_id=domain)
+    assert env[DISCOVERY_RANGE_VAR] == "LOCALHOST"
+    return env
+
+
+def executable(name: str, module: str) -> list[str]:
+    script = Path(sys.executable).parent / name
+    return [str(script)] if script.is_file() else [sys.executable, "-m", module]
+
+
+def start(cmd: list[str], env: dict[str, str], log: Path) -> subprocess.Popen:
+    with open(log, "a") as out:
+        return subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.STDOUT)
+
+
+def kill(proc: subprocess.Popen | None) -> None:
+    if proc is not None and proc.poll() is None:
+        proc.kill()
+        proc.wait(timeout=10)
+
+
+def tail(log: Path) -> str:
+    return f"--- {log.name} ---\n" + (log.read_text()[-3000:] if log.exists() else "")
+
+
+class Harness:
+    """rclpy in this process (own context): records /joint_states, Float64MultiArray topics and
+    /diagnostics (by status name prefix), each with time.monotonic() of reception; optionally
+    publishes valid joint states at 500 Hz."""
+
+    def __init__(self, domain: int, command_topics: list[str], publish_joint_states: bool = False):
+        import rclpy
+        from diagnostic_msgs.msg import DiagnosticArray
+        from rclpy.executors import SingleThreadedExecutor
+        from rclpy.qos import QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
+        from rclpy.signals import SignalHandlerOptions
+        from sensor_msgs.msg import JointState
+        from std_msgs.msg import Float64MultiArray
+
+        self.rclpy, self.JointState = rclpy, JointState
+        self.context = rclpy.Context()
+        rclpy.init(context=self.context, domain_id=domain, signal_handler_options=SignalHandlerOptions.NO)
+        self.node = rclpy.create_node("faults_harness", context=self.context)
+        self.lock = threading.Lock()
+        self.joint_states: list[tuple[float, np.ndarray]] = []
+        self.commands: dict[str, list[tuple[float, np.ndarray]]] = {t: [] for t in command_topics}
+        self.diagnostics: list[tuple[float, str, dict[str, str]]] = []
+        self.errors: list[str] = []
+        reliable = QoSProfile(depth=1000, reliability=ReliabilityPolicy.RELIABLE)
+        for topic in command_topics:
+            self.node.create_subscription(Float64MultiArray, topic, lambda m, t=topic: self._on_command(t, m), reliable)
+        self.node.create_subscription(DiagnosticArray, "/diagnostics", self._on_diag, 100)
+        if publish_joint_states:
+            self.js_pub = self.node.create_publisher(JointState, "/joint_states", qos_profile_sensor_data)
+            self.node.create_timer(1.0 / 500.0, self._publish_joint_state)
+        else:
+            self.node.create_subscription(JointState, "/joint_states", self._on_joint_state, qos_profile_sensor_data)
+        self.executor = SingleThreadedExecutor(context=self.context)
+        self.executor.add_node(self.node)
+        self._stop = threading.Event()
+        self.thread = threading.Thread(target=self._spin, daemon=True)
+        self.thread.start()
+
+    def _spin(self):
+        while not self._stop.is_set() and self.context.ok():
+            try:
+                self.executor.spin_once(timeout_sec=0.05)
+            except Exception as exc:  # reported by check_alive(), never silent
+                self.errors.append(repr(exc))
+                if len(self.errors) > 100:
+                    return
+
+    def check_alive(self) -> None:
+        assert not self.errors and self.thread.is_alive(), f"test harness failed: {self.errors[:3]}"
+
+    def _on_command(self, topic, msg):
+        values = np.array(msg.data, dtype=float)
+        with self.lock:
+            self.commands[topic].append((time.monotonic(), values))
+
+    def _on_joint_state(self, msg):
+        q = np.array([msg.position[list(msg.name).index(n)] for n in JOINTS])
+        with self.lock:
+            self.joint_states.append((time.monotonic(), q))
+
+    def _on_diag(self, msg):
+        with self.lock:
+            for s in msg.status:
+                self.diagnostics.append((time.monotonic(), s.name.split(":")[0], {kv.key: kv.value for kv in s.values}))
+
+    def _publish_joint_state(self):
+        msg = self.JointState()
+        msg.header.stamp = self.node.get_clock().now().to_msg()
+        msg.name = JOINTS
+        msg.position = [float(x) for x in Q0]
+        msg.velocity = [0.0] * 6
+        self.js_pub.publish(msg)
+
+    def commands_since(self, topic: str, t: float) -> list[tuple[float, np.ndarray]]:
+        with self.lock:
+            return [(tc, v) for tc, v in self.commands[topic] if tc >= t]
+
+    def last_diag(self, name: str, after: float = -math.inf) -> dict[str, str] | None:
+        with self.lock:
+            found = [d for tc, n, d in self.diagnostics if n == name and tc >= after]
+        return found[-1] if found else None
+
+    def last_joint_state_time(self) -> float | None:
+        with self.lock:
+            return self.joint_states[-1][0] if self.joint_states else None
+
+    def other_nodes(self) -> set[str]:
+        return set(self.node.get_node_names()) - {"faults_harness"}
+
+    def close(self):
+        self._stop.set()
+        self.thread.join(timeout=5)
+        self.executor.shutdown()
+        self.node.destroy_node()
+        self.rclpy.try_shutdown(context=self.context)
+
+
+def quiet_harness(ros_loopback_env, offset: int, **kwargs) -> tuple[Harness, int]:
+    """A harness on a domain where no other ROS node shows up for 1 s."""
+    for attempt in range(10):
+        domain = derive_domain_id(int(ros_loopback_env[DOMAIN_ID_VAR]) + offset + 7 * attempt)
+        harness = Harness(domain, **kwargs)
+        time.sleep(1.0)
+        if not harness.other_nodes():
+            return harness, domain
+        harness.close()
+    pytest.fail("no quiet ROS domain found (10 tried)")
+
+
+def wait_until(predicate, timeout: float, what: str, procs: dict[str, subprocess.Popen], logs: dict[str, Path]):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return time.monotonic()
+        dead = [n for n, p in procs.items() if p is not None and p.poll() is not None]
+        if dead:
+            raise AssertionError(f"{what}: {dead} exited\n" + "\n".join(tail(logs[n]) for n in dead))
+        time.sleep(0.005)
+    raise AssertionError(f"timed out ({timeout} s) waiting for {what}\n" + "\n".join(tail(log) for log in logs.values()))
+
+
+# ------------------------------------------------------------------------ (a) simulator killed
+
+
+@pytest.fixture(scope="module")
+def constant_policy(tmp_path_factory) -> tuple[Path, np.ndarray]:
+    """An exported ur5_reach policy (real ONNX) whose output is constant: gravity compensation at
+    Q0 plus WRIST_OFFSET on wrist_3 (last layer's weights zeroed, its bias set through tanh).
+    Returns (file, the command as onnxruntime computes it)."""
+    import pinocchio as pin
+    import torch
+
+    from tocpl_ros.policy_file import OnnxPolicy
+    from tocpl_ros.tasks import load_task
+    from tocpl_training.export import export_onnx
+    from tocpl_training.policy import make_policy
+
+    task = load_task("ur5_reach")
+    model = pin.buildModelFromUrdf(str(ROOT / "urdf" / "ur5.urdf"))
+    u = pin.computeGeneralizedGravity(model, model.createData(), Q0).copy()
+    u[5] += WRIST_OFFSET
+    policy = make_policy(task, seed=3)
+    with torch.no_grad():
+        last = policy.net[-1]
+        last.weight.zero_()
+        z = (torch.as_tensor(u, dtype=torch.float32) - policy.u_mid) / policy.u_half
+        last.bias.copy_(torch.atanh(z))
+    path = export_onnx(policy.eval(), task, tmp_path_factory.mktemp("faults") / "constant.onnx")
+    onnx_policy = OnnxPolicy(path)
+    out = np.asarray(onnx_policy(np.concatenate([Q0, np.zeros(6), TARGET])), dtype=float).reshape(-1)
+    assert np.abs(out - u).max() < 1e-3, (out, u)
+    other = np.asarray(onnx_policy(np.concatenate([Q0 + 0.3, np.ones(6), [0.6, 0.0, 0.3]])), dtype=float).reshape(-1)
+    assert np.abs(other - out).max() < 1e-6, "the test policy must not depend on its input"
+    return path, out
+
+
+@pytest.mark.ros
+def test_policy_node_survives_simulator_kill_and_restart(constant_policy, ros_loopback_env, tmp_path):
+    policy_path, u_policy = constant_policy
+    effort_topic = "/forward_effort_controller/commands"
+    period = 1.0 / RATE
+    harness, domain = quiet_harness(ros_loopback_env, offset=89, command_topics=[effort_topic])
+    env = node_env(domain)
+    logs = {"ur5_sim": tmp_path / "ur5_sim.log", "policy_node": tmp_path / "policy_node.log"}
+    sim_cmd = executable("ur5_sim", "tocpl_ros.nodes.ur5_sim") + ["--ros-args", "-p", f"damping:={SIM_DAMPING}"]
+    policy_cmd = executable("policy_node", "tocpl_ros.nodes.policy_node") + [
+        "--ros-args", "--params-file", str(ROOT / "config" / "policy_node.yaml"),
+        "-p", f"policy_path:={policy_path}", "-p", f"rate:={RATE}", "-p", f"stale_periods:={STALE_PERIODS}",
+        "-p", f"fade_in:={FADE_IN}", "-p", "diagnostics_period:=0.25",
+        "-p", f"initial_target:=[{', '.join(map(str, TARGET))}]",
+    ]
+    procs: dict[str, subprocess.Popen | None] = {"ur5_sim": None, "policy_node": None}
+
+    def is_policy(v: np.ndarray) -> bool:
+        return float(np.abs(v - u_policy).max()) < 1e-6 * max(1.0, float(np.abs(u_policy).max()))
+
+    def policy_driving(since: float) -> bool:
+        after = harness.commands_since(effort_topic, since)
+        return len(after) >= 20 and all(is_policy(v) for _, v in after[-20:])
+
+    try:
+        procs["ur5_sim"] = start(sim_cmd, env, logs["ur5_sim"])
+        procs["policy_node"] = start(policy_cmd, env, logs["policy_node"])
+        policy_pid = procs["policy_node"].pid
+        wait_until(lambda: policy_driving(-math.inf), 60, "the policy driving the simulated arm", procs, logs)
+        figures = []
+        for cycle in range(1, KILL_CYCLES + 1):
+            # -- kill the simulator while the policy drives the arm
+            t_kill = time.monotonic()
+            procs["ur5_sim"].send_signal(signal.SIGKILL)
+            procs["ur5_sim"].wait(timeout=10)
+            time.sleep(0.6)
+            harness.check_alive()
+            t_last = harness.last_joint_state_time()
+            assert t_last is not None and t_last >= t_kill - 0.5, "no joint state in the 0.5 s before the kill"
+            after = harness.commands_since(effort_topic, t_last + 1e-9)
+            dead_time = time.monotonic() - t_last
+            assert len(after) >= 0.5 * RATE * dead_time, (
+                f"cycle {cycle}: the policy node stopped publishing ({len(after)} commands in {dead_time:.2f} s)")
+            values = np.array([v for _, v in after])
+            assert np.isfinite(values).all()
+            # safe = not the policy's command (the safe command itself may vary: 'hold' can follow a
+            # predicted state); from the first safe command on, never the policy's again while stale
+            safe = [float(np.abs(v - u_policy).max()) >= 0.5 * WRIST_OFFSET for v in values]
+            assert safe[-1], f"cycle {cycle}: still the policy's command {dead_time:.2f} s after the last joint state"
+            first = safe.index(True)
+            assert all(safe[first:]), f"cycle {cycle}: the policy's command came back while the data was stale"
+            assert first <= STALE_PERIODS + 2 + STALE_SLACK, (
+                f"cycle {cycle}: {first} commands after the last joint state before the safe command "
+                f"(stale limit {STALE_PERIODS} periods + {STALE_SLACK} slack); commands from the last joint state on "
+                f"(ms: values, the first 12 and every 25th): "
+                + "; ".join(f"{1e3 * (tc - t_last):.1f}: {v.round(3).tolist()}" for i, (tc, v) in enumerate(after)
+                            if i < 12 or i % 25 == 0))
+            latency_ms = 1e3 * (after[first][0] - t_last)
+            diag = harness.last_diag("policy_node", after=t_last + 0.1)
+            assert diag is not None and diag["state"] == "safe" and diag["reason"].startswith("stale joint_states"), diag
+            assert procs["policy_node"].poll() is None and procs["policy_node"].pid == policy_pid
+
+            # -- a new simulator process: fresh joint states, the policy takes over again
+            t_restart = time.monotonic()
+            procs["ur5_sim"] = start(sim_cmd, env, logs["ur5_sim"])
+            t_fresh = wait_until(lambda: (t := harness.last_joint_state_time()) is not None and t > t_restart, 60,
+                                 f"cycle {cycle}: joint states of the new simulator", procs, logs)
+            t_resumed = wait_until(lambda: policy_driving(t_fresh), FADE_IN + 5.0,
+                                   f"cycle {cycle}: the policy's command back after the restart", procs, logs)
+            resumed = harness.commands_since(effort_topic, t_last)
+            values = np.array([v for _, v in resumed])
+            assert np.isfinite(values).all() and (np.abs(values) <= np.array([150, 150, 150, 28, 28, 28]) + 1e-9).all()
+            wait_until(lambda: harness.last_diag("policy_node", after=t_resumed) is not None, 3,
+                       "diagnostics after the resume", procs, logs)
+            diag_after = harness.last_diag("policy_node", after=t_resumed)
+            assert diag_after["state"] in ("running", "fading_in"), diag_after
+            assert procs["policy_node"].poll() is None and procs["policy_node"].pid == policy_pid, "policy node restarted"
+            figures.append((first, latency_ms, t_fresh - t_restart, t_resumed - t_fresh))
+
+        # -- clean exit of the policy node after it all
+        procs["policy_node"].send_signal(signal.SIGINT)
+        assert procs["policy_node"].wait(timeout=20) == 0, tail(logs["policy_node"])
+        diag = harness.last_diag("policy_node")
+        print(f"\nsimulator SIGKILLed and restarted {KILL_CYCLES}x under one policy node (pid {policy_pid}): " + "; ".join(
+            f"cycle {i}: safe after {n} commands / {ms:.1f} ms from the last joint state (limit {STALE_PERIODS} periods = "
+            f"{1e3 * STALE_PERIODS * period:.0f} ms), new sim publishing after {up:.1f} s, policy back {back:.2f} s later"
+            for i, (n, ms, up, back) in enumerate(figures, 1)) + f"; safe.stale ticks {diag.get('safe.stale')}, "
+            f"stamp_resets {diag.get('stamp_resets')}")
+    finally:
+        for proc in procs.values():
+            kill(proc)
+        harness.close()
+
+
+# ------------------------------------------------------------------------ (b) MPC failures
+
+
+@pytest.fixture(scope="module")
+def mpc_policy(tmp_path_factory) -> Path:
+    from tocpl_ros.tasks import load_task
+    from tocpl_training.export import export_onnx
+    from tocpl_training.policy import make_policy
+
+    task = load_task("ur5_reach")
+    return export_onnx(make_policy(task, seed=11).eval(), task, tmp_path_factory.mktemp("faults_mpc") / "policy.onnx")
+
+
+MPC_CASES = {
+    # name: (parameters, fallback reason expected to dominate)
+    "max_iter_1": (["warm_start:=cold", "max_iter:=1"], "max_iter"),
+    "deadline_2ms": (["warm_start:=cold", "max_iter:=1000", "deadline:=0.002"], "deadline"),
+}
+SLOW_ITERATIONS = ["warm_start:=cold", "horizon:=1000", "max_iter:=1000", "deadline:=1.0"]
+"""One Crocoddyl iteration of the ur5_reach OCP at horizon 1000 takes longer than the 10 ms period
+(measured: 4 cold iterations at horizon 100 take 35 ms here), and the 1 s deadline leaves only the
+node's per-period budget to stop the solve."""
+
+
+def run_mpc_case(case: str, params: list[str], offset: int, ros_loopback_env, tmp_path, mpc_policy) -> tuple[dict, str]:
+    """mpc_node with ``params``, valid joint states at 500 Hz, /mpc/command recorded for 3 s.
+    Returns (figures, summary line); asserts what holds whatever the solver does: commands keep
+    coming, finite and within the torque limits, no exception, clean exit."""
+    topic = "/mpc/command"
+    harness, domain = quiet_harness(ros_loopback_env, offset=offset, command_topics=[topic], publish_joint_states=True)
+    logs = {"mpc_node": tmp_path / "mpc_node.log"}
+    cmd = executable("mpc_node", "tocpl_ros.nodes.mpc_node") + [
+        "--ros-args", "--params-file", str(ROOT / "config" / "mpc_node.yaml"), "-p", f"policy_path:={mpc_policy}",
+        "-p", f"initial_target:=[{', '.join(map(str, TARGET))}]", "-p", "diagnostics_period:=0.5",
+    ]
+    for p in params:
+        cmd += ["-p", p]
+    procs = {"mpc_node": None}
+    try:
+        procs["mpc_node"] = start(cmd, node_env(domain), logs["mpc_node"])
+        wait_until(lambda: len(harness.commands_since(topic, -math.inf)) > 30, 120, "first /mpc/command", procs, logs)
+        t_diag0 = time.monotonic()
+        wait_until(lambda: harness.last_diag("mpc_node", after=t_diag0) is not None, 5, "diagnostics", procs, logs)
+        before = harness.last_diag("mpc_node", after=t_diag0)
+        t0 = time.monotonic()
+        time.sleep(3.0)
+        t1 = time.monotonic()
+        wait_until(lambda: harness.last_diag("mpc_node", after=t1) is not None, 5, "diagnostics", procs, logs)
+        diag = harness.last_diag("mpc_node", after=t1)
+        harness.check_alive()
+        window = [(tc, v) for tc, v in harness.commands_since(topic, t0) if tc <= t1]
+        times = np.array([tc for tc, _ in window])
+        values = np.array([v for _, v in window])
+        gaps = np.diff(times)
+        period = 1.0 / MPC_RATE
+
+        def delta(key: str) -> int:
+            return int(diag.get(key, 0)) - int(before.get(key, 0))
+
+        fresh_ticks = delta("ticks") - delta("stale_ticks") - delta("no_state_ticks") - delta("no_target_ticks")
+        figures = {
+            "rate": len(window) / (t1 - t0), "max_gap": float(gaps.max()), "p99_gap": float(np.percentile(gaps, 99)),
+            "gaps_over_2": int((gaps > 2 * period).sum()), "gaps": len(gaps), "fresh_ticks": fresh_ticks,
+            "published": delta("commands_published"), "solve_time_max_ms": float(diag["solve_time_max_ms"]),
+        }
+        summary = (f"{case}: {len(window)} commands in {t1 - t0:.1f} s ({figures['rate']:.1f} Hz), gaps p50 "
+                   f"{1e3 * np.median(gaps):.1f} ms, p99 {1e3 * figures['p99_gap']:.1f} ms, max {1e3 * gaps.max():.1f} ms, "
+                   f"> 2 periods: {figures['gaps_over_2']}/{len(gaps)}; in the window: {fresh_ticks} ticks with fresh data, "
+                   f"{figures['published']} commands published, {delta('solves')} solves, {delta('converged')} converged, "
+                   f"{delta('fallbacks')} fallbacks ("
+                   + ", ".join(f"{k} {delta(k)}" for k in diag if k.startswith("fallback.")) + "), "
+                   f"solve time p50/max {diag['solve_time_p50_ms']}/{diag['solve_time_max_ms']} ms, "
+                   f"short-budget ticks {delta('short_budget_ticks')}, loop period max {diag['loop_period_max_ms']} ms")
+        print("\n" + summary)
+        figures["fallbacks"], figures["converged"], figures["solves"] = delta("fallbacks"), delta("converged"), delta("solves")
+        figures.update({k: delta(k) for k in diag if k.startswith("fallback.")})
+        assert values.shape[1:] == (6,) and np.isfinite(values).all(), summary
+        assert (np.abs(values) <= np.array([150, 150, 150, 28, 28, 28]) + 1e-9).all(), summary
+        text = logs["mpc_node"].read_text()
+        assert "Traceback" not in text and "MPC tick failed" not in text, tail(logs["mpc_node"])
+        assert int(diag.get("tick_errors", 0)) == 0, summary
+        procs["mpc_node"].send_signal(signal.SIGINT)
+        assert procs["mpc_node"].wait(timeout=30) == 0, tail(logs["mpc_node"])
+        return figures, summary
+    finally:
+        kill(procs["mpc_node"])
+        harness.close()
+
+
+def check_command_stream(figures: dict, summary: str) -> None:
+    """The fast loop's view: a command for every tick with fresh data, no solve longer than the
+    period, the rate and the largest gap. The last two also depend on this shared, niced machine
+    (seen: gaps up to 5 periods with solves of at most 8.8 ms, load average 7 on 2 cores)."""
+    period = 1.0 / MPC_RATE
+    assert figures["published"] >= figures["fresh_ticks"] - 1, f"ticks with fresh data but no command: {summary}"
+    assert figures["solve_time_max_ms"] <= 1e3 * period, f"a solve outlasted the period: {summary}"
+    assert figures["rate"] >= 0.7 * MPC_RATE, summary
+    assert figures["max_gap"] <= MAX_GAP_PERIODS * period, summary
+
+
+@pytest.mark.ros
+@pytest.mark.parametrize("case", list(MPC_CASES))
+def test_mpc_failures_keep_the_command_stream(case, mpc_policy, ros_loopback_env, tmp_path):
+    params, reason = MPC_CASES[case]
+    offset = 93 + 2 * list(MPC_CASES).index(case)
+    figures, summary = run_mpc_case(case, params, offset, ros_loopback_env, tmp_path, mpc_policy)
+    assert figures["fallbacks"] > 0 and figures.get(f"fallback.{reason}", 0) > 0, summary
+    assert figures["converged"] <= 0.1 * max(figures["solves"], 1), summary
+    check_command_stream(figures, summary)
+
+
+@pytest.mark.ros
+@pytest.mark.xfail(
+    reason="mpc_node runs the Crocoddyl solve inside its timer callback and tocpl_ros/mpc.py can only stop it "
+    "between iterations: when one iteration takes longer than the period (horizon 1000 here), every retry of the "
+    "skip estimate (decaying 10 % per skipped cycle) blocks the command stream for more than a period",
+    raises=AssertionError, strict=True,
+)
+def test_mpc_iteration_longer_than_the_period_keeps_the_command_stream(mpc_policy, ros_loopback_env, tmp_path):
+    figures, summary = run_mpc_case("slow_iterations", SLOW_ITERATIONS, 99, ros_loopback_env, tmp_path, mpc_policy)
+    assert figures["fallbacks"] > 0, summary
+    check_command_stream(figures, summary)
