@@ -59,7 +59,7 @@ POLICY_NODES = {  # node name -> extra parameters
                       f"initial_target:=[{', '.join(map(str, TARGET))}]"],
 }
 MODE_OF = {"fuzz_effort": "effort", "fuzz_velocity": "velocity", "fuzz_position": "position"}
-ERROR_MARKERS = ("Traceback", "internal error", "MPC tick failed", "publishing failed", "publishing the command failed")
+ERROR_MARKERS = ("Traceback", "callback failed", "internal error", "MPC tick failed", "publishing failed", "publishing the command failed")
 
 
 def urdf_limits() -> dict[str, np.ndarray]:
