@@ -57,7 +57,7 @@ setup(
     package_dir={"tocpl_training": "training"},
     data_files=data_files,
     install_requires=["numpy", "pyyaml"],
-    extras_require={"test": ["pytest"]},
+    extras_require={"test": ["pytest"], "ray": ["ray"]},  # ray: the OC phase on Ray (docs/ray.md)
     zip_safe=False,
     entry_points={
         "console_scripts": [
@@ -66,6 +66,7 @@ setup(
             "tocpl-train = tocpl_training.cli:main",
             "tocpl-train-bench = tocpl_training.benchmark:main",
             "tocpl-bench = tocpl_training.compare:main",
+            "tocpl-oc-bench = tocpl_training.oc_benchmark:main",
             "tocpl-mpc-bench = tocpl_ros.mpc_benchmark:main",
             "tocpl-load-bench = tocpl_ros.load_benchmark:main",
             # ROS 2 nodes (ros2 run tocpl_ros <name>) and the launch-free bring-up

@@ -9,6 +9,7 @@ from tocpl_ros.config import FieldError
 ALGORITHMS = ("pddp", "plal", "pods", "dpl")
 MU_SCHEDULES = ("fixed", "bcl")
 WARM_STARTS = ("policy", "previous", "cold")
+BACKENDS = ("process", "ray")
 
 
 @dataclass
@@ -72,6 +73,13 @@ class TrainConfig:
     """Seed of the policy initialisation, the problem sampling and the Sobolev directions."""
     workers: int = 0
     """Worker processes of the OC phase: 0 = one per core, 1 = in-process."""
+    backend: str = "process"
+    """Where the OC phase runs: 'process' (a spawn process pool on this machine) or 'ray' (one Ray actor per
+    worker, on a local Ray instance or on the cluster at ray_address; needs the 'ray' extra, see docs/ray.md).
+    Same seed, same result on either. With 'ray', workers = 0 means one per CPU of the Ray cluster."""
+    ray_address: str = ""
+    """backend 'ray': address of a running Ray cluster (head 'IP:6379', or 'auto' on a cluster node); empty:
+    start a local Ray instance on loopback for the run and shut it down at the end."""
 
     def __post_init__(self) -> None:
         if self.algo not in ALGORITHMS:
@@ -96,6 +104,10 @@ class TrainConfig:
             raise FieldError("sobolev_weight", f"must be >= 0, got {self.sobolev_weight}")
         if self.workers < 0:
             raise FieldError("workers", f"must be >= 0, got {self.workers}")
+        if self.backend not in BACKENDS:
+            raise FieldError("backend", f"unknown OC phase backend '{self.backend}' (known: {', '.join(BACKENDS)})")
+        if self.ray_address and self.backend != "ray":
+            raise FieldError("ray_address", f"is only used with backend 'ray' (backend is '{self.backend}')")
         if not self.hidden or any(h < 1 for h in self.hidden):
             raise FieldError("hidden", f"needs at least one positive width, got {self.hidden}")
 

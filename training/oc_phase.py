@@ -1,10 +1,25 @@
-"""The OC phase: N independent OCPs solved in a pool of worker processes.
+"""The OC phase: N independent OCPs solved in a pool of workers.
 
 Each worker builds its task and its Crocoddyl problems once and re-targets them
 (x0, target, consensus terms) for every job. Jobs are split into contiguous
 chunks, one per worker, and every problem is solved by the same deterministic
 solver whatever the chunking: the same seed gives the same result for any
-worker count.
+worker count and either backend.
+
+Backends (``TrainConfig.backend``):
+
+* ``process`` (default): a ``spawn`` process pool on this machine (workers = 1:
+  in the driver process, no pool).
+* ``ray``: one Ray actor per worker, on a local Ray instance started here (on
+  loopback, no dashboard, no usage reporting, shut down by ``close()``) or on the
+  cluster at ``ray_address``. Needs the ``ray`` extra; see docs/ray.md.
+
+Crocoddyl threads: this Crocoddyl build has OpenMP, and a ShootingProblem built
+while no Python-derived model exists in the process gets nthreads = 2. Those
+threads busy-wait, so next to other busy processes (a second worker, a loaded
+machine) each solve slows down many-fold (measured: 173 ms instead of 10.5 ms
+per UR5 solve on a loaded 2-core machine). The workers are the parallelism:
+their problems run with one Crocoddyl thread (``crocoddyl_threads``).
 """
 
 from __future__ import annotations
@@ -17,10 +32,15 @@ from typing import Any
 
 import numpy as np
 
-from tocpl_ros.config import load_dataclass
+from tocpl_ros.config import ConfigError, load_dataclass
 from tocpl_ros.ocp import OCSolution, solve
 from tocpl_ros.tasks import DynamicsCounter, Problems, Task, make_task
 from tocpl_ros.tasks.config import SolverConfig, TaskConfig
+
+from .config import BACKENDS
+
+RAY_EXTRA_HINT = "pip install 'tocpl_ros[ray]' (or: pip install ray)"
+LOOPBACK = ("127.0.0.1", "::1", "localhost")
 
 
 @dataclass
@@ -48,12 +68,13 @@ class OCRequest:
 
 
 class _Worker:
-    """Per-process state: the task and its problems, built once."""
+    """Per-worker state: the task and its problems, built once."""
 
-    def __init__(self, task_name: str, task_config: dict, constrained: bool):
+    def __init__(self, task_name: str, task_config: dict, constrained: bool, crocoddyl_threads: int | None = 1):
         config = load_dataclass(TaskConfig, task_config, source=f"task {task_name}")
         self.task: Task = make_task(task_name, config)
         self.constrained = constrained
+        self.crocoddyl_threads = crocoddyl_threads
         self.problems: dict[str, Any] = {}
 
     def problem_for(self, request: OCRequest, job: OCJob):
@@ -61,6 +82,8 @@ class _Worker:
         nominal = Problems(job.x0[None], job.target[None])
         if request.mode not in self.problems:
             shooting = self.task.build_problem(nominal, constrained=self.constrained)
+            if self.crocoddyl_threads and shooting.nthreads != self.crocoddyl_threads:
+                shooting.nthreads = self.crocoddyl_threads
             self.problems[request.mode] = (shooting, attach_terms(self.task, shooting, request))
         shooting, terms = self.problems[request.mode]
         if terms is None:
@@ -84,6 +107,14 @@ class _Worker:
                     sol = cold
             results.append((sol, counter.steps))
         return results
+
+    def run_parts(self, jobs: list[OCJob], solver: SolverConfig, mode: str, shared: dict) -> list[tuple[OCSolution, int]]:
+        """``run`` with the request in parts: Ray resolves ``shared`` from the object store."""
+        return self.run(OCRequest(jobs, solver, mode, shared))
+
+    def info(self) -> dict:
+        """Where this worker runs and how many Crocoddyl threads its problems use."""
+        return {"pid": os.getpid(), "threads": {m: int(p[0].nthreads) for m, p in self.problems.items()}}
 
 
 def attach_terms(task: Task, shooting, request: OCRequest):
@@ -111,10 +142,10 @@ def configure_terms(terms, request: OCRequest, job: OCJob) -> None:
 _WORKER: _Worker | None = None
 
 
-def _init_worker(task_name: str, task_config: dict, constrained: bool) -> None:
+def _init_worker(task_name: str, task_config: dict, constrained: bool, crocoddyl_threads: int | None = 1) -> None:
     global _WORKER
     os.environ.setdefault("OMP_NUM_THREADS", "1")
-    _WORKER = _Worker(task_name, task_config, constrained)
+    _WORKER = _Worker(task_name, task_config, constrained, crocoddyl_threads)
 
 
 def _run_chunk(request: OCRequest) -> list[tuple[OCSolution, int]]:
@@ -122,31 +153,116 @@ def _run_chunk(request: OCRequest) -> list[tuple[OCSolution, int]]:
     return _WORKER.run(request)
 
 
-class OCPhaseRunner:
-    """Solves OCRequests serially (workers=1) or in a process pool."""
+def split_request(request: OCRequest, parts: int) -> list[OCRequest]:
+    """Contiguous chunks of the request's jobs, one per worker (empty ones dropped)."""
+    chunks = np.array_split(np.arange(len(request.jobs)), parts)
+    return [OCRequest([request.jobs[i] for i in chunk], request.solver, request.mode, request.shared)
+            for chunk in chunks if len(chunk)]
 
-    def __init__(self, task: Task, constrained: bool, workers: int = 0):
+
+def import_ray(local: bool):
+    """Import Ray with usage reporting off; for a local instance, make it bind loopback only.
+
+    Ray picks the node's address when it is imported (``RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER``,
+    default on for Linux, makes a local instance advertise and listen on the primary
+    interface). Setting it to 0 makes ``ray.init()`` use 127.0.0.1 for every service.
+    """
+    os.environ["RAY_USAGE_STATS_ENABLED"] = "0"
+    if local:
+        os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
+    try:
+        import ray
+    except ImportError as exc:
+        raise ConfigError("", "backend", f"the Ray backend needs the optional 'ray' extra, which is not installed "
+                          f"({exc}); install it with: {RAY_EXTRA_HINT}") from exc
+    if local:
+        from ray._private import ray_constants
+
+        # ray imported earlier without the variable: the constant is read at call time
+        ray_constants.ENABLE_RAY_CLUSTER = False
+    return ray
+
+
+class RayPool:
+    """One Ray actor per worker, each holding a _Worker (its task and problems, built once)."""
+
+    def __init__(self, args: tuple, workers: int, address: str = ""):
+        ray = import_ray(local=not address)
+        self.ray = ray
+        self.owns_instance = False
+        if not ray.is_initialized():
+            common = dict(include_dashboard=False, logging_level="WARNING", log_to_driver=False)
+            if address:
+                ray.init(address=address, **common)
+            else:
+                ctx = ray.init(address="local", num_cpus=workers or os.cpu_count() or 1, **common)
+                node_ip = ctx.address_info["node_ip_address"]
+                if node_ip not in LOOPBACK:
+                    ray.shutdown()
+                    raise RuntimeError(f"the local Ray instance came up on {node_ip}, not on loopback")
+            self.owns_instance = True
+        cpus = int(ray.cluster_resources().get("CPU", 0))
+        self.size = workers or cpus or 1
+        if self.size > cpus:
+            self.close()
+            raise ConfigError("", "workers", f"{self.size} Ray workers need {self.size} CPUs; the Ray cluster has {cpus}")
+        actor = ray.remote(num_cpus=1)(_Worker)
+        self.actors = [actor.remote(*args) for _ in range(self.size)]
+
+    def solve(self, request: OCRequest) -> list[tuple[OCSolution, int]]:
+        ray = self.ray
+        parts = split_request(request, len(self.actors))
+        shared = ray.put(request.shared)  # once in the object store, fetched once per node
+        refs = [a.run_parts.remote(p.jobs, p.solver, p.mode, shared) for a, p in zip(self.actors, parts)]
+        return [r for part in ray.get(refs) for r in part]
+
+    def info(self) -> list[dict]:
+        return self.ray.get([a.info.remote() for a in self.actors])
+
+    def close(self) -> None:
+        for a in getattr(self, "actors", []):
+            self.ray.kill(a)
+        self.actors = []
+        if self.owns_instance and self.ray.is_initialized():
+            self.ray.shutdown()
+        self.owns_instance = False
+
+
+class OCPhaseRunner:
+    """Solves OCRequests in-process (process backend, workers=1), in a process pool, or on Ray actors.
+
+    ``workers`` = 0: one per core (process) or per CPU of the Ray cluster (ray).
+    ``pool`` (process backend): force a pool (True) or the driver process (False);
+    None: a pool when workers > 1. ``crocoddyl_threads``: ShootingProblem.nthreads of
+    the workers' problems (None keeps Crocoddyl's default).
+    """
+
+    def __init__(self, task: Task, constrained: bool, workers: int = 0, backend: str = "process",
+                 ray_address: str = "", *, pool: bool | None = None, crocoddyl_threads: int | None = 1):
+        if backend not in BACKENDS:
+            raise ConfigError("", "backend", f"unknown OC phase backend '{backend}' (known: {', '.join(BACKENDS)})")
+        self.backend = backend
+        args = (task.name, _config_dict(task), constrained, crocoddyl_threads)
+        self._local = self._pool = self._ray = None
+        if backend == "ray":
+            self._ray = RayPool(args, workers, ray_address)
+            self.workers = self._ray.size
+            return
         self.workers = workers or os.cpu_count() or 1
-        args = (task.name, _config_dict(task), constrained)
-        if self.workers == 1:
+        if not (self.workers > 1 if pool is None else pool):
             self._local = _Worker(*args)
-            self._pool = None
         else:
-            self._local = None
             # spawn: torch in the parent process makes fork unsafe
             self._pool = ProcessPoolExecutor(self.workers, mp_context=mp.get_context("spawn"), initializer=_init_worker, initargs=args)
 
     def solve(self, request: OCRequest, counter: DynamicsCounter | None = None) -> list[OCSolution]:
-        if self._pool is None:
+        if self._ray is not None:
+            results = self._ray.solve(request)
+        elif self._pool is None:
             results = self._local.run(request)
         else:
-            chunks = np.array_split(np.arange(len(request.jobs)), self.workers)
-            requests = [
-                OCRequest([request.jobs[i] for i in chunk], request.solver, request.mode, request.shared)
-                for chunk in chunks
-                if len(chunk)
-            ]
-            results = [r for part in self._pool.map(_run_chunk, requests) for r in part]
+            parts = split_request(request, self.workers)
+            results = [r for part in self._pool.map(_run_chunk, parts) for r in part]
         if counter is not None:
             counter.add(sum(steps for _, steps in results), "oc_solver")
         return [sol for sol, _ in results]
@@ -155,6 +271,9 @@ class OCPhaseRunner:
         if self._pool is not None:
             self._pool.shutdown(cancel_futures=True)
             self._pool = None
+        if self._ray is not None:
+            self._ray.close()
+            self._ray = None
 
     def __enter__(self):
         return self

@@ -97,7 +97,8 @@ class Trainer:
         torch.manual_seed(config.seed)
         self.policy = make_policy(self.task, config.seed, hidden=config.hidden)
         self.counter = DynamicsCounter()
-        self.runner = OCPhaseRunner(self.task, constrained=config.constrained, workers=config.workers)
+        self.runner = OCPhaseRunner(self.task, constrained=config.constrained, workers=config.workers,
+                                   backend=config.backend, ray_address=config.ray_address)
         self.algorithm = make_algorithm(self.task, self.policy, config, self.runner, self.counter)
         self.metrics: list[dict[str, float]] = []
         self.wall_time = 0.0
