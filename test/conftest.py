@@ -9,7 +9,14 @@ import os
 
 import pytest
 
-from tocpl_ros.ros_env import DISCOVERY_RANGE_VAR, LOOPBACK_RANGE, apply_loopback_defaults
+from tocpl_ros.ros_env import (
+    DISCOVERY_RANGE_VAR,
+    DOMAIN_ID_VAR,
+    LOOPBACK_RANGE,
+    apply_loopback_defaults,
+    derive_domain_id,
+    loopback_ros_env,
+)
 
 os.environ[DISCOVERY_RANGE_VAR] = LOOPBACK_RANGE
 _ROS_TEST_ENV = apply_loopback_defaults()
@@ -21,3 +28,18 @@ def ros_loopback_env():
     os.environ[DISCOVERY_RANGE_VAR] = LOOPBACK_RANGE
     os.environ.update(_ROS_TEST_ENV)
     return dict(_ROS_TEST_ENV)
+
+
+@pytest.fixture
+def ros_node_env(ros_loopback_env):
+    """For node tests: ``ros_node_env(offset)`` → (domain, env) for a node subprocess on a
+    domain of its own (derived from the run's and ``offset``), DDS on loopback."""
+
+    def make(offset: int) -> tuple[int, dict[str, str]]:
+        domain = derive_domain_id(int(ros_loopback_env[DOMAIN_ID_VAR]) + offset)
+        base = {k: v for k, v in os.environ.items() if k != DISCOVERY_RANGE_VAR}
+        env = loopback_ros_env(base, domain_id=domain)
+        assert env[DISCOVERY_RANGE_VAR] == LOOPBACK_RANGE
+        return domain, env
+
+    return make

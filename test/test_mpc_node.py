@@ -9,7 +9,7 @@ these tests are about the node's timing and fallback, not precision.
 from __future__ import annotations
 
 import math
-import os
+import signal
 import subprocess
 import sys
 import threading
@@ -21,7 +21,6 @@ import pytest
 import yaml
 
 from tocpl_ros.policy_file import OnnxPolicy, read_onnx_metadata
-from tocpl_ros.ros_env import DISCOVERY_RANGE_VAR, DOMAIN_ID_VAR, derive_domain_id, loopback_ros_env
 from tocpl_ros.tasks import load_task
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -46,17 +45,6 @@ def policy_file(tmp_path_factory) -> Path:
 def node_command() -> list[str]:
     script = Path(sys.executable).parent / "mpc_node"  # the console script
     return [str(script)] if script.is_file() else [sys.executable, "-m", "tocpl_ros.nodes.mpc_node"]
-
-
-def node_env(domain: int) -> dict[str, str]:
-    base = {k: v for k, v in os.environ.items() if k != DISCOVERY_RANGE_VAR}
-    env = loopback_ros_env(base, domain_id=domain)
-    assert env[DISCOVERY_RANGE_VAR] == "LOCALHOST"
-    return env
-
-
-def domain_for(ros_loopback_env, offset: int) -> int:
-    return derive_domain_id(int(ros_loopback_env[DOMAIN_ID_VAR]) + offset)
 
 
 def stop_process(proc: subprocess.Popen) -> None:
@@ -170,7 +158,7 @@ class Harness:
         self.rclpy.try_shutdown(context=self.context)
 
 
-def start_node(policy_file: Path, domain: int, log: Path, *extra: str) -> subprocess.Popen:
+def start_node(policy_file: Path, env: dict[str, str], log: Path, *extra: str) -> subprocess.Popen:
     args = [
         "--ros-args",
         "--params-file", str(ROOT / "config" / "mpc_node.yaml"),
@@ -179,7 +167,7 @@ def start_node(policy_file: Path, domain: int, log: Path, *extra: str) -> subpro
         *extra,
     ]
     with open(log, "w") as out:
-        return subprocess.Popen(node_command() + args, env=node_env(domain), stdout=out, stderr=subprocess.STDOUT)
+        return subprocess.Popen(node_command() + args, env=env, stdout=out, stderr=subprocess.STDOUT)
 
 
 def measure_rate(harness: Harness, seconds: float = 2.0) -> tuple[float, np.ndarray]:
@@ -303,11 +291,11 @@ def test_node_process_does_not_import_torch():
 
 
 @pytest.mark.ros
-def test_mpc_node_commands_feedback_and_diagnostics(policy_file, ros_loopback_env, tmp_path):
-    domain = domain_for(ros_loopback_env, 61)
+def test_mpc_node_commands_feedback_and_diagnostics(policy_file, ros_node_env, tmp_path):
+    domain, env = ros_node_env(61)
     md = read_onnx_metadata(policy_file)
     log = tmp_path / "mpc_node.log"
-    proc = start_node(policy_file, domain, log)
+    proc = start_node(policy_file, env, log)
     harness = None
     try:
         harness = Harness(domain)
@@ -371,12 +359,12 @@ def test_mpc_node_commands_feedback_and_diagnostics(policy_file, ros_loopback_en
 
 
 @pytest.mark.ros
-def test_mpc_node_impossible_deadline_falls_back_to_the_policy(policy_file, ros_loopback_env, tmp_path):
-    domain = domain_for(ros_loopback_env, 67)
+def test_mpc_node_impossible_deadline_falls_back_to_the_policy(policy_file, ros_node_env, tmp_path):
+    domain, env = ros_node_env(67)
     md = read_onnx_metadata(policy_file)
     u_policy = np.clip(OnnxPolicy(policy_file)(np.concatenate([Q0, np.zeros(6), TARGET])), md.u_min, md.u_max)
     log = tmp_path / "mpc_node.log"
-    proc = start_node(policy_file, domain, log, "-p", "deadline:=0.000001")
+    proc = start_node(policy_file, env, log, "-p", "deadline:=0.000001")
     harness = None
     try:
         harness = Harness(domain)
@@ -402,6 +390,11 @@ def test_mpc_node_impossible_deadline_falls_back_to_the_policy(policy_file, ros_
         from diagnostic_msgs.msg import DiagnosticStatus
 
         assert levels[-1] == DiagnosticStatus.WARN
+
+        # SIGTERM: a clean exit (status 0) through the shared runtime
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=15)
+        assert proc.returncode == 0 and "shutting down" in log.read_text(), log.read_text()[-3000:]
     finally:
         stop_process(proc)
         if harness is not None:
@@ -409,13 +402,13 @@ def test_mpc_node_impossible_deadline_falls_back_to_the_policy(policy_file, ros_
 
 
 @pytest.mark.ros
-def test_mpc_node_shifted_warm_start_converges(policy_file, ros_loopback_env, tmp_path):
+def test_mpc_node_shifted_warm_start_converges(policy_file, ros_node_env, tmp_path):
     """With the robot held still, the shifted warm start refines the previous solution cycle
     after cycle: converged solves get published with their feedback gain (K != 0)."""
-    domain = domain_for(ros_loopback_env, 71)
+    domain, env = ros_node_env(71)
     md = read_onnx_metadata(policy_file)
     log = tmp_path / "mpc_node.log"
-    proc = start_node(policy_file, domain, log, "-p", "warm_start:=shifted")
+    proc = start_node(policy_file, env, log, "-p", "warm_start:=shifted")
     harness = None
     try:
         harness = Harness(domain)

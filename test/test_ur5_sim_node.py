@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import re
 import subprocess
 import sys
@@ -15,7 +14,6 @@ import pinocchio as pin
 import pytest
 
 from tocpl_ros.resources import urdf_path
-from tocpl_ros.ros_env import DISCOVERY_RANGE_VAR, DOMAIN_ID_VAR, derive_domain_id, loopback_ros_env
 from tocpl_ros.sim import load_sim_config
 
 pytestmark = pytest.mark.ros
@@ -132,12 +130,9 @@ class Probe:
             self.rclpy.try_shutdown(context=self.context)
 
 
-def test_ur5_sim_node_end_to_end(ros_loopback_env):
+def test_ur5_sim_node_end_to_end(ros_node_env):
     t_start = time.monotonic()
-    domain = derive_domain_id(int(ros_loopback_env[DOMAIN_ID_VAR]) + 53)  # own domain
-    base = {k: v for k, v in os.environ.items() if k != DISCOVERY_RANGE_VAR}
-    env = loopback_ros_env(base, domain_id=domain)
-    assert env[DISCOVERY_RANGE_VAR] == "LOCALHOST"
+    domain, env = ros_node_env(53)  # own domain
 
     model = pin.buildModelFromUrdf(str(urdf_path("ur5")))
     data = model.createData()
