@@ -3,7 +3,7 @@
 Every config of the project is a dataclass whose fields carry an attribute
 docstring (the string literal right under the field, as in CleanRL's ``Args``).
 ``load_dataclass`` checks a YAML mapping against such a class: unknown keys,
-wrong types and malformed files raise a :class:`ConfigError` that names the
+wrong types, non-finite numbers (.nan, .inf) and malformed files raise a :class:`ConfigError` that names the
 file and the dotted key, so a typo never silently falls back to a default.
 """
 
@@ -13,6 +13,7 @@ import ast
 import dataclasses
 import functools
 import inspect
+import math
 import re
 import textwrap
 import types
@@ -193,12 +194,14 @@ def _coerce(value: Any, tp: Any, source: str, key: str) -> Any:
     if origin in (typing.Union, types.UnionType):
         if value is None and type(None) in args:
             return None
-        errors = []
-        for option in (a for a in args if a is not type(None)):
+        options = [a for a in args if a is not type(None)]
+        if len(options) == 1:  # X | None: X's own message is the precise one
+            return _coerce(value, options[0], source, key)
+        for option in options:
             try:
                 return _coerce(value, option, source, key)
-            except ConfigError as exc:
-                errors.append(exc)
+            except ConfigError:
+                pass
         raise ConfigError(source, key, f"expected {_type_name(tp)}, got {value!r}")
     if dataclasses.is_dataclass(tp):
         return load_dataclass(tp, value, source, key)
@@ -210,6 +213,8 @@ def _coerce(value: Any, tp: Any, source: str, key: str) -> Any:
             return value
     elif tp is float:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
+            if not math.isfinite(value):  # .nan/.inf in YAML: no setting of this project means that
+                raise ConfigError(source, key, f"expected a finite number, got {value!r}")
             return float(value)
     elif tp is str:
         if isinstance(value, str):

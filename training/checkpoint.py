@@ -7,6 +7,7 @@ only. numpy arrays are stored as tensors.
 
 from __future__ import annotations
 
+import io
 import os
 import tempfile
 from pathlib import Path
@@ -28,13 +29,44 @@ class CheckpointError(ValueError):
     """A checkpoint file is missing, unreadable or not a tocpl_ros checkpoint."""
 
 
+class WriteError(OSError):
+    """A run-folder file could not be written (disk full, read-only, not a folder...).
+
+    The message names the file and the reason; the previous version of the file,
+    if any, is left as it was.
+    """
+
+
+TEMP_SUFFIX = ".tmp"
+
+
+def temp_prefix(path: Path) -> str:
+    """Prefix of the temporary files ``atomic_write`` creates beside ``path``."""
+    return f".{path.name}."
+
+
+def remove_stale_temps(folder: str | Path, names: list[str]) -> list[Path]:
+    """Delete temporary files left by a process killed inside ``atomic_write`` (returns them)."""
+    stale = []
+    for name in names:
+        for tmp in Path(folder).glob(f"{temp_prefix(Path(name))}*{TEMP_SUFFIX}"):
+            tmp.unlink(missing_ok=True)
+            stale.append(tmp)
+    return stale
+
+
 def atomic_write(path: str | Path, write) -> None:
-    """Call ``write(tmp_path)`` then rename over ``path``: never a partial file under the final name."""
+    """Call ``write(tmp_path)`` then rename over ``path``: never a partial file under the final name.
+
+    An OSError (ENOSPC, EROFS, EFBIG...) becomes a :class:`WriteError` naming ``path``;
+    any failure removes the temporary file and leaves an existing ``path`` untouched.
+    """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
+    tmp = None
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=temp_prefix(path), suffix=TEMP_SUFFIX)
+        os.close(fd)
         write(tmp)
         with open(tmp, "rb") as f:
             os.fsync(f.fileno())
@@ -42,9 +74,39 @@ def atomic_write(path: str | Path, write) -> None:
         os.umask(umask)
         os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; a run folder is meant to be shared
         os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+        tmp = None
+        _fsync_dir(path.parent)  # the rename itself survives a power cut
+    except OSError as exc:
+        if isinstance(exc, WriteError):
+            raise
+        reason = exc.strerror or str(exc)
+        raise WriteError(exc.errno, f"cannot write {path}: {reason} (any previous {path.name} is unchanged)") from exc
+    finally:
+        if tmp is not None:
+            Path(tmp).unlink(missing_ok=True)
+
+
+def atomic_write_bytes(path: str | Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` atomically (serialise in memory first, so disk errors are plain OSErrors)."""
+
+    def write(tmp):
+        with open(tmp, "wb") as f:
+            f.write(data)
+
+    atomic_write(path, write)
+
+
+def _fsync_dir(folder: Path) -> None:
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass  # some file systems refuse fsync on a directory; the rename is still atomic
+    finally:
+        os.close(fd)
 
 
 def to_storable(obj: Any) -> Any:
@@ -73,7 +135,9 @@ def from_storable(obj: Any) -> Any:
 
 def save_checkpoint(path: str | Path, payload: dict[str, Any]) -> None:
     data = {"format": FORMAT, **to_storable(payload)}
-    atomic_write(path, lambda tmp: torch.save(data, tmp))
+    buffer = io.BytesIO()
+    torch.save(data, buffer)  # in memory: a full disk then fails in our own write, with its errno
+    atomic_write_bytes(path, buffer.getvalue())
 
 
 def load_checkpoint(path: str | Path) -> dict[str, Any]:

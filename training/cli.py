@@ -22,7 +22,7 @@ from tocpl_ros.resources import config_path
 
 from .checkpoint import CheckpointError
 from .config import TrainConfig
-from .trainer import Trainer
+from .trainer import POLICY, Trainer
 
 
 def default_config_file(task: str) -> Path | None:
@@ -70,7 +70,32 @@ def resolve_config(args: argparse.Namespace) -> TrainConfig:
         if "task" in data and "task" in cli and data["task"] != cli["task"] and args.config is None:
             data.pop("task")
     data.update(cli)
-    return load_dataclass(TrainConfig, data, source=source)
+    try:
+        return load_dataclass(TrainConfig, data, source=source)
+    except ConfigError as exc:
+        field = exc.key.split(".")[0].split("[")[0]
+        if field in cli and source != "command line":  # the bad value came from a flag, not the file
+            flag = "--" + field.replace("_", "-")
+            raise ConfigError(f"command line ({flag})", exc.key, str(exc).split(f"'{exc.key}': ", 1)[-1]) from exc
+        raise
+
+
+RESUME_FLAGS = ("iterations", "workers")
+"""TrainConfig fields a resumed run may change; every other setting is the checkpoint's."""
+
+
+def resume_changes(args: argparse.Namespace) -> dict:
+    """The --iterations/--workers of a --resume; any other setting is refused rather than ignored."""
+    ignored = [f.name for f in dataclasses.fields(TrainConfig)
+               if getattr(args, f.name) is not None and f.name not in RESUME_FLAGS]
+    ignored += [name for name in ("out", "config") if getattr(args, name) is not None]
+    ignored += ["task_set"] if args.task_set else []
+    if ignored:
+        flags = ", ".join("--" + name.replace("_", "-") for name in ignored)
+        raise ConfigError("command line", "resume",
+                          f"{flags} cannot be changed when resuming (only --iterations and --workers can); "
+                          f"the run keeps the settings stored in its checkpoint")
+    return {name: getattr(args, name) for name in RESUME_FLAGS if getattr(args, name) is not None}
 
 
 def progress_line(row: dict, config: TrainConfig, unit: str) -> str:
@@ -90,9 +115,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         if args.resume is not None:
-            changes = {f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig)
-                       if getattr(args, f.name) is not None and f.name in ("iterations", "workers")}
-            trainer = Trainer.resume(args.resume, **changes)
+            trainer = Trainer.resume(args.resume, **resume_changes(args))
         else:
             config = resolve_config(args)
             out = args.out or Path("runs") / Path(config.task).stem
@@ -104,17 +127,22 @@ def main(argv: list[str] | None = None) -> int:
     config = trainer.config
     print(f"tocpl-train: {config.variant} on {trainer.task.name} -> {trainer.out_dir}")
     report = None if args.quiet else (lambda row: print(progress_line(row, config, trainer.task.error_unit), flush=True))
+    resume_hint = f"resume with: tocpl-train --resume {trainer.out_dir}"
     try:
         trainer.run(report)
-    except ConfigError as exc:
+        from .export import export_onnx
+
+        onnx_path = export_onnx(trainer.policy, trainer.task, trainer.out_dir / POLICY, to_dict(config))
+    except ConfigError as exc:  # the preflight of the run folder: nothing was trained
         print(f"tocpl-train: {exc}", file=sys.stderr)
         return 2
+    except OSError as exc:  # disk full, folder removed or made read-only during the run
+        print(f"tocpl-train: {exc}\ntocpl-train: stopped; the checkpoint holds the last completed iteration; "
+              f"fix the cause and {resume_hint}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
-        print(f"tocpl-train: interrupted; resume with: tocpl-train --resume {trainer.out_dir}", file=sys.stderr)
+        print(f"tocpl-train: interrupted; {resume_hint}", file=sys.stderr)
         return 130
-    from .export import export_onnx
-
-    onnx_path = export_onnx(trainer.policy, trainer.task, trainer.out_dir / "policy.onnx", to_dict(config))
     print(f"tocpl-train: policy exported to {onnx_path}")
     return 0
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 from tocpl_ros.config import FieldError
@@ -88,8 +89,15 @@ class TrainConfig:
             raise FieldError("warm_start", f"unknown warm start '{self.warm_start}' (known: {', '.join(WARM_STARTS)})")
         if self.mu_schedule not in MU_SCHEDULES:
             raise FieldError("mu_schedule", f"unknown schedule '{self.mu_schedule}' (known: {', '.join(MU_SCHEDULES)})")
-        if self.mu_growth <= 1 or self.mu_max < self.mu:
-            raise FieldError("mu_growth", "needs mu_growth > 1 and mu_max >= mu")
+        for name in ("sobolev_weight", "oc_th_stop", "mu", "mu_growth", "mu_max", "learning_rate"):
+            if not math.isfinite(getattr(self, name)):  # direct construction skips the YAML loader's check
+                raise FieldError(name, f"must be a finite number, got {getattr(self, name)}")
+        if self.learning_rate_final is not None and not math.isfinite(self.learning_rate_final):
+            raise FieldError("learning_rate_final", f"must be a finite number, got {self.learning_rate_final}")
+        if self.mu_growth <= 1:
+            raise FieldError("mu_growth", f"must be > 1, got {self.mu_growth}")
+        if self.mu_max < self.mu:
+            raise FieldError("mu_max", f"must be >= mu ({self.mu}), got {self.mu_max}")
         if self.multiple_shooting and self.algo != "plal":
             raise FieldError("multiple_shooting", "multiple shooting (+M) is a variant of plal")
         for name in ("iterations", "problems", "replay", "oc_max_iter", "epochs", "batch_size", "eval_problems"):
@@ -102,6 +110,11 @@ class TrainConfig:
             raise FieldError("learning_rate_final", f"must be > 0, got {self.learning_rate_final}")
         if self.sobolev_weight < 0:
             raise FieldError("sobolev_weight", f"must be >= 0, got {self.sobolev_weight}")
+        for name in ("seed", "eval_seed"):
+            if getattr(self, name) < 0:  # numpy's generators take non-negative seeds only
+                raise FieldError(name, f"must be >= 0, got {getattr(self, name)}")
+        if not self.task:
+            raise FieldError("task", "empty task name")
         if self.workers < 0:
             raise FieldError("workers", f"must be >= 0, got {self.workers}")
         if self.backend not in BACKENDS:

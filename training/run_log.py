@@ -3,17 +3,20 @@
 from __future__ import annotations
 
 import csv
+import io
 from pathlib import Path
 
 import numpy as np
 
-from .checkpoint import atomic_write
+from .checkpoint import atomic_write_bytes
 
 METRICS = "metrics.csv"
 CURVE = "learning_curve.png"
 
 
 class RunLog:
+    """The human-facing records of a run; the checkpoint's metrics are the source of truth."""
+
     def __init__(self, out_dir: Path, title: str, error_unit: str):
         self.out_dir = out_dir
         self.title = title
@@ -23,30 +26,45 @@ class RunLog:
     def write(self, rows: list[dict[str, float]]) -> None:
         """Rewrite the CSV and the curve from all rows; append the newest row to TensorBoard."""
         self._write_csv(rows)
-        self._write_tensorboard(rows[-1])
+        self._write_tensorboard(rows[-1:])
+        self._write_curve(rows)
+
+    def restart(self, rows: list[dict[str, float]]) -> None:
+        """On resume: make every record equal to the checkpoint's ``rows``.
+
+        A run killed after its last checkpoint may have logged a row the checkpoint
+        does not hold (or the reverse); that iteration is run again, so the CSV and
+        the curve are rewritten and TensorBoard is told to forget every earlier step
+        (``purge_step``) before the rows are written again: no duplicated iteration.
+        """
+        if not rows:
+            return
+        self._write_csv(rows)
+        self._write_tensorboard(rows, purge_from=1)
         self._write_curve(rows)
 
     def _write_csv(self, rows):
         keys = list(dict.fromkeys(k for row in rows for k in row))
+        text = io.StringIO()
+        writer = csv.DictWriter(text, fieldnames=keys)
+        writer.writeheader()
+        writer.writerows(rows)
+        atomic_write_bytes(self.out_dir / METRICS, text.getvalue().encode())
 
-        def write(tmp):
-            with open(tmp, "w", newline="") as f:
-                writer = csv.DictWriter(f, fieldnames=keys)
-                writer.writeheader()
-                writer.writerows(rows)
-
-        atomic_write(self.out_dir / METRICS, write)
-
-    def _write_tensorboard(self, row):
+    def _write_tensorboard(self, rows, purge_from: int | None = None):
         if self._writer is None:
             from torch.utils.tensorboard import SummaryWriter
 
-            self._writer = SummaryWriter(str(self.out_dir / "tensorboard"))
+            self._writer = SummaryWriter(str(self.out_dir / "tensorboard"), purge_step=purge_from)
+        for row in rows:
+            self._add_scalars(row)
+        self._writer.flush()
+
+    def _add_scalars(self, row):
         step = int(row["iteration"])
         for key, value in row.items():
             if key != "iteration" and np.isfinite(value):
                 self._writer.add_scalar(key, value, step)
-        self._writer.flush()
 
     def _write_curve(self, rows):
         import matplotlib
@@ -77,8 +95,10 @@ class RunLog:
         axes[2].grid(True, which="both", alpha=0.3)
         fig.suptitle(self.title)
         fig.tight_layout()
-        atomic_write(self.out_dir / CURVE, lambda tmp: fig.savefig(tmp, format="png", dpi=90))
+        png = io.BytesIO()
+        fig.savefig(png, format="png", dpi=90)
         plt.close(fig)
+        atomic_write_bytes(self.out_dir / CURVE, png.getvalue())
 
     def close(self):
         if self._writer is not None:

@@ -5,10 +5,17 @@ A run folder holds ``config.yaml`` (the resolved training and task configs),
 ``tensorboard/`` and plotted in ``learning_curve.png``), ``checkpoint.pt`` (written
 atomically after every iteration; ``--resume`` continues from it exactly) and,
 at the end, ``policy.onnx``.
+
+Faults: every file is written atomically (a kill never leaves a partial file
+under its final name), the checkpoint is written before the human-facing logs,
+and a resumed run first rewrites those logs from the checkpoint, so an iteration
+cut short by a kill is run again and appears exactly once. The run folder is
+checked for writability and free space before any work starts.
 """
 
 from __future__ import annotations
 
+import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,20 +23,35 @@ from typing import Any, Callable
 
 import numpy as np
 import torch
+import yaml
 
-from tocpl_ros.config import ConfigError, dump_yaml, load_dataclass, to_dict
+from tocpl_ros.config import ConfigError, load_dataclass, to_dict
 from tocpl_ros.ocp import solve
 from tocpl_ros.tasks import DynamicsCounter, Problems, Task, Trajectories, load_task
 from tocpl_ros.tasks.config import SolverConfig
 
 from .algorithms import make_algorithm
-from .checkpoint import load_checkpoint, policy_payload, save_checkpoint
+from .checkpoint import CheckpointError, atomic_write_bytes, load_checkpoint, policy_payload, remove_stale_temps, save_checkpoint
 from .config import TrainConfig
 from .oc_phase import OCPhaseRunner
 from .policy import MLPPolicy, make_policy
-from .run_log import RunLog
+from .run_log import CURVE, METRICS, RunLog
 
 CHECKPOINT = "checkpoint.pt"
+POLICY = "policy.onnx"
+CONFIG = "config.yaml"
+MIN_FREE_BYTES = 16 * 2**20
+"""Free space a run folder needs beyond the checkpoints themselves (logs, curve, TensorBoard)."""
+
+
+def required_free_bytes(policy: MLPPolicy) -> int:
+    """Free space needed to start a run: the floor plus a generous bound on checkpoint + ONNX sizes.
+
+    A checkpoint holds the weights and Adam's two moments, and is written beside the
+    previous one before the rename; 16 × the weight bytes covers that with margin.
+    """
+    weight_bytes = sum(p.numel() * p.element_size() for p in policy.parameters())
+    return MIN_FREE_BYTES + 16 * weight_bytes
 
 
 def success_tolerance(task: Task) -> tuple[str, float]:
@@ -106,15 +128,38 @@ class Trainer:
 
     # -- run folder -------------------------------------------------------
     def _prepare_out_dir(self) -> None:
+        """Preflight before any work: the folder exists, takes a real write, and has room.
+
+        On failure a folder this call created is removed again: a refused run leaves nothing.
+        """
+        created = not self.out_dir.exists()
+        try:
+            self._check_out_dir()
+        except BaseException:
+            if created and self.out_dir.is_dir() and not any(self.out_dir.iterdir()):
+                self.out_dir.rmdir()
+            raise
+        remove_stale_temps(self.out_dir, [CHECKPOINT, METRICS, CURVE, POLICY, CONFIG])  # left by a killed run
+        resolved = {"train": to_dict(self.config), "task_overrides": self.task_overrides, "task": to_dict(self.task.config)}
+        atomic_write_bytes(self.out_dir / CONFIG, yaml.safe_dump(resolved, sort_keys=False).encode())
+
+    def _check_out_dir(self) -> None:
         try:
             self.out_dir.mkdir(parents=True, exist_ok=True)
             probe = self.out_dir / ".write_test"
-            probe.write_text("ok")
+            with open(probe, "wb") as f:
+                f.write(b"\0" * 4096)
+                f.flush()
+                os.fsync(f.fileno())
             probe.unlink()
+            stats = os.statvfs(self.out_dir)
         except OSError as exc:
-            raise ConfigError(str(self.out_dir), "out", f"run folder is not writable ({exc.strerror})") from exc
-        dump_yaml({"train": to_dict(self.config), "task_overrides": self.task_overrides, "task": to_dict(self.task.config)},
-                  self.out_dir / "config.yaml")
+            raise ConfigError(str(self.out_dir), "out", f"run folder is not writable ({exc.strerror or exc})") from exc
+        free = stats.f_bavail * stats.f_frsize
+        needed = required_free_bytes(self.policy)
+        if free < needed:
+            raise ConfigError(str(self.out_dir), "out", f"run folder has {free / 2**20:.1f} MiB free, "
+                              f"training needs at least {needed / 2**20:.1f} MiB")
 
     def save(self) -> None:
         payload = {
@@ -133,27 +178,46 @@ class Trainer:
     @classmethod
     def resume(cls, out_dir: str | Path, **changes) -> Trainer:
         """Continue a run from its checkpoint (``changes`` may raise the iteration budget or set workers)."""
-        data = load_checkpoint(Path(out_dir) / CHECKPOINT)
+        path = Path(out_dir) / CHECKPOINT
+        data = load_checkpoint(path)
+        if not isinstance(data.get("train_config"), dict):
+            raise CheckpointError(f"{path}: no training config (a policy-only checkpoint cannot be resumed)")
         train = {**data["train_config"], **changes}
-        config = load_dataclass(TrainConfig, train, source=f"{out_dir}/{CHECKPOINT}")
+        config = load_dataclass(TrainConfig, train, source=str(path))
         trainer = cls(config, out_dir, data.get("task_overrides") or {})
-        trainer.policy.load_state_dict(data["policy_state"])
-        trainer.algorithm.load_state_dict(data["algorithm"])
-        trainer.counter.steps = int(data["counter"]["steps"])
-        trainer.counter.by_source = {k: int(v) for k, v in data["counter"]["by_source"].items()}
-        trainer.metrics = [dict(row) for row in data["metrics"]]
-        trainer.wall_time = float(data["wall_time"])
-        h = data["held_out"]
-        trainer.held_out = HeldOut(Problems(h["x0"].numpy(), h["target"].numpy()), h["to_cost"].numpy())
+        try:
+            trainer.policy.load_state_dict(data["policy_state"])
+            trainer.algorithm.load_state_dict(data["algorithm"])
+            trainer.counter.steps = int(data["counter"]["steps"])
+            trainer.counter.by_source = {k: int(v) for k, v in data["counter"]["by_source"].items()}
+            trainer.metrics = [dict(row) for row in data["metrics"]]
+            trainer.wall_time = float(data["wall_time"])
+            h = data["held_out"]
+            trainer.held_out = HeldOut(Problems(h["x0"].numpy(), h["target"].numpy()), h["to_cost"].numpy())
+        except (KeyError, TypeError, ValueError, AttributeError, RuntimeError) as exc:
+            trainer.runner.close()
+            raise CheckpointError(f"{path}: incomplete or inconsistent checkpoint ({type(exc).__name__}: {exc})") from exc
+        done = trainer.algorithm.iteration
+        if [int(row["iteration"]) for row in trainer.metrics] != list(range(1, done + 1)):
+            trainer.runner.close()
+            raise CheckpointError(f"{path}: metrics do not match the {done} completed iterations")
+        if config.iterations < done:
+            trainer.runner.close()
+            raise ConfigError(str(path), "iterations", f"the run already has {done} iterations, got {config.iterations}")
         return trainer
 
     # -- loop ---------------------------------------------------------------
     def run(self, on_iteration: Callable[[dict[str, float]], None] | None = None) -> list[dict[str, float]]:
-        self._prepare_out_dir()
-        self.log = RunLog(self.out_dir, f"{self.config.variant} on {self.task.name}", self.task.error_unit)
-        if self.held_out is None:
-            self.held_out = HeldOut.make(self.task, self.config.eval_problems, self.config.eval_seed)
         try:
+            self._prepare_out_dir()
+        except BaseException:
+            self.runner.close()
+            raise
+        self.log = RunLog(self.out_dir, f"{self.config.variant} on {self.task.name}", self.task.error_unit)
+        try:
+            self.log.restart(self.metrics)  # a resumed run: logs equal to the checkpoint again
+            if self.held_out is None:
+                self.held_out = HeldOut.make(self.task, self.config.eval_problems, self.config.eval_seed)
             while self.algorithm.iteration < self.config.iterations:
                 # wall time covers everything a run spends, evaluation and checkpoint included
                 start = time.perf_counter()
@@ -167,8 +231,8 @@ class Trainer:
                 self.wall_time += time.perf_counter() - start
                 row["wall_time"] = self.wall_time
                 self.metrics.append(row)
+                self.save()  # the checkpoint first: it is what a resume trusts
                 self.log.write(self.metrics)
-                self.save()
                 if on_iteration is not None:
                     on_iteration(row)
         finally:
