@@ -274,14 +274,20 @@ def test_policy_node_survives_simulator_kill_and_restart(constant_policy, ros_lo
         wait_until(lambda: policy_driving(-math.inf), 60, "the policy driving the simulated arm", procs, logs)
         figures = []
         for cycle in range(1, KILL_CYCLES + 1):
-            # -- kill the simulator while the policy drives the arm
+            # -- kill the simulator while the policy drives the arm (and this harness sees its joint states)
+            t_seen = time.monotonic()
+            wait_until(lambda: (t := harness.last_joint_state_time()) is not None and t > t_seen, 30,
+                       f"cycle {cycle}: the test harness receiving /joint_states", procs, logs)
             t_kill = time.monotonic()
             procs["ur5_sim"].send_signal(signal.SIGKILL)
             procs["ur5_sim"].wait(timeout=10)
             time.sleep(0.6)
             harness.check_alive()
             t_last = harness.last_joint_state_time()
-            assert t_last is not None and t_last >= t_kill - 0.5, "no joint state in the 0.5 s before the kill"
+            assert t_last is not None and t_last >= t_kill - 0.5, (
+                f"no joint state in the 0.5 s before the kill: {len(harness.joint_states)} received, last {t_last}, "
+                f"kill at {t_kill}; {len(harness.commands[effort_topic])} commands; publishers of /joint_states: "
+                f"{harness.node.count_publishers('/joint_states')}; nodes: {harness.other_nodes()}")
             after = harness.commands_since(effort_topic, t_last + 1e-9)
             dead_time = time.monotonic() - t_last
             assert len(after) >= 0.5 * RATE * dead_time, (
