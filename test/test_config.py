@@ -105,3 +105,135 @@ def test_solve_cli_reports_and_rejects_bad_config(capsys, tmp_path):
     assert "final error" in out and "solve time" in out
     assert solve_main(["--task", "pendulum", "--problems", "1", "--set", "costs.running.torque=1"]) == 2
     assert "costs.running.torque" in capsys.readouterr().err
+
+
+# -- tocpl-train: config file, command line, resume ------------------------------------
+
+from tocpl_training.cli import main as train_main  # noqa: E402
+
+TRAIN_SMALL = ["--task", "lqr", "--iterations", "1", "--problems", "2", "--eval-problems", "2", "--workers", "1"]
+
+
+def refused(capsys, argv, out: Path, *words: str) -> str:
+    """tocpl-train exits 2 with a message holding ``words`` and creates no run folder."""
+    assert train_main(argv + ["--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("tocpl-train: "), err
+    for word in words:
+        assert word in err, err
+    assert not out.exists(), "a refused run left a run folder behind"
+    return err
+
+
+@pytest.mark.parametrize("flags, key, words", [
+    (["--iterations", "-1"], "iterations", [">= 1"]),
+    (["--iterations", "0"], "iterations", [">= 1"]),
+    (["--problems", "0"], "problems", [">= 1"]),
+    (["--learning-rate", "0"], "learning_rate", ["> 0"]),
+    (["--learning-rate=-1e-3"], "learning_rate", ["> 0"]),
+    (["--learning-rate", "nan"], "learning_rate", ["finite"]),
+    (["--learning-rate-final", "inf"], "learning_rate_final", ["finite"]),
+    (["--hidden", "0"], "hidden", ["positive width"]),
+    (["--hidden", "64", "-8"], "hidden", ["positive width"]),
+    (["--algo", "sac"], "algo", ["unknown algorithm", "pddp"]),
+    (["--workers", "-1"], "workers", [">= 0"]),
+    (["--mu", "0"], "mu", ["> 0"]),
+    (["--mu", "-2"], "mu", ["> 0"]),
+    (["--mu-growth", "1"], "mu_growth", ["> 1"]),
+    (["--mu", "10", "--mu-max", "5"], "mu_max", [">= mu"]),
+    (["--seed", "-1"], "seed", [">= 0"]),
+    (["--eval-seed", "-5"], "eval_seed", [">= 0"]),
+    (["--sobolev-weight", "-1"], "sobolev_weight", [">= 0"]),
+    (["--oc-th-stop", "0"], "oc_th_stop", ["> 0"]),
+    (["--warm-start", "lukewarm"], "warm_start", ["unknown warm start"]),
+    (["--multiple-shooting"], "multiple_shooting", ["plal"]),
+])
+def test_train_cli_out_of_range_values_name_the_flag_and_key(capsys, tmp_path, flags, key, words):
+    err = refused(capsys, TRAIN_SMALL + flags, tmp_path / "run", f"'{key}'", *words)
+    # lqr has a default config file; the message still blames the command line, not that file
+    assert "command line" in err and "config/train" not in err, err
+
+
+@pytest.mark.parametrize("flags", [["--iterations", "many"], ["--learning-rate", "fast"], ["--hidden"],
+                                   ["--workers", "1.5"], ["--bogus-flag", "1"]])
+def test_train_cli_wrong_types_are_argparse_errors(capsys, tmp_path, flags):
+    with pytest.raises(SystemExit) as info:
+        train_main(TRAIN_SMALL + flags + ["--out", str(tmp_path / "run")])
+    assert info.value.code == 2
+    err = capsys.readouterr().err
+    assert (flags[0] in err) and ("invalid" in err or "expected" in err or "unrecognized" in err), err
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("content, key, words", [
+    ({"task": "lqr", "iteratons": 3}, "iteratons", ["unknown key", "iterations"]),
+    ({"task": "lqr", "iterations": "many"}, "iterations", ["expected int"]),
+    ({"task": "lqr", "iterations": 2.5}, "iterations", ["expected int"]),
+    ({"task": "lqr", "sobolev": "yes"}, "sobolev", ["expected bool"]),
+    ({"task": "lqr", "hidden": 256}, "hidden", ["expected list"]),
+    ({"task": "lqr", "hidden": []}, "hidden", ["positive width"]),
+    ({"task": "lqr", "hidden": [64, "wide"]}, "hidden[1]", ["expected int"]),
+    ({"task": "lqr", "problems": 0}, "problems", [">= 1"]),
+    ({"task": "lqr", "learning_rate": float("nan")}, "learning_rate", ["finite"]),
+    ({"task": "lqr", "mu": float("inf")}, "mu", ["finite"]),
+    ({"task": "lqr", "learning_rate_final": "low"}, "learning_rate_final", ["expected float"]),
+    ({"task": 7}, "task", ["expected str"]),
+])
+def test_train_config_file_errors_name_file_and_key(capsys, tmp_path, content, key, words):
+    path = tmp_path / "train.yaml"
+    path.write_text(yaml.safe_dump(content))
+    refused(capsys, ["--config", str(path), "--workers", "1"], tmp_path / "run", str(path), f"'{key}'", *words)
+
+
+def test_train_config_file_malformed_missing_or_not_a_mapping(capsys, tmp_path):
+    broken = tmp_path / "broken.yaml"
+    broken.write_text("task: lqr\niterations: [1, 2\n")
+    refused(capsys, ["--config", str(broken)], tmp_path / "run", str(broken), "malformed YAML at line")
+    listing = tmp_path / "list.yaml"
+    listing.write_text("- task\n- lqr\n")
+    refused(capsys, ["--config", str(listing)], tmp_path / "run", str(listing), "expected a mapping")
+    refused(capsys, ["--config", str(tmp_path / "absent.yaml")], tmp_path / "run", "absent.yaml", "cannot read")
+
+
+@pytest.mark.parametrize("override, key, words", [
+    ("costs.running.bogus=1", "costs.running.bogus", ["unknown cost term"]),
+    ("horizon=abc", "horizon", ["expected int"]),
+    ("horizon=0", "horizon", [">= 1"]),
+    ("dt=-0.1", "dt", ["> 0"]),
+    ("dt=.nan", "dt", ["finite"]),
+    ("costs.terminal.state=.inf", "costs.terminal.state", ["finite"]),
+    ("lqr.u_limit=0", "lqr.u_limit", ["> 0"]),
+    ("nonsense", "nonsense", ["KEY=VALUE"]),
+])
+def test_task_overrides_on_the_train_command_line(capsys, tmp_path, override, key, words):
+    refused(capsys, TRAIN_SMALL + ["--task-set", override], tmp_path / "run", f"'{key}'", *words)
+
+
+@pytest.mark.parametrize("edit, key, words", [
+    (lambda d: d.update(dt=float("nan")), "dt", ["finite"]),
+    (lambda d: d["costs"]["running"].update(control=float("inf")), "costs.running.control", ["finite"]),
+    (lambda d: d.setdefault("solver", {}).update(th_stop=float("nan")), "solver.th_stop", ["finite"]),
+])
+def test_task_config_non_finite_numbers(tmp_path, edit, key, words):
+    raises_naming(write_variant(tmp_path, "lqr", edit), key, *words)
+
+
+def test_unknown_task_in_train_config_is_refused_before_the_run_folder(capsys, tmp_path):
+    refused(capsys, ["--task", "ur10_juggling", "--workers", "1"], tmp_path / "run", "ur10_juggling", "ur5_reach")
+
+
+def test_resume_refuses_settings_it_would_ignore(capsys, tmp_path):
+    run = tmp_path / "run"
+    assert train_main(TRAIN_SMALL + ["--quiet", "--out", str(run)]) == 0
+    capsys.readouterr()
+    before = sorted(p.name for p in run.iterdir())
+    for flags, named in ((["--algo", "plal"], "--algo"), (["--learning-rate", "1"], "--learning-rate"),
+                         (["--task-set", "dt=0.05"], "--task-set"), (["--out", str(tmp_path / "x")], "--out")):
+        assert train_main(["--resume", str(run)] + flags) == 2
+        err = capsys.readouterr().err
+        assert named in err and "cannot be changed when resuming" in err, err
+    assert train_main(["--resume", str(run), "--iterations", "0"]) == 2
+    assert "'iterations'" in capsys.readouterr().err
+    assert train_main(["--resume", str(tmp_path / "never_trained")]) == 2
+    assert "checkpoint not found" in capsys.readouterr().err
+    assert sorted(p.name for p in run.iterdir()) == before and not (tmp_path / "x").exists()

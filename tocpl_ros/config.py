@@ -195,6 +195,8 @@ def _coerce(value: Any, tp: Any, source: str, key: str) -> Any:
         if value is None and type(None) in args:
             return None
         options = [a for a in args if a is not type(None)]
+        if isinstance(value, float) and not math.isfinite(value):  # whatever the options, say what is wrong
+            raise ConfigError(source, key, f"expected a finite number, got {value!r}")
         if len(options) == 1:  # X | None: X's own message is the precise one
             return _coerce(value, options[0], source, key)
         for option in options:
