@@ -316,7 +316,7 @@ def test_policy_node_survives_simulator_kill_and_restart(constant_policy, ros_lo
             procs["ur5_sim"] = start(sim_cmd, env, logs["ur5_sim"])
             t_fresh = wait_until(lambda: (t := harness.last_joint_state_time()) is not None and t > t_restart, 60,
                                  f"cycle {cycle}: joint states of the new simulator", procs, logs)
-            t_resumed = wait_until(lambda: policy_driving(t_fresh), FADE_IN + 5.0,
+            t_resumed = wait_until(lambda: policy_driving(t_restart), FADE_IN + 30.0,
                                    f"cycle {cycle}: the policy's command back after the restart", procs, logs)
             resumed = harness.commands_since(effort_topic, t_last)
             values = np.array([v for _, v in resumed])
@@ -326,7 +326,7 @@ def test_policy_node_survives_simulator_kill_and_restart(constant_policy, ros_lo
             diag_after = harness.last_diag("policy_node", after=t_resumed)
             assert diag_after["state"] in ("running", "fading_in"), diag_after
             assert procs["policy_node"].poll() is None and procs["policy_node"].pid == policy_pid, "policy node restarted"
-            figures.append((first, latency_ms, t_fresh - t_restart, t_resumed - t_fresh))
+            figures.append((first, latency_ms, t_fresh - t_restart, t_resumed - t_restart))
 
         # -- clean exit of the policy node after it all
         procs["policy_node"].send_signal(signal.SIGINT)
@@ -334,7 +334,8 @@ def test_policy_node_survives_simulator_kill_and_restart(constant_policy, ros_lo
         diag = harness.last_diag("policy_node")
         print(f"\nsimulator SIGKILLed and restarted {KILL_CYCLES}x under one policy node (pid {policy_pid}): " + "; ".join(
             f"cycle {i}: safe after {n} commands / {ms:.1f} ms from the last joint state (limit {STALE_PERIODS} periods = "
-            f"{1e3 * STALE_PERIODS * period:.0f} ms), new sim publishing after {up:.1f} s, policy back {back:.2f} s later"
+            f"{1e3 * STALE_PERIODS * period:.0f} ms), policy's command back {back:.1f} s after the new sim was started "
+            f"(its joint states seen here after {up:.1f} s; start-up and DDS discovery included)"
             for i, (n, ms, up, back) in enumerate(figures, 1)) + f"; safe.stale ticks {diag.get('safe.stale')}, "
             f"stamp_resets {diag.get('stamp_resets')}")
     finally:
