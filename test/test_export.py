@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import pickle
 import subprocess
 import sys
 from pathlib import Path
@@ -18,7 +19,7 @@ from tocpl_ros.policy_file import KEYS, OnnxPolicy, PolicyFileError, read_onnx_m
 from tocpl_ros.tasks import TaskConfig, load_task, make_task
 from tocpl_training import export as export_mod
 from tocpl_training.checkpoint import policy_payload, save_checkpoint
-from tocpl_training.export import export_onnx, main
+from tocpl_training.export import OPSET, export_onnx, main
 from tocpl_training.policy import make_policy
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -405,3 +406,119 @@ def test_export_validates_against_torch(ur5, ur5_file, tmp_path, monkeypatch):
     with pytest.raises(PolicyFileError, match="differs from the torch policy"):
         export_onnx(policy, ur5, tmp_path / "policy.onnx")
     assert list(tmp_path.iterdir()) == []
+
+
+# -- untrusted and inconsistent checkpoints ---------------------------------------------
+
+
+class _CreatesFile:
+    """A pickle payload: unpickling it calls Path.touch(marker), i.e. runs code of the file's choosing."""
+
+    def __init__(self, marker):
+        self.marker = Path(marker)
+
+    def __reduce__(self):
+        return (Path.touch, (self.marker,))
+
+
+def malicious_checkpoints(folder: Path, marker: Path, ur5_file, ur5) -> dict[str, Path]:
+    """A torch zip checkpoint and a plain pickle, each carrying the payload next to valid-looking data."""
+    from tocpl_training.checkpoint import FORMAT
+
+    payload = {"format": FORMAT, **policy_payload(ur5_file[0], ur5), "train_config": _CreatesFile(marker)}
+    zipped = folder / "zipped.pt"
+    torch.save(payload, zipped)
+    legacy = folder / "legacy.pt"
+    with open(legacy, "wb") as f:
+        pickle.dump({"format": FORMAT, "policy_spec": _CreatesFile(marker)}, f)
+    return {"zipped": zipped, "legacy": legacy}
+
+
+def test_malicious_pickle_checkpoint_is_refused_without_running_its_code(ur5, ur5_file, tmp_path, capsys):
+    marker = tmp_path / "pwned"
+    files = malicious_checkpoints(tmp_path, marker, ur5_file, ur5)
+    with open(files["legacy"], "rb") as f:  # the payload is live: plain unpickling runs it
+        pickle.load(f)
+    assert marker.exists()
+    marker.unlink()
+
+    for name, ckpt in files.items():
+        out = tmp_path / f"{name}.onnx"
+        assert main([str(ckpt), "-o", str(out)]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("tocpl-export: ") and str(ckpt) in err and "never unpickled" in err, err
+        assert "weights_only" not in err  # torch's advice to load it unsafely is not passed on
+        assert not marker.exists(), f"{name}: unpickling ran the file's code"
+        assert not out.exists()
+
+
+def test_malicious_checkpoint_is_refused_on_resume(ur5, ur5_file, tmp_path, capsys):
+    from tocpl_training.cli import main as train_main
+
+    marker = tmp_path / "pwned"
+    run = tmp_path / "run"
+    run.mkdir()
+    malicious_checkpoints(tmp_path, marker, ur5_file, ur5)["zipped"].rename(run / "checkpoint.pt")
+    assert train_main(["--resume", str(run)]) == 2
+    assert "never unpickled" in capsys.readouterr().err
+    assert not marker.exists()
+
+
+@pytest.mark.parametrize("case", ["wrong_shapes", "spec_not_a_mapping", "task_config_not_a_mapping", "bad_task_config",
+                                  "missing_policy_state", "train_config_not_a_mapping"])
+def test_cli_inconsistent_checkpoints(case, ur5, ur5_file, tmp_path, capsys):
+    """Checkpoints that load as plain data but do not describe a policy: a message, no traceback, no file."""
+    payload = {**policy_payload(ur5_file[0], ur5), "train_config": TRAIN_CONFIG}
+    if case == "wrong_shapes":  # weights of a smaller network under this spec
+        payload["policy_state"] = make_policy(ur5, seed=0, hidden=[8]).state_dict()
+        expected = "incomplete or inconsistent checkpoint"
+    elif case == "spec_not_a_mapping":
+        payload["policy_spec"] = [15, 6]
+        expected = "incomplete or inconsistent checkpoint"
+    elif case == "task_config_not_a_mapping":
+        payload["task_config"] = "ur5_reach"
+        expected = "expected a mapping"
+    elif case == "bad_task_config":
+        payload["task_config"] = {**payload["task_config"], "dt": -1.0}
+        expected = "'dt'"
+    elif case == "missing_policy_state":
+        del payload["policy_state"]
+        expected = "incomplete or inconsistent checkpoint"
+    else:
+        payload["train_config"] = [1, 2]
+        expected = "train_config is a list"
+    ckpt = tmp_path / "policy.pt"
+    save_checkpoint(ckpt, payload)
+    out = tmp_path / "policy.onnx"
+    assert main([str(ckpt), "-o", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("tocpl-export: ") and expected in err and str(ckpt) in err, err
+    assert not out.exists()
+
+
+def test_cli_unwritable_output_names_it(ur5, ur5_file, tmp_path, capsys):
+    ckpt = tmp_path / "policy.pt"
+    write_checkpoint(ckpt, ur5_file[0], ur5)
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder\n")
+    out = blocker / "policy.onnx"
+    assert main([str(ckpt), "-o", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("tocpl-export: ") and f"cannot write {out}" in err and "Not a directory" in err, err
+
+
+def test_read_empty_and_foreign_onnx(tmp_path):
+    empty = tmp_path / "empty.onnx"
+    empty.write_bytes(b"")
+    with pytest.raises(PolicyFileError, match="not a readable ONNX model"):
+        OnnxPolicy(empty)
+    # a valid ONNX model written by another tool: right names and shapes, no tocpl.* metadata
+    x = onnx.helper.make_tensor_value_info("obs", onnx.TensorProto.FLOAT, ["batch", 4])
+    y = onnx.helper.make_tensor_value_info("u", onnx.TensorProto.FLOAT, ["batch", 4])
+    graph = onnx.helper.make_graph([onnx.helper.make_node("Identity", ["obs"], ["u"])], "g", [x], [y])
+    foreign = tmp_path / "foreign.onnx"
+    onnx.save(onnx.helper.make_model(graph, opset_imports=[onnx.helper.make_opsetid("", OPSET)]), str(foreign))
+    with pytest.raises(PolicyFileError, match=r"'tocpl\.task': missing \(not a tocpl_ros policy file"):
+        OnnxPolicy(foreign)
+    with pytest.raises(PolicyFileError, match="policy file not found"):
+        OnnxPolicy(tmp_path)  # a folder is not a policy file

@@ -7,9 +7,12 @@ only. numpy arrays are stored as tensors.
 
 from __future__ import annotations
 
+import errno
 import io
 import os
+import pickle
 import tempfile
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -64,7 +67,10 @@ def atomic_write(path: str | Path, write) -> None:
     path = Path(path)
     tmp = None
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+        except FileExistsError:  # mkdir's word for "a file stands where the folder should be"
+            raise NotADirectoryError(errno.ENOTDIR, os.strerror(errno.ENOTDIR)) from None
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=temp_prefix(path), suffix=TEMP_SUFFIX)
         os.close(fd)
         write(tmp)
@@ -79,8 +85,9 @@ def atomic_write(path: str | Path, write) -> None:
     except OSError as exc:
         if isinstance(exc, WriteError):
             raise
-        reason = exc.strerror or str(exc)
-        raise WriteError(exc.errno, f"cannot write {path}: {reason} (any previous {path.name} is unchanged)") from exc
+        error = WriteError(f"cannot write {path}: {exc.strerror or exc} (any previous {path.name} is unchanged)")
+        error.errno = exc.errno
+        raise error from exc
     finally:
         if tmp is not None:
             Path(tmp).unlink(missing_ok=True)
@@ -145,9 +152,16 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     if not path.is_file():
         raise CheckpointError(f"checkpoint not found: {path}")
     try:
-        data = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # truncated, corrupt, or holding pickled objects
-        raise CheckpointError(f"cannot read checkpoint {path}: {exc}") from exc
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # torch's notes on pickle protocols of foreign files
+            data = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:  # torch's advice (weights_only=False) would run the file's code
+        raise CheckpointError(
+            f"cannot read checkpoint {path}: it holds Python objects other than plain tensors and data, "
+            f"which are never unpickled (not a tocpl_ros checkpoint, or tampered with)"
+        ) from exc
+    except Exception as exc:  # truncated, corrupt, not a torch file
+        raise CheckpointError(f"cannot read checkpoint {path}: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") from exc
     if not isinstance(data, dict) or data.get("format") != FORMAT:
         raise CheckpointError(f"{path} is not a tocpl_ros checkpoint (format {FORMAT})")
     return data
