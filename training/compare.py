@@ -44,7 +44,7 @@ from typing import Any
 
 import numpy as np
 
-from tocpl_ros.config import ConfigError, FieldError, load_dataclass, read_yaml, to_dict
+from tocpl_ros.config import ConfigError, FieldError, load_dataclass, parse_key_values, read_yaml, to_dict
 from tocpl_ros.resources import config_path
 
 RUNS_MANIFEST = "runs.json"
@@ -69,6 +69,8 @@ class BenchConfig:
     """TrainConfig fields applied to every TO run (over config/train/<task>.yaml)."""
     to_task_overrides: dict[str, dict[str, Any]] = field(default_factory=dict)
     """Per task TrainConfig fields (over to_overrides)."""
+    rl_overrides: dict[str, Any] = field(default_factory=dict)
+    """RLConfig fields applied to every PPO / SAC run (over config/bench/<algo>.yaml)."""
     quick_to: dict[str, Any] = field(default_factory=dict)
     """--quick: TrainConfig fields of the smoke run."""
     quick_rl: dict[str, Any] = field(default_factory=dict)
@@ -149,8 +151,16 @@ def run_to(task: str, name: str, seed: int, run_dir: Path, held_out, bench: Benc
 def run_rl(task: str, name: str, seed: int, run_dir: Path, held_out, bench: BenchConfig, quick: bool) -> list[dict]:
     from .rl_baselines import load_rl_config, train_rl
 
-    config = load_rl_config(name, task, bench.quick_rl if quick else None)
+    config = load_rl_config(name, task, {**bench.rl_overrides, **(bench.quick_rl if quick else {})})
     return train_rl(config, task, seed, run_dir, held_out=held_out)
+
+
+def budget_of(run_dir: Path) -> dict[str, Any]:
+    """The budget fields of a finished run's resolved config (run_dir/config.yaml)."""
+    data = read_yaml(run_dir / "config.yaml")
+    if "rl" in data:
+        return {k: data["rl"][k] for k in ("total_steps", "n_envs", "evaluations")}
+    return {k: data["train"][k] for k in ("iterations", "problems", "oc_max_iter", "epochs", "workers")}
 
 
 def metrics_file(out: Path, task: str, name: str, seed: int) -> Path:
@@ -201,6 +211,7 @@ def run_all(tasks, names, seeds, out: Path, runs_dir: Path, bench: BenchConfig, 
                     csv_path.parent.mkdir(parents=True, exist_ok=True)
                     shutil.copyfile(run_dir / "metrics.csv", csv_path)
                     last = rows[-1]
+                    entry["budget"] = budget_of(run_dir)
                     entry.update(status="ok", evaluations=len(rows), dynamics_evaluations=last["dynamics_evaluations"],
                                  wall_time=last["wall_time"], final_error_mean=last["final_error_mean"],
                                  within_tolerance=last["within_tolerance"])
@@ -249,6 +260,14 @@ def band(series: list[tuple[np.ndarray, np.ndarray]], points: int = 80):
         return grid, np.nanmedian(ys, axis=0), np.nanmin(ys, axis=0), np.nanmax(ys, axis=0)
 
 
+def _budget_text(budget: dict | None) -> str:
+    if not budget:
+        return "?"
+    if "total_steps" in budget:
+        return f"{budget['total_steps']:.3g} env steps ({budget['n_envs']} envs)"
+    return f"{budget['iterations']} it x {budget['problems']} OCPs"
+
+
 def _median_over_seeds(values: list[float]) -> float:
     """Median counting non-reached (inf) seeds: inf when half or more never reached."""
     return float(np.median(values)) if values else np.nan
@@ -275,11 +294,13 @@ def summarize(out: Path, bench: BenchConfig, tasks: list[str] | None = None) -> 
 
     manifest = load_manifest(out)
     groups: dict[str, dict[str, list[tuple[int, dict[str, np.ndarray]]]]] = {}
+    budgets: dict[tuple[str, str], set[str]] = {}
     for entry in manifest.values():
         if entry.get("status") != "ok" or (tasks and entry["task"] not in tasks):
             continue
         m = read_metrics(out / entry["metrics"])
         groups.setdefault(entry["task"], {}).setdefault(entry["configuration"], []).append((entry["seed"], m))
+        budgets.setdefault((entry["task"], entry["configuration"]), set()).add(_budget_text(entry.get("budget")))
     known = {n: i for i, n in enumerate(bench.configurations)}
     table: list[dict] = []
     for task in sorted(groups):
@@ -336,7 +357,7 @@ def summarize(out: Path, bench: BenchConfig, tasks: list[str] | None = None) -> 
             last = [{k: float(v[-1]) for k, v in m.items()} for _, m in runs]
             med = lambda k: float(np.median([r[k] for r in last]))  # noqa: E731
             table.append({
-                "task": task, "configuration": name, "seeds": len(runs),
+                "task": task, "configuration": name, "budget": " / ".join(sorted(budgets[(task, name)])), "seeds": len(runs),
                 "seed_list": " ".join(str(s) for s, _ in sorted(runs, key=lambda r: r[0])),
                 "reached": sum(np.isfinite(e) for e, _ in reach),
                 "evals_to_tolerance": _median_over_seeds([e for e, _ in reach]),
@@ -382,13 +403,13 @@ def write_summary(out: Path, bench: BenchConfig, table: list[dict]) -> None:
         unit = rows[0]["error_unit"]
         lines += [
             f"## {task}", "", f"![{task}]({task}_precision.png)", "",
-            f"| configuration | seeds | reached | dyn. evals to tol. | wall time to tol. (s) | final error mean ({unit}) "
+            f"| configuration | budget | seeds | reached | dyn. evals to tol. | wall time to tol. (s) | final error mean ({unit}) "
             f"| final error p95 ({unit}) | cost gap median | within tol. | dyn. evals total | wall time total (s) |",
-            "|---|---|---|---|---|---|---|---|---|---|---|",
+            "|---|---|---|---|---|---|---|---|---|---|---|---|",
         ]
         for r in rows:
             lines.append(
-                f"| {r['configuration']} | {r['seeds']} | {r['reached']}/{r['seeds']} | {_fmt(r['evals_to_tolerance'], '.3g')} "
+                f"| {r['configuration']} | {r['budget']} | {r['seeds']} | {r['reached']}/{r['seeds']} | {_fmt(r['evals_to_tolerance'], '.3g')} "
                 f"| {_fmt(r['wall_time_to_tolerance'], '.3g')} | {_fmt(r['final_error_mean'], '.3g', 'diverged')} "
                 f"| {_fmt(r['final_error_p95'], '.3g', 'diverged')} | {_fmt(100 * r['cost_gap_median'], '.3g')} % "
                 f"| {100 * r['within_tolerance']:.0f} % | {r['dynamics_evaluations']:.3g} | {r['wall_time']:.3g} |"
@@ -480,6 +501,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, help="results folder (default: docs/results, with --quick runs/bench-quick)")
     p.add_argument("--runs-dir", type=Path, help="run folders (default: runs/bench, with --quick <out>/runs)")
     p.add_argument("--workers", type=int, help="OC-phase worker processes of the TO learners")
+    p.add_argument("--to-set", action="append", default=[], metavar="KEY=VALUE",
+                   help="TrainConfig field for every TO run, e.g. iterations=10 (repeatable)")
+    p.add_argument("--rl-set", action="append", default=[], metavar="KEY=VALUE",
+                   help="RLConfig field for every PPO/SAC run, e.g. total_steps=300000 (repeatable)")
     p.add_argument("--quick", action="store_true", help="tiny budgets (quick_to / quick_rl of the config): a smoke run")
     p.add_argument("--force", action="store_true", help="re-run runs already done in --out")
     p.add_argument("--plot-only", action="store_true", help="only re-aggregate the runs listed in <out>/runs.json")
@@ -498,6 +523,8 @@ def main(argv: list[str] | None = None) -> int:
         bench = load_bench_config(args.config)
         if args.workers is not None:
             bench.workers = args.workers
+        bench.to_overrides.update(parse_key_values(args.to_set, "--to-set"))
+        bench.rl_overrides.update(parse_key_values(args.rl_set, "--rl-set"))
         if args.warm_start_study is not None:
             r = warm_start_study(args.warm_start_study, args.task, out, problems=args.problems, max_iter=args.max_iter)
             print(f"tocpl-bench: warm start on {r['task']}: median iterations policy {r['policy']['iterations_median']:g} "
