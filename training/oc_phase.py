@@ -165,7 +165,8 @@ def import_ray(local: bool):
 
     Ray picks the node's address when it is imported (``RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER``,
     default on for Linux, makes a local instance advertise and listen on the primary
-    interface). Setting it to 0 makes ``ray.init()`` use 127.0.0.1 for every service.
+    interface, and rewrites a 127.0.0.1 address to it). Setting it to 0 makes
+    ``ray.init()`` use 127.0.0.1 for every service.
     """
     os.environ["RAY_USAGE_STATS_ENABLED"] = "0"
     if local:
@@ -187,7 +188,9 @@ class RayPool:
     """One Ray actor per worker, each holding a _Worker (its task and problems, built once)."""
 
     def __init__(self, args: tuple, workers: int, address: str = ""):
-        ray = import_ray(local=not address)
+        # a head on this machine's loopback (ray start --head --node-ip-address=127.0.0.1) is local too:
+        # without it Ray rewrites 127.0.0.1 to the primary interface's address and cannot connect
+        ray = import_ray(local=not address or address.rpartition(":")[0].strip("[]") in LOOPBACK)
         self.ray = ray
         self.owns_instance = False
         if not ray.is_initialized():
