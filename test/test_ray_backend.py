@@ -158,3 +158,14 @@ def test_backend_fields_are_validated():
     assert TrainConfig(backend="ray", ray_address="10.0.0.1:6379").ray_address == "10.0.0.1:6379"
     with pytest.raises(ConfigError, match="backend"):
         OCPhaseRunner(load_task("lqr"), constrained=True, backend="dask")
+
+
+def test_oc_phase_problems_run_on_one_crocoddyl_thread_with_unchanged_solutions():
+    task = load_task("pendulum")
+    problems = task.sample(4, seed=5)
+    request = OCRequest([OCJob(problems.x0[i], problems.target[i]) for i in range(4)], SolverConfig(max_iter=30))
+    with OCPhaseRunner(task, constrained=True, workers=1) as one, \
+            OCPhaseRunner(task, constrained=True, workers=1, crocoddyl_threads=None) as default:
+        a, b = one.solve(request), default.solve(request)
+        assert one._local.info()["threads"] == {"plain": 1}
+    assert _same(a, b)
