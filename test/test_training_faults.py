@@ -148,7 +148,7 @@ def test_sigkill_at_random_moments_then_resume_loses_and_repeats_nothing(tmp_pat
     straight = Trainer(config, tmp_path / "straight").run()
     for got, expected in zip(rows, straight):
         for key in DETERMINISTIC:
-            assert got[key] == pytest.approx(expected[key], rel=1e-12, abs=1e-15), (int(got["iteration"]), key)
+            assert got[key] == pytest.approx(expected[key], rel=1e-12, abs=1e-15), (int(got["iteration"]), key, kills)
     assert rows[-1]["wall_time"] > rows[0]["wall_time"]
 
 
