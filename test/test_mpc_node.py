@@ -209,9 +209,10 @@ def nan_policy_file(policy_file, tmp_path_factory) -> Path:
 
 
 def make_loop(policy_path: Path, **mpc_config):
-    """The node's ROS-free tick logic with the real controller, Crocoddyl MPC and ONNX policy."""
+    """The node's ROS-free tick logic with the real controller, Crocoddyl MPC and ONNX policy,
+    solving inline (deterministic: every tick gets the result of its own solve)."""
     from tocpl_ros.controller import ControllerConfig, PolicyController
-    from tocpl_ros.mpc import MPCConfig, RecedingHorizonMPC
+    from tocpl_ros.mpc import InlineSolver, MPCConfig, RecedingHorizonMPC
     from tocpl_ros.nodes.mpc_node import MPCLoop
 
     task = load_task("ur5_reach")
@@ -220,7 +221,7 @@ def make_loop(policy_path: Path, **mpc_config):
         policy_path, ControllerConfig(rate=config.rate, output_mode="effort", fade_in=0.0, initial_target=TARGET)
     )
     controller.start()
-    return MPCLoop(RecedingHorizonMPC(task, controller.policy, config), controller, STALE_PERIODS)
+    return MPCLoop(InlineSolver(RecedingHorizonMPC(task, controller.policy, config)), controller, STALE_PERIODS)
 
 
 V0 = np.array([0.1, -0.2, 0.3, 0.0, 0.5, 3.0])
@@ -248,9 +249,9 @@ def test_mpc_loop_failed_solves_publish_the_policy_command(policy_file, failure)
         loop = make_loop(policy_file, deadline=1e-6)
     else:
         loop = make_loop(policy_file, deadline=math.inf)
-        loop.mpc.shooting = None  # the solver's problem is gone: set_problem raises inside solve()
+        loop.solver.mpc.shooting = None  # the solver's problem is gone: set_problem raises inside solve()
     x = np.concatenate([Q0, V0])
-    u_policy = loop.mpc.policy_command(x, np.array(TARGET))
+    u_policy = loop.solver.policy_command(x, np.array(TARGET))
     for command, feedback in loop_commands(loop):
         np.testing.assert_allclose(command, u_policy, atol=1e-12)
         np.testing.assert_allclose(feedback[:6], u_policy, atol=1e-12)

@@ -10,11 +10,16 @@ for good; test_mpc_node.py runs a 1 µs deadline, where every solve is skipped u
   stop; once the new simulator publishes, the policy's command is back (after the fade-in),
   from the same policy-node process.
 - ``test_mpc_failures_keep_the_command_stream``: ``mpc_node`` whose solves cannot succeed,
-  (a) ``max_iter`` 1 from cold starts (never converges), (b) solves that need ~35 ms
-  (cold start, horizon 100) with an unreachable 1 s ``deadline``, so only the node's own
-  per-period budget can stop them. The consumer of ``/mpc/command`` (the fast loop) gets a
-  command every period: no gap above MAX_GAP_PERIODS periods, rate within 15 %, all
-  finite and inside the torque limits, and /diagnostics counts the fallbacks by reason.
+  (a) ``max_iter`` 1 from cold starts (never converges), (b) cold solves against a 2 ms
+  ``deadline``. The consumer of ``/mpc/command`` (the fast loop) gets a command every period:
+  no gap above MAX_GAP_PERIODS periods, rate at least 70 %, all finite and inside the torque
+  limits, and /diagnostics counts the fallbacks by reason.
+- ``test_mpc_iteration_longer_than_the_period_keeps_the_command_stream``: one solver iteration
+  (horizon 1000) takes ~85 ms, solves take several periods (1 s deadline): the same stream
+  checks, as the solves run in the node's solver process.
+- ``test_mpc_solver_process_killed_keeps_the_command_stream``: the node's solver process is
+  SIGKILLed twice: the policy's command fills in, the stream keeps its rate, a new solver
+  process is started and converged solutions come back, from the same node process.
 """
 
 from __future__ import annotations
@@ -364,8 +369,7 @@ MPC_CASES = {
 }
 SLOW_ITERATIONS = ["warm_start:=cold", "horizon:=1000", "max_iter:=1000", "deadline:=1.0"]
 """One Crocoddyl iteration of the ur5_reach OCP at horizon 1000 takes longer than the 10 ms period
-(measured: 4 cold iterations at horizon 100 take 35 ms here), and the 1 s deadline leaves only the
-node's per-period budget to stop the solve."""
+(measured: ~85 ms), and the 1 s deadline lets a solve go on for up to 100 periods."""
 
 
 def run_mpc_case(case: str, params: list[str], offset: int, ros_loopback_env, tmp_path, mpc_policy) -> tuple[dict, str]:
@@ -415,13 +419,15 @@ def run_mpc_case(case: str, params: list[str], offset: int, ros_loopback_env, tm
         summary = (f"{case}: {len(window)} commands in {t1 - t0:.1f} s ({figures['rate']:.1f} Hz), gaps p50 "
                    f"{1e3 * np.median(gaps):.1f} ms, p99 {1e3 * figures['p99_gap']:.1f} ms, max {1e3 * gaps.max():.1f} ms, "
                    f"> 2 periods: {figures['gaps_over_2']}/{len(gaps)}; in the window: {fresh_ticks} ticks with fresh data, "
-                   f"{figures['published']} commands published, {delta('solves')} solves, {delta('converged')} converged, "
+                   f"{figures['published']} commands published ({delta('mpc_ticks')} MPC, {delta('policy_ticks')} policy), "
+                   f"{delta('solves')} solves, {delta('converged')} converged, "
                    f"{delta('fallbacks')} fallbacks ("
                    + ", ".join(f"{k} {delta(k)}" for k in diag if k.startswith("fallback.")) + "), "
                    f"solve time p50 {diag['solve_time_p50_ms']} ms (last window), max {figures['solve_time_max_ms']:.1f} ms, "
                    f"short-budget ticks {delta('short_budget_ticks')}, loop period max {diag['loop_period_max_ms']} ms")
         print("\n" + summary)
         figures["fallbacks"], figures["converged"], figures["solves"] = delta("fallbacks"), delta("converged"), delta("solves")
+        figures["mpc_ticks"], figures["policy_ticks"] = delta("mpc_ticks"), delta("policy_ticks")
         figures.update({k: delta(k) for k in diag if k.startswith("fallback.")})
         assert values.shape[1:] == (6,) and np.isfinite(values).all(), summary
         assert (np.abs(values) <= np.array([150, 150, 150, 28, 28, 28]) + 1e-9).all(), summary
@@ -459,19 +465,98 @@ def test_mpc_failures_keep_the_command_stream(case, mpc_policy, ros_loopback_env
 
 
 @pytest.mark.ros
-@pytest.mark.xfail(
-    reason="mpc_node runs the warm start and the Crocoddyl solve inside its timer callback and tocpl_ros/mpc.py can "
-    "only stop a solve between iterations: when one iteration takes longer than the period (horizon 1000 here: "
-    "~85 ms), each retry allowed by the skip estimate (decaying 10 % per skipped cycle) blocks /mpc/command for "
-    "several periods (seen: solves of 100-160 ms, gaps of 95-234 ms at a 10 ms period)",
-    raises=AssertionError, strict=True,
-)
 def test_mpc_iteration_longer_than_the_period_keeps_the_command_stream(mpc_policy, ros_loopback_env, tmp_path):
+    """One solver iteration (~85 ms at horizon 1000) is longer than the 10 ms period and the 1 s
+    deadline lets a solve run for many periods: the solves run in mpc_node's solver process, so
+    the timer still publishes every period (the policy's command while no fresh solution exists).
+    Before the solver process (solves inside the timer callback): 65-88 Hz, gaps of 95-234 ms."""
     figures, summary = run_mpc_case("slow_iterations", SLOW_ITERATIONS, 99, ros_loopback_env, tmp_path, mpc_policy)
-    assert figures["fallbacks"] > 0, summary
-    # the failing assertion (whatever the load): a solve blocked the tick for more than 2 periods
-    assert figures["solve_time_max_ms"] <= 2e3 / MPC_RATE, f"a solve blocked the command stream: {summary}"
+    # the premise: solves took longer than two periods (as reported by the solver process) ...
+    assert figures["solve_time_max_ms"] > 2e3 / MPC_RATE, f"no solve longer than 2 periods: {summary}"
+    # ... the command stream did not notice ...
     check_command_stream(figures, summary)
+    # ... every command is the plan of a fresh solution or the policy's, and the slow solutions
+    # (fresh for the 1 s deadline) were used, following their plan between solves
+    assert figures["mpc_ticks"] + figures["policy_ticks"] == figures["published"], summary
+    assert figures["mpc_ticks"] > 0 and figures["converged"] > 0, summary
+
+
+SOLVER_KILLS = 2
+
+
+@pytest.mark.ros
+def test_mpc_solver_process_killed_keeps_the_command_stream(mpc_policy, ros_loopback_env, tmp_path):
+    """The solver process of mpc_node (its child, pid on /diagnostics) is SIGKILLed twice while
+    shifted warm starts converge: /mpc/command keeps its rate with the policy's command while
+    there is no solver, a new solver process starts, converged solutions are published again;
+    the node process is the same throughout and exits cleanly."""
+    topic = "/mpc/command"
+    harness, domain = quiet_harness(ros_loopback_env, offset=103, command_topics=[topic], publish_joint_states=True)
+    logs = {"mpc_node": tmp_path / "mpc_node.log"}
+    cmd = executable("mpc_node", "tocpl_ros.nodes.mpc_node") + [
+        "--ros-args", "--params-file", str(ROOT / "config" / "mpc_node.yaml"), "-p", f"policy_path:={mpc_policy}",
+        "-p", f"initial_target:=[{', '.join(map(str, TARGET))}]", "-p", "diagnostics_period:=0.25",
+        "-p", "warm_start:=shifted",
+    ]
+    procs = {"mpc_node": None}
+    period = 1.0 / MPC_RATE
+
+    def diag_after(t: float) -> dict[str, str] | None:
+        return harness.last_diag("mpc_node", after=t)
+
+    def converging_since(t: float, solver_pid: str | None = None) -> bool:
+        with harness.lock:
+            found = [d for tc, n, d in harness.diagnostics if n == "mpc_node" and tc >= t]
+        if solver_pid is not None:
+            found = [d for d in found if d.get("solver_pid") == solver_pid]
+        return len(found) >= 2 and int(found[-1]["mpc_ticks"]) > int(found[0]["mpc_ticks"])
+
+    try:
+        procs["mpc_node"] = start(cmd, node_env(domain), logs["mpc_node"])
+        node_pid = procs["mpc_node"].pid
+        wait_until(lambda: len(harness.commands_since(topic, -math.inf)) > 30, 120, "first /mpc/command", procs, logs)
+        wait_until(lambda: converging_since(time.monotonic() - 0.3), 30, "MPC solutions published", procs, logs)
+        figures = []
+        for cycle in range(1, SOLVER_KILLS + 1):
+            diag = diag_after(time.monotonic() - 0.3)
+            old_pid = int(diag["solver_pid"])
+            stat = Path(f"/proc/{old_pid}/stat").read_text()
+            assert old_pid != node_pid and int(stat[stat.rindex(")") + 2:].split()[1]) == node_pid, (
+                f"solver pid {old_pid} is not a child of the node ({node_pid})")
+            t_kill = time.monotonic()
+            os.kill(old_pid, signal.SIGKILL)
+            t_back = wait_until(
+                lambda: (d := diag_after(t_kill)) is not None and d["solver_pid"] != str(old_pid) and d["solver"] == "ready"
+                and converging_since(t_kill, d["solver_pid"]), 60, f"cycle {cycle}: a new solver converging", procs, logs)
+            window = [tc for tc, _ in harness.commands_since(topic, t_kill) if tc <= t_back]
+            gaps = np.diff(np.array([t_kill] + window))
+            diag = diag_after(t_kill)  # the newest, which saw the new solver converging
+            rate = len(window) / (t_back - t_kill)
+            summary = (f"cycle {cycle}: solver {old_pid} killed, new solver {diag['solver_pid']} converging after "
+                       f"{t_back - t_kill:.2f} s; meanwhile {len(window)} commands ({rate:.1f} Hz), max gap "
+                       f"{1e3 * gaps.max():.1f} ms; deaths {diag['solver_deaths']}, restarts {diag['solver_restarts']}, "
+                       f"solver_down_ticks {diag['solver_down_ticks']}")
+            figures.append(summary)
+            assert rate >= 0.7 * MPC_RATE and gaps.max() <= MAX_GAP_PERIODS * period, summary
+            assert int(diag["solver_deaths"]) == cycle and int(diag["solver_restarts"]) >= cycle, summary
+            assert int(diag["solver_down_ticks"]) > 0, summary
+            assert procs["mpc_node"].poll() is None and procs["mpc_node"].pid == node_pid
+            harness.check_alive()
+        values = np.array([v for _, v in harness.commands_since(topic, -math.inf)])
+        assert np.isfinite(values).all() and (np.abs(values) <= np.array([150, 150, 150, 28, 28, 28]) + 1e-9).all()
+        text = logs["mpc_node"].read_text()
+        assert "Traceback" not in text and "MPC tick failed" not in text, tail(logs["mpc_node"])
+        last_solver = int(diag_after(-math.inf)["solver_pid"])
+        procs["mpc_node"].send_signal(signal.SIGINT)
+        assert procs["mpc_node"].wait(timeout=30) == 0, tail(logs["mpc_node"])
+        deadline = time.monotonic() + 10
+        while Path(f"/proc/{last_solver}").exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not Path(f"/proc/{last_solver}").exists(), "the solver process outlived the node"
+        print("\n" + "\n".join(figures))
+    finally:
+        kill(procs["mpc_node"])
+        harness.close()
 
 
 # ------------------------------------------------------------------------ load benchmark smoke test

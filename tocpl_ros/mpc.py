@@ -62,8 +62,13 @@ __all__ = [
     "MPCConfig",
     "MPCResult",
     "RecedingHorizonMPC",
+    "InlineSolver",
+    "MPCWorker",
     "TaskPolicy",
+    "WorkerError",
+    "policy_command",
     "run_closed_loop",
+    "worker_main",
 ]
 
 WARM_STARTS = ("policy", "shifted", "cold")
@@ -158,6 +163,25 @@ class MPCResult:
     """Solution states [T+1, nx] (None if not finite)."""
     us: np.ndarray | None = None
     """Solution controls [T, nu] (None if not finite)."""
+    state_time: float = math.nan
+    """The ``now`` the solve was given: the time of the state it started from (NaN if none given)."""
+    gains: np.ndarray | None = None
+    """Feedback gains K_k of the first steps [n, nu, nx] (n covers ``min(deadline, horizon·dt)``,
+    so the plan can be followed for as long as it stays fresh; ``gains[0]`` is ``K``); None on a failure."""
+    dt: float = math.nan
+    """Duration of one OCP step (s): plan step k starts at ``state_time + k·dt``."""
+
+    def law(self, age: float) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
+        """(ū_k, x̄_k, K_k) of the plan step running ``age`` seconds after ``state_time``
+        (k = floor(age / dt), at most the last step with a gain), for the feedback law
+        u = ū_k − K_k (x − x̄_k); None if the result has no plan (a failure)."""
+        if not self.ok or self.gains is None or self.us is None or self.xs is None or not len(self.gains):
+            return None
+        k = int(age // self.dt) if math.isfinite(age) and age > 0 and math.isfinite(self.dt) and self.dt > 0 else 0
+        k = min(k, len(self.gains) - 1)
+        if k == 0:
+            return self.u_bar, self.x_bar, self.gains[0]  # type: ignore[return-value]
+        return self.us[k], self.xs[k], self.gains[k]
 
     def feedback_array(self) -> np.ndarray | None:
         """[ū (nu), x̄ (nx), K row-major (nu·nx)] (the ``/mpc/feedback`` layout), or None."""
@@ -271,8 +295,12 @@ class _DeadlineCallback(crocoddyl.CallbackAbstract):
         if self.calls == 1:
             self.first = now - self.last
         self.last = now
-        if solver.stop < solver.th_stop:
+        if solver.isFeasible and solver.stop < solver.th_stop:
             return  # the solver is about to return converged: let it
+        # (feasibility too: with every control on the box, BoxFDDP's projected criterion is 0 while
+        # the rollout is still infeasible, and the solve goes on; seen with an untrained policy's
+        # saturated warm start, where the deadline was otherwise never enforced: 17 iterations, 35 ms
+        # against 8 ms)
         if now - self.start + self.longest > self.deadline:
             raise _DeadlineExceeded()
 
@@ -308,6 +336,7 @@ class RecedingHorizonMPC:
         self._previous: tuple[np.ndarray, np.ndarray, float | None] | None = None
         self._need: dict[str, float] = {}
         """Per warm start, running estimate (s) of warm start + first iteration: the least a useful solve takes."""
+        self._now = math.nan
         self._rollout_models = list(self.shooting.runningModels)
         self._rollout_datas = [m.createData() for m in self._rollout_models]
 
@@ -320,11 +349,7 @@ class RecedingHorizonMPC:
     def policy_command(self, x: np.ndarray, target: np.ndarray) -> np.ndarray | None:
         """The policy's torque for state x and target (inside the box), or None (no policy
         or a non-finite output)."""
-        if self.policy is None:
-            return None
-        obs = self.task.observation(np.asarray(x, dtype=float)[None], np.asarray(target, dtype=float).reshape(1, -1))
-        u = np.clip(np.asarray(self.policy(obs), dtype=float).reshape(-1), self.u_min, self.u_max)
-        return u if u.shape == (self.task.nu,) and np.isfinite(u).all() else None
+        return policy_command(self.policy, self.task, x, target)
 
     def _policy_guess(self, x: np.ndarray, target: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         if isinstance(self.policy, TaskPolicy):
@@ -363,6 +388,10 @@ class RecedingHorizonMPC:
         when the cycle started late. Never raises."""
         t0 = time.perf_counter()
         cfg = self.config
+        try:
+            self._now = math.nan if now is None else float(now)
+        except (TypeError, ValueError):
+            self._now = math.nan
         budget = cfg.deadline if deadline is None or not deadline < cfg.deadline else max(float(deadline), 0.0)
         try:
             x = np.array(x, dtype=float).reshape(-1)
@@ -440,11 +469,27 @@ class RecedingHorizonMPC:
                 "max_iter", f"not converged within max_iter {cfg.max_iter}", x, target, mode, t0, **stats, **solution,
             )
         u0 = np.clip(us[0], self.u_min, self.u_max)
+        try:
+            gains = np.array([np.array(self.solver.K[k]) for k in range(self.gain_steps)])
+        except Exception as exc:  # never raise from solve()
+            return self._failure("error", f"reading the gains: {type(exc).__name__}: {exc}", x, target, mode, t0, **stats)
+        if not np.isfinite(gains).all():
+            return self._failure("nonfinite", "the feedback gains have NaN/Inf", x, target, mode, t0, **stats)
         return MPCResult(
             ok=True, status="converged", message="", command=u0, u_bar=u0, x_bar=xs[0].copy(), K=K0, fallback=False,
             warm_start=mode, iterations=iterations, converged=True, solve_time=solve_time, warm_start_time=warm_time,
-            cost=cost, xs=xs, us=us,
+            cost=cost, xs=xs, us=us, state_time=self._now, gains=gains, dt=self.task.dt,
         )
+
+    @property
+    def fresh_for(self) -> float:
+        """How long (s) after its state a solution may be used: the deadline, at most the horizon."""
+        return min(self.config.deadline, self.horizon * self.task.dt)
+
+    @property
+    def gain_steps(self) -> int:
+        """Plan steps whose gains a result carries: enough to follow it while it is fresh."""
+        return max(1, min(self.horizon, int(self.fresh_for // self.task.dt) + 1))
 
     def _estimate(self, mode: str, seconds: float) -> None:
         old = self._need.get(mode, 0.0)
@@ -482,7 +527,322 @@ class RecedingHorizonMPC:
             x_bar=None if command is None else x.copy(), K=None if command is None else np.zeros((nu, nx)),
             fallback=command is not None, warm_start=mode, iterations=iterations, converged=converged,
             solve_time=solve_time, warm_start_time=warm_time, cost=cost, xs=xs, us=us,
+            state_time=self._now, dt=self.task.dt,
         )
+
+
+# ---------------------------------------------------------------------- solving off the caller's thread
+
+
+def policy_command(policy: Callable | None, task: Task, x: np.ndarray, target: np.ndarray) -> np.ndarray | None:
+    """A task policy's torque for state x and target (inside the task's box), or None (no policy
+    or a non-finite output)."""
+    if policy is None:
+        return None
+    obs = task.observation(np.asarray(x, dtype=float)[None], np.asarray(target, dtype=float).reshape(1, -1))
+    u = np.clip(np.asarray(policy(obs), dtype=float).reshape(-1), task.u_min, task.u_max)
+    return u if u.shape == (task.nu,) and np.isfinite(u).all() else None
+
+
+class InlineSolver:
+    """A :class:`RecedingHorizonMPC` behind the request/result interface of :class:`MPCWorker`,
+    solving inside :meth:`submit` (the caller's thread: it blocks for the whole solve). For
+    simulations and for testing the tick logic deterministically; a real-time loop uses
+    :class:`MPCWorker`."""
+
+    def __init__(self, mpc: RecedingHorizonMPC):
+        self.mpc = mpc
+        self.config = mpc.config
+        self.horizon = mpc.horizon
+        self.task_name = mpc.task.name
+        self.fresh_for = mpc.fresh_for
+        self._result: MPCResult | None = None
+        self.deaths = self.restarts = 0
+        self.status = "ready"
+
+    @property
+    def busy(self) -> bool:
+        return False
+
+    def policy_command(self, x: np.ndarray, target: np.ndarray) -> np.ndarray | None:
+        return self.mpc.policy_command(x, target)
+
+    def submit(self, x: np.ndarray, target: np.ndarray, now: float, budget: float) -> bool:
+        self._result = self.mpc.solve(x, target, now, deadline=budget)
+        return True
+
+    def receive(self, timeout: float = 0.0) -> MPCResult | None:
+        result, self._result = self._result, None
+        return result
+
+    def reset(self) -> None:
+        self.mpc.reset()
+
+    def close(self) -> None:
+        pass
+
+
+class WorkerError(RuntimeError):
+    """The solver process could not start (its message says why)."""
+
+
+_WORKER_CODE = "import sys; from tocpl_ros.mpc import worker_main; sys.exit(worker_main(int(sys.argv[1])))"
+
+
+class MPCWorker:
+    """A :class:`RecedingHorizonMPC` in a process of its own, so that a solve never holds up
+    the caller (e.g. a control loop that must publish every period).
+
+    Crocoddyl's Python bindings keep the GIL for a whole solver iteration (measured: a Python
+    thread beside a horizon-1000 solve was held up 100 ms, the length of one iteration; beside
+    GIL-releasing numpy work, 12 ms), so a thread would not do: the solve runs in a child Python
+    process (``sys.executable``, a Unix socket pair, pickled requests and results).
+
+    One request at a time: :meth:`submit` (non-blocking; False while a solve is running or the
+    process is not ready) sends the state, target, its time ``now`` (any clock: only passed back
+    as ``MPCResult.state_time`` and used for the 'shifted' warm start) and a ``budget`` (s) from
+    the moment of the call; the process subtracts the time the request spent in transit.
+    :meth:`receive` returns the result when it is there (waiting at most ``timeout`` s, the GIL
+    released). The policy's command (:meth:`policy_command`) is computed here, in the caller's
+    process, from its own copy of the ONNX policy.
+
+    If the process dies (a crash, a kill), :meth:`receive`/:meth:`submit` notice it, count it in
+    ``deaths`` and start a new one (``restarts``), at most once per ``restart_backoff`` seconds
+    (doubling up to 30 s while restarts keep failing); meanwhile every request is refused, so
+    the caller falls back to the policy. The process exits on its own when its socket closes (the
+    caller exited or was killed). Build errors (a policy that does not fit the task, a bad
+    config) raise :class:`WorkerError` from :meth:`wait_ready`.
+    """
+
+    def __init__(
+        self,
+        task: str,
+        policy_path: str,
+        config: MPCConfig,
+        *,
+        task_object: Task | None = None,
+        policy: OnnxPolicy | None = None,
+        warm_up: int = 2,
+        restart_backoff: float = 1.0,
+    ):
+        """``task``: name or YAML path (``load_task``), loaded again in the process; ``task_object``
+        / ``policy``: already loaded copies for this process (the fallback command), else loaded
+        here. A policy that does not fit the task raises PolicyFileError before any process starts."""
+        from .tasks import load_task
+
+        self.task_spec = str(task)
+        self.policy_path = str(policy_path)
+        self.config = config
+        self.warm_up = int(warm_up)
+        self.task = task_object if task_object is not None else load_task(self.task_spec)
+        self.task_name = self.task.name
+        self.horizon = config.horizon or self.task.horizon
+        self.fresh_for = min(config.deadline, self.horizon * self.task.dt)
+        self.policy = TaskPolicy(policy if policy is not None else OnnxPolicy(self.policy_path), self.task)
+        self.restart_backoff = self._backoff0 = float(restart_backoff)
+        self.deaths = 0
+        self.restarts = 0
+        self.last_error = ""
+        self.status = "starting"
+        """'starting' (process started, not ready yet), 'ready', 'dead' (waiting to restart), 'closed'."""
+        self._proc = None
+        self._conn = None
+        self._pending: int | None = None
+        self._next_id = 0
+        self._started_at = -math.inf
+        self._start()
+
+    # -- process management
+
+    def _start(self) -> None:
+        import socket
+        import subprocess
+        import sys
+        from multiprocessing.connection import Connection
+
+        parent, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            self._proc = subprocess.Popen([sys.executable, "-c", _WORKER_CODE, str(child.fileno())], pass_fds=(child.fileno(),))
+        finally:
+            child.close()
+        self._conn = Connection(parent.detach())
+        self._conn.send(("init", self.task_spec, self.policy_path, dataclasses.asdict(self.config), self.warm_up))
+        self._started_at = time.monotonic()
+        self._pending = None
+        self.status = "starting"
+
+    def _died(self, why: str) -> None:
+        if self.status in ("dead", "closed"):
+            return
+        self.deaths += 1
+        self.last_error = why
+        self.status = "dead"
+        self._pending = None
+        self._stop_process(0.0)
+
+    def _stop_process(self, timeout: float) -> None:
+        conn, proc, self._conn, self._proc = self._conn, self._proc, None, None
+        if conn is not None:
+            try:
+                conn.send(("stop",))
+            except (OSError, ValueError):
+                pass
+            conn.close()  # the process also exits when it sees its socket closed
+        if proc is not None:
+            try:
+                proc.wait(timeout=timeout)
+            except Exception:
+                pass
+            if proc.poll() is None:
+                proc.kill()
+                try:
+                    proc.wait(timeout=5.0)
+                except Exception:
+                    pass
+
+    def _maybe_restart(self) -> None:
+        if self.status == "dead" and time.monotonic() - self._started_at >= self.restart_backoff:
+            self.restart_backoff = min(30.0, 2.0 * self.restart_backoff)  # reset once it is ready again
+            self.restarts += 1
+            try:
+                self._start()
+            except Exception as exc:  # e.g. no more processes: try again later
+                self.last_error = f"restart failed: {type(exc).__name__}: {exc}"
+                self.status = "dead"
+                self._started_at = time.monotonic()
+
+    def wait_ready(self, timeout: float = 300.0) -> None:
+        """Block until the process has built the MPC and warmed up; WorkerError if it failed."""
+        deadline = time.monotonic() + timeout
+        while self.status == "starting":
+            self.receive(max(0.0, min(0.5, deadline - time.monotonic())))
+            if self.status == "starting" and time.monotonic() > deadline:
+                self.close()
+                raise WorkerError(f"the MPC solver process was not ready within {timeout:g} s")
+        if self.status != "ready":
+            raise WorkerError(self.last_error or f"the MPC solver process is {self.status}")
+
+    @property
+    def alive(self) -> bool:
+        return self._proc is not None and self._proc.poll() is None
+
+    @property
+    def pid(self) -> int | None:
+        return None if self._proc is None else self._proc.pid
+
+    @property
+    def busy(self) -> bool:
+        """A submitted solve has not returned yet."""
+        return self._pending is not None
+
+    # -- requests
+
+    def policy_command(self, x: np.ndarray, target: np.ndarray) -> np.ndarray | None:
+        return policy_command(self.policy, self.task, x, target)
+
+    def submit(self, x: np.ndarray, target: np.ndarray, now: float, budget: float) -> bool:
+        """Send a solve request; False (nothing sent) while busy, starting or dead."""
+        self._maybe_restart()
+        if self.status != "ready" or self._pending is not None:
+            return False
+        if self._proc is not None and self._proc.poll() is not None:
+            self._died(f"the solver process exited (status {self._proc.returncode})")
+            return False
+        self._next_id += 1
+        try:
+            self._conn.send(("solve", self._next_id, np.asarray(x, dtype=float), np.asarray(target, dtype=float),
+                             float(now), float(budget), time.monotonic()))
+        except (OSError, ValueError) as exc:
+            self._died(f"sending to the solver process failed: {exc}")
+            return False
+        self._pending = self._next_id
+        return True
+
+    def receive(self, timeout: float = 0.0) -> MPCResult | None:
+        """The result of the submitted solve if it has arrived (waiting up to ``timeout`` s), else None."""
+        self._maybe_restart()
+        end = time.monotonic() + max(0.0, timeout)
+        while self._conn is not None:
+            try:
+                if not self._conn.poll(max(0.0, end - time.monotonic())):
+                    if self._proc is not None and self._proc.poll() is not None:
+                        self._died(f"the solver process exited (status {self._proc.returncode})")
+                    return None
+                message = self._conn.recv()
+            except (EOFError, OSError) as exc:
+                code = None if self._proc is None else self._proc.poll()
+                self._died(f"the solver process is gone ({type(exc).__name__}{'' if code is None else f', status {code}'})")
+                return None
+            kind = message[0]
+            if kind == "ready":
+                self.status = "ready"
+                self.restart_backoff = self._backoff0
+            elif kind == "error":
+                self._died(message[1])
+                return None
+            elif kind == "result" and message[1] == self._pending:
+                self._pending = None
+                return message[2]
+        return None
+
+    def reset(self) -> None:
+        """Forget the previous solution (the next 'shifted' solve starts cold)."""
+        if self._conn is not None:
+            try:
+                self._conn.send(("reset",))
+            except (OSError, ValueError) as exc:
+                self._died(f"sending to the solver process failed: {exc}")
+
+    def close(self, timeout: float = 2.0) -> None:
+        """Stop the process (a running solve ends first, up to ``timeout`` s, then it is killed)."""
+        self._stop_process(timeout)
+        self.status = "closed"
+        self._pending = None
+
+
+def worker_main(fd: int) -> int:
+    """The solver process of :class:`MPCWorker` (the socket ``fd``): builds the task, policy and
+    :class:`RecedingHorizonMPC`, warms up, then answers requests until told to stop or its
+    socket closes."""
+    import signal
+    import traceback
+    from multiprocessing.connection import Connection
+
+    from .tasks import load_task
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C in a terminal: the parent decides
+    conn = Connection(fd)
+    try:
+        message = conn.recv()
+        _, task_spec, policy_path, config, warm_up = message
+        try:
+            task = load_task(task_spec)
+            mpc = RecedingHorizonMPC(task, OnnxPolicy(policy_path), MPCConfig(**config))
+            nominal = mpc.task.nominal_problem() if hasattr(mpc.task, "nominal_problem") else mpc.task.sample(1, 0)
+            for _ in range(warm_up):  # onnxruntime and Crocoddyl allocate on first use
+                mpc.solve(nominal.x0[0], nominal.target[0])
+            mpc.reset()
+        except Exception as exc:
+            conn.send(("error", f"{type(exc).__name__}: {exc}"))
+            return 1
+        conn.send(("ready", {"pid": __import__("os").getpid()}))
+        while True:
+            message = conn.recv()
+            kind = message[0]
+            if kind == "stop":
+                return 0
+            if kind == "reset":
+                mpc.reset()
+            elif kind == "solve":
+                _, request, x, target, now, budget, sent_at = message
+                budget -= max(0.0, time.monotonic() - sent_at)
+                result = mpc.solve(x, target, now, deadline=max(budget, 0.0))
+                conn.send(("result", request, result))
+    except (EOFError, OSError, KeyboardInterrupt):
+        return 0  # the parent went away
+    except Exception:
+        traceback.print_exc()
+        return 1
 
 
 # ---------------------------------------------------------------------- closed loop

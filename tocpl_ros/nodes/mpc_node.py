@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import array
 import math
+import os
 import sys
 import threading
 import time
@@ -47,7 +48,7 @@ import numpy as np
 
 from ..config import ConfigError, FieldError, field_docs
 from ..controller import HOLD_MAX_KD_DT, HOLD_MAX_OMEGA_DT, ControllerConfig, PeriodStats, PolicyController
-from ..mpc import MPCConfig, RecedingHorizonMPC
+from ..mpc import MPCConfig, MPCWorker, WorkerError
 from ..policy_file import PolicyFileError
 from .runtime import StartupError, ThrottledLog, declare_parameters, run_node, take_joint_state, take_target
 
@@ -92,22 +93,45 @@ NODE_PARAMETERS["executor"] = (
 
 
 class MPCLoop:
-    """The node's per-tick logic without ROS: input checks (PolicyController), freshness,
-    the MPC solve, the command/feedback to publish and the counters."""
+    """The node's per-tick logic without ROS: input checks (PolicyController), freshness, the
+    exchange with the solver, the command/feedback to publish and the counters.
 
-    def __init__(self, mpc: RecedingHorizonMPC, controller: PolicyController, stale_periods: int):
-        self.mpc = mpc
+    ``solver`` is an :class:`~tocpl_ros.mpc.MPCWorker` (the node: solves in a process of their
+    own) or an :class:`~tocpl_ros.mpc.InlineSolver` (solves inside ``submit``: deterministic
+    tests). Every tick with a fresh joint state and a target publishes, never waiting for more
+    than ``budget`` (the rest of its period):
+
+    1. a result that arrived since the last tick is taken;
+    2. if the solver is idle, a solve from the current state is submitted, with the deadline
+       still left for that state (``deadline`` − its age), and the tick waits for it, at most
+       until that deadline or the end of ``budget``, whichever is first (a solve that takes
+       longer goes on in the solver and is taken by a later tick);
+    3. the command: the newest result if it converged and its state is at most ``fresh_for``
+       old (the deadline, at most the horizon), following its plan with the feedback law
+       u = ū_k − K_k (x − x̄_k) at the current state x (k: the plan step ``age`` falls in; for a
+       solve from this tick's own state x = x̄_0 and u = ū_0); otherwise the policy's command for
+       x (K = 0), and should the policy's output not be finite, the braking command.
+    """
+
+    def __init__(self, solver, controller: PolicyController, stale_periods: int):
+        self.solver = solver
+        self.config = solver.config
         self.controller = controller
-        self.stale_limit = stale_periods * mpc.config.period + 1e-9
+        self.stale_limit = stale_periods * self.config.period + 1e-9
+        self.fresh_for = solver.fresh_for
+        self.plan = None
+        """The newest result if it converged (an MPCResult), until it is no longer fresh."""
         self.counts: Counter = Counter()
         self.solve_times = PeriodStats(5000)
         self.iterations = PeriodStats(5000)
         self.last_status = "waiting"
         self.last_message = "no joint state received yet"
+        self._reason = "no MPC solution yet"
+        self._submitted_at: float | None = None
 
     def tick(self, now: float, budget: float | None = None) -> tuple[np.ndarray, np.ndarray] | None:
         """(command [nu], feedback [nu + nx + nu·nx]) to publish, or None (nothing). ``budget``:
-        seconds left for the solve in this period (None: the configured deadline)."""
+        seconds the tick may spend waiting for a solve (None: one period minus TICK_MARGIN)."""
         c = self.controller
         self.counts["ticks"] += 1
         q, v, target = c.q, c.v, c.target
@@ -118,7 +142,9 @@ class MPCLoop:
         age = c.age(now)
         if not -self.stale_limit <= age <= self.stale_limit:
             self.counts["stale_ticks"] += 1
-            self.mpc.reset()  # a solution from before the gap is no guess for 'shifted'
+            if self.last_status != "stale":
+                self.solver.reset()  # a solution from before the gap is no guess for 'shifted'
+            self.plan = None
             self.last_status = "stale"
             self.last_message = f"stale joint_states: last accepted {age * 1e3:.1f} ms ago (limit {self.stale_limit * 1e3:.1f} ms)"
             return None
@@ -127,14 +153,87 @@ class MPCLoop:
             self.last_status, self.last_message = "waiting", "no target"
             return None
         x = np.concatenate([q, v])
-        if budget is not None and budget < self.mpc.config.deadline:
-            self.counts["short_budget_ticks"] += 1  # started late: less than the deadline left
+        if budget is not None and budget < self.config.deadline:
+            self.counts["short_budget_ticks"] += 1  # less than the deadline left in this period
         try:
-            return self._solve(x, target, now, budget)
+            return self._step(x, target, now, now - age, budget)
         except Exception as exc:  # a bug here must not leave a gap: the policy, else braking
             self.counts["tick_errors"] += 1
             self.last_status, self.last_message = "fallback", f"MPC tick failed: {type(exc).__name__}: {exc}"
             return self._fallback(x, target)
+
+    def _step(self, x: np.ndarray, target: np.ndarray, now: float, state_time: float, budget: float | None):
+        solver = self.solver
+        self._take(solver.receive(0.0), now)
+        t = now
+        if solver.busy:
+            self.counts["busy_ticks"] += 1
+        else:
+            remaining = self.config.deadline - (now - state_time)  # for a solution of this state to be fresh
+            if solver.submit(x, target, state_time, remaining):
+                self.counts["requests"] += 1
+                self._submitted_at = now
+                limit = self.config.period - TICK_MARGIN if budget is None else budget
+                wait = max(0.0, min(limit, remaining))
+                t0 = time.perf_counter()
+                result = solver.receive(wait)
+                t = now + (time.perf_counter() - t0)
+                self._take(result, t)
+            else:
+                self.counts["solver_down_ticks"] += 1
+                self._reason = f"no MPC solver ({solver.status}: {getattr(solver, 'last_error', '') or 'starting'})"
+        return self._command(x, target, t)
+
+    def _take(self, result, t: float) -> None:
+        """Account for a result (None: nothing arrived) and keep it as the plan if usable."""
+        if result is None:
+            return
+        self.counts["solves"] += 1
+        self.counts[f"warm_start.{result.warm_start or 'none'}"] += 1
+        self.solve_times.add(result.solve_time)
+        self.iterations.add(float(result.iterations))
+        age = t - result.state_time
+        if result.ok and age <= self.fresh_for:
+            self.counts["converged"] += 1
+            self.plan = result
+            self._reason = ""
+            return
+        self.plan = None  # the newest result failed: the policy, not an older plan
+        self.counts["fallbacks"] += 1
+        if result.ok:
+            self.counts["fallback.late"] += 1
+            self._reason = (f"the solution arrived {age * 1e3:.1f} ms after its state (deadline "
+                            f"{self.fresh_for * 1e3:.3g} ms; solve {result.solve_time * 1e3:.1f} ms)")
+        else:
+            self.counts[f"fallback.{result.status}"] += 1
+            self._reason = result.message
+
+    def _command(self, x: np.ndarray, target: np.ndarray, t: float) -> tuple[np.ndarray, np.ndarray]:
+        c = self.controller
+        plan = self.plan
+        if plan is not None:
+            age = t - plan.state_time
+            law = plan.law(age) if age <= self.fresh_for else None
+            if law is None:
+                self.plan = None
+                self._reason = f"the last solution expired ({age * 1e3:.1f} ms old, deadline {self.fresh_for * 1e3:.3g} ms)"
+            else:
+                u_bar, x_bar, K = law
+                u_bar = np.clip(u_bar, c.u_lo, c.u_hi)
+                command = np.clip(u_bar - K @ (x - x_bar), c.u_lo, c.u_hi)
+                feedback = np.concatenate([u_bar, x_bar, K.reshape(-1)])
+                if command.shape == (c.nq,) and np.isfinite(command).all() and np.isfinite(feedback).all():
+                    self.counts["mpc_ticks"] += 1
+                    self.last_status, self.last_message = "mpc", ""
+                    return command, feedback
+                self.plan = None
+                self._reason = "the solution's feedback law gave NaN/Inf"
+        self.counts["policy_ticks"] += 1
+        reason = self._reason
+        if self.solver.busy and self._submitted_at is not None:
+            reason = f"solving (started {(t - self._submitted_at) * 1e3:.1f} ms ago); last: {reason}"
+        self.last_status, self.last_message = "fallback", reason
+        return self._fallback(x, target)
 
     def _fallback(self, x: np.ndarray, target: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """The policy's command for x, else (non-finite policy output) the controller's braking
@@ -142,7 +241,7 @@ class MPCLoop:
         c = self.controller
         command = None
         try:
-            command = self.mpc.policy_command(x, target)
+            command = self.solver.policy_command(x, target)
         except Exception:
             command = None
         if command is None or command.shape != (c.nq,) or not np.isfinite(command).all():
@@ -155,37 +254,12 @@ class MPCLoop:
         command = np.clip(command, c.u_lo, c.u_hi)
         return command, np.concatenate([command, x, np.zeros(c.nq * x.size)])
 
-    def _solve(self, x: np.ndarray, target: np.ndarray, now: float, budget: float | None) -> tuple[np.ndarray, np.ndarray]:
-        c = self.controller
-        result = self.mpc.solve(x, target, now, deadline=budget)
-        self.counts["solves"] += 1
-        self.counts[f"warm_start.{result.warm_start or 'none'}"] += 1
-        self.solve_times.add(result.solve_time)
-        self.iterations.add(float(result.iterations))
-        if result.ok:
-            self.counts["converged"] += 1
-        else:
-            self.counts["fallbacks"] += 1
-            self.counts[f"fallback.{result.status}"] += 1
-        self.last_status = "mpc" if result.ok else "fallback"
-        self.last_message = result.message
-        command = result.command
-        if command is None or command.shape != (c.nq,) or not np.isfinite(command).all():
-            return self._fallback(x, target)
-        command = np.clip(command, c.u_lo, c.u_hi)
-        K = result.K if result.K is not None else np.zeros((c.nq, x.size))
-        x_bar = result.x_bar if result.x_bar is not None else x
-        feedback = np.concatenate([command, x_bar, K.reshape(-1)])
-        if not np.isfinite(feedback).all():  # cannot happen for a finite result; never publish NaN
-            feedback = np.concatenate([command, x, np.zeros(c.nq * x.size)])
-        return command, feedback
-
     def diagnostics(self) -> dict[str, str]:
         """Flat key → value strings (solve statistics of the window since the last call)."""
         st, it = self.solve_times.summary(), self.iterations.summary()
         self.solve_times.clear()
         self.iterations.clear()
-        cfg = self.mpc.config
+        cfg = self.config
         s = self.controller.stats
         out = {
             "state": self.last_status,
@@ -194,7 +268,12 @@ class MPCLoop:
             "rate_hz": f"{cfg.rate:g}",
             "deadline_ms": f"{cfg.deadline * 1e3:g}",
             "max_iter": str(cfg.max_iter),
-            "horizon": str(self.mpc.horizon),
+            "horizon": str(self.solver.horizon),
+            "fresh_for_ms": f"{self.fresh_for * 1e3:g}",
+            "solver": self.solver.status,
+            "solver_pid": str(getattr(self.solver, "pid", None) or os.getpid()),
+            "solver_deaths": str(self.solver.deaths),
+            "solver_restarts": str(self.solver.restarts),
             "solve_time_p50_ms": f"{st['p50'] * 1e3:.3f}",
             "solve_time_p99_ms": f"{st['p99'] * 1e3:.3f}",
             "solve_time_max_ms": f"{st['max'] * 1e3:.3f}",
@@ -206,7 +285,8 @@ class MPCLoop:
             "rejected_inputs": str(s.rejected_total),
             "target": "none" if self.controller.target is None else " ".join(f"{x:.4f}" for x in self.controller.target),
         }
-        counters = ("ticks", "solves", "converged", "fallbacks", "short_budget_ticks", "stale_ticks", "no_state_ticks",
+        counters = ("ticks", "requests", "solves", "converged", "fallbacks", "mpc_ticks", "policy_ticks", "busy_ticks",
+                    "solver_down_ticks", "short_budget_ticks", "stale_ticks", "no_state_ticks", "no_target_ticks",
                     "brake_ticks", "tick_errors")
         for key in counters:
             out[key] = str(self.counts[key])
@@ -256,12 +336,19 @@ def _make_node_class():
             try:
                 controller = PolicyController(p["policy_path"], controller_config, urdf=getattr(task, "urdf_file", None))
                 controller.check_metadata(dt=task.dt)
-                mpc = RecedingHorizonMPC(task, controller.policy, mpc_config)
+                # the solves run in a process of their own (MPCWorker: Crocoddyl keeps the GIL for
+                # whole iterations); this process keeps the policy for the fallback command
+                solver = MPCWorker(p["task"], p["policy_path"], mpc_config, task_object=task, policy=controller.policy)
             except (PolicyFileError, ValueError, OSError) as exc:
                 raise StartupError(f"policy '{p['policy_path']}' rejected: {exc}") from exc
+            self.solver = solver
+            try:
+                solver.wait_ready()
+            except WorkerError as exc:
+                raise StartupError(f"MPC solver process: {exc}") from exc
             controller.start()
-            self.loop = MPCLoop(mpc, controller, p["stale_periods"])
-            self.mpc, self.controller, self.config = mpc, controller, mpc_config
+            self.loop = MPCLoop(solver, controller, p["stale_periods"])
+            self.controller, self.config = controller, mpc_config
             self._warm_up(task)
             self.lock = threading.Lock()
             self.input_log = ThrottledLog(self.get_logger(), period=1.0)
@@ -287,17 +374,25 @@ def _make_node_class():
             self._diag_types = (DiagnosticArray, DiagnosticStatus, KeyValue)
             deadline = "none" if math.isinf(mpc_config.deadline) else f"{mpc_config.deadline * 1e3:g} ms"
             self.get_logger().info(
-                f"MPC on task {task.name} (horizon {mpc.horizon} x {task.dt:g} s) at {mpc_config.rate:g} Hz, warm start "
+                f"MPC on task {task.name} (horizon {solver.horizon} x {task.dt:g} s, solver process {solver.pid}) at {mpc_config.rate:g} Hz, warm start "
                 f"{mpc_config.warm_start}, max_iter {mpc_config.max_iter}, deadline {deadline}, policy {p['policy_path']} "
                 f"(fallback) -> {COMMAND_TOPIC}, {FEEDBACK_TOPIC}"
             )
 
         def _warm_up(self, task) -> None:
-            """One solve of the nominal problem (onnxruntime and Crocoddyl allocate on first use)."""
+            """The fallback policy once (onnxruntime allocates on first use; the solver process
+            has warmed up its own)."""
             nominal = task.nominal_problem() if hasattr(task, "nominal_problem") else task.sample(1, 0)
-            for _ in range(2):
-                self.mpc.solve(nominal.x0[0], nominal.target[0])
-            self.mpc.reset()
+            self.solver.policy_command(nominal.x0[0], nominal.target[0])
+
+        def on_shutdown(self, executor) -> None:
+            self.solver.close()
+
+        def destroy_node(self):
+            solver = getattr(self, "solver", None)
+            if solver is not None:
+                solver.close()
+            return super().destroy_node()
 
         def _declare_parameters(self) -> dict[str, Any]:
             values = declare_parameters(self, NODE_PARAMETERS)
@@ -380,7 +475,7 @@ def _make_node_class():
                 level=level,
                 name=f"{self.get_name()}: MPC loop",
                 message=message,
-                hardware_id=self.mpc.task.name,
+                hardware_id=self.solver.task_name,
                 values=[KeyValue(key=k, value=v) for k, v in values.items()],
             )
             msg = DiagnosticArray(status=[status])
