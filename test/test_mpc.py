@@ -283,3 +283,149 @@ def test_benchmark_cli_smoke(untrained, tmp_path, capsys):
     assert report["open_loop"]["cold"]["solves"] == 2 and report["closed_loop"]["policy"]["solves"] == 2 * 3
     assert report["closed_loop"]["shifted (first, cold)"]["solves"] == 2
     assert main(["--policy", str(tmp_path / "missing.onnx")]) == 2
+
+
+# ------------------------------------------------------------------------ deadline, plans, solver process
+
+
+def test_deadline_stops_an_infeasible_solve_at_the_first_iteration(task, untrained):
+    """At its first callback an infeasible solve from the policy's warm start reports stop 0
+    (< th_stop): the deadline callback must not take that for convergence (it did: the deadline
+    was then never enforced, 17 iterations / 35 ms against 8 ms)."""
+    import time
+
+    import crocoddyl
+
+    from tocpl_ros.mpc import _DeadlineExceeded
+    from tocpl_ros.tasks import Problems
+
+    mpc = RecedingHorizonMPC(task, untrained, MPCConfig(deadline=0.5))
+    p = task.sample(1, HELD_OUT_SEED + 2)
+    x, target = p.x0[0], p.target[0]
+    task.set_problem(mpc.shooting, Problems(x[None], target[None]))
+    xs, us = mpc._policy_guess(x, target)
+    seen = []
+
+    class Record(crocoddyl.CallbackAbstract):
+        def __init__(self):
+            crocoddyl.CallbackAbstract.__init__(self)
+
+        def __call__(self, solver, *args):
+            seen.append((solver.stop, solver.isFeasible))
+
+    mpc.solver.setCallbacks([Record(), mpc._deadline])
+    mpc._deadline.arm(time.perf_counter() - 1.0, 0.5)  # already past the deadline
+    with pytest.raises(_DeadlineExceeded):
+        mpc.solver.solve(list(xs), list(us), 20, False)
+    assert mpc._deadline.calls == 1 and len(seen) == 1
+    assert seen[0][0] < mpc.solver.th_stop and not seen[0][1], f"premise (stop, feasible) = {seen[0]}"
+
+
+def test_result_law_follows_the_plan(task):
+    """MPCResult.law(age): the local controller of the plan step running at that age; the
+    gains cover the window in which the result is fresh (min(deadline, horizon))."""
+    mpc = RecedingHorizonMPC(task, None, exact(warm_start="cold"))
+    p = task.sample(1, HELD_OUT_SEED + 5)
+    r = mpc.solve(p.x0[0], p.target[0], now=3.0)
+    assert r.ok and r.state_time == 3.0 and r.dt == task.dt
+    assert mpc.fresh_for == task.horizon * task.dt and r.gains.shape == (task.horizon, task.nu, task.nx)
+    np.testing.assert_array_equal(r.gains[0], r.K)
+    u, xb, K = r.law(0.0)
+    assert u is r.u_bar and xb is r.x_bar
+    np.testing.assert_array_equal(K, r.K)
+    u, xb, K = r.law(2.5 * task.dt)
+    np.testing.assert_array_equal(u, r.us[2])
+    np.testing.assert_array_equal(xb, r.xs[2])
+    np.testing.assert_array_equal(K, r.gains[2])
+    np.testing.assert_array_equal(r.law(1e9)[2], r.gains[-1])
+    # the default deadline (8 ms < dt): one step
+    short = RecedingHorizonMPC(task, None, MPCConfig(warm_start="cold", deadline=0.5, max_iter=500))
+    assert short.gain_steps == int(0.5 // task.dt) + 1
+    assert RecedingHorizonMPC(task, None, MPCConfig(warm_start="cold")).gain_steps == 1
+    failed = RecedingHorizonMPC(task, None, MPCConfig(warm_start="cold", deadline=1e-6)).solve(p.x0[0], p.target[0])
+    assert not failed.ok and failed.law(0.0) is None
+
+
+def test_worker_keeps_the_caller_free_during_long_iterations(untrained):
+    """Horizon 1000, cold: one Crocoddyl iteration takes ~85 ms and keeps the GIL; in the solver
+    process it does not hold up a 100 Hz loop in the caller, which polls for the result."""
+    import time
+
+    from tocpl_ros.mpc import MPCWorker
+
+    config = MPCConfig(warm_start="cold", horizon=1000, max_iter=1000, deadline=1.0)
+    worker = MPCWorker("ur5_reach", str(untrained.path), config, warm_up=0)
+    try:
+        worker.wait_ready(120)
+        assert worker.pid is not None and worker.alive and worker.horizon == 1000
+        task = worker.task
+        p = task.sample(1, HELD_OUT_SEED + 6)
+        x, target = p.x0[0], p.target[0]
+        assert worker.submit(x, target, now=0.0, budget=1.0) and worker.busy
+        assert not worker.submit(x, target, now=0.0, budget=1.0), "one request at a time"
+        periods, polls, result = [], [], None
+        last = time.perf_counter()
+        end = last + 30
+        while result is None and time.perf_counter() < end:
+            time.sleep(0.01)
+            t = time.perf_counter()
+            result = worker.receive(0.0)
+            polls.append(time.perf_counter() - t)
+            periods.append(t - last)
+            last = t
+        assert result is not None, "no result within 30 s"
+        print(f"solve {result.solve_time * 1e3:.0f} ms, {result.iterations} iterations ({result.status}); caller loop "
+              f"period max {max(periods) * 1e3:.1f} ms over {len(periods)} ticks, poll max {max(polls) * 1e3:.2f} ms")
+        assert result.solve_time > 0.1 and result.state_time == 0.0, "premise: a solve of several periods"
+        assert len(periods) >= 5 and max(periods) < 0.05, "the caller was held up"
+        np.testing.assert_allclose(worker.policy_command(x, target), result.command if not result.ok else
+                                   RecedingHorizonMPC(task, untrained, MPCConfig(deadline=1e-6)).policy_command(x, target))
+    finally:
+        worker.close()
+    assert worker.status == "closed" and not worker.alive
+
+
+def test_worker_restarts_after_being_killed(untrained):
+    import os
+    import signal
+    import time
+
+    from tocpl_ros.mpc import MPCWorker
+
+    worker = MPCWorker("ur5_reach", str(untrained.path), exact(warm_start="cold"), warm_up=1,
+                       restart_backoff=0.2)
+    try:
+        worker.wait_ready(120)
+        p = worker.task.sample(1, HELD_OUT_SEED + 7)
+        x, target = p.x0[0], p.target[0]
+        first = worker.pid
+        os.kill(first, signal.SIGKILL)
+        deadline = time.monotonic() + 10
+        while worker.deaths == 0 and time.monotonic() < deadline:
+            worker.submit(x, target, 0.0, math.inf)
+            worker.receive(0.05)
+        assert worker.deaths == 1 and "status -9" in worker.last_error, worker.last_error  # SIGKILL
+        time.sleep(0.25)
+        assert not worker.submit(x, target, 0.0, math.inf)  # restarted, not ready yet
+        assert worker.restarts == 1 and worker.pid not in (None, first)
+        worker.wait_ready(120)
+        assert worker.submit(x, target, 0.0, math.inf)
+        result = worker.receive(60)
+        assert result is not None and result.ok, result
+        worker.reset()
+        assert worker.submit(x, target, 0.0, math.inf) and worker.receive(60).ok
+    finally:
+        worker.close()
+
+
+def test_worker_refuses_a_policy_for_another_task(untrained):
+    from tocpl_ros.mpc import MPCWorker, WorkerError
+
+    with pytest.raises(PolicyFileError):
+        MPCWorker("pendulum", str(untrained.path), MPCConfig())
+    with pytest.raises(WorkerError, match="horizon|integer|must"):
+        # a config the solver process refuses (bypassing MPCConfig's own check in this process)
+        config = MPCConfig()
+        config.horizon = -3
+        worker = MPCWorker("ur5_reach", str(untrained.path), config, warm_up=0)
+        worker.wait_ready(120)

@@ -21,11 +21,20 @@ iteration (estimated as its longest one so far) would end past the deadline is s
 there, so a solve overruns its deadline by at most one iteration's mis-estimate. A cycle
 whose budget is smaller than the running estimate of warm start + first iteration is not
 attempted at all (reported as 'deadline', "skipped"), so a late cycle or a starved CPU
-degrades to the policy's commands instead of delaying them; the estimate decays by 10 %
+degrades to the policy's commands instead of wasting the CPU; the estimate decays by 10 %
 per skipped cycle so that solves are retried. Every
 failure (deadline missed, not converged within the cap, non-finite numbers, a solver
 exception, invalid input) is *reported* in the :class:`MPCResult`, never raised, and the
 result then carries the policy's own command for the current state as the fallback.
+
+Solving off the caller's thread: :class:`MPCWorker` runs a RecedingHorizonMPC in a process of
+its own (a Python thread would not do: Crocoddyl's bindings keep the GIL for a whole solver
+iteration), one request at a time, non-blocking submit and a receive with a timeout, restarted
+if it dies; :class:`InlineSolver` gives the same interface solving in the caller's thread (for
+simulations and deterministic tests). A result is *fresh* while its state is at most
+``min(deadline, horizon·dt)`` old (:attr:`RecedingHorizonMPC.fresh_for`); it carries the gains
+of the plan steps that window covers, and :meth:`MPCResult.law` gives the local controller
+(ū_k, x̄_k, K_k) of the step running at a given age, so a later tick can follow the plan.
 
 The feedback of a solution follows Crocoddyl's convention: a fast loop applies
 ``u = ū_0 − K_0 (x − x̄_0)`` (``MPCResult.u_bar``, ``K``, ``x_bar``; on a fallback K = 0
@@ -37,7 +46,8 @@ and 0.36 ms with 1 (a whole solve 167 ms vs 11 ms). ``MPCConfig.threads`` (defau
 ``ShootingProblem.nthreads``.
 
 Only numpy, crocoddyl/pinocchio (through the task) and onnxruntime (through
-:mod:`tocpl_ros.policy_file`) are needed: no torch, no rclpy.
+:mod:`tocpl_ros.policy_file`) are needed: no torch, no rclpy (the solver process imports the
+same).
 """
 
 from __future__ import annotations
@@ -93,7 +103,9 @@ class MPCConfig:
     """Iteration cap of one solve; a solve that has not converged by then is a failure."""
     deadline: float = 0.008
     """Wall-time budget of one solve in seconds, warm start included (inf: none). A solve that
-    would end later is stopped between iterations and reported as 'deadline' (fallback)."""
+    would end later is stopped between iterations and reported as 'deadline' (fallback). In
+    mpc_node it counts from the state's arrival, and a solution is used while its state is at
+    most this old (at most the horizon)."""
     threads: int = 1
     """Crocoddyl threads for the problem's calc/calcDiff (ShootingProblem.nthreads)."""
 
@@ -675,10 +687,12 @@ class MPCWorker:
         if self.status in ("dead", "closed"):
             return
         self.deaths += 1
-        self.last_error = why
         self.status = "dead"
         self._pending = None
-        self._stop_process(0.0)
+        proc = self._proc
+        self._stop_process(0.1)
+        code = None if proc is None else proc.poll()
+        self.last_error = why if code is None or "status" in why else f"{why}, exit status {code}"
 
     def _stop_process(self, timeout: float) -> None:
         conn, proc, self._conn, self._proc = self._conn, self._proc, None, None
@@ -770,8 +784,7 @@ class MPCWorker:
                     return None
                 message = self._conn.recv()
             except (EOFError, OSError) as exc:
-                code = None if self._proc is None else self._proc.poll()
-                self._died(f"the solver process is gone ({type(exc).__name__}{'' if code is None else f', status {code}'})")
+                self._died(f"the solver process is gone ({type(exc).__name__})")
                 return None
             kind = message[0]
             if kind == "ready":

@@ -2,22 +2,29 @@
 layer over :class:`tocpl_ros.mpc.RecedingHorizonMPC`).
 
 Subscribes ``/joint_states`` (sensor_msgs/JointState, sensor-data QoS, taken by joint
-name) and ``/target`` (geometry_msgs/PointStamped, base frame). At ``rate`` (default
-100 Hz, steady-clock timer) it solves the task's OCP from the latest state and publishes,
-reliable QoS:
+name) and ``/target`` (geometry_msgs/PointStamped, base frame). The OCP is solved in a solver
+process of the node's own (:class:`tocpl_ros.mpc.MPCWorker`; Crocoddyl keeps the GIL for whole
+iterations, so a thread would still hold up the timer), so a solve never delays a command. At
+``rate`` (default 100 Hz, steady-clock timer) the node hands the latest state to the solver
+when it is idle, waits for that solve at most until its deadline or the end of the period, and
+publishes, reliable QoS, on every tick (:class:`MPCLoop`):
 
 - ``/mpc/command`` (std_msgs/Float64MultiArray): the torque to apply now, [nu], clamped to
-  the torque limits: the solution's first control, or the policy's own command for the
-  current state when the solve missed its deadline or failed (exception, non-finite,
-  not converged), and should the policy's output not be finite either, the braking command
-  g(q) − M(q)·40·v: never a gap while the state is fresh;
+  the torque limits: the newest solution while its state is not older than ``deadline``
+  (its plan followed with the feedback law at the current state; from this tick's own state,
+  its first control), else the policy's own command for the current state (the solve missed its
+  deadline, failed: exception, non-finite, not converged; is still running; or the solver
+  process is down and being restarted), and should the policy's output not be finite either,
+  the braking command g(q) − M(q)·40·v: never a gap while the state is fresh;
 - ``/mpc/feedback`` (std_msgs/Float64MultiArray, empty layout), for a fast loop applying
   Crocoddyl's law u = ū − K (x − x̄): data = [ū (nu), x̄ (nx = 2 nu: q then v),
-  K row-major (nu × nx)], 90 values for the UR5; on a fallback ū is the policy's command and
-  K = 0;
+  K row-major (nu × nx)], 90 values for the UR5 (the plan step the command came from); on a
+  fallback ū is the policy's command, x̄ the current state and K = 0;
 - ``/diagnostics`` (diagnostic_msgs/DiagnosticArray) every ``diagnostics_period``: solve time
-  and iteration statistics, warm starts used, fallback counts by reason, stale ticks, loop
-  period and rejected inputs.
+  and iteration statistics (measured in the solver process), warm starts used, fallback counts
+  by reason ('late': converged, but after its deadline), ticks with the MPC's / the policy's
+  command, ticks while the solver was busy or down, the solver process (status, pid, deaths,
+  restarts), stale ticks, loop period and rejected inputs.
 
 Inputs go through :class:`tocpl_ros.controller.PolicyController`'s checks (joint names,
 NaN/Inf, sanity bounds, target box): a rejected joint state is ignored. No accepted joint
@@ -59,7 +66,7 @@ JOINT_STATES_TOPIC = "/joint_states"
 TARGET_TOPIC = "/target"
 DIAGNOSTICS_TOPIC = "/diagnostics"
 TICK_MARGIN = 0.001
-"""Seconds of each period kept free of solving (publishing, joint-state callbacks)."""
+"""Seconds of each period a tick never spends waiting for the solver (publishing, callbacks)."""
 
 _MPC_DOCS = field_docs(MPCConfig)
 _CONTROLLER_DOCS = field_docs(ControllerConfig)
@@ -438,8 +445,8 @@ def _make_node_class():
                 self.get_logger().error(f"publishing failed: {exc}", throttle_duration_sec=1.0)
 
         def _budget(self) -> float | None:
-            """Seconds until the next tick is due, minus a margin for publishing: a tick that
-            started late gets a shorter deadline, so the solve never delays the next command."""
+            """Seconds until the next tick is due, minus a margin for publishing: the longest this
+            tick may wait for its solve (which goes on in the solver process regardless)."""
             try:
                 remaining = self.control_timer.time_until_next_call()
             except Exception:
