@@ -1,5 +1,6 @@
 """``mpc_node``: receding-horizon Crocoddyl MPC warm-started from the ONNX policy (thin rclpy
-layer over :class:`tocpl_ros.mpc.RecedingHorizonMPC`).
+layer over :class:`MPCLoop` and :class:`tocpl_ros.mpc.MPCWorker`, which runs
+:class:`tocpl_ros.mpc.RecedingHorizonMPC` in a solver process).
 
 Subscribes ``/joint_states`` (sensor_msgs/JointState, sensor-data QoS, taken by joint
 name) and ``/target`` (geometry_msgs/PointStamped, base frame). The OCP is solved in a solver
