@@ -152,6 +152,44 @@ def test_sigkill_at_random_moments_then_resume_loses_and_repeats_nothing(tmp_pat
     assert rows[-1]["wall_time"] > rows[0]["wall_time"]
 
 
+def children_of(pid: int) -> set[int]:
+    """Pids of the live processes whose parent is ``pid`` (from /proc)."""
+    found = set()
+    for entry in Path("/proc").iterdir():
+        try:
+            if entry.name.isdigit() and int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1]) == pid:
+                found.add(int(entry.name))
+        except (OSError, IndexError, ValueError):
+            continue  # exited while we looked
+    return found
+
+
+def running(pid: int) -> bool:
+    """True while ``pid`` exists and is not a zombie waiting to be reaped."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def test_oc_workers_of_a_killed_training_exit(tmp_path):
+    # A pool worker waits on the job queue's lock, which a SIGKILLed trainer never releases:
+    # without their own watch the workers would outlive it for good (seen: idle orphans for hours).
+    training = Training(SMALL + ["--workers", "2", "--iterations", str(ITERATIONS), "--out", str(tmp_path / "run")])
+    training.wait_for_iterations(1)
+    workers = children_of(training.proc.pid)
+    assert len(workers) >= 2, workers
+    training.proc.send_signal(signal.SIGKILL)
+    training.finish()
+    deadline = time.monotonic() + 10.0
+    while time.monotonic() < deadline and any(running(w) for w in workers):
+        time.sleep(0.1)
+    alive = [w for w in workers if running(w)]
+    for w in alive:
+        os.kill(w, signal.SIGKILL)
+    assert not alive, f"OC workers {alive} outlived their killed trainer"
+
+
 def test_rows_logged_after_the_last_checkpoint_are_replaced_on_resume(tmp_path):
     """A kill between the checkpoint and the logs, or a log row the checkpoint never got: no duplicates."""
     run = tmp_path / "run"

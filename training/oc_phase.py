@@ -26,6 +26,8 @@ from __future__ import annotations
 
 import multiprocessing as mp
 import os
+import threading
+import time
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
@@ -142,8 +144,24 @@ def configure_terms(terms, request: OCRequest, job: OCJob) -> None:
 _WORKER: _Worker | None = None
 
 
+def _exit_with_parent(parent_pid: int, period: float = 1.0) -> None:
+    """End this worker once its parent is gone.
+
+    A pool worker blocks on the job queue's lock; if the trainer is killed (SIGKILL, OOM) that
+    lock is never released and the worker would wait forever. Polling the parent pid is
+    portable and needs no cooperation from the dying process.
+    """
+    def watch() -> None:
+        while os.getppid() == parent_pid:
+            time.sleep(period)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="exit-with-parent", daemon=True).start()
+
+
 def _init_worker(task_name: str, task_config: dict, constrained: bool, crocoddyl_threads: int | None = 1) -> None:
     global _WORKER
+    _exit_with_parent(os.getppid())
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     _WORKER = _Worker(task_name, task_config, constrained, crocoddyl_threads)
 
