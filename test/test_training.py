@@ -12,7 +12,7 @@ from tocpl_training.cli import build_parser, main as train_main
 from tocpl_training.config import TrainConfig
 from tocpl_training.oc_phase import OCJob, OCPhaseRunner, OCRequest
 from tocpl_training.policy import make_policy
-from tocpl_training.supervised import sobolev_loss_full, sobolev_loss_stochastic
+from tocpl_training.supervised import SupervisedData, fit, sobolev_loss_full, sobolev_loss_stochastic
 from tocpl_ros.tasks.config import SolverConfig
 from tocpl_training.trainer import CHECKPOINT, Trainer
 
@@ -150,6 +150,26 @@ def test_pddp_sobolev_learns_to_stabilise_the_pendulum(tmp_path):
                                eval_problems=50, workers=1), tmp_path / "run").run()
     best = max(r["within_tolerance"] for r in rows)
     assert rows[0]["within_tolerance"] < 0.5 and best >= 0.8
+
+
+def test_targets_on_the_torque_box_keep_the_network_bounded():
+    # Box-constrained OC solutions sit on the bounds; regressing tanh onto ±1 exactly drives the
+    # pre-activations (and weights) to grow without end, until float32 overflows.
+    task = load_task("pendulum")
+    policy = make_policy(task, seed=0)
+    rng = np.random.default_rng(0)
+    obs = rng.uniform(-1, 1, (512, task.obs_dim))
+    u = np.where(obs[:, :1] > 0, task.u_max, task.u_min)  # bang-bang: every target on the box
+    data = SupervisedData(obs, u, np.zeros((512, task.nu, task.nx)))
+    optimizer = torch.optim.Adam(policy.parameters(), lr=1e-2)
+    stats = fit(policy, optimizer, data, epochs=300, batch_size=512, nx=task.nx, sobolev_weight=1e-2,
+                generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        z = policy.net((torch.as_tensor(obs, dtype=torch.float32) - policy.obs_mean) / policy.obs_scale)
+    assert all(torch.isfinite(p).all() for p in policy.parameters()) and stats["skipped_steps"] == 0
+    assert z.abs().max() < 6.0  # atanh(1 - 1e-3) = 3.8: aimed inside the box, not at infinity
+    error = np.abs(policy.act(obs) - u)[:, 0] / task.u_max[0]
+    assert np.mean(error < 0.05) > 0.8  # and still on the bang-bang law away from its switch
 
 
 def test_learning_rate_decays_geometrically_to_its_final_value():

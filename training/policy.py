@@ -48,9 +48,12 @@ class MLPPolicy(nn.Module):
         self.register_buffer("u_mid", ((u_max + u_min) / 2).float())
         self.register_buffer("u_half", ((u_max - u_min) / 2).float())
 
+    def preactivation(self, obs: torch.Tensor) -> torch.Tensor:
+        """The MLP's output before tanh (π = u_mid + u_half · tanh of it)."""
+        return self.net((obs - self.obs_mean) / self.obs_scale)
+
     def forward(self, obs: torch.Tensor) -> torch.Tensor:
-        z = (obs - self.obs_mean) / self.obs_scale
-        return self.u_mid + self.u_half * torch.tanh(self.net(z))
+        return self.u_mid + self.u_half * torch.tanh(self.preactivation(obs))
 
     def act(self, obs: np.ndarray) -> np.ndarray:
         """Numpy in, numpy out, no gradient: the form rollouts use."""

@@ -36,9 +36,24 @@ class SupervisedData:
         return SupervisedData(np.concatenate([p.obs for p in parts]), np.concatenate([p.u for p in parts]), jac)
 
 
+TARGET_MARGIN = 1e-3
+"""Regression targets are clamped to u_mid ± (1 − TARGET_MARGIN)·u_half: aim inside the box."""
+PREACTIVATION_LIMIT = float(np.arctanh(1.0 - TARGET_MARGIN))
+"""|tanh pre-activation| beyond this (3.8) is penalised (see regression_loss)."""
+
+
 def regression_loss(policy: MLPPolicy, obs: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
-    """Mean over the batch of ½‖(u − π(obs)) / u_half‖²  (eq. 7)."""
-    return 0.5 * (((u - policy(obs)) / policy.u_half) ** 2).sum(dim=1).mean()
+    """Mean over the batch of ½‖(u − π(obs)) / u_half‖²  (eq. 7), plus ½‖excess‖² of the tanh
+    pre-activations beyond ±PREACTIVATION_LIMIT.
+
+    Why the second term: box-constrained OC controls sit on the bounds, and a saturated tanh has
+    no gradient to come back with, so the weights could only grow (seen: NaN weights after 25
+    good pendulum iterations). It is zero wherever the policy aims inside the box.
+    """
+    z = policy.preactivation(obs)
+    error = (u - (policy.u_mid + policy.u_half * torch.tanh(z))) / policy.u_half
+    excess = torch.relu(z.abs() - PREACTIVATION_LIMIT)
+    return 0.5 * (error**2).sum(dim=1).mean() + 0.5 * (excess**2).sum(dim=1).mean()
 
 
 def sobolev_loss_stochastic(
@@ -118,12 +133,17 @@ def fit(
 ) -> dict[str, float]:
     """Adam mini-batches over ``data``; returns the last epoch's mean losses."""
     obs = torch.as_tensor(data.obs, dtype=torch.float32)
-    u = torch.as_tensor(data.u, dtype=torch.float32)
+    # Targets on the box (common: the OC phase keeps the constraints) would ask tanh for ±1,
+    # i.e. unbounded pre-activations; the weights then grow until float32 overflows (seen:
+    # NaN weights after 25 good pendulum iterations). Aim just inside the box instead.
+    margin = (1.0 - TARGET_MARGIN) * policy.u_half
+    u = torch.clamp(torch.as_tensor(data.u, dtype=torch.float32), policy.u_mid - margin, policy.u_mid + margin)
     jac = None if data.jacobian is None or sobolev_weight == 0 else torch.as_tensor(data.jacobian, dtype=torch.float32)
     if jac is not None:
         jac_weight = torch.as_tensor(gain_weights(data.jacobian, policy.u_half.double().numpy()), dtype=torch.float32)
     n = len(obs)
     policy.train()
+    skipped = 0
     # One intra-op thread: the MLP is small, and with one thread per core OpenMP's spin-waits
     # collapse as soon as another process shares a core (measured 6x slower median step).
     with _torch_threads(1):
@@ -143,6 +163,9 @@ def fit(
                     loss = loss + sobolev_weight * sob
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
+                if not all(torch.isfinite(p.grad).all() for p in policy.parameters() if p.grad is not None):
+                    skipped += 1  # a non-finite step would poison Adam's moments and every weight
+                    continue
                 optimizer.step()
     policy.eval()
-    return {k: v / n for k, v in totals.items()}
+    return {**{k: v / n for k, v in totals.items()}, "skipped_steps": float(skipped)}

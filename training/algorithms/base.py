@@ -76,7 +76,7 @@ class Algorithm(ABC):
         """Fit the policy on the data of the last ``replay`` OC phases."""
         self.history = (self.history + [self.supervision(batch)])[-self.config.replay:]
         if sum(len(d) for d in self.history) == 0:  # every rollout diverged (pods): nothing to learn from
-            return {"regression_loss": float("nan"), "sobolev_loss": 0.0}
+            return {"regression_loss": float("nan"), "sobolev_loss": 0.0, "skipped_steps": 0.0}
         for group in self.optimizer.param_groups:
             group["lr"] = self.learning_rate()
         return fit(
