@@ -275,7 +275,7 @@ def _variant(tmp_path, **params):
         ({"payload_mass": -0.5}, "payload_mass", [">= 0"]),
         ({"payload_com": [0.0, 0.1]}, "payload_com", ["3"]),
         ({"position_kp": 0.0}, "position_kp", ["> 0"]),
-        ({"initial_positions": [0.0, float("nan")]}, "initial_positions", ["finite"]),
+        ({"initial_positions": [0.0, float("nan")]}, "initial_positions[1]", ["finite"]),
     ],
 )
 def test_config_errors_name_the_key(tmp_path, params, key, words):
