@@ -1,7 +1,7 @@
 """``tocpl-demo`` (``make demo``): train a small UR5 policy, run it on the simulated UR5 through ROS 2.
 
 1. Policy: ``runs/demo/policy.onnx`` if it exists, else ``tocpl-train --task ur5_reach
-   --iterations 12 --out runs/demo`` (resumed from its checkpoint if a previous run was cut short).
+   --out runs/demo`` (the default configuration) (resumed from its checkpoint if a previous run was cut short).
 2. Bring-up of ``ur5_policy`` (simulated UR5 + policy node, + MPC node with ``--use-mpc``) as
    processes, by :class:`tocpl_ros.bringup_cli.Bringup`, like ``tocpl-bringup ur5_policy``.
 3. Three targets from the ur5_reach task's held-out distribution (the trainer's held-out seed),
@@ -191,7 +191,7 @@ class Probe:
             self.context.try_shutdown()
 
 
-def ensure_policy(out: Path, iterations: int, retrain: bool = False) -> Path:
+def ensure_policy(out: Path, iterations: int | None, retrain: bool = False) -> Path:
     """``out/policy.onnx``: reused if present (unless ``retrain``), else trained with tocpl-train
     (a run cut short is resumed from its checkpoint)."""
     policy = out / "policy.onnx"
@@ -201,9 +201,9 @@ def ensure_policy(out: Path, iterations: int, retrain: bool = False) -> Path:
     exe = Path(sys.executable).parent / "tocpl-train"
     train = [str(exe)] if exe.is_file() else [sys.executable, "-m", "tocpl_training.cli"]
     if (out / "checkpoint.pt").is_file() and not retrain:
-        cmd = train + ["--resume", str(out), "--iterations", str(iterations)]
+        cmd = train + ["--resume", str(out)] + (["--iterations", str(iterations)] if iterations else [])
     else:
-        cmd = train + ["--task", TASK, "--iterations", str(iterations), "--out", str(out)]
+        cmd = train + ["--task", TASK, "--out", str(out)] + (["--iterations", str(iterations)] if iterations else [])
     print(f"[{PROG}] training a small UR5 policy (a few minutes): {' '.join(cmd)}", flush=True)
     started = time.monotonic()
     code = subprocess.call(cmd)
@@ -276,7 +276,8 @@ def format_diagnostics(values: dict[str, str], message: str) -> list[str]:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog=PROG, description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", type=Path, default=Path("runs/demo"), help="run folder of the policy (default: runs/demo)")
-    parser.add_argument("--iterations", type=int, default=12, help="training iterations if it trains (default: 12)")
+    parser.add_argument("--iterations", type=int, default=None,
+                        help="training iterations if it trains (default: config/train/ur5_reach.yaml's)")
     parser.add_argument("--retrain", action="store_true", help="train again even if the run folder has a policy")
     parser.add_argument("--policy", type=Path, help="use this .onnx instead of training / runs/demo")
     parser.add_argument("--targets", type=int, default=3, help="number of targets (default: 3)")

@@ -17,17 +17,14 @@ from pathlib import Path
 
 import numpy as np
 
-from tocpl_ros.config import ConfigError, load_dataclass, read_yaml
+from tocpl_ros.config import ConfigError
 
-from .cli import default_config_file
-from .config import TrainConfig
+from .cli import default_config
 from .trainer import Trainer
 
 
 def run_one(task: str, seed: int, out: Path, overrides: dict) -> dict:
-    file = default_config_file(task)
-    data = read_yaml(file) if file else {"task": task}
-    config = load_dataclass(TrainConfig, {**data, **overrides, "seed": seed}, source=str(file or task))
+    config = default_config(task, **overrides, seed=seed)
     start = time.perf_counter()
     rows = Trainer(config, out / f"{task}_seed{seed}").run()
     total = time.perf_counter() - start

@@ -30,6 +30,13 @@ def default_config_file(task: str) -> Path | None:
     return path if path.is_file() else None
 
 
+def default_config(task: str, **overrides) -> TrainConfig:
+    """What ``tocpl-train --task TASK`` trains (config/train/<task>.yaml), with ``overrides``."""
+    file = default_config_file(task)
+    data = read_yaml(file) if file else {"task": task}
+    return load_dataclass(TrainConfig, {**data, **overrides}, source=str(file or task))
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="tocpl-train", description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter
