@@ -79,9 +79,9 @@ def test_lqr_solution_equals_a_dense_box_qp_solution():
         # cost = sum_{t<T} dt (½ x'Qx + ½ u'Ru) + ½ x_T' Q_T x_T  as  ½ ||M u - c||²
         rows, rhs = [], []
         for t in range(1, T + 1):
-            W = np.sqrt(np.diag(task.Q_T if t == T else task.Q * dt))
-            rows.append(W[:, None] * G[t])
-            rhs.append(-W * (Phi[t] @ x0))
+            W = np.linalg.cholesky(task.Q_T if t == T else task.Q * dt).T  # ‖W x‖² = xᵀ Q x (Q_T: Riccati P, dense)
+            rows.append(W @ G[t])
+            rhs.append(-W @ (Phi[t] @ x0))
         rows.append(np.kron(np.eye(T), np.diag(np.sqrt(np.diag(task.R) * dt))))
         rhs.append(np.zeros(T * nu))
         bounds = (np.tile(task.u_min, T), np.tile(task.u_max, T))

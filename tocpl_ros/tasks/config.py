@@ -57,6 +57,11 @@ class LQRConfig:
     """Explicit input matrix (nx × nu); overrides n_dof."""
     u_limit: float = 1.0
     """Box on the control: |u_i| <= u_limit."""
+    terminal_riccati: bool = False
+    """Add the infinite-horizon value function ½xᵀPx (P: discrete Riccati solution of the running
+    weights) to the terminal cost. Then the horizon-T optimum is (unconstrained) the stationary
+    LQR law, which a stationary policy can match; with an arbitrary terminal weight the optimum
+    turns time-varying towards T and no policy of x alone can reach it."""
 
     def __post_init__(self) -> None:
         if self.n_dof < 1:

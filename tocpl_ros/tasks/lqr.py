@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import crocoddyl
 import numpy as np
+import scipy.linalg
 
 from ..config import FieldError
 from .base import Problems, Task
@@ -43,6 +44,12 @@ class LQRTask(Task):
         self.Q = np.diag(self._weight(config.costs.running.get("state", 0.0), self.nx, "running.state"))
         self.R = np.diag(self._weight(config.costs.running.get("control", 0.0), self.nu, "running.control"))
         self.Q_T = np.diag(self._weight(config.costs.terminal.get("state", 0.0), self.nx, "terminal.state"))
+        if lqr.terminal_riccati:
+            try:
+                P = scipy.linalg.solve_discrete_are(self.A, self.B, self.Q * self.dt, self.R * self.dt)
+            except (ValueError, np.linalg.LinAlgError) as exc:
+                raise FieldError("lqr.terminal_riccati", f"no Riccati solution for these A, B and weights ({exc})") from exc
+            self.Q_T = self.Q_T + P
 
     @staticmethod
     def _weight(weight, size: int, key: str) -> np.ndarray:
