@@ -626,6 +626,22 @@ def test_bringup_escalates_to_sigterm_and_sigkill(tmp_path):
     assert all(_gone(n.pid) for n in bring.nodes)
 
 
+def test_bringup_nodes_stop_on_sigint_even_if_started_with_sigint_ignored(tmp_path):
+    # A background job (`cmd &`, nohup, some CI runners) inherits SIGINT ignored, which sh traps
+    # and Python cannot undo: the nodes must get the default action back, or they stop only on SIGTERM.
+    specs, env = _fake_graph(tmp_path, good=_WELL_BEHAVED)
+    out = io.StringIO()
+    bring = Bringup(specs, env=env, out=out, sigterm_timeout=5, sigkill_timeout=5)
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        bring.start()
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    deadline = time.monotonic() + 5
+    code = bring.run(should_stop=lambda: "up:" in out.getvalue() or time.monotonic() > deadline)
+    assert code == 0 and "[tocpl-bringup] good: exit status 0 after SIGINT" in out.getvalue(), out.getvalue()
+
+
 def test_bringup_clean_stop_and_kept_discovery_range(tmp_path):
     specs, env = _fake_graph(tmp_path, good=_WELL_BEHAVED)
     env.update({DISCOVERY_RANGE_VAR: "SUBNET", DOMAIN_ID_VAR: "77"})  # an explicit setting is kept
@@ -848,7 +864,7 @@ def _wait_policy_active(probe, kin, timeout: float = 3.0) -> None:
         "the policy node is not driving the arm"
 
 
-def _check_goes_safe(probe, kin, since: float, what: str, min_after: int) -> tuple[int, float]:
+def _check_goes_safe(probe, kin, since: float, what: str, min_after: int, settles: bool = True) -> tuple[int, float]:
     """The joint states stopped at ``since`` (or a little later). Then the policy node must switch
     from the policy's command to the safe command of stale data within its stale limit, and that
     command settle on g(q) of a recent posture: at most stale_periods (+1 tick of phase, +1 of DDS ordering)
@@ -863,10 +879,11 @@ def _check_goes_safe(probe, kin, since: float, what: str, min_after: int) -> tup
     assert t_last >= since - 0.5, f"{what}: no joint state in the 0.5 s before the stop"
     after = [(t, u) for t, u in commands if t > t_last]
     assert len(after) >= min_after, f"{what}: the policy node stopped publishing ({len(after)} commands after the last joint state)"
-    settled = after[-1][1]
-    gaps = [float(np.abs(settled - kin.gravity(kin.q_of(names, q))).max()) for t, names, q, _ in states if t > t_last - 0.5]
-    assert min(gaps) <= SAFE_TOL, (f"{what}: the last command {settled.round(2)} is not g(q) of a recent posture "
-                                   f"(closest: {min(gaps):.2f} N·m)")
+    if settles:  # given time, the braking hold comes to rest: g(q) of a recent posture
+        settled = after[-1][1]
+        gaps = [float(np.abs(settled - kin.gravity(kin.q_of(names, q))).max()) for t, names, q, _ in states if t > t_last - 0.5]
+        assert min(gaps) <= SAFE_TOL, (f"{what}: the last command {settled.round(2)} is not g(q) of a recent posture "
+                                       f"(closest: {min(gaps):.2f} N·m)")
     # Until it goes safe the node runs the policy on the last state it accepted: the same command
     # every tick. The safe command (a braking hold on the predicted state) is a different one.
     policy_command = after[0][1]
@@ -921,7 +938,8 @@ def test_policy_goes_safe_when_the_sim_stops(trained_policy, ros_loopback_env):
         killed = time.monotonic()
         os.kill(sim_pid, signal.SIGKILL)
         code = bring.wait(timeout=30)
-        n_policy, ms = _check_goes_safe(probe, kin, killed, "sim killed", min_after=1)
+        # tocpl-bringup stops the policy node right away: its hold has no time to come to rest
+        n_policy, ms = _check_goes_safe(probe, kin, killed, "sim killed", min_after=1, settles=False)
         print(f"sim killed (policy - g(q) {gap:.1f} N·m before): safe after {n_policy} policy commands, {ms:.1f} ms "
               "after the last joint state")
         assert code == 1, bring.text[-3000:]

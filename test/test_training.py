@@ -149,7 +149,7 @@ def test_pddp_sobolev_learns_to_stabilise_the_pendulum(tmp_path):
     rows = Trainer(TrainConfig(task="pendulum", iterations=12, problems=32, replay=2, epochs=20, sobolev=True,
                                eval_problems=50, workers=1), tmp_path / "run").run()
     best = max(r["within_tolerance"] for r in rows)
-    assert rows[0]["within_tolerance"] < 0.5 and best >= 0.8
+    assert best >= 0.8 and best - rows[0]["within_tolerance"] >= 0.15, [r["within_tolerance"] for r in rows]
 
 
 def test_targets_on_the_torque_box_keep_the_network_bounded():

@@ -149,6 +149,16 @@ class NodeProcess:
         return how
 
 
+def _default_sigint() -> None:
+    """In the child, before exec: SIGINT back to its default action.
+
+    Started from a background job (``cmd &``, nohup, some CI runners) we inherit SIGINT ignored,
+    and an ignored-at-start SIGINT stays ignored by sh traps and by Python: every node would then
+    only stop on our SIGTERM escalation (seen: 5 s stops and "killed by SIGTERM" in such runs).
+    """
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 class Bringup:
     """Start the nodes of a graph as processes and keep them running together.
 
@@ -225,6 +235,7 @@ class Bringup:
                     errors="replace",
                     bufsize=1,
                     start_new_session=True,  # Ctrl-C reaches us only; we stop the nodes in order
+                    preexec_fn=_default_sigint,
                 )
                 node = NodeProcess(spec, command, proc)
                 node.reader = threading.Thread(target=self._read, args=(node,), name=f"bringup-{spec.name}", daemon=True)
