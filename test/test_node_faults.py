@@ -28,7 +28,6 @@ import math
 import os
 import signal
 import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
@@ -36,6 +35,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from tocpl_ros.resources import console_command
 from tocpl_ros.ros_env import DISCOVERY_RANGE_VAR, DOMAIN_ID_VAR, derive_domain_id, loopback_ros_env
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -71,10 +71,6 @@ def node_env(domain: int) -> dict[str, str]:
     assert env[DISCOVERY_RANGE_VAR] == "LOCALHOST"
     return env
 
-
-def executable(name: str, module: str) -> list[str]:
-    script = Path(sys.executable).parent / name
-    return [str(script)] if script.is_file() else [sys.executable, "-m", module]
 
 
 def start(cmd: list[str], env: dict[str, str], log: Path) -> subprocess.Popen:
@@ -256,8 +252,8 @@ def test_policy_node_survives_simulator_kill_and_restart(constant_policy, ros_lo
     harness, domain = quiet_harness(ros_loopback_env, offset=89, command_topics=[effort_topic])
     env = node_env(domain)
     logs = {"ur5_sim": tmp_path / "ur5_sim.log", "policy_node": tmp_path / "policy_node.log"}
-    sim_cmd = executable("ur5_sim", "tocpl_ros.nodes.ur5_sim") + ["--ros-args", "-p", f"damping:={SIM_DAMPING}"]
-    policy_cmd = executable("policy_node", "tocpl_ros.nodes.policy_node") + [
+    sim_cmd = console_command("ur5_sim", "tocpl_ros.nodes.ur5_sim") + ["--ros-args", "-p", f"damping:={SIM_DAMPING}"]
+    policy_cmd = console_command("policy_node", "tocpl_ros.nodes.policy_node") + [
         "--ros-args", "--params-file", str(ROOT / "config" / "policy_node.yaml"),
         "-p", f"policy_path:={policy_path}", "-p", f"rate:={RATE}", "-p", f"stale_periods:={STALE_PERIODS}",
         "-p", f"fade_in:={FADE_IN}", "-p", "diagnostics_period:=0.25",
@@ -379,7 +375,7 @@ def run_mpc_case(case: str, params: list[str], offset: int, ros_loopback_env, tm
     topic = "/mpc/command"
     harness, domain = quiet_harness(ros_loopback_env, offset=offset, command_topics=[topic], publish_joint_states=True)
     logs = {"mpc_node": tmp_path / "mpc_node.log"}
-    cmd = executable("mpc_node", "tocpl_ros.nodes.mpc_node") + [
+    cmd = console_command("mpc_node", "tocpl_ros.nodes.mpc_node") + [
         "--ros-args", "--params-file", str(ROOT / "config" / "mpc_node.yaml"), "-p", f"policy_path:={mpc_policy}",
         "-p", f"initial_target:=[{', '.join(map(str, TARGET))}]", "-p", "diagnostics_period:=0.5",
     ]
@@ -493,7 +489,7 @@ def test_mpc_solver_process_killed_keeps_the_command_stream(mpc_policy, ros_loop
     topic = "/mpc/command"
     harness, domain = quiet_harness(ros_loopback_env, offset=103, command_topics=[topic], publish_joint_states=True)
     logs = {"mpc_node": tmp_path / "mpc_node.log"}
-    cmd = executable("mpc_node", "tocpl_ros.nodes.mpc_node") + [
+    cmd = console_command("mpc_node", "tocpl_ros.nodes.mpc_node") + [
         "--ros-args", "--params-file", str(ROOT / "config" / "mpc_node.yaml"), "-p", f"policy_path:={mpc_policy}",
         "-p", f"initial_target:=[{', '.join(map(str, TARGET))}]", "-p", "diagnostics_period:=0.25",
         "-p", "warm_start:=shifted",
@@ -572,7 +568,7 @@ def test_load_benchmark_smoke(constant_policy, ros_loopback_env, tmp_path):
     policy_path, _ = constant_policy
     domain = derive_domain_id(int(ros_loopback_env[DOMAIN_ID_VAR]) + 101)
     out = tmp_path / "load.json"
-    cmd = executable("tocpl-load-bench", "tocpl_ros.load_benchmark") + [
+    cmd = console_command("tocpl-load-bench", "tocpl_ros.load_benchmark") + [
         "--policy", str(policy_path), "--duration", "3", "--both", "--busy", "2", "--domain-id", str(domain),
         "--sim-param", f"damping:={SIM_DAMPING}", "--json", str(out), "--log-dir", str(tmp_path),
     ]

@@ -24,7 +24,6 @@ import math
 import os
 import signal
 import subprocess
-import sys
 import threading
 import time
 import xml.etree.ElementTree as ET
@@ -34,6 +33,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from tocpl_ros.resources import console_command
 from tocpl_ros.ros_env import DISCOVERY_RANGE_VAR, DOMAIN_ID_VAR, derive_domain_id, loopback_ros_env
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -95,10 +95,6 @@ def node_env(domain: int) -> dict[str, str]:
     assert env[DISCOVERY_RANGE_VAR] == "LOCALHOST"
     return env
 
-
-def executable(name: str, module: str) -> list[str]:
-    script = Path(sys.executable).parent / name
-    return [str(script)] if script.is_file() else [sys.executable, "-m", module]
 
 
 class Harness:
@@ -355,12 +351,12 @@ def test_fuzz_policy_and_mpc_nodes(policy_file, ros_loopback_env, tmp_path):
                 args += ["-p", p]
             logs[name] = tmp_path / f"{name}.log"
             with open(logs[name], "w") as out:
-                procs[name] = subprocess.Popen(executable("policy_node", "tocpl_ros.nodes.policy_node") + args, env=env,
+                procs[name] = subprocess.Popen(console_command("policy_node", "tocpl_ros.nodes.policy_node") + args, env=env,
                                                stdout=out, stderr=subprocess.STDOUT)
         logs["mpc_node"] = tmp_path / "mpc_node.log"
         with open(logs["mpc_node"], "w") as out:
             procs["mpc_node"] = subprocess.Popen(
-                executable("mpc_node", "tocpl_ros.nodes.mpc_node") + [
+                console_command("mpc_node", "tocpl_ros.nodes.mpc_node") + [
                     "--ros-args", "--params-file", str(ROOT / "config" / "mpc_node.yaml"), "-p", f"policy_path:={policy_file}",
                     "-p", f"initial_target:=[{', '.join(map(str, TARGET))}]", "-p", "diagnostics_period:=0.5"],
                 env=env, stdout=out, stderr=subprocess.STDOUT)

@@ -37,6 +37,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .resources import console_command
 from .ros_env import apply_loopback_defaults, derive_domain_id, loopback_ros_env
 
 DEFAULT_TARGET = (0.5, 0.1, 0.4)
@@ -76,10 +77,6 @@ def stop_processes(procs: list[subprocess.Popen]) -> None:
             pass
 
 
-def _executable(name: str, module: str) -> list[str]:
-    script = Path(sys.executable).parent / name
-    return [str(script)] if script.is_file() else [sys.executable, "-m", module]
-
 
 def run_once(args: argparse.Namespace, load: int, domain: int, log_dir: Path) -> dict:
     """One measured run with ``load`` busy processes; returns the figures."""
@@ -92,7 +89,7 @@ def run_once(args: argparse.Namespace, load: int, domain: int, log_dir: Path) ->
     env = loopback_ros_env({k: v for k, v in os.environ.items()}, domain_id=domain)
     label = f"load{load}"
     sim_log = open(log_dir / f"ur5_sim_{label}.log", "w")
-    sim_cmd = _executable("ur5_sim", "tocpl_ros.nodes.ur5_sim") + ["--ros-args", "-p", f"publish_rate:={args.js_rate}"]
+    sim_cmd = console_command("ur5_sim", "tocpl_ros.nodes.ur5_sim") + ["--ros-args", "-p", f"publish_rate:={args.js_rate}"]
     for p in args.sim_param:
         sim_cmd += ["-p", p]
     sim = subprocess.Popen(sim_cmd, env=env, stdout=sim_log, stderr=subprocess.STDOUT)

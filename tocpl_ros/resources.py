@@ -105,3 +105,10 @@ def config_path(*parts: str | Path) -> Path:
     ``config_path("tasks", "ur5_reach.yaml")``; ``config_path()`` is the folder itself.
     Raises FileNotFoundError."""
     return _existing(share_path("config", *parts), "config file")
+
+
+def console_command(name: str, module: str) -> list[str]:
+    """How to run one of our console scripts: its installed script beside this Python, else
+    ``python -m module`` (a source checkout without the editable install)."""
+    script = Path(sys.executable).parent / name
+    return [str(script)] if script.is_file() else [sys.executable, "-m", module]
