@@ -1,4 +1,4 @@
-"""``tocpl-demo`` (``make demo``): train a small UR5 policy, run it on the simulated UR5 through ROS 2.
+"""``tocpl-demo`` (``make demo``): train the default UR5 policy, run it on the simulated UR5 through ROS 2.
 
 1. Policy: ``runs/demo/policy.onnx`` if it exists, else ``tocpl-train --task ur5_reach
    --out runs/demo`` (the default configuration) (resumed from its checkpoint if a previous run was cut short).
@@ -204,7 +204,7 @@ def ensure_policy(out: Path, iterations: int | None, retrain: bool = False) -> P
         cmd = train + ["--resume", str(out)] + (["--iterations", str(iterations)] if iterations else [])
     else:
         cmd = train + ["--task", TASK, "--out", str(out)] + (["--iterations", str(iterations)] if iterations else [])
-    print(f"[{PROG}] training a small UR5 policy (a few minutes): {' '.join(cmd)}", flush=True)
+    print(f"[{PROG}] training the default UR5 policy (a few minutes): {' '.join(cmd)}", flush=True)
     started = time.monotonic()
     code = subprocess.call(cmd)
     if code != 0 or not policy.is_file():
