@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from tocpl_ros.config import FieldError
-from tocpl_ros.tasks import DynamicsCounter, load_task
+from tocpl_ros.tasks import DynamicsCounter, Trajectories, load_task
 from tocpl_training.compare import configuration, load_bench_config, main
 from tocpl_training.rl_baselines import TaskEnv, load_rl_config
 from tocpl_training.trainer import HeldOut, evaluate_policy
@@ -72,6 +72,32 @@ def test_env_is_the_task(task_name):
     reference = task.observation(task.sample(2000, 3).x0, task.sample(2000, 3).target)
     assert (x0s.min(axis=0) >= reference.min(axis=0) - 0.05 * np.ptp(reference, axis=0) - 1e-6).all()
     assert (x0s.max(axis=0) <= reference.max(axis=0) + 0.05 * np.ptp(reference, axis=0) + 1e-6).all()
+
+
+def test_a_diverging_episode_pays_its_frozen_trajectory_cost():
+    """Spinning the UR5 away must cost what the frozen rollout costs, far more than a poor bounded
+    episode: a cheap fixed penalty made diverging on purpose PPO's best policy."""
+    task = load_task("ur5_reach")
+    env = TaskEnv(task)
+    env.reset(seed=3)
+    problem = env.problem
+    total, steps, info = 0.0, 0, {}
+    while not info.get("diverged"):
+        _, reward, terminated, _, info = env.step(np.ones(task.nu))  # every torque at its upper bound
+        total += reward
+        steps += 1
+        assert not terminated or info.get("diverged"), "the full-torque episode did not diverge"
+    assert terminated and steps < task.horizon and info["episode_cost"] == np.inf
+
+    traj = task.rollout(lambda obs: np.repeat(task.u_max[None], len(obs), axis=0), problem)
+    assert traj.diverged[0]
+    frozen = task.evaluate(problem, Trajectories(traj.xs, traj.us, diverged=None)).cost[0]
+    assert total == pytest.approx(-frozen, rel=1e-9)
+
+    bounded = TaskEnv(task)
+    bounded.reset(seed=3)
+    idle = sum(bounded.step(bounded.action_of(np.zeros(task.nu)))[1] for _ in range(task.horizon))
+    assert total < 100 * idle  # rewards are negative costs: diverging costs > 100x doing nothing
 
 
 def test_configuration_names():
@@ -151,6 +177,8 @@ def test_quick_bench(tmp_path):
         lasts = [curves[f"lqr/{r['configuration']}/seed{s}"][-1] for s in (0, 1)]
         assert int(r["seeds"]) == 2 and r["seed_list"] == "0 1"
         assert float(r["final_error_mean"]) == pytest.approx(np.median([x["final_error_mean"] for x in lasts]))
+        assert float(r["best_error_mean"]) == pytest.approx(np.median(
+            [min(x["final_error_mean"] for x in curves[f"lqr/{r['configuration']}/seed{s}"]) for s in (0, 1)]))
         assert float(r["dynamics_evaluations"]) == pytest.approx(np.median([x["dynamics_evaluations"] for x in lasts]))
         assert float(r["wall_time"]) == pytest.approx(np.median([x["wall_time"] for x in lasts]))
         reached = sum(any(row["within_tolerance"] >= bench.reach_fraction for row in

@@ -222,6 +222,22 @@ def test_unknown_task_in_train_config_is_refused_before_the_run_folder(capsys, t
     refused(capsys, ["--task", "ur10_juggling", "--workers", "1"], tmp_path / "run", "ur10_juggling", "ur5_reach")
 
 
+def test_a_fresh_run_never_replaces_a_training_run_unless_told_to(capsys, tmp_path):
+    run = tmp_path / "run"
+    assert train_main(TRAIN_SMALL + ["--quiet", "--out", str(run)]) == 0
+    capsys.readouterr()
+    kept = {p.name: p.read_bytes() for p in run.iterdir() if p.is_file()}
+    assert train_main(TRAIN_SMALL + ["--seed", "7", "--quiet", "--out", str(run)]) == 2
+    err = capsys.readouterr().err
+    assert "already holds a training run" in err and "--resume" in err and "--overwrite" in err, err
+    assert {p.name: p.read_bytes() for p in run.iterdir() if p.is_file()} == kept  # nothing lost
+    assert train_main(TRAIN_SMALL + ["--seed", "7", "--quiet", "--overwrite", "--out", str(run)]) == 0
+    assert (run / "checkpoint.pt").read_bytes() != kept["checkpoint.pt"]
+    assert read_yaml(run / "config.yaml")["train"]["seed"] == 7
+    assert train_main(["--resume", str(run), "--overwrite"]) == 2
+    assert "--overwrite" in capsys.readouterr().err
+
+
 def test_resume_refuses_settings_it_would_ignore(capsys, tmp_path):
     run = tmp_path / "run"
     assert train_main(TRAIN_SMALL + ["--quiet", "--out", str(run)]) == 0

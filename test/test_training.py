@@ -194,3 +194,50 @@ def test_diverging_policy_rollouts_do_not_poison_the_oc_phase():
     errors = task.final_error(batch.xs[:, -1], batch.problems.target)
     assert errors.max() < 1e-3
     trainer.runner.close()
+
+
+def test_pods_survives_iterations_where_every_rollout_diverges(tmp_path):
+    """PODS learns only from its own rollouts: when all of them diverge there is nothing to regress
+    on. The iteration is logged (NaN loss, every problem counted) and the policy left as it was."""
+    trainer = Trainer(small(task="ur5_reach", algo="pods", constrained=False, problems=4, eval_problems=4,
+                            iterations=2), tmp_path / "run")
+    with torch.no_grad():
+        trainer.policy.net[-1].bias.fill_(20.0)  # every torque at its upper bound: the arm spins away
+    before = {k: v.clone() for k, v in trainer.policy.state_dict().items()}
+    rows = trainer.run()
+    assert [r["warm_start_fallbacks"] for r in rows] == [4.0, 4.0]
+    assert all(np.isnan(r["regression_loss"]) and r["diverged"] == 4 for r in rows)
+    for k, v in trainer.policy.state_dict().items():
+        assert torch.equal(v, before[k]), k
+
+
+def test_select_best_delivers_the_iterate_best_on_validation_and_survives_resume(tmp_path):
+    from tocpl_ros.policy_file import OnnxPolicy
+    from tocpl_training.export import export_onnx
+    from tocpl_training.trainer import validation_score
+
+    # A large learning rate makes the iterates differ a lot: the best one need not be the last.
+    config = small(task="pendulum", iterations=4, problems=6, eval_problems=8, learning_rate=3e-2,
+                   select_best=True, validation_problems=12)
+    Trainer(TrainConfig(**{**config.__dict__, "iterations": 2}), tmp_path / "run").run()
+    trainer = Trainer.resume(tmp_path / "run", iterations=4)  # the choice so far must survive a resume
+    rows = trainer.run()
+    scores = [(r["validation_within"], -r["validation_cost"]) for r in rows]
+    best = scores.index(max(scores)) + 1  # the first of equal scores, as the trainer keeps it
+    assert trainer.selected["iteration"] == best == rows[-1]["selected_iteration"]
+    assert trainer.final_metrics() is rows[best - 1]
+
+    # the delivered policy is that iterate's: the same rollouts give the same score
+    delivered = trainer.final_policy()
+    assert validation_score(trainer.task, delivered, trainer.validation) == {
+        "validation_within": rows[best - 1]["validation_within"], "validation_cost": rows[best - 1]["validation_cost"]}
+    # tocpl-export (load_policy) exports it too, while a resume continues from the last iterate
+    from_file, _, _ = load_policy(tmp_path / "run" / CHECKPOINT)
+    for a, b in zip(from_file.state_dict().values(), delivered.state_dict().values()):
+        assert torch.equal(a, b)
+    last = load_checkpoint(tmp_path / "run" / CHECKPOINT)["policy_state"]
+    for a, b in zip(last.values(), trainer.policy.state_dict().values()):
+        assert torch.equal(a, b)
+    onnx = OnnxPolicy(str(export_onnx(delivered, trainer.task, tmp_path / "p.onnx")))
+    obs = np.random.default_rng(0).normal(size=(5, trainer.task.obs_dim)).astype(np.float32)
+    np.testing.assert_allclose(onnx(obs), delivered.act(obs), atol=1e-5)

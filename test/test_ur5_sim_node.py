@@ -155,10 +155,12 @@ def test_ur5_sim_node_end_to_end(ros_node_env):
         got = [msg for _, msg in probe.states]
         stamps = np.array([m.header.stamp.sec + 1e-9 * m.header.stamp.nanosec for m in got])
         rate = len(got) / window
-        stamp_rate = (len(got) - 1) / (stamps[-1] - stamps[0])
-        print(f"/joint_states: {rate:.1f} msg/s received, {stamp_rate:.1f} Hz by stamps")
-        assert 400.0 <= rate <= 600.0, rate
-        assert 400.0 <= stamp_rate <= 600.0, stamp_rate
+        spacing = np.median(np.diff(stamps))
+        print(f"/joint_states: {rate:.1f} msg/s received, median stamp spacing {1e3 * spacing:.3f} ms")
+        # The stamps are simulated time: 2 ms apart at 500 Hz whatever the scheduling. The received
+        # rate depends on the machine's load (tocpl-load-bench measures it); here only "it streams".
+        assert spacing == pytest.approx(0.002, rel=0.01), spacing
+        assert rate > 100.0, rate
         assert (np.diff(stamps) > 0).all()
         assert all(list(m.name) == names for m in got)
         assert all(len(m.position) == len(m.velocity) == len(m.effort) == 6 for m in got)

@@ -26,6 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from .bringup import BringupError, graph_for
+from .resources import console_command
 from .ros_env import apply_loopback_defaults, loopback_ros_env
 
 PROG = "tocpl-demo"
@@ -198,12 +199,12 @@ def ensure_policy(out: Path, iterations: int | None, retrain: bool = False) -> P
     if policy.is_file() and not retrain:
         print(f"[{PROG}] reusing the policy {policy} (delete it or pass --retrain to train again)", flush=True)
         return policy
-    exe = Path(sys.executable).parent / "tocpl-train"
-    train = [str(exe)] if exe.is_file() else [sys.executable, "-m", "tocpl_training.cli"]
+    train = console_command("tocpl-train", "tocpl_training.cli")
     if (out / "checkpoint.pt").is_file() and not retrain:
         cmd = train + ["--resume", str(out)] + (["--iterations", str(iterations)] if iterations else [])
     else:
         cmd = train + ["--task", TASK, "--out", str(out)] + (["--iterations", str(iterations)] if iterations else [])
+        cmd += ["--overwrite"] if retrain else []
     print(f"[{PROG}] training the default UR5 policy (a few minutes): {' '.join(cmd)}", flush=True)
     started = time.monotonic()
     code = subprocess.call(cmd)

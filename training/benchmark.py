@@ -17,19 +17,24 @@ from pathlib import Path
 
 import numpy as np
 
-from tocpl_ros.config import ConfigError
+from tocpl_ros.config import ConfigError, to_dict
 
 from .cli import default_config
-from .trainer import Trainer
+from .export import export_onnx
+from .trainer import POLICY, Trainer
 
 
 def run_one(task: str, seed: int, out: Path, overrides: dict) -> dict:
     config = default_config(task, **overrides, seed=seed)
     start = time.perf_counter()
-    rows = Trainer(config, out / f"{task}_seed{seed}").run()
+    trainer = Trainer(config, out / f"{task}_seed{seed}", overwrite=True)  # a benchmark re-run regenerates its runs
+    rows = trainer.run()
     total = time.perf_counter() - start
-    last = rows[-1]
-    return {"task": task, "seed": seed, "variant": config.variant, "iterations": len(rows), "wall_time": total, **last}
+    export_onnx(trainer.final_policy(), trainer.task, trainer.out_dir / POLICY, to_dict(config))
+    delivered = trainer.final_metrics()  # the last iterate, or the one select_best chose on validation
+    return {"task": task, "seed": seed, "variant": config.variant, "iterations": len(rows),
+            "delivered": int(delivered["iteration"]), **delivered,
+            "dynamics_evaluations": rows[-1]["dynamics_evaluations"], "wall_time": total}  # what the run spent
 
 
 def format_row(r: dict, unit: str) -> str:
@@ -37,7 +42,7 @@ def format_row(r: dict, unit: str) -> str:
     return (f"{r['task']:<16} {r['variant']:<10} seed {r['seed']:<3} "
             f"err mean {scale * r['final_error_mean']:8.3g} {shown:<3} p95 {scale * r['final_error_p95']:8.3g} "
             f"hold p95 {scale * r['hold_error_p95']:8.3g}  within {100 * r['within_tolerance']:5.1f}%  "
-            f"gap {100 * r['cost_gap_median']:8.3g}%  bound viol {r['max_bound_violation']:.2g}  "
+            f"gap {100 * r['cost_gap_median']:8.3g}%  it {r['delivered']}/{r['iterations']}  bound viol {r['max_bound_violation']:.2g}  "
             f"evals {r['dynamics_evaluations']:9.3g}  {r['wall_time']:6.0f} s")
 
 
@@ -67,7 +72,7 @@ def main(argv: list[str] | None = None) -> int:
     for task in args.tasks:
         rows = [r for r in results if r["task"] == task]
         median = {k: float(np.median([r[k] for r in rows])) for k in rows[0] if isinstance(rows[0][k], float)}
-        print(format_row({**rows[0], **median, "seed": "med"}, units[task]))
+        print(format_row({**rows[0], **median, "seed": "med", "delivered": "–"}, units[task]))
     return 0
 
 

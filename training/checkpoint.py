@@ -185,7 +185,8 @@ def load_policy(path: str | Path) -> tuple[MLPPolicy, Task, dict[str, Any]]:
     try:
         spec = PolicySpec(**data["policy_spec"])
         policy = MLPPolicy(spec)
-        policy.load_state_dict(data["policy_state"])
+        # a select_best run delivers the iterate chosen on its validation set, not the last one
+        policy.load_state_dict(data["selected"]["policy_state"] if "selected" in data else data["policy_state"])
         config = load_dataclass(TaskConfig, data["task_config"], source=f"{path} (task_config)")
         task = make_task(data["task_name"], config, source=f"{path} (task_config)")
     except (KeyError, TypeError, RuntimeError) as exc:

@@ -47,6 +47,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--task-set", action="append", default=[], metavar="KEY=VALUE",
                         help="override a task config field, e.g. costs.terminal.position=1e5")
     parser.add_argument("--quiet", action="store_true", help="no per-iteration progress line")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="start afresh even if --out already holds a training run (its checkpoint is replaced)")
     docs = field_docs(TrainConfig)
     hints = typing.get_type_hints(TrainConfig)
     for f in dataclasses.fields(TrainConfig):
@@ -97,6 +99,7 @@ def resume_changes(args: argparse.Namespace) -> dict:
                if getattr(args, f.name) is not None and f.name not in RESUME_FLAGS]
     ignored += [name for name in ("out", "config") if getattr(args, name) is not None]
     ignored += ["task_set"] if args.task_set else []
+    ignored += ["overwrite"] if args.overwrite else []
     if ignored:
         flags = ", ".join("--" + name.replace("_", "-") for name in ignored)
         raise ConfigError("command line", "resume",
@@ -126,7 +129,7 @@ def main(argv: list[str] | None = None) -> int:
         else:
             config = resolve_config(args)
             out = args.out or Path("runs") / Path(config.task).stem
-            trainer = Trainer(config, out, parse_key_values(args.task_set, "--task-set"))
+            trainer = Trainer(config, out, parse_key_values(args.task_set, "--task-set"), overwrite=args.overwrite)
     except (ConfigError, CheckpointError) as exc:
         print(f"tocpl-train: {exc}", file=sys.stderr)
         return 2
@@ -139,7 +142,7 @@ def main(argv: list[str] | None = None) -> int:
         trainer.run(report)
         from .export import export_onnx
 
-        onnx_path = export_onnx(trainer.policy, trainer.task, trainer.out_dir / POLICY, to_dict(config))
+        onnx_path = export_onnx(trainer.final_policy(), trainer.task, trainer.out_dir / POLICY, to_dict(config))
     except ConfigError as exc:  # the preflight of the run folder: nothing was trained
         print(f"tocpl-train: {exc}", file=sys.stderr)
         return 2
@@ -150,7 +153,8 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"tocpl-train: interrupted; {resume_hint}", file=sys.stderr)
         return 130
-    print(f"tocpl-train: policy exported to {onnx_path}")
+    chosen = f" (iteration {trainer.selected['iteration']}, best on the validation set)" if trainer.selected else ""
+    print(f"tocpl-train: policy exported to {onnx_path}{chosen}")
     return 0
 
 

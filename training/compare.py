@@ -144,7 +144,7 @@ def run_to(task: str, name: str, seed: int, run_dir: Path, held_out, bench: Benc
     trainer = Trainer(config, run_dir)
     trainer.held_out = held_out  # the shared held-out set (Trainer.run keeps a preset one)
     rows = trainer.run()
-    export_onnx(trainer.policy, trainer.task, run_dir / "policy.onnx", to_dict(config))
+    export_onnx(trainer.final_policy(), trainer.task, run_dir / "policy.onnx", to_dict(config))
     return rows
 
 
@@ -242,7 +242,12 @@ def unit_scale(error_unit: str) -> tuple[float, str]:
 
 def first_reach(m: dict[str, np.ndarray], fraction: float) -> tuple[float, float]:
     """(dynamics evaluations, wall time) of the first evaluation with ≥ fraction within tolerance; inf if never."""
-    hit = np.flatnonzero(m["within_tolerance"] >= fraction - 1e-12)
+    return first_where(m, m["within_tolerance"] >= fraction - 1e-12)
+
+
+def first_where(m: dict[str, np.ndarray], condition: np.ndarray) -> tuple[float, float]:
+    """(dynamics evaluations, wall time) of the first evaluation where ``condition`` holds; inf if never."""
+    hit = np.flatnonzero(condition)
     if not len(hit):
         return np.inf, np.inf
     return float(m["dynamics_evaluations"][hit[0]]), float(m["wall_time"][hit[0]])
@@ -354,6 +359,9 @@ def summarize(out: Path, bench: BenchConfig, tasks: list[str] | None = None) -> 
         for name in configs:
             runs = groups[task][name]
             reach = [first_reach(m, bench.reach_fraction) for _, m in runs]
+            # the issue's "reaches 1 cm": the mean held-out error (lqr: median cost gap) at the tolerance
+            key = "final_error_mean" if metric == "final_error" else "cost_gap_median"
+            reach_mean = [first_where(m, m[key] <= tol) for _, m in runs]
             last = [{k: float(v[-1]) for k, v in m.items()} for _, m in runs]
             med = lambda k: float(np.median([r[k] for r in last]))  # noqa: E731
             table.append({
@@ -362,7 +370,14 @@ def summarize(out: Path, bench: BenchConfig, tasks: list[str] | None = None) -> 
                 "reached": sum(np.isfinite(e) for e, _ in reach),
                 "evals_to_tolerance": _median_over_seeds([e for e, _ in reach]),
                 "wall_time_to_tolerance": _median_over_seeds([w for _, w in reach]),
+                "evals_to_mean_tolerance": _median_over_seeds([e for e, _ in reach_mean]),
+                "wall_time_to_mean_tolerance": _median_over_seeds([w for _, w in reach_mean]),
                 "final_error_mean": med("final_error_mean") * scale, "final_error_p95": med("final_error_p95") * scale,
+                # the best any evaluation saw: what a learner reached at its best, not a tuned choice
+                "best_error_mean": float(np.median([np.nanmin(np.where(np.isfinite(m["final_error_mean"]),
+                                                                       m["final_error_mean"], np.nan))
+                                                    if np.isfinite(m["final_error_mean"]).any() else np.inf
+                                                    for _, m in runs])) * scale,
                 "error_unit": unit, "cost_gap_median": med("cost_gap_median"), "within_tolerance": med("within_tolerance"),
                 "dynamics_evaluations": med("dynamics_evaluations"), "wall_time": med("wall_time"),
                 "evaluations_logged": int(np.median([len(m["iteration"]) for _, m in runs])),
@@ -389,9 +404,11 @@ def write_summary(out: Path, bench: BenchConfig, table: list[dict]) -> None:
         "(the trainer's `metrics.csv` columns).",
         "",
         f"*Reached*: first held-out evaluation where ≥ {100 * bench.reach_fraction:g} % of the held-out problems are within "
-        "tolerance (final error ≤ 1 cm on ur5_reach, ≤ 2° on the pendulums; cost gap to TO ≤ 1 % on lqr). Evaluations and "
-        "wall time to reach it: median over seeds, a seed that never reached counts as ∞. Final columns: last evaluation, "
-        "median over seeds. Dynamics evaluations: one per simulated or linearised time step (TO learners: policy "
+        "tolerance (final error ≤ 1 cm on ur5_reach, ≤ 2° on the pendulums; cost gap to TO ≤ 1 % on lqr). *Mean ≤ tol.*: "
+        "first evaluation where the mean held-out final error is within that tolerance (lqr: the median cost gap). "
+        "Evaluations and wall time to either: median over seeds, a seed that never got there counts as ∞. Final columns: last evaluation, "
+        "median over seeds; best error mean: the lowest held-out mean error of any evaluation of a run (median over "
+        "seeds). Dynamics evaluations: one per simulated or linearised time step (TO learners: policy "
         "rollouts + solver linearisations + line-search trials; RL: environment steps). Wall time: the whole training run "
         "on this machine, held-out evaluations included.",
         "",
@@ -403,15 +420,19 @@ def write_summary(out: Path, bench: BenchConfig, table: list[dict]) -> None:
         unit = rows[0]["error_unit"]
         lines += [
             f"## {task}", "", f"![{task}]({task}_precision.png)", "",
-            f"| configuration | budget | seeds | reached | dyn. evals to tol. | wall time to tol. (s) | final error mean ({unit}) "
-            f"| final error p95 ({unit}) | cost gap median | within tol. | dyn. evals total | wall time total (s) |",
-            "|---|---|---|---|---|---|---|---|---|---|---|---|",
+            f"| configuration | budget | seeds | reached | dyn. evals to reach | wall time to reach (s) "
+            f"| dyn. evals to mean ≤ tol. | wall time to mean ≤ tol. (s) | final error mean ({unit}) "
+            f"| final error p95 ({unit}) | best error mean ({unit}) | cost gap median | within tol. | dyn. evals total "
+            f"| wall time total (s) |",
+            "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
         ]
         for r in rows:
             lines.append(
                 f"| {r['configuration']} | {r['budget']} | {r['seeds']} | {r['reached']}/{r['seeds']} | {_fmt(r['evals_to_tolerance'], '.3g')} "
-                f"| {_fmt(r['wall_time_to_tolerance'], '.3g')} | {_fmt(r['final_error_mean'], '.3g', 'diverged')} "
-                f"| {_fmt(r['final_error_p95'], '.3g', 'diverged')} | {_fmt(100 * r['cost_gap_median'], '.3g')} % "
+                f"| {_fmt(r['wall_time_to_tolerance'], '.3g')} | {_fmt(r['evals_to_mean_tolerance'], '.3g')} "
+                f"| {_fmt(r['wall_time_to_mean_tolerance'], '.3g')} | {_fmt(r['final_error_mean'], '.3g', 'diverged')} "
+                f"| {_fmt(r['final_error_p95'], '.3g', 'diverged')} | {_fmt(r['best_error_mean'], '.3g', 'diverged')} "
+                f"| {_fmt(100 * r['cost_gap_median'], '.3g', 'diverged')}{'' if np.isinf(r['cost_gap_median']) else ' %'} "
                 f"| {100 * r['within_tolerance']:.0f} % | {r['dynamics_evaluations']:.3g} | {r['wall_time']:.3g} |"
             )
         lines.append("")

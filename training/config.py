@@ -70,6 +70,14 @@ class TrainConfig:
     """Held-out problems evaluated after every iteration (fixed set, drawn from eval_seed)."""
     eval_seed: int = 1_000_003
     """Seed of the held-out problems (disjoint from training seeds)."""
+    select_best: bool = False
+    """Export the iterate that scored best on a validation set (validation_problems rollouts, no TO solves:
+    share within tolerance, then mean policy cost) instead of the last one. The held-out set plays no part
+    in the choice, so its figures stay an unbiased estimate. For runs whose quality swings between iterations."""
+    validation_problems: int = 200
+    """Validation problems rolled out after every iteration (drawn from validation_seed)."""
+    validation_seed: int = 2_000_003
+    """Seed of the validation problems (disjoint from training and held-out seeds)."""
     seed: int = 0
     """Seed of the policy initialisation, the problem sampling and the Sobolev directions."""
     workers: int = 0
@@ -100,7 +108,8 @@ class TrainConfig:
             raise FieldError("mu_max", f"must be >= mu ({self.mu}), got {self.mu_max}")
         if self.multiple_shooting and self.algo != "plal":
             raise FieldError("multiple_shooting", "multiple shooting (+M) is a variant of plal")
-        for name in ("iterations", "problems", "replay", "oc_max_iter", "epochs", "batch_size", "eval_problems"):
+        for name in ("iterations", "problems", "replay", "oc_max_iter", "epochs", "batch_size", "eval_problems",
+                     "validation_problems"):
             if getattr(self, name) < 1:
                 raise FieldError(name, f"must be >= 1, got {getattr(self, name)}")
         for name in ("mu", "learning_rate", "oc_th_stop"):
@@ -110,7 +119,7 @@ class TrainConfig:
             raise FieldError("learning_rate_final", f"must be > 0, got {self.learning_rate_final}")
         if self.sobolev_weight < 0:
             raise FieldError("sobolev_weight", f"must be >= 0, got {self.sobolev_weight}")
-        for name in ("seed", "eval_seed"):
+        for name in ("seed", "eval_seed", "validation_seed"):
             if getattr(self, name) < 0:  # numpy's generators take non-negative seeds only
                 raise FieldError(name, f"must be >= 0, got {getattr(self, name)}")
         if not self.task:

@@ -73,9 +73,8 @@ class RLConfig:
     torch_threads: int = 1
     """torch intra-op threads (small MLPs are fastest on one thread)."""
     divergence_limit: float = 1e3
-    """A state beyond this (or non-finite) ends the episode, as Task.rollout freezes it."""
-    divergence_penalty: float = 1e3
-    """Reward −penalty on the step that diverged (only reached by exploding rollouts)."""
+    """A state beyond this (or non-finite) ends the episode; it pays the cost of the rest of the horizon
+    frozen at the last finite state, as Task.rollout scores a diverged rollout."""
     # -- PPO --
     n_steps: int = 2048
     """PPO: steps per environment per rollout."""
@@ -153,7 +152,6 @@ class TaskEnv(gym.Env):
         obs_mean: np.ndarray | None = None,
         obs_scale: np.ndarray | None = None,
         divergence_limit: float = 1e3,
-        divergence_penalty: float = 1e3,
     ):
         super().__init__()
         self.task = task
@@ -164,7 +162,6 @@ class TaskEnv(gym.Env):
         self.u_mid = (task.u_max + task.u_min) / 2
         self.u_half = (task.u_max - task.u_min) / 2
         self.divergence_limit = divergence_limit
-        self.divergence_penalty = divergence_penalty
         self.action_space = gym.spaces.Box(-1.0, 1.0, (task.nu,), dtype=np.float32)
         self.observation_space = gym.spaces.Box(-np.inf, np.inf, (task.obs_dim,), dtype=np.float32)
         self.shooting = task.build_problem()  # its action models give the per-step cost
@@ -213,11 +210,19 @@ class TaskEnv(gym.Env):
         self.t += 1
         info: dict[str, Any] = {"u": u}
         if not (np.isfinite(x_next).all() and (np.abs(x_next) < self.divergence_limit).all()):
-            # frozen like Task.rollout; the episode ends with a fixed penalty instead of an infinite cost
+            # The episode ends and pays the rest of the horizon frozen at the last finite state with zero
+            # torque (Task.rollout's trajectory). A fixed penalty (1e3) was cheaper than a poor but bounded
+            # UR5 episode (terminal cost ~1e4), and PPO learned to spin the arm away on purpose.
+            zeros = np.zeros(self.task.nu)
+            for k in range(self.t, self.horizon):
+                self.shooting.runningModels[k].calc(self.shooting.runningDatas[k], self.x, zeros)
+                cost += float(self.shooting.runningDatas[k].cost)
+            self.shooting.terminalModel.calc(self.shooting.terminalData, self.x)
+            cost += float(self.shooting.terminalData.cost)
             info["diverged"] = True
-            self.episode_cost = np.inf
+            self.episode_cost = np.inf  # scored as Task.evaluate scores a diverged rollout
             info["episode_cost"] = self.episode_cost
-            return self._obs(), -self.divergence_penalty, True, False, info
+            return self._obs(), -cost, True, False, info
         self.x = x_next
         terminated = self.t == self.horizon
         if terminated:
@@ -311,12 +316,15 @@ def train_rl(
 
     def make_env(index: int):
         return lambda: TaskEnv(task, counter, seed=None, obs_mean=mean, obs_scale=scale,
-                               divergence_limit=config.divergence_limit, divergence_penalty=config.divergence_penalty)
+                               divergence_limit=config.divergence_limit)
 
     venv = DummyVecEnv([make_env(i) for i in range(config.n_envs)])
     if config.norm_reward:
         venv = VecNormalize(venv, norm_obs=False, norm_reward=True, gamma=config.gamma)
     model = _make_model(config, venv, seed)  # seeds torch, the action noise and env i with seed + i
+    from stable_baselines3.common.logger import Logger
+
+    model.set_logger(Logger(folder=None, output_formats=[]))  # SB3's default logger leaves an empty /tmp/SB3-* per run
     actor = SB3Actor(model, venv.envs[0] if not config.norm_reward else venv.venv.envs[0])
     log = RunLog(out_dir, f"{config.algo.upper()} on {task.name}", task.error_unit)
     rows: list[dict[str, float]] = []

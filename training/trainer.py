@@ -15,6 +15,7 @@ checked for writability and free space before any work starts.
 
 from __future__ import annotations
 
+import copy
 import os
 import time
 from dataclasses import dataclass
@@ -81,14 +82,19 @@ class HeldOut:
         return HeldOut(problems, costs)
 
 
+def worst_error_over(task: Task, traj: Trajectories, problems: Problems, start: int, stop: int) -> np.ndarray:
+    """Per problem, the largest final-error measure over steps start..stop (inf where the rollout diverged)."""
+    errors = np.stack([task.final_error(traj.xs[:, t], problems.target) for t in range(start, stop + 1)], axis=1)
+    return np.where(traj.diverged, np.inf, errors.max(axis=1))
+
+
 def evaluate_policy(task: Task, policy: MLPPolicy, held_out: HeldOut) -> dict[str, float]:
     """Roll the policy out for 2T steps: precision at T, holding over [T, 2T], cost gap to TO over [0, T]."""
     T = task.horizon
     traj = task.rollout(policy.act, held_out.problems, horizon=2 * T)
     first = Trajectories(traj.xs[:, : T + 1], traj.us[:, :T], traj.diverged)
     ev = task.evaluate(held_out.problems, first)
-    hold = np.stack([task.final_error(traj.xs[:, t], held_out.problems.target) for t in range(T, 2 * T + 1)], axis=1)
-    hold_max = np.where(traj.diverged, np.inf, hold.max(axis=1))
+    hold_max = worst_error_over(task, traj, held_out.problems, T, 2 * T)
     gap = (ev.cost - held_out.to_cost) / np.maximum(np.abs(held_out.to_cost), 1e-12)
     metric, tol = success_tolerance(task)
     # Solved = there at T and still there over [T, 2T] (errors), or within the cost gap (lqr).
@@ -108,12 +114,39 @@ def evaluate_policy(task: Task, policy: MLPPolicy, held_out: HeldOut) -> dict[st
     }
 
 
+def validation_score(task: Task, policy: MLPPolicy, problems: Problems) -> dict[str, float]:
+    """Rollouts only (no TO solves), so cheap enough for every iteration: the share within tolerance
+    at T and over [T, 2T] (tasks judged by final error; NaN for lqr, judged by cost) and the mean
+    policy cost over [0, T] (inf if a rollout diverged)."""
+    T = task.horizon
+    metric, tol = success_tolerance(task)
+    traj = task.rollout(policy.act, problems, horizon=2 * T if metric == "final_error" else T)
+    first = Trajectories(traj.xs[:, : T + 1], traj.us[:, :T], traj.diverged)
+    ev = task.evaluate(problems, first)
+    cost = float(np.mean(ev.cost)) if not traj.diverged.any() else float("inf")
+    within = float("nan")
+    if metric == "final_error":
+        within = float(np.mean(worst_error_over(task, traj, problems, T, 2 * T) <= tol))
+    return {"validation_within": within, "validation_cost": cost}
+
+
+def better(a: dict[str, float], b: dict[str, float] | None) -> bool:
+    """Validation scores: more problems within tolerance first, then the lower policy cost."""
+    if b is None:
+        return True
+    wa, wb = (0.0 if np.isnan(a["validation_within"]) else a["validation_within"],
+              0.0 if np.isnan(b["validation_within"]) else b["validation_within"])
+    return wa > wb or (wa == wb and a["validation_cost"] < b["validation_cost"])
+
+
 class Trainer:
     """Builds everything from a TrainConfig and runs the outer iterations."""
 
-    def __init__(self, config: TrainConfig, out_dir: str | Path, task_overrides: dict[str, Any] | None = None):
+    def __init__(self, config: TrainConfig, out_dir: str | Path, task_overrides: dict[str, Any] | None = None,
+                 overwrite: bool = False):
         self.config = config
         self.out_dir = Path(out_dir)
+        self.overwrite = overwrite  # a fresh run may replace a training run already in out_dir
         self.task_overrides = dict(task_overrides or {})
         overrides = {"constrained": config.constrained, **self.task_overrides}
         self.task = load_task(config.task, overrides)
@@ -126,6 +159,10 @@ class Trainer:
         self.metrics: list[dict[str, float]] = []
         self.wall_time = 0.0
         self.held_out: HeldOut | None = None
+        self.validation: Problems | None = None
+        if config.select_best:
+            self.validation = self.task.sample(config.validation_problems, config.validation_seed)
+        self.selected: dict[str, Any] | None = None  # select_best: {"iteration", "score", "policy_state"}
 
     # -- run folder -------------------------------------------------------
     def _prepare_out_dir(self) -> None:
@@ -156,6 +193,9 @@ class Trainer:
             stats = os.statvfs(self.out_dir)
         except OSError as exc:
             raise ConfigError(str(self.out_dir), "out", f"run folder is not writable ({exc.strerror or exc})") from exc
+        if self.algorithm.iteration == 0 and (self.out_dir / CHECKPOINT).exists() and not self.overwrite:
+            raise ConfigError(str(self.out_dir), "out", f"already holds a training run ({CHECKPOINT}): continue it with "
+                              f"--resume {self.out_dir}, start afresh over it with --overwrite, or choose another --out")
         free = stats.f_bavail * stats.f_frsize
         needed = required_free_bytes(self.policy)
         if free < needed:
@@ -174,6 +214,8 @@ class Trainer:
             "held_out": {"x0": self.held_out.problems.x0, "target": self.held_out.problems.target,
                          "to_cost": self.held_out.to_cost},
         }
+        if self.selected is not None:
+            payload["selected"] = self.selected
         save_checkpoint(self.out_dir / CHECKPOINT, payload)
 
     @classmethod
@@ -195,6 +237,10 @@ class Trainer:
             trainer.wall_time = float(data["wall_time"])
             h = data["held_out"]
             trainer.held_out = HeldOut(Problems(h["x0"].numpy(), h["target"].numpy()), h["to_cost"].numpy())
+            if "selected" in data:
+                s = data["selected"]
+                trainer.selected = {"iteration": int(s["iteration"]), "score": {k: float(v) for k, v in s["score"].items()},
+                                    "policy_state": s["policy_state"]}
         except (KeyError, TypeError, ValueError, AttributeError, RuntimeError) as exc:
             trainer.runner.close()
             raise CheckpointError(f"{path}: incomplete or inconsistent checkpoint ({type(exc).__name__}: {exc})") from exc
@@ -206,6 +252,18 @@ class Trainer:
             trainer.runner.close()
             raise ConfigError(str(path), "iterations", f"the run already has {done} iterations, got {config.iterations}")
         return trainer
+
+    def final_policy(self) -> MLPPolicy:
+        """The policy a run delivers: the iterate chosen on the validation set (select_best), else the last."""
+        if self.selected is None:
+            return self.policy
+        policy = copy.deepcopy(self.policy)
+        policy.load_state_dict(self.selected["policy_state"])
+        return policy.eval()
+
+    def final_metrics(self) -> dict[str, float]:
+        """The held-out metrics row of the delivered policy."""
+        return self.metrics[self.selected["iteration"] - 1] if self.selected is not None else self.metrics[-1]
 
     # -- loop ---------------------------------------------------------------
     def run(self, on_iteration: Callable[[dict[str, float]], None] | None = None) -> list[dict[str, float]]:
@@ -229,6 +287,13 @@ class Trainer:
                     "dynamics_evaluations": float(self.counter.steps),
                     **stats,
                 }
+                if self.validation is not None:
+                    score = validation_score(self.task, self.policy, self.validation)
+                    row.update(score)
+                    if better(score, self.selected and self.selected["score"]):
+                        self.selected = {"iteration": self.algorithm.iteration, "score": score,
+                                         "policy_state": copy.deepcopy(self.policy.state_dict())}
+                    row["selected_iteration"] = float(self.selected["iteration"])
                 self.wall_time += time.perf_counter() - start
                 row["wall_time"] = self.wall_time
                 self.metrics.append(row)

@@ -108,7 +108,7 @@ class Algorithm(ABC):
         batch = self.oc_phase()
         stats = {
             "oc_iterations": float(batch.iterations.sum()),
-            "oc_iterations_median": float(np.median(batch.iterations)),
+            "oc_iterations_median": float(np.median(batch.iterations)) if len(batch.iterations) else 0.0,
             "warm_start_fallbacks": float(batch.fallbacks),
         }
         stats |= self.supervised_phase(batch)
@@ -122,7 +122,9 @@ class Algorithm(ABC):
         """Policy inputs for states [N, T, nx] of the N problems -> [N, T, obs_dim]."""
         n, t = xs.shape[:2]
         target = np.repeat(problems.target[:, None], t, axis=1)
-        return self.task.observation(xs.reshape(n * t, -1), target.reshape(n * t, -1)).reshape(n, t, -1)
+        # explicit trailing sizes: N may be 0 (every rollout diverged), where -1 cannot be inferred
+        obs = self.task.observation(xs.reshape(n * t, xs.shape[-1]), target.reshape(n * t, target.shape[-1]))
+        return obs.reshape(n, t, self.task.obs_dim)
 
     def policy_on(self, xs: np.ndarray, problems: Problems) -> np.ndarray:
         """π at states [N, T, nx] -> [N, T, nu]."""
