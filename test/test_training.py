@@ -241,3 +241,16 @@ def test_select_best_delivers_the_iterate_best_on_validation_and_survives_resume
     onnx = OnnxPolicy(str(export_onnx(delivered, trainer.task, tmp_path / "p.onnx")))
     obs = np.random.default_rng(0).normal(size=(5, trainer.task.obs_dim)).astype(np.float32)
     np.testing.assert_allclose(onnx(obs), delivered.act(obs), atol=1e-5)
+
+
+def test_validation_ranking_puts_success_first_then_cost():
+    from tocpl_training.trainer import better
+
+    def score(within, cost):
+        return {"validation_within": within, "validation_cost": cost}
+
+    assert better(score(0.9, 50.0), score(0.8, 1.0))  # more problems within tolerance wins
+    assert better(score(0.9, 1.0), score(0.9, 2.0)) and not better(score(0.9, 2.0), score(0.9, 2.0))  # ties keep the first
+    assert better(score(0.9, 1e9), score(0.9, float("inf")))  # a diverged rollout is the worst cost
+    assert better(score(float("nan"), 1.0), score(float("nan"), 2.0))  # lqr: judged by cost alone
+    assert better(score(0.0, 1.0), None)

@@ -132,11 +132,10 @@ def validation_score(task: Task, policy: MLPPolicy, problems: Problems) -> dict[
 
 def better(a: dict[str, float], b: dict[str, float] | None) -> bool:
     """Validation scores: more problems within tolerance first, then the lower policy cost."""
-    if b is None:
-        return True
-    wa, wb = (0.0 if np.isnan(a["validation_within"]) else a["validation_within"],
-              0.0 if np.isnan(b["validation_within"]) else b["validation_within"])
-    return wa > wb or (wa == wb and a["validation_cost"] < b["validation_cost"])
+    def key(score: dict[str, float]) -> tuple[float, float]:
+        return float(np.nan_to_num(score["validation_within"], nan=0.0)), -score["validation_cost"]
+
+    return b is None or key(a) > key(b)
 
 
 class Trainer:
