@@ -321,8 +321,20 @@ def test_deadline_stops_an_infeasible_solve_at_the_first_iteration(task, untrain
     mpc._deadline.arm(time.perf_counter() - 1.0, 0.5)  # already past the deadline
     with pytest.raises(_DeadlineExceeded):
         mpc.solver.solve(list(xs), list(us), 20, False)
-    assert mpc._deadline.calls == 1 and len(seen) == 1
-    assert seen[0][0] < mpc.solver.th_stop and not seen[0][1], f"premise (stop, feasible) = {seen[0]}"
+    assert mpc._deadline.calls == 1 and len(seen) == 1 and not seen[0][1]  # stopped while infeasible
+
+    # Whether this solve's first criterion is exactly 0 depends on the diverged rollout's last bits
+    # (it was in isolation, not in one full run): the decision itself, on the solver's own state:
+    class SolverState:  # what the callback reads of the solver at that first callback
+        th_stop = mpc.solver.th_stop
+
+        def __init__(self, stop, feasible):
+            self.stop, self.isFeasible = stop, feasible
+
+    mpc._deadline.arm(time.perf_counter() - 1.0, 0.5)
+    with pytest.raises(_DeadlineExceeded):
+        mpc._deadline(SolverState(0.0, False))  # "converged" by the criterion, but infeasible
+    mpc._deadline(SolverState(0.0, True))  # really converged: let the solver return
 
 
 def test_result_law_follows_the_plan(task):
