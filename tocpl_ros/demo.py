@@ -200,10 +200,11 @@ def ensure_policy(out: Path, iterations: int | None, retrain: bool = False) -> P
         print(f"[{PROG}] reusing the policy {policy} (delete it or pass --retrain to train again)", flush=True)
         return policy
     train = console_command("tocpl-train", "tocpl_training.cli")
+    budget = ["--iterations", str(iterations)] if iterations else []
     if (out / "checkpoint.pt").is_file() and not retrain:
-        cmd = train + ["--resume", str(out)] + (["--iterations", str(iterations)] if iterations else [])
+        cmd = train + ["--resume", str(out)] + budget
     else:
-        cmd = train + ["--task", TASK, "--out", str(out)] + (["--iterations", str(iterations)] if iterations else [])
+        cmd = train + ["--task", TASK, "--out", str(out)] + budget
         cmd += ["--overwrite"] if retrain else []
     print(f"[{PROG}] training the default UR5 policy (a few minutes): {' '.join(cmd)}", flush=True)
     started = time.monotonic()

@@ -217,8 +217,7 @@ class TaskEnv(gym.Env):
             for k in range(self.t, self.horizon):
                 self.shooting.runningModels[k].calc(self.shooting.runningDatas[k], self.x, zeros)
                 cost += float(self.shooting.runningDatas[k].cost)
-            self.shooting.terminalModel.calc(self.shooting.terminalData, self.x)
-            cost += float(self.shooting.terminalData.cost)
+            cost += self._terminal_cost()
             info["diverged"] = True
             self.episode_cost = np.inf  # scored as Task.evaluate scores a diverged rollout
             info["episode_cost"] = self.episode_cost
@@ -226,13 +225,15 @@ class TaskEnv(gym.Env):
         self.x = x_next
         terminated = self.t == self.horizon
         if terminated:
-            tmodel, tdata = self.shooting.terminalModel, self.shooting.terminalData
-            tmodel.calc(tdata, self.x)
-            cost += float(tdata.cost)
+            cost += self._terminal_cost()
         self.episode_cost += cost
         if terminated:
             info["episode_cost"] = self.episode_cost
         return self._obs(), -cost, terminated, False, info
+
+    def _terminal_cost(self) -> float:
+        self.shooting.terminalModel.calc(self.shooting.terminalData, self.x)
+        return float(self.shooting.terminalData.cost)
 
 
 class SB3Actor:
