@@ -196,6 +196,25 @@ def test_diverging_policy_rollouts_do_not_poison_the_oc_phase():
     trainer.runner.close()
 
 
+@pytest.mark.parametrize("policy_states", ["rollout", "oc"])
+def test_multiple_shooting_never_tracks_a_diverged_rollout(policy_states):
+    """PLAL+M's OC phase tracks the policy states ²x. On the first iteration of an untrained UR5 policy
+    every rollout diverges and there are no OC states yet: the phase solves the plain OCPs (precise,
+    finite) and takes ²x = ¹x, instead of tracking the frozen states of a spinning arm."""
+    trainer = Trainer(small(task="ur5_reach", algo="plal", multiple_shooting=True, sobolev=True, problems=4,
+                            policy_states=policy_states), "unused")
+    alg, task = trainer.algorithm, trainer.task
+    with torch.no_grad():
+        trainer.policy.net[-1].bias.fill_(20.0)  # every torque at its upper bound: the arm spins away
+    batch = alg.oc_phase()
+    assert batch.fallbacks == 4
+    assert task.final_error(batch.xs[:, -1], batch.problems.target).max() < 1e-3
+    np.testing.assert_array_equal(alg.supervised_states(batch), batch.xs[:, :-1])
+    stats = alg.dual_update(batch)
+    assert stats["consensus_x"] == 0.0
+    trainer.runner.close()
+
+
 def test_pods_survives_iterations_where_every_rollout_diverges(tmp_path):
     """PODS learns only from its own rollouts: when all of them diverge there is nothing to regress
     on. The iteration is logged (NaN loss, every problem counted) and the policy left as it was."""

@@ -11,6 +11,7 @@ ALGORITHMS = ("pddp", "plal", "pods", "dpl")
 MU_SCHEDULES = ("fixed", "bcl")
 WARM_STARTS = ("policy", "previous", "cold")
 BACKENDS = ("process", "ray")
+POLICY_STATES = ("rollout", "oc")
 
 
 @dataclass
@@ -30,6 +31,10 @@ class TrainConfig:
     near the end of the horizon are stiff (large terminal weights) and would swamp the regression."""
     multiple_shooting: bool = False
     """'+M' (plal only): the OC phase tracks fixed references instead of differentiating the policy."""
+    policy_states: str = "rollout"
+    """+M: the policy states ²x. 'rollout': the policy's own rollout (the OC states where it diverges);
+    'oc': the last OC states (²x ← ¹x, a proximal ADMM step: the OC phase tracks its previous solution and
+    the policy's commands there, so no policy rollout is needed and a wild early policy cannot drag it)."""
     constrained: bool = True
     """Keep the control box in the OC phase; False is the paper's '-C' ablation (bounds only via tanh)."""
     iterations: int = 30
@@ -106,6 +111,8 @@ class TrainConfig:
             raise FieldError("mu_growth", f"must be > 1, got {self.mu_growth}")
         if self.mu_max < self.mu:
             raise FieldError("mu_max", f"must be >= mu ({self.mu}), got {self.mu_max}")
+        if self.policy_states not in POLICY_STATES:
+            raise FieldError("policy_states", f"unknown source '{self.policy_states}' (known: {', '.join(POLICY_STATES)})")
         if self.multiple_shooting and self.algo != "plal":
             raise FieldError("multiple_shooting", "multiple shooting (+M) is a variant of plal")
         for name in ("iterations", "problems", "replay", "oc_max_iter", "epochs", "batch_size", "eval_problems",

@@ -40,23 +40,37 @@ class PLAL(Algorithm):
                 job.terms["shift"] = lam / mu
             return self.solve(self.problems, jobs, fallbacks, "consensus", {"mu": mu, "policy": NumpyPolicy(self.policy)})
         x2 = self._policy_states()
+        if x2 is None:  # first +M phase and nothing to track yet: the plain OCPs give ¹x and ²x = ¹x
+            batch = self.solve(self.problems, jobs, fallbacks)
+            self.policy_states = batch.xs[:, :-1].copy()
+            return batch
         u_ref = self.policy_on(x2, self.problems) - self.lam / mu
         x_ref = x2 - self.gamma / mu
         for i, job in enumerate(jobs):
             job.terms["u_ref"], job.terms["x_ref"] = u_ref[i], x_ref[i]
         return self.solve(self.problems, jobs, fallbacks, "tracking", {"mu": mu})
 
-    def _policy_states(self) -> np.ndarray:
-        """²x: the policy's rollout states; where it diverged, the last OC states instead."""
+    def _policy_states(self) -> np.ndarray | None:
+        """²x for this OC phase (see TrainConfig.policy_states); None when there is nothing to track:
+        the first phase of 'oc', or of 'rollout' with diverged rollouts and no OC states to replace them."""
+        if self.config.policy_states == "oc":
+            self.policy_states = None if self.previous is None else self.previous.xs[:, :-1]
+            return self.policy_states
         traj = self.task.rollout(self.policy.act, self.problems, counter=self.counter)
         x2 = traj.xs[:, :-1].copy()
-        if traj.diverged.any() and self.previous is not None:
+        if traj.diverged.any():
+            if self.previous is None:  # a diverged rollout's frozen states would drag the OCP off
+                return None
             x2[traj.diverged] = self.previous.xs[traj.diverged, :-1]
         self.policy_states = x2
         return x2
 
     def supervised_states(self, batch: OCBatch) -> np.ndarray:
-        return self.policy_states if self.config.multiple_shooting else batch.xs[:, :-1]
+        if not self.config.multiple_shooting:
+            return batch.xs[:, :-1]
+        if self.config.policy_states == "oc":  # ²x ← ¹x before learning: π is fit where the OC went
+            self.policy_states = batch.xs[:, :-1]
+        return self.policy_states
 
     def supervision(self, batch: OCBatch) -> SupervisedData:
         nu, nx = self.task.nu, self.task.nx
