@@ -23,6 +23,8 @@ import yaml
 from tocpl_ros.policy_file import OnnxPolicy, read_onnx_metadata
 from tocpl_ros.tasks import load_task
 
+from ros_harness import SpinningTestNode, stop_process, wait_for
+
 ROOT = Path(__file__).resolve().parents[1]
 JOINTS = ["shoulder_pan_joint", "shoulder_lift_joint", "elbow_joint", "wrist_1_joint", "wrist_2_joint", "wrist_3_joint"]
 Q0 = np.array([0.0, -1.2, 1.6, -0.4, 1.57, 0.0])
@@ -47,41 +49,18 @@ def node_command() -> list[str]:
     return [str(script)] if script.is_file() else [sys.executable, "-m", "tocpl_ros.nodes.mpc_node"]
 
 
-def stop_process(proc: subprocess.Popen) -> None:
-    if proc.poll() is None:
-        proc.kill()
-        proc.wait(timeout=10)
-
-
-def wait_for(predicate, timeout: float, what: str, proc: subprocess.Popen | None = None, log: Path | None = None):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        if proc is not None and proc.poll() is not None:
-            break
-        time.sleep(0.01)
-    detail = log.read_text()[-3000:] if log is not None and log.exists() else ""
-    raise AssertionError(f"timed out ({timeout} s) waiting for {what}\n{detail}")
-
-
-class Harness:
+class Harness(SpinningTestNode):
     """An rclpy test node (own context, given domain) spinning in a background thread."""
 
     def __init__(self, domain: int):
-        import rclpy
         from diagnostic_msgs.msg import DiagnosticArray
         from geometry_msgs.msg import PointStamped
-        from rclpy.executors import SingleThreadedExecutor
         from rclpy.qos import QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
         from sensor_msgs.msg import JointState
         from std_msgs.msg import Float64MultiArray
 
-        self.rclpy, self.JointState, self.PointStamped = rclpy, JointState, PointStamped
-        self.context = rclpy.Context()
-        rclpy.init(context=self.context, domain_id=domain)
-        self.node = rclpy.create_node("mpc_node_test_harness", context=self.context)
-        self.lock = threading.Lock()
+        super().__init__(domain, "mpc_node_test_harness")
+        self.JointState, self.PointStamped = JointState, PointStamped
         self.commands: list[tuple[float, np.ndarray]] = []
         self.feedback: list[tuple[float, np.ndarray]] = []
         self.diagnostics: list[tuple[float, dict[str, str], int]] = []
@@ -95,15 +74,7 @@ class Harness:
         self.node.create_subscription(Float64MultiArray, "/mpc/feedback", self._on_feedback, reliable)
         self.node.create_subscription(DiagnosticArray, "/diagnostics", self._on_diag, 10)
         self.node.create_timer(1.0 / JS_RATE, self._publish_joint_state)
-        self.executor = SingleThreadedExecutor(context=self.context)
-        self.executor.add_node(self.node)
-        self._stop = threading.Event()
-        self.thread = threading.Thread(target=self._spin, daemon=True)
-        self.thread.start()
-
-    def _spin(self):
-        while not self._stop.is_set() and self.context.ok():
-            self.executor.spin_once(timeout_sec=0.05)
+        self.start_spinning()
 
     def _on_command(self, msg):
         with self.lock:
@@ -150,13 +121,6 @@ class Harness:
         with self.lock:
             return [d for tc, d, _ in self.diagnostics if tc >= t]
 
-    def close(self):
-        self._stop.set()
-        self.thread.join(timeout=5)
-        self.executor.shutdown()
-        self.node.destroy_node()
-        self.rclpy.try_shutdown(context=self.context)
-
 
 def start_node(policy_file: Path, env: dict[str, str], log: Path, *extra: str) -> subprocess.Popen:
     args = [
@@ -170,11 +134,18 @@ def start_node(policy_file: Path, env: dict[str, str], log: Path, *extra: str) -
         return subprocess.Popen(node_command() + args, env=env, stdout=out, stderr=subprocess.STDOUT)
 
 
-def measure_rate(harness: Harness, seconds: float = 2.0) -> tuple[float, np.ndarray]:
+def commands_at_rate(harness: Harness, proc: subprocess.Popen, log: Path, label: str = "", seconds: float = 2.0) -> np.ndarray:
+    """Joint states on, the node's first commands awaited, then /mpc/command over ``seconds``:
+    its rate checked (RATE ± 15 %), its values returned."""
+    harness.publishing.set()
+    wait_for(lambda: len(harness.commands) > 20, 60, "first /mpc/command", proc, log)
     t0 = time.monotonic()
     time.sleep(seconds)
     window = harness.commands_between(t0, t0 + seconds)
-    return len(window) / seconds, np.array(window)
+    rate = len(window) / seconds
+    print(f"/mpc/command{label} at {rate:.1f} Hz")
+    assert 0.85 * RATE <= rate <= 1.15 * RATE, f"{rate:.1f} Hz\n{log.read_text()[-2000:]}"
+    return np.array(window)
 
 
 # ------------------------------------------------------------------------ tests
@@ -330,12 +301,8 @@ def test_mpc_node_commands_feedback_and_diagnostics(policy_file, ros_node_env, t
     harness = None
     try:
         harness = Harness(domain)
-        harness.publishing.set()
         # 1. commands at ~100 Hz, finite, within the torque limits; feedback alongside
-        wait_for(lambda: len(harness.commands) > 20, 60, "first /mpc/command", proc, log)
-        rate, values = measure_rate(harness)
-        print(f"/mpc/command at {rate:.1f} Hz")
-        assert 0.85 * RATE <= rate <= 1.15 * RATE, f"{rate:.1f} Hz\n{log.read_text()[-2000:]}"
+        values = commands_at_rate(harness, proc, log)
         assert values.shape[1] == 6 and np.isfinite(values).all()
         assert (values >= md.u_min).all() and (values <= md.u_max).all()
         with harness.lock:
@@ -399,11 +366,7 @@ def test_mpc_node_impossible_deadline_falls_back_to_the_policy(policy_file, ros_
     harness = None
     try:
         harness = Harness(domain)
-        harness.publishing.set()
-        wait_for(lambda: len(harness.commands) > 20, 60, "first /mpc/command", proc, log)
-        rate, values = measure_rate(harness)
-        print(f"/mpc/command (all fallbacks) at {rate:.1f} Hz")
-        assert 0.85 * RATE <= rate <= 1.15 * RATE, f"{rate:.1f} Hz"
+        values = commands_at_rate(harness, proc, log, " (all fallbacks)")
         assert np.abs(values - u_policy).max() < 1e-4 * max(1.0, np.abs(u_policy).max()), "the fallback is the policy's command"
         with harness.lock:
             feedback = harness.feedback[-1][1]
@@ -443,11 +406,7 @@ def test_mpc_node_shifted_warm_start_converges(policy_file, ros_node_env, tmp_pa
     harness = None
     try:
         harness = Harness(domain)
-        harness.publishing.set()
-        wait_for(lambda: len(harness.commands) > 20, 60, "first /mpc/command", proc, log)
-        rate, values = measure_rate(harness)
-        print(f"/mpc/command (shifted) at {rate:.1f} Hz")
-        assert 0.85 * RATE <= rate <= 1.15 * RATE, f"{rate:.1f} Hz"
+        values = commands_at_rate(harness, proc, log, " (shifted)")
         assert np.isfinite(values).all() and (values >= md.u_min).all() and (values <= md.u_max).all()
         t0 = time.monotonic()
         wait_for(lambda: len(harness.diag_after(t0)) >= 1, 5, "diagnostics")

@@ -28,7 +28,6 @@ import math
 import os
 import signal
 import subprocess
-import threading
 import time
 from pathlib import Path
 
@@ -36,7 +35,9 @@ import numpy as np
 import pytest
 
 from tocpl_ros.resources import console_command
-from tocpl_ros.ros_env import DISCOVERY_RANGE_VAR, DOMAIN_ID_VAR, derive_domain_id, loopback_ros_env
+from tocpl_ros.ros_env import DOMAIN_ID_VAR, derive_domain_id
+
+from ros_harness import SpinningTestNode, node_env, quiet_harness, stop_process
 
 ROOT = Path(__file__).resolve().parents[1]
 JOINTS = ["shoulder_pan_joint", "shoulder_lift_joint", "elbow_joint", "wrist_1_joint", "wrist_2_joint", "wrist_3_joint"]
@@ -65,52 +66,31 @@ niced 2-core machine: see check_command_stream)."""
 # ------------------------------------------------------------------------ shared helpers
 
 
-def node_env(domain: int) -> dict[str, str]:
-    base = {k: v for k, v in os.environ.items() if k != DISCOVERY_RANGE_VAR}
-    env = loopback_ros_env(base, domain_id=domain)
-    assert env[DISCOVERY_RANGE_VAR] == "LOCALHOST"
-    return env
-
-
-
 def start(cmd: list[str], env: dict[str, str], log: Path) -> subprocess.Popen:
     with open(log, "a") as out:
         return subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.STDOUT)
-
-
-def kill(proc: subprocess.Popen | None) -> None:
-    if proc is not None and proc.poll() is None:
-        proc.kill()
-        proc.wait(timeout=10)
 
 
 def tail(log: Path) -> str:
     return f"--- {log.name} ---\n" + (log.read_text()[-3000:] if log.exists() else "")
 
 
-class Harness:
+class Harness(SpinningTestNode):
     """rclpy in this process (own context): records /joint_states, Float64MultiArray topics and
     /diagnostics (by status name prefix), each with time.monotonic() of reception; optionally
-    publishes valid joint states at 500 Hz."""
+    publishes valid joint states at 500 Hz. An exception while spinning fails check_alive()."""
 
     def __init__(self, domain: int, command_topics: list[str], publish_joint_states: bool = False):
-        import rclpy
         from diagnostic_msgs.msg import DiagnosticArray
-        from rclpy.executors import SingleThreadedExecutor
         from rclpy.qos import QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
-        from rclpy.signals import SignalHandlerOptions
         from sensor_msgs.msg import JointState
         from std_msgs.msg import Float64MultiArray
 
-        self.rclpy, self.JointState = rclpy, JointState
-        self.context = rclpy.Context()
-        rclpy.init(context=self.context, domain_id=domain, signal_handler_options=SignalHandlerOptions.NO)
-        self.node = rclpy.create_node("faults_harness", context=self.context)
-        self.lock = threading.Lock()
+        super().__init__(domain, "faults_harness", signal_handlers=False, record_errors=True)
+        self.JointState = JointState
         self.joint_states: list[tuple[float, np.ndarray]] = []
         self.commands: dict[str, list[tuple[float, np.ndarray]]] = {t: [] for t in command_topics}
         self.diagnostics: list[tuple[float, str, dict[str, str]]] = []
-        self.errors: list[str] = []
         reliable = QoSProfile(depth=1000, reliability=ReliabilityPolicy.RELIABLE)
         for topic in command_topics:
             self.node.create_subscription(Float64MultiArray, topic, lambda m, t=topic: self._on_command(t, m), reliable)
@@ -120,23 +100,7 @@ class Harness:
             self.node.create_timer(1.0 / 500.0, self._publish_joint_state)
         else:
             self.node.create_subscription(JointState, "/joint_states", self._on_joint_state, qos_profile_sensor_data)
-        self.executor = SingleThreadedExecutor(context=self.context)
-        self.executor.add_node(self.node)
-        self._stop = threading.Event()
-        self.thread = threading.Thread(target=self._spin, daemon=True)
-        self.thread.start()
-
-    def _spin(self):
-        while not self._stop.is_set() and self.context.ok():
-            try:
-                self.executor.spin_once(timeout_sec=0.05)
-            except Exception as exc:  # reported by check_alive(), never silent
-                self.errors.append(repr(exc))
-                if len(self.errors) > 100:
-                    return
-
-    def check_alive(self) -> None:
-        assert not self.errors and self.thread.is_alive(), f"test harness failed: {self.errors[:3]}"
+        self.start_spinning()
 
     def _on_command(self, topic, msg):
         values = np.array(msg.data, dtype=float)
@@ -173,28 +137,6 @@ class Harness:
     def last_joint_state_time(self) -> float | None:
         with self.lock:
             return self.joint_states[-1][0] if self.joint_states else None
-
-    def other_nodes(self) -> set[str]:
-        return set(self.node.get_node_names()) - {"faults_harness"}
-
-    def close(self):
-        self._stop.set()
-        self.thread.join(timeout=5)
-        self.executor.shutdown()
-        self.node.destroy_node()
-        self.rclpy.try_shutdown(context=self.context)
-
-
-def quiet_harness(ros_loopback_env, offset: int, **kwargs) -> tuple[Harness, int]:
-    """A harness on a domain where no other ROS node shows up for 1 s."""
-    for attempt in range(10):
-        domain = derive_domain_id(int(ros_loopback_env[DOMAIN_ID_VAR]) + offset + 7 * attempt)
-        harness = Harness(domain, **kwargs)
-        time.sleep(1.0)
-        if not harness.other_nodes():
-            return harness, domain
-        harness.close()
-    pytest.fail("no quiet ROS domain found (10 tried)")
 
 
 def wait_until(predicate, timeout: float, what: str, procs: dict[str, subprocess.Popen], logs: dict[str, Path]):
@@ -249,7 +191,7 @@ def test_policy_node_survives_simulator_kill_and_restart(constant_policy, ros_lo
     policy_path, u_policy = constant_policy
     effort_topic = "/forward_effort_controller/commands"
     period = 1.0 / RATE
-    harness, domain = quiet_harness(ros_loopback_env, offset=89, command_topics=[effort_topic])
+    harness, domain = quiet_harness(Harness, ros_loopback_env, offset=89, command_topics=[effort_topic])
     env = node_env(domain)
     logs = {"ur5_sim": tmp_path / "ur5_sim.log", "policy_node": tmp_path / "policy_node.log"}
     sim_cmd = console_command("ur5_sim", "tocpl_ros.nodes.ur5_sim") + ["--ros-args", "-p", f"damping:={SIM_DAMPING}"]
@@ -343,7 +285,7 @@ def test_policy_node_survives_simulator_kill_and_restart(constant_policy, ros_lo
             f"stamp_resets {diag.get('stamp_resets')}")
     finally:
         for proc in procs.values():
-            kill(proc)
+            stop_process(proc)
         harness.close()
 
 
@@ -375,7 +317,7 @@ def run_mpc_case(case: str, params: list[str], offset: int, ros_loopback_env, tm
     Returns (figures, summary line); asserts what holds whatever the solver does: commands keep
     coming, finite and within the torque limits, no exception, clean exit."""
     topic = "/mpc/command"
-    harness, domain = quiet_harness(ros_loopback_env, offset=offset, command_topics=[topic], publish_joint_states=True)
+    harness, domain = quiet_harness(Harness, ros_loopback_env, offset=offset, command_topics=[topic], publish_joint_states=True)
     logs = {"mpc_node": tmp_path / "mpc_node.log"}
     cmd = console_command("mpc_node", "tocpl_ros.nodes.mpc_node") + [
         "--ros-args", "--params-file", str(ROOT / "config" / "mpc_node.yaml"), "-p", f"policy_path:={mpc_policy}",
@@ -436,7 +378,7 @@ def run_mpc_case(case: str, params: list[str], offset: int, ros_loopback_env, tm
         assert procs["mpc_node"].wait(timeout=30) == 0, tail(logs["mpc_node"])
         return figures, summary
     finally:
-        kill(procs["mpc_node"])
+        stop_process(procs["mpc_node"])
         harness.close()
 
 
@@ -489,7 +431,7 @@ def test_mpc_solver_process_killed_keeps_the_command_stream(mpc_policy, ros_loop
     there is no solver, a new solver process starts, converged solutions are published again;
     the node process is the same throughout and exits cleanly."""
     topic = "/mpc/command"
-    harness, domain = quiet_harness(ros_loopback_env, offset=103, command_topics=[topic], publish_joint_states=True)
+    harness, domain = quiet_harness(Harness, ros_loopback_env, offset=103, command_topics=[topic], publish_joint_states=True)
     logs = {"mpc_node": tmp_path / "mpc_node.log"}
     cmd = console_command("mpc_node", "tocpl_ros.nodes.mpc_node") + [
         "--ros-args", "--params-file", str(ROOT / "config" / "mpc_node.yaml"), "-p", f"policy_path:={mpc_policy}",
@@ -553,7 +495,7 @@ def test_mpc_solver_process_killed_keeps_the_command_stream(mpc_policy, ros_loop
         assert not Path(f"/proc/{last_solver}").exists(), "the solver process outlived the node"
         print("\n" + "\n".join(figures))
     finally:
-        kill(procs["mpc_node"])
+        stop_process(procs["mpc_node"])
         harness.close()
 
 

@@ -21,10 +21,8 @@ without a restart; SIGINT then exits each node with status 0.
 from __future__ import annotations
 
 import math
-import os
 import signal
 import subprocess
-import threading
 import time
 import xml.etree.ElementTree as ET
 from collections import Counter
@@ -34,7 +32,8 @@ import numpy as np
 import pytest
 
 from tocpl_ros.resources import console_command
-from tocpl_ros.ros_env import DISCOVERY_RANGE_VAR, DOMAIN_ID_VAR, derive_domain_id, loopback_ros_env
+
+from ros_harness import SpinningTestNode, node_env, quiet_harness, stop_process
 
 ROOT = Path(__file__).resolve().parents[1]
 JOINTS = ["shoulder_pan_joint", "shoulder_lift_joint", "elbow_joint", "wrist_1_joint", "wrist_2_joint", "wrist_3_joint"]
@@ -89,33 +88,19 @@ def policy_file(tmp_path_factory) -> Path:
     return export_onnx(policy.eval(), task, tmp_path_factory.mktemp("fuzz") / "policy.onnx")
 
 
-def node_env(domain: int) -> dict[str, str]:
-    base = {k: v for k, v in os.environ.items() if k != DISCOVERY_RANGE_VAR}
-    env = loopback_ros_env(base, domain_id=domain)
-    assert env[DISCOVERY_RANGE_VAR] == "LOCALHOST"
-    return env
-
-
-
-class Harness:
+class Harness(SpinningTestNode):
     """rclpy in this process (own context): publishes the fuzz, records every command and the
     latest /diagnostics of each node."""
 
     def __init__(self, domain: int):
-        import rclpy
         from diagnostic_msgs.msg import DiagnosticArray
         from geometry_msgs.msg import PointStamped
-        from rclpy.executors import SingleThreadedExecutor
         from rclpy.qos import QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
-        from rclpy.signals import SignalHandlerOptions
         from sensor_msgs.msg import JointState
         from std_msgs.msg import Float64MultiArray
 
-        self.rclpy, self.JointState, self.PointStamped = rclpy, JointState, PointStamped
-        self.context = rclpy.Context()
-        rclpy.init(context=self.context, domain_id=domain, signal_handler_options=SignalHandlerOptions.NO)
-        self.node = rclpy.create_node("fuzz_harness", context=self.context)
-        self.lock = threading.Lock()
+        super().__init__(domain, "fuzz_harness", signal_handlers=False)
+        self.JointState, self.PointStamped = JointState, PointStamped
         self.received: dict[str, list[tuple[float, np.ndarray]]] = {k: [] for k in TOPICS}
         self.diagnostics: dict[str, tuple[float, dict[str, str]]] = {}
         self.js_sent = 0  # every joint state published (start-up and recovery included)
@@ -126,15 +111,7 @@ class Harness:
         for key, topic in TOPICS.items():
             self.node.create_subscription(Float64MultiArray, topic, lambda msg, key=key: self._on_array(key, msg), reliable)
         self.node.create_subscription(DiagnosticArray, "/diagnostics", self._on_diag, 100)
-        self.executor = SingleThreadedExecutor(context=self.context)
-        self.executor.add_node(self.node)
-        self._stop = threading.Event()
-        self.thread = threading.Thread(target=self._spin, daemon=True)
-        self.thread.start()
-
-    def _spin(self):
-        while not self._stop.is_set() and self.context.ok():
-            self.executor.spin_once(timeout_sec=0.05)
+        self.start_spinning()
 
     def _on_array(self, key, msg):
         values = np.array(msg.data, dtype=float)
@@ -146,9 +123,6 @@ class Harness:
             for s in msg.status:
                 name = s.name.split(":")[0]
                 self.diagnostics[name] = (time.monotonic(), {kv.key: kv.value for kv in s.values})
-
-    def other_nodes(self) -> set[str]:
-        return set(self.node.get_node_names()) - {"fuzz_harness"}
 
     def now_stamp(self) -> tuple[int, int]:
         t = self.node.get_clock().now().nanoseconds
@@ -179,26 +153,6 @@ class Harness:
         with self.lock:
             entry = self.diagnostics.get(name)
         return entry[1] if entry is not None and entry[0] >= after else None
-
-    def close(self):
-        self._stop.set()
-        self.thread.join(timeout=5)
-        self.executor.shutdown()
-        self.node.destroy_node()
-        self.rclpy.try_shutdown(context=self.context)
-
-
-def quiet_harness(ros_loopback_env, offset: int) -> tuple[Harness, int]:
-    """A harness on a domain where no other ROS node shows up for 1 s (other test runs on this
-    machine choose domains the same way)."""
-    for attempt in range(10):
-        domain = derive_domain_id(int(ros_loopback_env[DOMAIN_ID_VAR]) + offset + 7 * attempt)
-        harness = Harness(domain)
-        time.sleep(1.0)
-        if not harness.other_nodes():
-            return harness, domain
-        harness.close()
-    pytest.fail("no quiet ROS domain found (10 tried)")
 
 
 # ------------------------------------------------------------------------ the fuzz
@@ -338,7 +292,7 @@ def send_valid(harness: Harness, seconds: float) -> None:
 @pytest.mark.ros
 def test_fuzz_policy_and_mpc_nodes(policy_file, ros_loopback_env, tmp_path):
     limits = urdf_limits()
-    harness, domain = quiet_harness(ros_loopback_env, offset=83)
+    harness, domain = quiet_harness(Harness, ros_loopback_env, offset=83)
     env = node_env(domain)
     procs: dict[str, subprocess.Popen] = {}
     logs: dict[str, Path] = {}
@@ -469,7 +423,5 @@ def test_fuzz_policy_and_mpc_nodes(policy_file, ros_loopback_env, tmp_path):
               f"all finite and within urdf/ur5.urdf limits; 4 nodes alive, exit 0 on SIGINT")
     finally:
         for proc in procs.values():
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait(timeout=10)
+            stop_process(proc)
         harness.close()

@@ -28,6 +28,8 @@ from tocpl_ros.tasks import load_task
 from tocpl_training.export import export_onnx
 from tocpl_training.policy import make_policy
 
+from ros_harness import SpinningTestNode, stop_process, wait_for
+
 ROOT = Path(__file__).resolve().parents[1]
 JOINTS = ["shoulder_pan_joint", "shoulder_lift_joint", "elbow_joint", "wrist_1_joint", "wrist_2_joint", "wrist_3_joint"]
 Q0 = np.array([0.0, -1.2, 1.6, -0.4, 1.57, 0.0])
@@ -63,47 +65,24 @@ def node_command() -> list[str]:
     return [str(script)] if script.is_file() else [sys.executable, "-m", "tocpl_ros.nodes.policy_node"]
 
 
-def stop_process(proc: subprocess.Popen) -> None:
-    if proc.poll() is None:
-        proc.kill()
-        proc.wait(timeout=10)
-
-
 def gravity(q) -> np.ndarray:
     model = pin.buildModelFromUrdf(str(ROOT / "urdf" / "ur5.urdf"))
     return pin.computeGeneralizedGravity(model, model.createData(), np.asarray(q, dtype=float)).copy()
 
 
-def wait_for(predicate, timeout: float, what: str, proc: subprocess.Popen | None = None, log: Path | None = None):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        if proc is not None and proc.poll() is not None:
-            break
-        time.sleep(0.01)
-    detail = log.read_text()[-3000:] if log is not None and log.exists() else ""
-    raise AssertionError(f"timed out ({timeout} s) waiting for {what}\n{detail}")
-
-
-class Harness:
+class Harness(SpinningTestNode):
     """An rclpy test node (own context, given domain) spinning in a background thread."""
 
     def __init__(self, domain: int):
-        import rclpy
         from diagnostic_msgs.msg import DiagnosticArray
         from geometry_msgs.msg import PointStamped
-        from rclpy.executors import SingleThreadedExecutor
         from rclpy.qos import QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
         from sensor_msgs.msg import JointState
         from std_msgs.msg import Float64MultiArray
         from std_srvs.srv import Trigger
 
-        self.rclpy, self.JointState, self.PointStamped, self.Trigger = rclpy, JointState, PointStamped, Trigger
-        self.context = rclpy.Context()
-        rclpy.init(context=self.context, domain_id=domain)
-        self.node = rclpy.create_node("policy_node_test_harness", context=self.context)
-        self.lock = threading.Lock()
+        super().__init__(domain, "policy_node_test_harness")
+        self.JointState, self.PointStamped, self.Trigger = JointState, PointStamped, Trigger
         self.commands: list[tuple[float, np.ndarray]] = []
         self.diagnostics: list = []
         self.js_sent: list[float] = []
@@ -122,15 +101,7 @@ class Harness:
         self.node.create_subscription(DiagnosticArray, "/diagnostics", self._on_diag, 10)
         self.clients = {name: self.node.create_client(Trigger, f"/policy_node/{name}") for name in ("start", "stop")}
         self.node.create_timer(1.0 / RATE, self._publish_joint_state)
-        self.executor = SingleThreadedExecutor(context=self.context)
-        self.executor.add_node(self.node)
-        self._stop = threading.Event()
-        self.thread = threading.Thread(target=self._spin, daemon=True)
-        self.thread.start()
-
-    def _spin(self):
-        while not self._stop.is_set() and self.context.ok():
-            self.executor.spin_once(timeout_sec=0.05)
+        self.start_spinning()
 
     def _on_command(self, msg):
         with self.lock:
@@ -195,13 +166,6 @@ class Harness:
     def last_command(self) -> np.ndarray:
         with self.lock:
             return self.commands[-1][1]
-
-    def close(self):
-        self._stop.set()
-        self.thread.join(timeout=5)
-        self.executor.shutdown()
-        self.node.destroy_node()
-        self.rclpy.try_shutdown(context=self.context)
 
 
 # ------------------------------------------------------------------------ tests

@@ -58,7 +58,7 @@ from ..config import ConfigError, FieldError, field_docs
 from ..controller import HOLD_MAX_KD_DT, HOLD_MAX_OMEGA_DT, ControllerConfig, PeriodStats, PolicyController
 from ..mpc import MPCConfig, MPCWorker, WorkerError
 from ..policy_file import PolicyFileError
-from .runtime import StartupError, ThrottledLog, declare_parameters, run_node, take_joint_state, take_target
+from .runtime import PeriodMonitor, StartupError, ThrottledLog, declare_parameters, run_node, take_joint_state, take_target
 
 NODE_NAME = "mpc_node"
 COMMAND_TOPIC = "/mpc/command"
@@ -369,11 +369,9 @@ def _make_node_class():
             inputs = MutuallyExclusiveCallbackGroup()
             self.create_subscription(JointState, JOINT_STATES_TOPIC, self._on_joint_state, qos_profile_sensor_data, callback_group=inputs)
             self.create_subscription(PointStamped, TARGET_TOPIC, self._on_target, 10, callback_group=inputs)
-            self.period_stats = PeriodStats(capacity=max(1000, int(4 * mpc_config.rate)))
-            self.overruns = 0
+            self.periods = PeriodMonitor(mpc_config.period, PeriodStats(capacity=max(1000, int(4 * mpc_config.rate))))
             self.published = 0
             self.publish_errors = 0
-            self._last_tick: float | None = None
             self._command_msg, self._feedback_msg = Float64MultiArray(), Float64MultiArray()
             self.control_timer = self.create_timer(
                 mpc_config.period, self._tick, callback_group=MutuallyExclusiveCallbackGroup(), clock=steady
@@ -418,12 +416,7 @@ def _make_node_class():
 
         def _tick(self) -> None:
             now = time.monotonic()
-            if self._last_tick is not None:
-                period = now - self._last_tick
-                self.period_stats.add(period)
-                if period > 1.5 * self.config.period:
-                    self.overruns += 1
-            self._last_tick = now
+            self.periods.tick(now)
             budget = self._budget()
             with self.lock:
                 try:
@@ -460,14 +453,14 @@ def _make_node_class():
             DiagnosticArray, DiagnosticStatus, KeyValue = self._diag_types
             with self.lock:
                 values = self.loop.diagnostics()
-            loop = self.period_stats.summary()
-            self.period_stats.clear()
+            loop = self.periods.stats.summary()
+            self.periods.stats.clear()
             values.update(
                 {
                     "loop_period_p50_ms": f"{loop['p50'] * 1e3:.3f}",
                     "loop_period_p99_ms": f"{loop['p99'] * 1e3:.3f}",
                     "loop_period_max_ms": f"{loop['max'] * 1e3:.3f}",
-                    "overruns": str(self.overruns),
+                    "overruns": str(self.periods.overruns),
                     "commands_published": str(self.published),
                     "publish_errors": str(self.publish_errors),
                 }

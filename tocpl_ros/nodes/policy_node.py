@@ -33,7 +33,7 @@ from typing import Any
 from ..config import FieldError, field_docs
 from ..controller import ControllerConfig, PeriodStats, PolicyController
 from ..policy_file import PolicyFileError
-from .runtime import EXECUTORS, StartupError, ThrottledLog, declare_parameters, run_node, take_joint_state, take_target
+from .runtime import EXECUTORS, PeriodMonitor, StartupError, ThrottledLog, declare_parameters, run_node, take_joint_state, take_target
 from .runtime import check_type as _check_type  # noqa: F401  (kept importable from here)
 
 NODE_NAME = "policy_node"
@@ -109,11 +109,9 @@ def _make_node_class():
             self.create_service(Trigger, "~/start", self._on_start, callback_group=inputs)
             self.create_service(Trigger, "~/stop", self._on_stop, callback_group=inputs)
 
-            self.period_stats = PeriodStats(capacity=max(1000, int(4 * config.rate)))
-            self.overruns = 0
+            self.periods = PeriodMonitor(config.period, PeriodStats(capacity=max(1000, int(4 * config.rate))))
             self.publish_errors = 0
             self.published = 0
-            self._last_tick: float | None = None
             self._logged_state = self.controller.state
             self._msg = Float64MultiArray()
             self.control_timer = self.create_timer(
@@ -174,12 +172,7 @@ def _make_node_class():
 
         def _tick(self) -> None:
             now = time.monotonic()
-            if self._last_tick is not None:
-                period = now - self._last_tick
-                self.period_stats.add(period)
-                if period > 1.5 * self.config.period:
-                    self.overruns += 1
-            self._last_tick = now
+            self.periods.tick(now)
             with self.lock:
                 command = self.controller.compute(now)
                 state, reason = self.controller.state, self.controller.last_reason
@@ -204,16 +197,16 @@ def _make_node_class():
             with self.lock:
                 values = self.controller.diagnostics()
                 state, reason = self.controller.state, self.controller.last_reason
-            loop = self.period_stats.summary()
-            self.period_stats.clear()
+            loop = self.periods.stats.summary()
+            self.periods.stats.clear()
             values.update(
                 {
                     "loop_period_p50_ms": f"{loop['p50'] * 1e3:.3f}",
                     "loop_period_p99_ms": f"{loop['p99'] * 1e3:.3f}",
                     "loop_period_max_ms": f"{loop['max'] * 1e3:.3f}",
                     "loop_period_samples": str(loop["n"]),
-                    "loop_period_max_ever_ms": f"{self.period_stats.max_ever * 1e3:.3f}",
-                    "overruns": str(self.overruns),
+                    "loop_period_max_ever_ms": f"{self.periods.stats.max_ever * 1e3:.3f}",
+                    "overruns": str(self.periods.overruns),
                     "commands_published": str(self.published),
                     "rate_hz": f"{self.config.rate:g}",
                     "command_topic": self.command_topic,

@@ -155,6 +155,29 @@ def take_target(controller, lock: threading.Lock, log: ThrottledLog, msg) -> Non
         log.logger.info(f"/target: {target}", throttle_duration_sec=0.5)
 
 
+# ---------------------------------------------------------------------- control timer
+
+
+class PeriodMonitor:
+    """The periods of a node's control timer: each tick's time since the previous tick goes
+    into ``stats`` (a controller.PeriodStats, passed in so that this module does not import the
+    controller), and one longer than 1.5 nominal periods counts as an overrun."""
+
+    def __init__(self, period: float, stats):
+        self.period = period
+        self.stats = stats
+        self.overruns = 0
+        self._last_tick: float | None = None
+
+    def tick(self, now: float) -> None:
+        if self._last_tick is not None:
+            period = now - self._last_tick
+            self.stats.add(period)
+            if period > 1.5 * self.period:
+                self.overruns += 1
+        self._last_tick = now
+
+
 # ---------------------------------------------------------------------- main loop
 
 

@@ -1,0 +1,124 @@
+"""What the ROS node tests share: an in-process rclpy test node that spins in a background
+thread, and the helpers around the node processes under test.
+
+A plain module next to the tests (test/ is no package): pytest's default import mode puts
+test/ on sys.path, so the test modules import it as ``from ros_harness import ...``.
+rclpy is imported inside the methods, so importing this module needs no ROS.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from tocpl_ros.ros_env import DISCOVERY_RANGE_VAR, DOMAIN_ID_VAR, derive_domain_id, loopback_ros_env
+
+
+class SpinningTestNode:
+    """An rclpy node in a context of its own (given domain), spun by a background thread.
+
+    A subclass calls ``super().__init__(domain, name)``, creates its publishers, subscriptions
+    and timers on ``self.node``, then calls ``self.start_spinning()``: the executor starts once
+    everything exists. ``self.lock`` guards what the callbacks record.
+
+    ``signal_handlers=False``: rclpy installs no signal handlers in the test process.
+    ``record_errors=True``: an exception from the executor is kept in ``self.errors`` (see
+    check_alive()) and spinning goes on; otherwise it ends the spin thread.
+    """
+
+    def __init__(self, domain: int, name: str, *, signal_handlers: bool = True, record_errors: bool = False):
+        import rclpy
+
+        self.rclpy = rclpy
+        self.context = rclpy.Context()
+        if signal_handlers:
+            rclpy.init(context=self.context, domain_id=domain)
+        else:
+            from rclpy.signals import SignalHandlerOptions
+
+            rclpy.init(context=self.context, domain_id=domain, signal_handler_options=SignalHandlerOptions.NO)
+        self.node = rclpy.create_node(name, context=self.context)
+        self.lock = threading.Lock()
+        self.record_errors = record_errors
+        self.errors: list[str] = []
+
+    def start_spinning(self) -> None:
+        from rclpy.executors import SingleThreadedExecutor
+
+        self.executor = SingleThreadedExecutor(context=self.context)
+        self.executor.add_node(self.node)
+        self._stop = threading.Event()
+        self.thread = threading.Thread(target=self._spin, daemon=True)
+        self.thread.start()
+
+    def _spin(self) -> None:
+        while not self._stop.is_set() and self.context.ok():
+            try:
+                self.executor.spin_once(timeout_sec=0.05)
+            except Exception as exc:
+                if not self.record_errors:
+                    raise
+                self.errors.append(repr(exc))  # reported by check_alive(), never silent
+                if len(self.errors) > 100:
+                    return
+
+    def check_alive(self) -> None:
+        assert not self.errors and self.thread.is_alive(), f"test harness failed: {self.errors[:3]}"
+
+    def other_nodes(self) -> set[str]:
+        """The names of the ROS nodes this one sees on its domain, itself left out."""
+        return set(self.node.get_node_names()) - {self.node.get_name()}
+
+    def close(self) -> None:
+        self._stop.set()
+        self.thread.join(timeout=5)
+        self.executor.shutdown()
+        self.node.destroy_node()
+        self.rclpy.try_shutdown(context=self.context)
+
+
+def quiet_harness(make, ros_loopback_env, offset: int, **kwargs):
+    """``(make(domain, **kwargs), domain)`` on a domain where no other ROS node shows up for 1 s
+    (other test runs on this machine choose domains the same way)."""
+    for attempt in range(10):
+        domain = derive_domain_id(int(ros_loopback_env[DOMAIN_ID_VAR]) + offset + 7 * attempt)
+        harness = make(domain, **kwargs)
+        time.sleep(1.0)
+        if not harness.other_nodes():
+            return harness, domain
+        harness.close()
+    pytest.fail("no quiet ROS domain found (10 tried)")
+
+
+def node_env(domain: int) -> dict[str, str]:
+    """The environment of a node process on ``domain``, DDS on loopback."""
+    base = {k: v for k, v in os.environ.items() if k != DISCOVERY_RANGE_VAR}
+    env = loopback_ros_env(base, domain_id=domain)
+    assert env[DISCOVERY_RANGE_VAR] == "LOCALHOST"
+    return env
+
+
+def stop_process(proc: subprocess.Popen | None) -> None:
+    """Kill ``proc`` if it still runs (None: never started) and reap it."""
+    if proc is not None and proc.poll() is None:
+        proc.kill()
+        proc.wait(timeout=10)
+
+
+def wait_for(predicate, timeout: float, what: str, proc: subprocess.Popen | None = None, log: Path | None = None):
+    """Poll ``predicate`` until true; AssertionError (with the tail of ``log``) on timeout or
+    once ``proc`` has exited."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        if proc is not None and proc.poll() is not None:
+            break
+        time.sleep(0.01)
+    detail = log.read_text()[-3000:] if log is not None and log.exists() else ""
+    raise AssertionError(f"timed out ({timeout} s) waiting for {what}\n{detail}")
