@@ -211,3 +211,25 @@ def test_quick_and_full_runs_do_not_mix(tmp_path, capsys):
     assert main(["--quick", "--tasks", "lqr", "--configs", "ppo", "--seeds", "0", "--out", str(tmp_path)]) == 2
     assert "--quick runs go into another --out" in capsys.readouterr().err
     assert not (tmp_path / "metrics").exists()
+
+
+def test_budget_column_names_the_consensus_penalty(tmp_path):
+    """PLAL/DPL results hinge on μ (and +M on where ²x comes from): the summary's budget says which."""
+    import dataclasses
+
+    import yaml
+
+    from tocpl_training.compare import _budget_text, budget_of
+    from tocpl_training.config import TrainConfig
+
+    def text(**fields):
+        run = tmp_path / "_".join(f"{k}{v}" for k, v in fields.items())
+        run.mkdir()
+        train = dataclasses.asdict(TrainConfig(task="ur5_reach", iterations=15, problems=256, **fields))
+        (run / "config.yaml").write_text(yaml.safe_dump({"train": train}))
+        return _budget_text(budget_of(run))
+
+    assert text(algo="pddp") == "15 it x 256 OCPs"
+    assert text(algo="plal", mu=1e-4) == "15 it x 256 OCPs, μ 0.0001"
+    assert text(algo="plal", mu=1e-4, multiple_shooting=True, policy_states="oc") == "15 it x 256 OCPs, μ 0.0001, ²x oc"
+    assert text(algo="dpl", mu=2e-5) == "15 it x 256 OCPs, μ 2e-05"

@@ -160,7 +160,13 @@ def budget_of(run_dir: Path) -> dict[str, Any]:
     data = read_yaml(run_dir / "config.yaml")
     if "rl" in data:
         return {k: data["rl"][k] for k in ("total_steps", "n_envs", "evaluations")}
-    return {k: data["train"][k] for k in ("iterations", "problems", "oc_max_iter", "epochs", "workers")}
+    train = data["train"]
+    budget = {k: train[k] for k in ("iterations", "problems", "oc_max_iter", "epochs", "workers")}
+    if train["algo"] in ("plal", "dpl"):  # their results hinge on the penalty and, for +M, on ²x's source
+        budget["mu"] = train["mu"]
+        if train["multiple_shooting"]:
+            budget["policy_states"] = train.get("policy_states", "rollout")
+    return budget
 
 
 def metrics_file(out: Path, task: str, name: str, seed: int) -> Path:
@@ -270,7 +276,12 @@ def _budget_text(budget: dict | None) -> str:
         return "?"
     if "total_steps" in budget:
         return f"{budget['total_steps']:.3g} env steps ({budget['n_envs']} envs)"
-    return f"{budget['iterations']} it x {budget['problems']} OCPs"
+    text = f"{budget['iterations']} it x {budget['problems']} OCPs"
+    if "mu" in budget:
+        text += f", μ {budget['mu']:g}"
+    if budget.get("policy_states", "rollout") != "rollout":
+        text += f", ²x {budget['policy_states']}"
+    return text
 
 
 def _median_over_seeds(values: list[float]) -> float:
