@@ -233,3 +233,17 @@ def test_budget_column_names_the_consensus_penalty(tmp_path):
     assert text(algo="plal", mu=1e-4) == "15 it x 256 OCPs, μ 0.0001"
     assert text(algo="plal", mu=1e-4, multiple_shooting=True, policy_states="oc") == "15 it x 256 OCPs, μ 0.0001, ²x oc"
     assert text(algo="dpl", mu=2e-5) == "15 it x 256 OCPs, μ 2e-05"
+
+
+def test_warm_start_study_problems_are_neither_held_out_nor_validation_problems():
+    """The study (Fig. 7) scores a policy on problems no part of training saw or chose it on."""
+    from tocpl_ros.mpc_benchmark import DEFAULT_SEED
+    from tocpl_training.config import TrainConfig
+
+    defaults = TrainConfig(task="ur5_reach")
+    assert DEFAULT_SEED not in (defaults.eval_seed, defaults.validation_seed, defaults.seed)
+    task = load_task("ur5_reach")
+    study = task.sample(50, DEFAULT_SEED).x0
+    for seed in (defaults.eval_seed, defaults.validation_seed):
+        other = task.sample(50, seed).x0
+        assert not np.isclose(study[:, None], other[None]).all(axis=-1).any()
