@@ -51,6 +51,7 @@ def test_pddp_improves_the_lqr_policy_on_held_out_problems(tmp_path):
     first, last = rows[0], rows[-1]
     assert last["cost_gap_median"] < 0.5 * first["cost_gap_median"]
     assert last["dynamics_evaluations"] > first["dynamics_evaluations"]
+    assert 0 < first["oc_seconds"] < first["wall_time"]  # the OC phase's share of the iteration's time
     assert (tmp_path / "run" / "metrics.csv").is_file() and (tmp_path / "run" / "config.yaml").is_file()
 
 

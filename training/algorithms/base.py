@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from typing import Any
@@ -105,8 +106,10 @@ class Algorithm(ABC):
 
     def step(self) -> dict[str, float]:
         """One outer iteration."""
+        started = time.perf_counter()
         batch = self.oc_phase()
         stats = {
+            "oc_seconds": time.perf_counter() - started,  # the paper's +M claim is about this phase's time
             "oc_iterations": float(batch.iterations.sum()),
             "oc_iterations_median": float(np.median(batch.iterations)) if len(batch.iterations) else 0.0,
             "warm_start_fallbacks": float(batch.fallbacks),
