@@ -232,6 +232,8 @@ def test_budget_column_names_the_consensus_penalty(tmp_path):
     assert text(algo="pddp") == "15 it x 256 OCPs"
     assert text(algo="plal", mu=1e-4) == "15 it x 256 OCPs, μ 0.0001"
     assert text(algo="plal", mu=1e-4, multiple_shooting=True, policy_states="oc") == "15 it x 256 OCPs, μ 0.0001, ²x oc"
+    assert text(algo="plal", mu=1e-4, multiple_shooting=True, policy_states="rollout") == \
+        "15 it x 256 OCPs, μ 0.0001, ²x rollout"
     assert text(algo="dpl", mu=2e-5) == "15 it x 256 OCPs, μ 2e-05"
 
 

@@ -165,7 +165,7 @@ def budget_of(run_dir: Path) -> dict[str, Any]:
     if train["algo"] in ("plal", "dpl"):  # their results hinge on the penalty and, for +M, on ²x's source
         budget["mu"] = train["mu"]
         if train["multiple_shooting"]:
-            budget["policy_states"] = train.get("policy_states", "rollout")
+            budget["policy_states"] = train.get("policy_states", "rollout")  # runs from before the field: rollout
     return budget
 
 
@@ -279,7 +279,7 @@ def _budget_text(budget: dict | None) -> str:
     text = f"{budget['iterations']} it x {budget['problems']} OCPs"
     if "mu" in budget:
         text += f", μ {budget['mu']:g}"
-    if budget.get("policy_states", "rollout") != "rollout":
+    if "policy_states" in budget:
         text += f", ²x {budget['policy_states']}"
     return text
 

@@ -31,10 +31,12 @@ class TrainConfig:
     near the end of the horizon are stiff (large terminal weights) and would swamp the regression."""
     multiple_shooting: bool = False
     """'+M' (plal only): the OC phase tracks fixed references instead of differentiating the policy."""
-    policy_states: str = "rollout"
-    """+M: the policy states ²x. 'rollout': the policy's own rollout (the OC states where it diverges);
-    'oc': the last OC states (²x ← ¹x, a proximal ADMM step: the OC phase tracks its previous solution and
-    the policy's commands there, so no policy rollout is needed and a wild early policy cannot drag it)."""
+    policy_states: str = "oc"
+    """+M: the policy states ²x. 'oc': the last OC states (²x ← ¹x, a proximal ADMM step: the OC phase tracks
+    its previous solution and the policy's commands there; π is fit on the OC's own state-control pairs);
+    'rollout': the policy's own rollout (the OC states where it diverges), where π is fit on OC controls
+    at states they were not computed for: lqr median cost gap 21-30 % after 20-30 iterations against
+    0.6-1 % with 'oc'; ur5 3-4 cm against 2.4-2.8 cm (mu 1e-4, 64 problems)."""
     constrained: bool = True
     """Keep the control box in the OC phase; False is the paper's '-C' ablation (bounds only via tanh)."""
     iterations: int = 30
