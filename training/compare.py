@@ -38,6 +38,7 @@ import re
 import shutil
 import sys
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -267,7 +268,8 @@ def band(series: list[tuple[np.ndarray, np.ndarray]], points: int = 80):
         return None
     grid = np.geomspace(lo, hi, points) if lo > 0 else np.linspace(lo, hi, points)
     ys = np.stack([y[np.clip(np.searchsorted(x, grid, side="right") - 1, 0, len(x) - 1)] for x, y in series])
-    with np.errstate(all="ignore"):
+    with np.errstate(all="ignore"), warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN columns (every seed diverged) stay NaN: not plotted
         return grid, np.nanmedian(ys, axis=0), np.nanmin(ys, axis=0), np.nanmax(ys, axis=0)
 
 
