@@ -274,3 +274,33 @@ def test_validation_ranking_puts_success_first_then_cost():
     assert better(score(0.9, 1e9), score(0.9, float("inf")))  # a diverged rollout is the worst cost
     assert better(score(float("nan"), 1.0), score(float("nan"), 2.0))  # lqr: judged by cost alone
     assert better(score(0.0, 1.0), None)
+
+
+def test_a_stalling_warm_start_gives_way_to_the_cold_start_early(monkeypatch):
+    """On the boxed lqr, BoxFDDP warm-started from a trained policy's rollouts creeps at its smallest
+    line-search step until it gives up; the cold start then solves in one iteration. The OC phase
+    drops such a warm start after WARM_START_PROBE iterations: same solutions, far fewer evaluations."""
+    from tocpl_training import oc_phase
+
+    from tocpl_ros.tasks import DynamicsCounter
+
+    trainer = Trainer(small(iterations=3, problems=16, sobolev=True), "unused")
+    for _ in range(3):
+        trainer.algorithm.step()
+    alg, task = trainer.algorithm, trainer.task
+    problems = task.sample(16, 99)
+    jobs, _ = alg.initial_guesses(problems, same_problems=False)
+    request = OCRequest(jobs, SolverConfig(max_iter=50, th_stop=1e-9), "plain", {})
+
+    def evaluations_and_costs(probe):
+        monkeypatch.setattr(oc_phase, "WARM_START_PROBE", probe)
+        counter = DynamicsCounter()
+        sols = trainer.runner.solve(request, counter)
+        return counter.steps, np.array([s.cost for s in sols]), all(s.converged for s in sols)
+
+    probed, probed_costs, probed_converged = evaluations_and_costs(oc_phase.WARM_START_PROBE)
+    crept, crept_costs, _ = evaluations_and_costs(50)  # the warm start runs to the cap first
+    assert probed_converged
+    assert probed < 0.5 * crept
+    np.testing.assert_allclose(probed_costs, crept_costs, rtol=1e-6)
+    trainer.runner.close()

@@ -35,6 +35,8 @@ class OCSolution:
     """The solver met its stopping criterion (not just the iteration cap)."""
     feasible: bool
     """The dynamics gaps are closed (xs is a rollout of us)."""
+    stalled: bool = False
+    """Not converged and the last line search fell to its smallest step: no descent was found."""
 
 
 class _CountingCallback(crocoddyl.CallbackAbstract):
@@ -92,4 +94,5 @@ def solve(
         iterations=int(solver.iter),
         converged=bool(converged),
         feasible=bool(solver.isFeasible),
+        stalled=not converged and float(solver.stepLength) <= min(solver.alphas) + 1e-15,
     )

@@ -24,6 +24,7 @@ their problems run with one Crocoddyl thread (``crocoddyl_threads``).
 
 from __future__ import annotations
 
+import dataclasses
 import multiprocessing as mp
 import os
 import threading
@@ -43,6 +44,12 @@ from .config import BACKENDS
 
 RAY_EXTRA_HINT = "pip install 'tocpl_ros[ray]' (or: pip install ray)"
 LOOPBACK = ("127.0.0.1", "::1", "localhost")
+WARM_START_PROBE = 5
+"""Solver iterations a warm start gets before it must show progress: one that has not converged and
+whose line search fell to its smallest step is dropped for the cold start instead of creeping on
+(lqr: BoxFDDP crept 18 iterations at step 2^-9 from a trained policy's rollouts, then gave up and
+the 1-iteration cold solve won; OC-phase evaluations 3.5x fewer with the probe, same costs; UR5
+warm starts converge within it: unchanged)."""
 
 
 @dataclass
@@ -97,16 +104,24 @@ class _Worker:
 
     def run(self, request: OCRequest) -> list[tuple[OCSolution, int]]:
         results = []
+        cap = request.solver.max_iter
         for job in request.jobs:
             shooting = self.problem_for(request, job)
             counter = DynamicsCounter()
-            sol = solve(shooting, request.solver, job.init_xs, job.init_us, counter=counter)
-            if not sol.converged and job.init_us is not None:
-                # An early policy's rollout can be a poor guess that stalls the solver in a
-                # bad basin: try the cold start too and keep the cheaper solution.
-                cold = solve(shooting, request.solver, counter=counter)
-                if cold.feasible and (cold.cost < sol.cost or not sol.feasible):
-                    sol = cold
+            if job.init_us is None:
+                sol = solve(shooting, request.solver, counter=counter)
+            else:
+                sol = solve(shooting, request.solver, job.init_xs, job.init_us, counter=counter,
+                            max_iter=min(WARM_START_PROBE, cap))
+                if not sol.converged and not sol.stalled and cap > WARM_START_PROBE:  # progressing: go on
+                    rest = solve(shooting, request.solver, sol.xs, sol.us, counter=counter, max_iter=cap - WARM_START_PROBE)
+                    sol = dataclasses.replace(rest, iterations=rest.iterations + sol.iterations)
+                if not sol.converged:
+                    # A poor or stalling guess (an early policy's rollout; on the boxed lqr BoxFDDP
+                    # can creep at the smallest step from a good one): keep the cheaper of it and cold.
+                    cold = solve(shooting, request.solver, counter=counter)
+                    if cold.feasible and (cold.cost < sol.cost or not sol.feasible):
+                        sol = cold
             results.append((sol, counter.steps))
         return results
 
