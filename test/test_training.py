@@ -57,7 +57,8 @@ def test_pddp_improves_the_lqr_policy_on_held_out_problems(tmp_path):
 
 @pytest.mark.parametrize("variant", [dict(algo="plal"), dict(algo="plal", multiple_shooting=True, sobolev=True)])
 def test_plal_variants_run_and_reduce_the_consensus_gap(tmp_path, variant):
-    rows = Trainer(small(iterations=4, mu=1.0, **variant), tmp_path / "run").run()
+    # lqr's configured μ (config/train/lqr.yaml); at μ = 1 the +M consensus residual grows instead
+    rows = Trainer(small(iterations=4, mu=0.01, **variant), tmp_path / "run").run()
     assert rows[-1]["consensus_u"] < rows[0]["consensus_u"]
     assert rows[-1]["cost_gap_median"] < rows[0]["cost_gap_median"]
 

@@ -57,7 +57,8 @@ def build_parser() -> argparse.ArgumentParser:
         optional = [a for a in typing.get_args(tp) if a is not type(None)]
         if type(None) in typing.get_args(tp) and len(optional) == 1:
             tp = optional[0]  # X | None: the flag takes an X
-        kwargs = {"dest": f.name, "default": None, "help": docs.get(f.name, "")}
+        # argparse %-formats help strings: a docstring's "30 %" must not be read as a format spec
+        kwargs = {"dest": f.name, "default": None, "help": docs.get(f.name, "").replace("%", "%%")}
         if tp is bool:
             parser.add_argument(flag, action=argparse.BooleanOptionalAction, **kwargs)
         elif typing.get_origin(tp) is list:
