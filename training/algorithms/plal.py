@@ -27,7 +27,7 @@ class PLAL(Algorithm):
         shape = (cfg.problems, task.horizon)
         self.lam = np.zeros((*shape, task.nu))
         self.gamma = np.zeros((*shape, task.nx))
-        self.policy_states: np.ndarray | None = None  # ²x of +M, [N, T, nx]
+        self.policy_states: np.ndarray | None = None  # ²x of +M 'rollout', [N, T, nx]
         self.mu = cfg.mu
         self.eta = self._eta_after_growth()  # bcl: tolerance on the consensus error
 
@@ -53,9 +53,8 @@ class PLAL(Algorithm):
     def _policy_states(self) -> np.ndarray | None:
         """²x for this OC phase (see TrainConfig.policy_states); None when there is nothing to track:
         the first phase of 'oc', or of 'rollout' with diverged rollouts and no OC states to replace them."""
-        if self.config.policy_states == "oc":
-            self.policy_states = None if self.previous is None else self.previous.xs[:, :-1]
-            return self.policy_states
+        if self.config.policy_states == "oc":  # derived from the last OC phase: nothing to keep
+            return None if self.previous is None else self.previous.xs[:, :-1]
         traj = self.task.rollout(self.policy.act, self.problems, counter=self.counter)
         x2 = traj.xs[:, :-1].copy()
         if traj.diverged.any():
@@ -66,10 +65,9 @@ class PLAL(Algorithm):
         return x2
 
     def supervised_states(self, batch: OCBatch) -> np.ndarray:
-        if not self.config.multiple_shooting:
+        # 'oc': ²x ← ¹x before learning, π is fit where the OC went; 'rollout': the phase's ²x
+        if not self.config.multiple_shooting or self.config.policy_states == "oc":
             return batch.xs[:, :-1]
-        if self.config.policy_states == "oc":  # ²x ← ¹x before learning: π is fit where the OC went
-            self.policy_states = batch.xs[:, :-1]
         return self.policy_states
 
     def supervision(self, batch: OCBatch) -> SupervisedData:
