@@ -213,6 +213,29 @@ def test_quick_and_full_runs_do_not_mix(tmp_path, capsys):
     assert not (tmp_path / "metrics").exists()
 
 
+def _record_runs(out, prefix, count):
+    from tocpl_training.compare import record_run
+
+    for i in range(count):
+        record_run(out, f"{prefix}/seed{i}", {"status": "ok", "seed": i})
+
+
+def test_benches_side_by_side_into_one_out_keep_every_run(tmp_path):
+    """Two tocpl-bench processes (say, other configurations on the other core) record into the same
+    runs.json: each adds its runs to what the other wrote instead of overwriting it."""
+    import multiprocessing
+
+    ctx = multiprocessing.get_context("spawn")
+    writers = [ctx.Process(target=_record_runs, args=(tmp_path, f"lqr/{name}", 60)) for name in ("pddp", "ppo")]
+    for w in writers:
+        w.start()
+    for w in writers:
+        w.join(60)
+    assert [w.exitcode for w in writers] == [0, 0]
+    manifest = json.loads((tmp_path / "runs.json").read_text())
+    assert sorted(manifest) == sorted(f"lqr/{n}/seed{i}" for n in ("pddp", "ppo") for i in range(60))
+
+
 def test_budget_column_names_the_consensus_penalty(tmp_path):
     """PLAL/DPL results hinge on μ (and +M on where ²x comes from): the summary's budget says which."""
     import dataclasses

@@ -297,11 +297,14 @@ def test_a_stalling_warm_start_gives_way_to_the_cold_start_early(monkeypatch):
         monkeypatch.setattr(oc_phase, "WARM_START_PROBE", probe)
         counter = DynamicsCounter()
         sols = trainer.runner.solve(request, counter)
-        return counter.steps, np.array([s.cost for s in sols]), all(s.converged for s in sols)
+        iterations = sum(s.iterations for s in sols)
+        return counter.steps, np.array([s.cost for s in sols]), all(s.converged for s in sols), iterations
 
-    probed, probed_costs, probed_converged = evaluations_and_costs(oc_phase.WARM_START_PROBE)
-    crept, crept_costs, _ = evaluations_and_costs(50)  # the warm start runs to the cap first
+    probed, probed_costs, probed_converged, probed_iterations = evaluations_and_costs(oc_phase.WARM_START_PROBE)
+    crept, crept_costs, _, crept_iterations = evaluations_and_costs(50)  # the warm start runs to the cap first
     assert probed_converged
     assert probed < 0.5 * crept
+    # the iterations reported (oc_iterations) are those spent, the dropped warm attempt's included
+    assert crept_iterations > 2 * probed_iterations, (crept_iterations, probed_iterations)
     np.testing.assert_allclose(probed_costs, crept_costs, rtol=1e-6)
     trainer.runner.close()

@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import fcntl
 import json
 import os
 import re
@@ -179,10 +180,16 @@ def load_manifest(out: Path) -> dict[str, dict]:
     return json.loads(path.read_text()) if path.is_file() else {}
 
 
-def save_manifest(out: Path, manifest: dict[str, dict]) -> None:
-    tmp = out / (RUNS_MANIFEST + ".tmp")
-    tmp.write_text(json.dumps(dict(sorted(manifest.items())), indent=1) + "\n")
-    os.replace(tmp, out / RUNS_MANIFEST)
+def record_run(out: Path, key: str, entry: dict) -> None:
+    """Add one run to ``<out>/runs.json``, re-read under a lock: benchmarks running side by side
+    into the same ``--out`` (other configurations, seeds) each add their runs, none is lost."""
+    with open(out / (RUNS_MANIFEST + ".lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        manifest = load_manifest(out)
+        manifest[key] = entry
+        tmp = out / f"{RUNS_MANIFEST}.{os.getpid()}.tmp"
+        tmp.write_text(json.dumps(dict(sorted(manifest.items())), indent=1) + "\n")
+        os.replace(tmp, out / RUNS_MANIFEST)
 
 
 def run_all(tasks, names, seeds, out: Path, runs_dir: Path, bench: BenchConfig, quick: bool, force: bool) -> int:
@@ -231,8 +238,7 @@ def run_all(tasks, names, seeds, out: Path, runs_dir: Path, bench: BenchConfig, 
                     csv_path.unlink(missing_ok=True)
                     print(f"tocpl-bench: {key} FAILED: {entry['error']}", file=sys.stderr, flush=True)
                 entry["seconds"] = time.perf_counter() - start
-                manifest[key] = entry
-                save_manifest(out, manifest)
+                record_run(out, key, entry)
     return failed
 
 

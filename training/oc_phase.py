@@ -120,8 +120,9 @@ class _Worker:
                     # A poor or stalling guess (an early policy's rollout; on the boxed lqr BoxFDDP
                     # can creep at the smallest step from a good one): keep the cheaper of it and cold.
                     cold = solve(shooting, request.solver, counter=counter)
-                    if cold.feasible and (cold.cost < sol.cost or not sol.feasible):
-                        sol = cold
+                    kept = cold if cold.feasible and (cold.cost < sol.cost or not sol.feasible) else sol
+                    # iterations spent on the job (the oc_iterations metric): both attempts
+                    sol = dataclasses.replace(kept, iterations=sol.iterations + cold.iterations)
             results.append((sol, counter.steps))
         return results
 
