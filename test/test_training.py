@@ -63,6 +63,21 @@ def test_plal_variants_run_and_reduce_the_consensus_gap(tmp_path, variant):
     assert rows[-1]["cost_gap_median"] < rows[0]["cost_gap_median"]
 
 
+def test_dual_decay_bounds_the_multipliers_where_consensus_is_not_reached(tmp_path):
+    """λ/μ shifts the regression targets u + λ/μ. With the paper's ascent (dual_decay 1) it sums every
+    past residual; with dual_decay ρ < 1 it stays within max residual / (1 − ρ) (RMS, half-range units)."""
+    shifts = {}
+    for decay in (1.0, 0.5):
+        rows = Trainer(small(algo="plal", multiple_shooting=True, sobolev=True, iterations=5, mu=0.01,
+                             dual_decay=decay), tmp_path / f"run{decay}").run()
+        shifts[decay] = [r["shift_rms"] for r in rows]
+        if decay < 1:
+            worst = np.maximum.accumulate([r["consensus_error"] for r in rows])
+            assert all(s <= w / (1 - decay) + 1e-12 for s, w in zip(shifts[decay], worst))
+    assert shifts[0.5][0] == pytest.approx(shifts[1.0][0])  # the first update is the same: λ starts at 0
+    assert shifts[0.5][-1] < shifts[1.0][-1]
+
+
 @pytest.mark.parametrize("variant", [dict(algo="pods", constrained=False),
                                      dict(algo="dpl", constrained=False, sobolev=True, sobolev_full=True)])
 def test_baselines_run_and_improve(tmp_path, variant):
@@ -277,12 +292,11 @@ def test_validation_ranking_puts_success_first_then_cost():
     assert better(score(0.0, 1.0), None)
 
 
-def test_a_stalling_warm_start_gives_way_to_the_cold_start_early(monkeypatch):
+def test_a_stalling_warm_start_gives_way_to_the_cold_start_early():
     """On the boxed lqr, BoxFDDP warm-started from a trained policy's rollouts creeps at its smallest
-    line-search step until it gives up; the cold start then solves in one iteration. The OC phase
-    drops such a warm start after WARM_START_PROBE iterations: same solutions, far fewer evaluations."""
-    from tocpl_training import oc_phase
-
+    line-search step until it gives up; the cold start then solves in one iteration. With
+    oc_warm_start_probe such a warm start is dropped after that many iterations: same solutions,
+    far fewer evaluations."""
     from tocpl_ros.tasks import DynamicsCounter
 
     trainer = Trainer(small(iterations=3, problems=16, sobolev=True), "unused")
@@ -291,20 +305,19 @@ def test_a_stalling_warm_start_gives_way_to_the_cold_start_early(monkeypatch):
     alg, task = trainer.algorithm, trainer.task
     problems = task.sample(16, 99)
     jobs, _ = alg.initial_guesses(problems, same_problems=False)
-    request = OCRequest(jobs, SolverConfig(max_iter=50, th_stop=1e-9), "plain", {})
 
     def evaluations_and_costs(probe):
-        monkeypatch.setattr(oc_phase, "WARM_START_PROBE", probe)
+        request = OCRequest(jobs, SolverConfig(max_iter=50, th_stop=1e-9), "plain", {}, warm_start_probe=probe)
         counter = DynamicsCounter()
         sols = trainer.runner.solve(request, counter)
         iterations = sum(s.iterations for s in sols)
         return counter.steps, np.array([s.cost for s in sols]), all(s.converged for s in sols), iterations
 
-    probed, probed_costs, probed_converged, probed_iterations = evaluations_and_costs(oc_phase.WARM_START_PROBE)
-    crept, crept_costs, _, crept_iterations = evaluations_and_costs(50)  # the warm start runs to the cap first
+    probed, probed_costs, probed_converged, probed_iterations = evaluations_and_costs(5)
+    crept, crept_costs, _, crept_iterations = evaluations_and_costs(0)  # the warm start runs to the cap first
     assert probed_converged
     assert probed < 0.5 * crept
+    np.testing.assert_allclose(probed_costs, crept_costs, rtol=1e-6)
     # the iterations reported (oc_iterations) are those spent, the dropped warm attempt's included
     assert crept_iterations > 2 * probed_iterations, (crept_iterations, probed_iterations)
-    np.testing.assert_allclose(probed_costs, crept_costs, rtol=1e-6)
     trainer.runner.close()

@@ -44,12 +44,6 @@ from .config import BACKENDS
 
 RAY_EXTRA_HINT = "pip install 'tocpl_ros[ray]' (or: pip install ray)"
 LOOPBACK = ("127.0.0.1", "::1", "localhost")
-WARM_START_PROBE = 5
-"""Solver iterations a warm start gets before it must show progress: one that has not converged and
-whose line search fell to its smallest step is dropped for the cold start instead of creeping on
-(lqr: BoxFDDP crept 18 iterations at step 2^-9 from a trained policy's rollouts, then gave up and
-the 1-iteration cold solve won; OC-phase evaluations 3.5x fewer with the probe, same costs; UR5
-warm starts converge within it: unchanged)."""
 
 
 @dataclass
@@ -74,6 +68,8 @@ class OCRequest:
     """'plain' (the task's OCP), 'consensus' (+ μ/2‖u − π(x) + λ/μ‖², plal) or 'tracking' (plal+M)."""
     shared: dict[str, Any] = field(default_factory=dict)
     """Data shared by all jobs (e.g. 'mu', 'policy' weights)."""
+    warm_start_probe: int = 0
+    """Iterations a warm start gets to show progress (TrainConfig.oc_warm_start_probe); 0: no probe."""
 
 
 class _Worker:
@@ -104,31 +100,32 @@ class _Worker:
 
     def run(self, request: OCRequest) -> list[tuple[OCSolution, int]]:
         results = []
-        cap = request.solver.max_iter
+        cap, probe = request.solver.max_iter, request.warm_start_probe
         for job in request.jobs:
             shooting = self.problem_for(request, job)
             counter = DynamicsCounter()
             if job.init_us is None:
                 sol = solve(shooting, request.solver, counter=counter)
+            elif not 0 < probe < cap:
+                sol = solve(shooting, request.solver, job.init_xs, job.init_us, counter=counter)
             else:
-                sol = solve(shooting, request.solver, job.init_xs, job.init_us, counter=counter,
-                            max_iter=min(WARM_START_PROBE, cap))
-                if not sol.converged and not sol.stalled and cap > WARM_START_PROBE:  # progressing: go on
-                    rest = solve(shooting, request.solver, sol.xs, sol.us, counter=counter, max_iter=cap - WARM_START_PROBE)
+                sol = solve(shooting, request.solver, job.init_xs, job.init_us, counter=counter, max_iter=probe)
+                if not sol.converged and not sol.stalled:  # progressing: go on
+                    rest = solve(shooting, request.solver, sol.xs, sol.us, counter=counter, max_iter=cap - probe)
                     sol = dataclasses.replace(rest, iterations=rest.iterations + sol.iterations)
-                if not sol.converged:
-                    # A poor or stalling guess (an early policy's rollout; on the boxed lqr BoxFDDP
-                    # can creep at the smallest step from a good one): keep the cheaper of it and cold.
-                    cold = solve(shooting, request.solver, counter=counter)
-                    kept = cold if cold.feasible and (cold.cost < sol.cost or not sol.feasible) else sol
-                    # iterations spent on the job (the oc_iterations metric): both attempts
-                    sol = dataclasses.replace(kept, iterations=sol.iterations + cold.iterations)
+            if job.init_us is not None and not sol.converged:
+                # A poor or stalling guess (an early policy's rollout; on the boxed lqr BoxFDDP
+                # can creep at the smallest step from a good one): keep the cheaper of it and cold.
+                cold = solve(shooting, request.solver, counter=counter)
+                kept = cold if cold.feasible and (cold.cost < sol.cost or not sol.feasible) else sol
+                # iterations spent on the job (the oc_iterations metric): both attempts
+                sol = dataclasses.replace(kept, iterations=sol.iterations + cold.iterations)
             results.append((sol, counter.steps))
         return results
 
-    def run_parts(self, jobs: list[OCJob], solver: SolverConfig, mode: str, shared: dict) -> list[tuple[OCSolution, int]]:
-        """``run`` with the request in parts: Ray resolves ``shared`` from the object store."""
-        return self.run(OCRequest(jobs, solver, mode, shared))
+    def run_parts(self, request: OCRequest, shared: dict) -> list[tuple[OCSolution, int]]:
+        """``run`` with ``shared`` passed apart: Ray resolves it from the object store."""
+        return self.run(dataclasses.replace(request, shared=shared))
 
     def info(self) -> dict:
         """Where this worker runs and how many Crocoddyl threads its problems use."""
@@ -190,8 +187,7 @@ def _run_chunk(request: OCRequest) -> list[tuple[OCSolution, int]]:
 def split_request(request: OCRequest, parts: int) -> list[OCRequest]:
     """Contiguous chunks of the request's jobs, one per worker (empty ones dropped)."""
     chunks = np.array_split(np.arange(len(request.jobs)), parts)
-    return [OCRequest([request.jobs[i] for i in chunk], request.solver, request.mode, request.shared)
-            for chunk in chunks if len(chunk)]
+    return [dataclasses.replace(request, jobs=[request.jobs[i] for i in chunk]) for chunk in chunks if len(chunk)]
 
 
 def import_ray(local: bool):
@@ -250,7 +246,7 @@ class RayPool:
         ray = self.ray
         parts = split_request(request, len(self.actors))
         shared = ray.put(request.shared)  # once in the object store, fetched once per node
-        refs = [a.run_parts.remote(p.jobs, p.solver, p.mode, shared) for a, p in zip(self.actors, parts)]
+        refs = [a.run_parts.remote(dataclasses.replace(p, shared={}), shared) for a, p in zip(self.actors, parts)]
         return [r for part in ray.get(refs) for r in part]
 
     def info(self) -> list[dict]:

@@ -100,13 +100,15 @@ class PLAL(Algorithm):
         if state_gap is not None:
             stats["consensus_x"] = float(np.sqrt((state_gap ** 2).sum(axis=-1)).mean())
         stats["eta"] = self.eta
+        stats["shift_rms"] = self.consensus_error(self.lam / self.mu)  # λ/μ: how far the targets are moved
         return stats
 
     def update_multipliers(self, mu: float, residual: np.ndarray, state_gap: np.ndarray | None) -> None:
-        """λ ← λ + μ (u − π(x)); with +M also γ ← γ + μ (¹x − ²x)."""
-        self.lam += mu * residual
+        """λ ← ρ λ + μ (u − π(x)); with +M also γ ← ρ γ + μ (¹x − ²x) (ρ: dual_decay)."""
+        decay = self.config.dual_decay
+        self.lam = decay * self.lam + mu * residual
         if state_gap is not None:
-            self.gamma += mu * state_gap
+            self.gamma = decay * self.gamma + mu * state_gap
 
     def _eta_after_growth(self) -> float:
         # BCL's η = η0 / μ^0.1 (Nocedal & Wright, Alg. 17.4), with 1 + μ so it also tightens for μ <= 1
