@@ -168,6 +168,8 @@ def budget_of(run_dir: Path) -> dict[str, Any]:
         budget["mu"] = train["mu"]
         if train["multiple_shooting"]:
             budget["policy_states"] = train.get("policy_states", "rollout")  # runs from before the field: rollout
+        if train.get("dual_decay", 1.0) != 1.0:
+            budget["dual_decay"] = train["dual_decay"]
     return budget
 
 
@@ -289,6 +291,8 @@ def _budget_text(budget: dict | None) -> str:
         text += f", μ {budget['mu']:g}"
     if "policy_states" in budget:
         text += f", ²x {budget['policy_states']}"
+    if "dual_decay" in budget:
+        text += f", λ decay {budget['dual_decay']:g}"
     return text
 
 
