@@ -100,28 +100,31 @@ class _Worker:
 
     def run(self, request: OCRequest) -> list[tuple[OCSolution, int]]:
         results = []
-        cap, probe = request.solver.max_iter, request.warm_start_probe
         for job in request.jobs:
-            shooting = self.problem_for(request, job)
             counter = DynamicsCounter()
-            if job.init_us is None:
-                sol = solve(shooting, request.solver, counter=counter)
-            elif not 0 < probe < cap:
-                sol = solve(shooting, request.solver, job.init_xs, job.init_us, counter=counter)
-            else:
-                sol = solve(shooting, request.solver, job.init_xs, job.init_us, counter=counter, max_iter=probe)
-                if not sol.converged and not sol.stalled:  # progressing: go on
-                    rest = solve(shooting, request.solver, sol.xs, sol.us, counter=counter, max_iter=cap - probe)
-                    sol = dataclasses.replace(rest, iterations=rest.iterations + sol.iterations)
-            if job.init_us is not None and not sol.converged:
-                # A poor or stalling guess (an early policy's rollout; on the boxed lqr BoxFDDP
-                # can creep at the smallest step from a good one): keep the cheaper of it and cold.
-                cold = solve(shooting, request.solver, counter=counter)
-                kept = cold if cold.feasible and (cold.cost < sol.cost or not sol.feasible) else sol
-                # iterations spent on the job (the oc_iterations metric): both attempts
-                sol = dataclasses.replace(kept, iterations=sol.iterations + cold.iterations)
+            sol = self.solve_job(self.problem_for(request, job), request, job, counter)
             results.append((sol, counter.steps))
         return results
+
+    @staticmethod
+    def solve_job(shooting, request: OCRequest, job: OCJob, counter: DynamicsCounter) -> OCSolution:
+        """Cold, or warm from the job's guess (past the probe only while it progresses), else the cheaper of it and cold."""
+        if job.init_us is None:
+            return solve(shooting, request.solver, counter=counter)
+        cap, probe = request.solver.max_iter, request.warm_start_probe
+        first = probe if 0 < probe < cap else cap
+        sol = solve(shooting, request.solver, job.init_xs, job.init_us, counter=counter, max_iter=first)
+        if first < cap and not sol.converged and not sol.stalled:  # past the probe, progressing: go on
+            rest = solve(shooting, request.solver, sol.xs, sol.us, counter=counter, max_iter=cap - first)
+            sol = dataclasses.replace(rest, iterations=rest.iterations + sol.iterations)
+        if sol.converged:
+            return sol
+        # A poor or stalling guess (an early policy's rollout; on the boxed lqr BoxFDDP can creep at
+        # the smallest step from a good one): keep the cheaper of it and cold.
+        cold = solve(shooting, request.solver, counter=counter)
+        kept = cold if cold.feasible and (cold.cost < sol.cost or not sol.feasible) else sol
+        # iterations spent on the job (the oc_iterations metric): both attempts
+        return dataclasses.replace(kept, iterations=sol.iterations + cold.iterations)
 
     def run_parts(self, request: OCRequest, shared: dict) -> list[tuple[OCSolution, int]]:
         """``run`` with ``shared`` passed apart: Ray resolves it from the object store."""
