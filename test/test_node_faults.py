@@ -4,11 +4,13 @@ Not covered elsewhere (test_bringup.py freezes the simulator with SIGSTOP/SIGCON
 for good; test_mpc_node.py runs a 1 µs deadline, where every solve is skipped up front):
 
 - ``test_policy_node_survives_simulator_kill_and_restart``: the simulator process
-  (``ur5_sim``) is SIGKILLed and a new one started, twice, while ``policy_node`` keeps
-  running. Each time the policy node switches to its safe command within its stale
-  limit (+ scheduling slack) and keeps it while the data is stale and says 'safe: stale joint_states' on /diagnostics; commands never
-  stop; once the new simulator publishes, the policy's command is back (after the fade-in),
-  from the same policy-node process.
+  (``ur5_sim``) is SIGKILLed and a new one started, twice (more if DDS blacks out, see
+  BLACKOUT_CYCLES), while ``policy_node`` keeps running. Each time the policy node switches
+  to its safe command within its stale limit (+ scheduling slack) and keeps it while the
+  data is stale and says 'safe: stale joint_states' on /diagnostics; commands never stop
+  (unless the middleware holds publish(), which the node must then report); once the new
+  simulator publishes, the policy's command is back (after the fade-in), from the same
+  policy-node process.
 - ``test_mpc_failures_keep_the_command_stream``: ``mpc_node`` whose solves cannot succeed,
   (a) ``max_iter`` 1 from cold starts (never converges), (b) cold solves against a 2 ms
   ``deadline``. The consumer of ``/mpc/command`` (the fast loop) gets a command every period:
@@ -24,6 +26,7 @@ for good; test_mpc_node.py runs a 1 µs deadline, where every solve is skipped u
 
 from __future__ import annotations
 
+import bisect
 import math
 import os
 import signal
@@ -61,6 +64,13 @@ SIM_DAMPING = 30.0
 """N·m·s/rad in the simulator: the constant-torque test policy holds the arm near Q0 (wrist_3
 turns at 2/30 rad/s) for the whole test."""
 KILL_CYCLES = 2
+BLACKOUT_CYCLES = 8
+"""Extra kill cycles allowed for delivery blackouts. After the simulator's SIGKILL, Fast DDS 3.2
+here sometimes delivers nothing from the policy node to this harness for ~1 s: either while the
+node keeps publishing (its own counters say so), or because it holds the node's publish() for
+1-4 s (the node reports a publish stall): 18 of 66 kills measured (default transports; UDP only
+too). Such a cycle cannot time the reaction from here; it is checked on the node's diagnostics
+instead, and KILL_CYCLES cycles must be seen in full (8 extra: a 3e-4 chance to run out at 1/3)."""
 MPC_RATE = 100.0
 MAX_GAP_PERIODS = 6
 """Largest gap allowed between two /mpc/command messages, in MPC periods (slack for this shared,
@@ -117,9 +127,11 @@ class Harness(SpinningTestNode):
             self.joint_states.append((time.monotonic(), q))
 
     def _on_diag(self, msg):
+        stamp = msg.header.stamp.sec + 1e-9 * msg.header.stamp.nanosec  # the node's clock
         with self.lock:
             for s in msg.status:
-                self.diagnostics.append((time.monotonic(), s.name.split(":")[0], {kv.key: kv.value for kv in s.values}))
+                values = {kv.key: kv.value for kv in s.values}
+                self.diagnostics.append((time.monotonic(), s.name.split(":")[0], values | {"stamp": stamp}))
 
     def _publish_joint_state(self):
         msg = self.JointState()
@@ -130,8 +142,11 @@ class Harness(SpinningTestNode):
         self.js_pub.publish(msg)
 
     def commands_since(self, topic: str, t: float) -> list[tuple[float, np.ndarray]]:
+        # the list grows by 500 a second and is polled every 5 ms: copy the tail only (times are
+        # in order), or the GIL this takes starves the harness's executor
         with self.lock:
-            return [(tc, v) for tc, v in self.commands[topic] if tc >= t]
+            received = self.commands[topic]
+            return received[bisect.bisect_left(received, t, key=lambda c: c[0]):]
 
     def last_diag(self, name: str, after: float = -math.inf) -> dict[str, str] | None:
         with self.lock:
@@ -219,12 +234,18 @@ def test_policy_node_survives_simulator_kill_and_restart(constant_policy, ros_lo
         procs["policy_node"] = start(policy_cmd, env, logs["policy_node"])
         policy_pid = procs["policy_node"].pid
         wait_until(lambda: policy_driving(-math.inf), 60, "the policy driving the simulated arm", procs, logs)
-        figures = []
-        for cycle in range(1, KILL_CYCLES + 1):
+        figures, blackouts = [], []
+        cycle = 0
+        while len(figures) < KILL_CYCLES:
+            cycle += 1
+            assert len(blackouts) <= BLACKOUT_CYCLES, f"{len(blackouts)} delivery blackouts in {cycle - 1} kills: {blackouts}"
             # -- kill the simulator while the policy drives the arm (and this harness sees its joint states)
             t_seen = time.monotonic()
             wait_until(lambda: (t := harness.last_joint_state_time()) is not None and t > t_seen, 30,
                        f"cycle {cycle}: the test harness receiving /joint_states", procs, logs)
+            wait_until(lambda: harness.last_diag("policy_node", after=t_seen) is not None, 10,
+                       f"cycle {cycle}: diagnostics of the policy node before the kill", procs, logs)
+            diag_before = harness.last_diag("policy_node")
             t_kill = time.monotonic()
             procs["ur5_sim"].send_signal(signal.SIGKILL)
             procs["ur5_sim"].wait(timeout=10)
@@ -237,26 +258,44 @@ def test_policy_node_survives_simulator_kill_and_restart(constant_policy, ros_lo
                 f"{harness.node.count_publishers('/joint_states')}; nodes: {harness.other_nodes()}")
             after = harness.commands_since(effort_topic, t_last + 1e-9)
             dead_time = time.monotonic() - t_last
-            # still publishing through the dead time (its rate under load is tocpl-load-bench's business)
-            assert after and after[-1][0] >= t_kill + 0.4, (
-                f"cycle {cycle}: the policy node stopped publishing ({len(after)} commands in {dead_time:.2f} s, "
-                f"the last {after[-1][0] - t_kill if after else float('nan'):.2f} s after the kill)")
-            values = np.array([v for _, v in after])
-            assert np.isfinite(values).all()
-            # safe = not the policy's command (the safe command itself may vary: 'hold' can follow a
-            # predicted state); from the first safe command on, never the policy's again while stale
-            safe = [float(np.abs(v - u_policy).max()) >= 0.5 * WRIST_OFFSET for v in values]
-            assert safe[-1], f"cycle {cycle}: still the policy's command {dead_time:.2f} s after the last joint state"
-            first = safe.index(True)
-            assert all(safe[first:]), f"cycle {cycle}: the policy's command came back while the data was stale"
-            latency_ms = 1e3 * (after[first][0] - t_last)
-            assert latency_ms <= 1e3 * STALE_REACTION, (
-                f"cycle {cycle}: first safe command {latency_ms:.1f} ms after the last joint state (limit "
-                f"{1e3 * STALE_REACTION:.0f} ms); commands from the last joint state on "
-                f"(ms: values, the first 12 and every 25th): "
-                + "; ".join(f"{1e3 * (tc - t_last):.1f}: {v.round(3).tolist()}" for i, (tc, v) in enumerate(after)
-                            if i < 12 or i % 25 == 0))
-            diag = harness.last_diag("policy_node", after=t_last + 0.1)
+            # the node's own account of the cycle: its diagnostics 1.5 s on, in the safe state (a held
+            # publish() holds the diagnostics too, and the first ones after it may predate the next tick)
+            wait_until(lambda: (d := harness.last_diag("policy_node")) is not None
+                       and d["stamp"] >= diag_before["stamp"] + 1.5 and d["state"] == "safe", 5,
+                       f"cycle {cycle}: diagnostics of the policy node 1.5 s on, saying 'safe'",
+                       {"policy_node": procs["policy_node"]}, logs)
+            diag = harness.last_diag("policy_node")
+            stalls = int(diag["publish_stalls"]) - int(diag_before["publish_stalls"])
+            seen_in_full = bool(after) and after[-1][0] >= t_kill + 0.4 and not stalls
+            if seen_in_full:
+                values = np.array([v for _, v in after])
+                assert np.isfinite(values).all()
+                # safe = not the policy's command (the safe command itself may vary: 'hold' can follow a
+                # predicted state); from the first safe command on, never the policy's again while stale
+                safe = [float(np.abs(v - u_policy).max()) >= 0.5 * WRIST_OFFSET for v in values]
+                assert safe[-1], f"cycle {cycle}: still the policy's command {dead_time:.2f} s after the last joint state"
+                first = safe.index(True)
+                assert all(safe[first:]), f"cycle {cycle}: the policy's command came back while the data was stale"
+                latency_ms = 1e3 * (after[first][0] - t_last)
+                assert latency_ms <= 1e3 * STALE_REACTION, (
+                    f"cycle {cycle}: first safe command {latency_ms:.1f} ms after the last joint state (limit "
+                    f"{1e3 * STALE_REACTION:.0f} ms); commands from the last joint state on "
+                    f"(ms: values, the first 12 and every 25th): "
+                    + "; ".join(f"{1e3 * (tc - t_last):.1f}: {v.round(3).tolist()}" for i, (tc, v) in enumerate(after)
+                                if i < 12 or i % 25 == 0))
+            else:
+                # nothing received here for the last 0.2 s or more, or the node reports a held publish(): a
+                # delivery blackout, or a node that stopped publishing; its own counters tell which
+                published = int(diag["commands_published"]) - int(diag_before["commands_published"])
+                span = diag["stamp"] - diag_before["stamp"]
+                # a node that stopped publishing must have been held in publish() by the middleware,
+                # and say so (publish_stalls, and a warning in its log)
+                assert published >= 0.6 * RATE * span or stalls > 0, (
+                    f"cycle {cycle}: the policy node stopped publishing: {published} commands in {span:.2f} s by "
+                    f"its own count, no publish() stall reported ({len(after)} received here, the last "
+                    f"{after[-1][0] - t_kill if after else float('nan'):.2f} s after the kill); {diag}")
+                blackouts.append(f"cycle {cycle}: {len(after)} commands received here, the node published "
+                                 f"{published / span:.0f}/s" + (" (publish() held by DDS)" if stalls else ""))
             assert diag is not None and diag["state"] == "safe" and diag["reason"].startswith("stale joint_states"), diag
             assert procs["policy_node"].poll() is None and procs["policy_node"].pid == policy_pid
 
@@ -275,17 +314,19 @@ def test_policy_node_survives_simulator_kill_and_restart(constant_policy, ros_lo
             diag_after = harness.last_diag("policy_node", after=t_resumed)
             assert diag_after["state"] in ("running", "fading_in"), diag_after
             assert procs["policy_node"].poll() is None and procs["policy_node"].pid == policy_pid, "policy node restarted"
-            figures.append((first, latency_ms, t_fresh - t_restart, t_resumed - t_restart))
+            if seen_in_full:
+                figures.append((cycle, first, latency_ms, t_fresh - t_restart, t_resumed - t_restart))
 
         # -- clean exit of the policy node after it all
         procs["policy_node"].send_signal(signal.SIGINT)
         assert procs["policy_node"].wait(timeout=20) == 0, tail(logs["policy_node"])
         diag = harness.last_diag("policy_node")
-        print(f"\nsimulator SIGKILLed and restarted {KILL_CYCLES}x under one policy node (pid {policy_pid}): " + "; ".join(
+        print(f"\nsimulator SIGKILLed and restarted {cycle}x under one policy node (pid {policy_pid}), "
+              f"{len(blackouts)} delivery blackouts ({'; '.join(blackouts) or '-'}); seen in full: " + "; ".join(
             f"cycle {i}: safe after {n} commands / {ms:.1f} ms from the last joint state (limit {STALE_PERIODS} periods = "
             f"{1e3 * STALE_PERIODS * period:.0f} ms), policy's command back {back:.1f} s after the new sim was started "
             f"(its joint states seen here after {up:.1f} s; start-up and DDS discovery included)"
-            for i, (n, ms, up, back) in enumerate(figures, 1)) + f"; safe.stale ticks {diag.get('safe.stale')}, "
+            for i, n, ms, up, back in figures) + f"; safe.stale ticks {diag.get('safe.stale')}, "
             f"stamp_resets {diag.get('stamp_resets')}")
     finally:
         for proc in procs.values():

@@ -6,7 +6,8 @@ name) and ``/target`` (geometry_msgs/PointStamped, in the robot's base frame); p
 std_msgs/Float64MultiArray on the output mode's forward-controller topic
 (``/forward_{effort,velocity,position}_controller/commands``, reliable QoS) at ``rate``
 from a steady-clock timer, and diagnostic_msgs/DiagnosticArray on ``/diagnostics``
-(loop period p50/p99/max, inference time, safety state, rejected-input counters).
+(loop period p50/p99/max, inference time, safety state, rejected-input counters, publish()
+stalls: calls the middleware held longer than PUBLISH_STALL, also logged as warnings).
 Services ``~/start`` and ``~/stop`` (std_srvs/Trigger): stop → safe command, start →
 fade-in to the policy.
 
@@ -45,6 +46,9 @@ COMMAND_TOPICS = {
 JOINT_STATES_TOPIC = "/joint_states"
 TARGET_TOPIC = "/target"
 DIAGNOSTICS_TOPIC = "/diagnostics"
+PUBLISH_STALL = 0.1
+"""Seconds a publish() call may take before the node warns and counts a publish stall (scheduling
+hiccups on a loaded 2-core machine stay below ~20 ms; the middleware stalls seen are 1-4 s)."""
 
 _CONFIG_DOCS = field_docs(ControllerConfig)
 # name -> (default, description). ControllerConfig fields take their default and their
@@ -112,6 +116,8 @@ def _make_node_class():
             self.periods = PeriodMonitor(config.period, PeriodStats(capacity=max(1000, int(4 * config.rate))))
             self.publish_errors = 0
             self.published = 0
+            self.publish_stalls = 0  # publish() calls that took longer than PUBLISH_STALL
+            self.publish_max = 0.0  # longest publish() call (s) since the last diagnostics
             self._logged_state = self.controller.state
             self._msg = Float64MultiArray()
             self.control_timer = self.create_timer(
@@ -186,11 +192,27 @@ def _make_node_class():
                 return
             try:
                 self._msg.data = array.array("d", command.values.tobytes())
+                t_publish = time.monotonic()
                 self.command_pub.publish(self._msg)
                 self.published += 1
+                self._check_publish_time(time.monotonic() - t_publish)
             except Exception as exc:  # e.g. during shutdown
                 self.publish_errors += 1
                 self.get_logger().error(f"publishing the command failed: {exc}", throttle_duration_sec=1.0)
+
+        def _check_publish_time(self, seconds: float) -> None:
+            # Fast DDS 3.2 can hold publish() for 1-4 s after a subscriber of the topic was
+            # SIGKILLed (measured: test_node_faults.py): no command goes out meanwhile, which
+            # the operator must hear about; the node itself cannot send around the middleware.
+            self.publish_max = max(self.publish_max, seconds)
+            if seconds > PUBLISH_STALL:
+                self.publish_stalls += 1
+                self.get_logger().warning(
+                    f"publishing the command blocked for {seconds * 1e3:.0f} ms in the middleware "
+                    f"({seconds / self.config.period:.0f} periods): no command went out meanwhile; "
+                    f"{self.publish_stalls} such stalls so far",
+                    throttle_duration_sec=1.0,
+                )
 
         def _publish_diagnostics(self) -> None:
             DiagnosticArray, DiagnosticStatus, KeyValue = self._diag_types
@@ -199,6 +221,7 @@ def _make_node_class():
                 state, reason = self.controller.state, self.controller.last_reason
             loop = self.periods.stats.summary()
             self.periods.stats.clear()
+            publish_max, self.publish_max = self.publish_max, 0.0
             values.update(
                 {
                     "loop_period_p50_ms": f"{loop['p50'] * 1e3:.3f}",
@@ -208,6 +231,8 @@ def _make_node_class():
                     "loop_period_max_ever_ms": f"{self.periods.stats.max_ever * 1e3:.3f}",
                     "overruns": str(self.periods.overruns),
                     "commands_published": str(self.published),
+                    "publish_max_ms": f"{publish_max * 1e3:.3f}",
+                    "publish_stalls": str(self.publish_stalls),
                     "rate_hz": f"{self.config.rate:g}",
                     "command_topic": self.command_topic,
                 }
