@@ -8,8 +8,9 @@ import json
 
 import numpy as np
 import pytest
+import yaml
 
-from tocpl_ros.config import FieldError
+from tocpl_ros.config import ConfigError, FieldError
 from tocpl_ros.tasks import DynamicsCounter, Trajectories, load_task
 from tocpl_training.compare import configuration, load_bench_config, main
 from tocpl_training.rl_baselines import TaskEnv, load_rl_config
@@ -116,6 +117,35 @@ def test_configuration_names():
         for algo in ("ppo", "sac"):
             config = load_rl_config(algo, task)
             assert config.algo == algo and config.net_arch == [256, 256]
+
+
+def test_bench_overrides_by_task_and_configuration(tmp_path):
+    """compare.yaml's per-configuration fields reach that configuration's TrainConfig only; the
+    command line's --to-set wins over every level; a configuration's own flags over everything."""
+    from tocpl_training.compare import train_config_for
+
+    bench = load_bench_config()
+    assert bench.to_configuration_overrides["ur5_reach"]["plal+M+S"]["problems"] == 256
+    assert train_config_for("ur5_reach", "plal+M+S", 0, bench, False).problems == 256
+    assert train_config_for("ur5_reach", "pddp+S", 0, bench, False).problems == 64
+    assert train_config_for("lqr", "plal+M+S", 0, bench, False).problems == 64
+    config_file = tmp_path / "compare.yaml"
+    config_file.write_text("to_task_overrides: {ur5_reach: {iterations: 3}}\n"
+                           "to_configuration_overrides: {ur5_reach: {plal+M+S: {problems: 32, sobolev: false}}}\n")
+    bench = load_bench_config(config_file)
+    config = train_config_for("ur5_reach", "plal+M+S", 0, bench, False)
+    assert (config.problems, config.iterations, config.sobolev, config.multiple_shooting) == (32, 3, True, True)
+    with pytest.raises(ConfigError, match="to_configuration_overrides.*ppo: not a TO configuration"):
+        config_file.write_text("to_configuration_overrides: {ur5_reach: {ppo: {problems: 32}}}\n")
+        load_bench_config(config_file)
+    # --to-set over the file: checked on the run folder's config.yaml of a one-iteration run
+    out = tmp_path / "out"
+    config_file.write_text("to_configuration_overrides: {lqr: {pddp: {problems: 32}}}\n")
+    tiny = ["iterations=1", "eval_problems=10", "epochs=2", "replay=2", "problems=6"]
+    assert main(["--config", str(config_file), "--tasks", "lqr", "--configs", "pddp", "--seeds", "0", "--workers", "1",
+                 *(a for kv in tiny for a in ("--to-set", kv)), "--out", str(out), "--runs-dir", str(tmp_path / "runs")]) == 0
+    run_config = yaml.safe_load((tmp_path / "runs" / "lqr" / "pddp" / "seed0" / "config.yaml").read_text())
+    assert run_config["train"]["problems"] == 6
 
 
 def _rows(path):

@@ -71,6 +71,10 @@ class BenchConfig:
     """TrainConfig fields applied to every TO run (over config/train/<task>.yaml)."""
     to_task_overrides: dict[str, dict[str, Any]] = field(default_factory=dict)
     """Per task TrainConfig fields (over to_overrides)."""
+    to_configuration_overrides: dict[str, dict[str, dict[str, Any]]] = field(default_factory=dict)
+    """Per task and configuration TrainConfig fields (over to_task_overrides), e.g.
+    ``ur5_reach: {plal+M+S: {problems: 256}}``. ``--to-set`` wins over all three levels; the
+    configuration's own flags (algo, +M, +S, -C) over everything."""
     rl_overrides: dict[str, Any] = field(default_factory=dict)
     """RLConfig fields applied to every PPO / SAC run (over config/bench/<algo>.yaml)."""
     quick_to: dict[str, Any] = field(default_factory=dict)
@@ -83,6 +87,10 @@ class BenchConfig:
             raise FieldError("reach_fraction", f"must be in (0, 1], got {self.reach_fraction}")
         for name in self.configurations:
             configuration(name)
+        for task, per_configuration in self.to_configuration_overrides.items():
+            for name in per_configuration:
+                if configuration(name)[0] != "to":
+                    raise FieldError("to_configuration_overrides", f"{task}.{name}: not a TO configuration")
 
 
 def configuration(name: str) -> tuple[str, dict[str, Any]]:
@@ -120,7 +128,8 @@ def train_config_for(task: str, name: str, seed: int, bench: BenchConfig, quick:
     data = dict(read_yaml(file)) if file else {"task": task}
     data.update(bench.to_overrides)
     data.update(bench.to_task_overrides.get(task, {}))
-    data.update(configuration(name)[1])
+    data.update(bench.to_configuration_overrides.get(task, {}).get(name, {}))
+    data.update(configuration(name)[1])  # the name's flags (algo, +M, +S, -C) always hold
     data.update({"seed": seed, "workers": bench.workers})
     if quick:
         data.update(bench.quick_to)
@@ -564,7 +573,10 @@ def main(argv: list[str] | None = None) -> int:
         bench = load_bench_config(args.config)
         if args.workers is not None:
             bench.workers = args.workers
-        bench.to_overrides.update(parse_key_values(args.to_set, "--to-set"))
+        to_set = parse_key_values(args.to_set, "--to-set")
+        for overrides in [bench.to_overrides, *bench.to_task_overrides.values(),
+                          *(o for per_task in bench.to_configuration_overrides.values() for o in per_task.values())]:
+            overrides.update(to_set)  # the command line wins over every level of the bench config
         bench.rl_overrides.update(parse_key_values(args.rl_set, "--rl-set"))
         if args.warm_start_study is not None:
             r = warm_start_study(args.warm_start_study, args.task, out, problems=args.problems, max_iter=args.max_iter)
