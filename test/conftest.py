@@ -23,6 +23,15 @@ _ROS_TEST_ENV = apply_loopback_defaults()
 
 
 @pytest.fixture(scope="session", autouse=True)
+def _clean_dead_fastdds_segments():
+    """After the session: the shared-memory segments of the DDS participants the tests killed."""
+    yield
+    from ros_harness import remove_dead_fastdds_segments
+
+    remove_dead_fastdds_segments()
+
+
+@pytest.fixture(scope="session", autouse=True)
 def ros_loopback_env():
     """The ROS variables every test runs with ({name: value})."""
     os.environ[DISCOVERY_RANGE_VAR] = LOOPBACK_RANGE

@@ -1,9 +1,11 @@
 """ROS 2 on loopback: the env helper, and two rclpy processes that talk over it."""
 import os
+import re
 import subprocess
 import sys
 import time
 import uuid
+from pathlib import Path
 
 import pytest
 
@@ -210,3 +212,39 @@ def test_two_processes_talk_over_loopback(ros_loopback_env):
     assert stranger.returncode == 3, f"{s_out}\n{s_err}"
     assert "COUNT 0" in s_out
     assert all(p.poll() is not None for p in procs)
+
+
+def _fastdds_segments() -> set[str]:
+    return {p.name for p in Path("/dev/shm").glob("fastdds_*") if re.fullmatch(r"fastdds_[0-9a-f]{16}", p.name)}
+
+
+@pytest.mark.ros
+def test_dead_fastdds_segments_removed_live_ones_kept(ros_loopback_env):
+    """The session's clean-up (conftest) deletes the shared-memory segment a SIGKILLed participant
+    left behind, not that of a live one: the live publisher still reaches a new subscriber."""
+    from ros_harness import remove_dead_fastdds_segments
+
+    domain = derive_domain_id(int(ros_loopback_env[DOMAIN_ID_VAR]) + 53)
+    env = loopback_ros_env({k: v for k, v in os.environ.items() if k != DISCOVERY_RANGE_VAR}, domain_id=domain)
+    token = uuid.uuid4().hex
+    topic = f"/tocpl_test_shm_{token[:8]}"
+    before = _fastdds_segments()
+    procs = [subprocess.Popen([sys.executable, "-c", PUBLISHER, topic, token, "120"], env=env,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL) for _ in range(2)]
+    try:
+        deadline = time.monotonic() + 30
+        while len(_fastdds_segments() - before) < 2 and time.monotonic() < deadline:
+            time.sleep(0.1)
+        new = _fastdds_segments() - before
+        assert len(new) == 2, f"expected a segment per publisher, got {new}"
+        procs[1].kill()
+        procs[1].wait(timeout=10)
+        assert remove_dead_fastdds_segments(min_age=0.0, only=new) == 1
+        assert len(new & _fastdds_segments()) == 1
+        listener = subprocess.run([sys.executable, "-c", SUBSCRIBER, topic, token, "3", "20"], env=env,
+                                  capture_output=True, text=True, timeout=60)
+        assert listener.returncode == 0, listener.stdout + listener.stderr
+    finally:
+        for proc in procs:
+            _stop(proc)
+
