@@ -310,10 +310,10 @@ def test_policy_node_survives_simulator_kill_and_restart(constant_policy, ros_lo
             resumed = harness.commands_since(effort_topic, t_last)
             values = np.array([v for _, v in resumed])
             assert np.isfinite(values).all() and (np.abs(values) <= np.array([150, 150, 150, 28, 28, 28]) + 1e-9).all()
-            wait_until(lambda: harness.last_diag("policy_node", after=t_resumed) is not None, 3,
-                       "diagnostics after the resume", procs, logs)
-            diag_after = harness.last_diag("policy_node", after=t_resumed)
-            assert diag_after["state"] in ("running", "fading_in"), diag_after
+            # (a late joint state of the new simulator on a loaded machine may make it 'safe' for a tick)
+            wait_until(lambda: (d := harness.last_diag("policy_node", after=t_resumed)) is not None
+                       and d["state"] in ("running", "fading_in"), 3,
+                       "diagnostics saying 'running' after the resume", procs, logs)
             assert procs["policy_node"].poll() is None and procs["policy_node"].pid == policy_pid, "policy node restarted"
             if seen_in_full:
                 figures.append((cycle, first, latency_ms, t_fresh - t_restart, t_resumed - t_restart))
