@@ -9,6 +9,7 @@ rclpy is imported inside the methods, so importing this module needs no ROS.
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import threading
 import time
@@ -124,6 +125,10 @@ def wait_for(predicate, timeout: float, what: str, proc: subprocess.Popen | None
     raise AssertionError(f"timed out ({timeout} s) waiting for {what}\n{detail}")
 
 
+FASTDDS_SEGMENT = re.compile(r"fastdds_[0-9a-f]{16}")
+"""Name of a Fast DDS participant's shared-memory segment in /dev/shm (one per participant)."""
+
+
 def remove_dead_fastdds_segments(shm: Path = Path("/dev/shm"), min_age: float = 60.0, only: set[str] | None = None) -> int:
     """Delete the shared-memory segments of dead Fast DDS participants (as ``fastdds shm clean``
     does); returns how many. The tests SIGKILL node processes on purpose, and a killed
@@ -132,12 +137,11 @@ def remove_dead_fastdds_segments(shm: Path = Path("/dev/shm"), min_age: float = 
     ``min_age`` s is left alone (a participant starting up may not hold its lock yet). Port
     files are shared between participants and never touched. ``only``: these segment names."""
     import fcntl
-    import re
 
     removed = 0
     for lock_file in shm.glob("fastdds_*_el"):
         segment = lock_file.with_name(lock_file.name[: -len("_el")])
-        if not re.fullmatch(r"fastdds_[0-9a-f]{16}", segment.name) or (only is not None and segment.name not in only):
+        if not FASTDDS_SEGMENT.fullmatch(segment.name) or (only is not None and segment.name not in only):
             continue
         try:
             if time.time() - lock_file.stat().st_mtime < min_age:

@@ -1,6 +1,5 @@
 """ROS 2 on loopback: the env helper, and two rclpy processes that talk over it."""
 import os
-import re
 import subprocess
 import sys
 import time
@@ -215,7 +214,9 @@ def test_two_processes_talk_over_loopback(ros_loopback_env):
 
 
 def _fastdds_segments() -> set[str]:
-    return {p.name for p in Path("/dev/shm").glob("fastdds_*") if re.fullmatch(r"fastdds_[0-9a-f]{16}", p.name)}
+    from ros_harness import FASTDDS_SEGMENT
+
+    return {p.name for p in Path("/dev/shm").glob("fastdds_*") if FASTDDS_SEGMENT.fullmatch(p.name)}
 
 
 @pytest.mark.ros
