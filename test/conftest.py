@@ -15,7 +15,6 @@ from tocpl_ros.ros_env import (
     LOOPBACK_RANGE,
     apply_loopback_defaults,
     derive_domain_id,
-    loopback_ros_env,
 )
 
 os.environ[DISCOVERY_RANGE_VAR] = LOOPBACK_RANGE
@@ -45,10 +44,9 @@ def ros_node_env(ros_loopback_env):
     domain of its own (derived from the run's and ``offset``), DDS on loopback."""
 
     def make(offset: int) -> tuple[int, dict[str, str]]:
+        from ros_harness import node_env
+
         domain = derive_domain_id(int(ros_loopback_env[DOMAIN_ID_VAR]) + offset)
-        base = {k: v for k, v in os.environ.items() if k != DISCOVERY_RANGE_VAR}
-        env = loopback_ros_env(base, domain_id=domain)
-        assert env[DISCOVERY_RANGE_VAR] == LOOPBACK_RANGE
-        return domain, env
+        return domain, node_env(domain)
 
     return make

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import re
+import signal
 import subprocess
 import threading
 import time
@@ -101,6 +102,7 @@ def node_env(domain: int) -> dict[str, str]:
     base = {k: v for k, v in os.environ.items() if k != DISCOVERY_RANGE_VAR}
     env = loopback_ros_env(base, domain_id=domain)
     assert env[DISCOVERY_RANGE_VAR] == "LOCALHOST"
+    env["PYTHONFAULTHANDLER"] = "1"  # wait_for() asks a stuck node for its Python stacks
     return env
 
 
@@ -113,7 +115,11 @@ def stop_process(proc: subprocess.Popen | None) -> None:
 
 def wait_for(predicate, timeout: float, what: str, proc: subprocess.Popen | None = None, log: Path | None = None):
     """Poll ``predicate`` until true; AssertionError (with the tail of ``log``) on timeout or
-    once ``proc`` has exited."""
+    once ``proc`` has exited.
+
+    A ``proc`` still running at the timeout gets SIGABRT: with PYTHONFAULTHANDLER (node_env())
+    it writes every thread's Python stack to ``log`` first, so a node stuck in start-up (seen
+    once in a full test run: nothing logged in 60 s) says where."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if predicate():
@@ -121,7 +127,13 @@ def wait_for(predicate, timeout: float, what: str, proc: subprocess.Popen | None
         if proc is not None and proc.poll() is not None:
             break
         time.sleep(0.01)
-    detail = log.read_text()[-3000:] if log is not None and log.exists() else ""
+    if proc is not None and proc.poll() is None:
+        proc.send_signal(signal.SIGABRT)
+        try:
+            proc.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            pass
+    detail = log.read_text()[-6000:] if log is not None and log.exists() else ""
     raise AssertionError(f"timed out ({timeout} s) waiting for {what}\n{detail}")
 
 

@@ -249,3 +249,20 @@ def test_dead_fastdds_segments_removed_live_ones_kept(ros_loopback_env):
         for proc in procs:
             _stop(proc)
 
+
+
+def test_wait_for_timeout_reports_where_a_stuck_node_is(tmp_path):
+    """A node process that never gets ready: wait_for's error carries its Python stack."""
+    from ros_harness import node_env, wait_for
+
+    log = tmp_path / "stuck.log"
+    script = "import time\ndef stuck_in_startup():\n    time.sleep(60)\nstuck_in_startup()\n"
+    with open(log, "w") as out:
+        proc = subprocess.Popen([sys.executable, "-c", script], env=node_env(1), stdout=out, stderr=subprocess.STDOUT)
+    try:
+        with pytest.raises(AssertionError, match="(?s)waiting for readiness.*stuck_in_startup"):
+            wait_for(lambda: False, 1.0, "readiness", proc, log)
+        assert proc.poll() is not None  # aborted, not left running
+    finally:
+        proc.kill()
+        proc.wait()
