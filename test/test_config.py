@@ -143,6 +143,7 @@ def refused(capsys, argv, out: Path, *words: str) -> str:
     (["--mu", "10", "--mu-max", "5"], "mu_max", [">= mu"]),
     (["--dual-decay", "1.5"], "dual_decay", ["[0, 1]"]),
     (["--dual-decay", "nan"], "dual_decay", ["finite"]),
+    (["--algo", "plal", "--problem-refresh", "1.5"], "problem_refresh", ["[0, 1]"]),
     (["--oc-warm-start-probe", "-1"], "oc_warm_start_probe", [">= 0"]),
     (["--seed", "-1"], "seed", [">= 0"]),
     (["--eval-seed", "-5"], "eval_seed", [">= 0"]),

@@ -121,8 +121,9 @@ def test_oc_phase_gives_the_same_result_for_any_worker_count():
         np.testing.assert_array_equal(sa.K, sb.K)
 
 
-def test_interrupted_and_resumed_equals_uninterrupted(tmp_path):
-    config = small(iterations=4, sobolev=True, replay=2)
+@pytest.mark.parametrize("variant", [dict(), dict(algo="plal", multiple_shooting=True, mu=0.01, problem_refresh=0.25)])
+def test_interrupted_and_resumed_equals_uninterrupted(tmp_path, variant):
+    config = small(iterations=4, sobolev=True, replay=2, **variant)
     straight = Trainer(config, tmp_path / "straight").run()
 
     Trainer(TrainConfig(**{**config.__dict__, "iterations": 2}), tmp_path / "split").run()
@@ -229,6 +230,27 @@ def test_multiple_shooting_never_tracks_a_diverged_rollout(policy_states):
     np.testing.assert_array_equal(alg.supervised_states(batch), batch.xs[:, :-1])
     stats = alg.dual_update(batch)
     assert stats["consensus_x"] == 0.0
+    trainer.runner.close()
+
+
+def test_problem_refresh_replaces_a_share_of_plal_problems_with_fresh_multipliers():
+    """problem_refresh 0.25 of 8: two problems are drawn anew, their λ restart at 0 and the last phase's
+    record of them (warm-start fallback, +M's ²x) is the policy's rollout from their own x0."""
+    trainer = Trainer(small(algo="plal", multiple_shooting=True, mu=0.01, problem_refresh=0.25), "unused")
+    alg = trainer.algorithm
+    alg.step()
+    x0, lam = alg.problems.x0.copy(), alg.lam.copy()
+    assert np.abs(lam).sum(axis=(1, 2)).min() > 0
+    alg.refresh_problems()
+    changed = np.flatnonzero((alg.problems.x0 != x0).any(axis=1))
+    kept = np.setdiff1d(np.arange(8), changed)
+    assert len(changed) == 2
+    assert (alg.lam[changed] == 0).all() and (alg.lam[kept] == lam[kept]).all()
+    np.testing.assert_array_equal(alg.previous.problems.x0, alg.problems.x0)
+    np.testing.assert_array_equal(alg.previous.xs[changed, 0], alg.problems.x0[changed])
+    batch = alg.oc_phase()  # the tracking phase runs on the mixed set
+    assert np.isfinite(batch.us).all()
+    np.testing.assert_array_equal(batch.xs[:, 0], alg.problems.x0)
     trainer.runner.close()
 
 

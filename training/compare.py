@@ -179,6 +179,8 @@ def budget_of(run_dir: Path) -> dict[str, Any]:
             budget["policy_states"] = train.get("policy_states", "rollout")  # runs from before the field: rollout
         if train.get("dual_decay", 1.0) != 1.0:
             budget["dual_decay"] = train["dual_decay"]
+        if train.get("problem_refresh", 0.0):
+            budget["problem_refresh"] = train["problem_refresh"]
     return budget
 
 
@@ -302,6 +304,8 @@ def _budget_text(budget: dict | None) -> str:
         text += f", ²x {budget['policy_states']}"
     if "dual_decay" in budget:
         text += f", λ decay {budget['dual_decay']:g}"
+    if "problem_refresh" in budget:
+        text += f", refresh {budget['problem_refresh']:.0%}"
     return text
 
 

@@ -34,6 +34,8 @@ class PLAL(Algorithm):
     def oc_phase(self) -> OCBatch:
         cfg = self.config
         mu = self.mu
+        if cfg.problem_refresh > 0 and self.previous is not None:
+            self.refresh_problems()
         jobs, fallbacks = self.initial_guesses(self.problems, same_problems=True)
         if not cfg.multiple_shooting:
             for job, lam in zip(jobs, self.lam):
@@ -49,6 +51,26 @@ class PLAL(Algorithm):
         for i, job in enumerate(jobs):
             job.terms["u_ref"], job.terms["x_ref"] = u_ref[i], x_ref[i]
         return self.solve(self.problems, jobs, fallbacks, "tracking", {"mu": mu})
+
+    def refresh_problems(self) -> None:
+        """Replace a problem_refresh share of the problems by fresh draws (beyond the paper, which keeps
+        them fixed). A new problem starts with λ = γ = 0, and the last phase's record of it (warm-start
+        fallback, ²x of +M 'oc') becomes the policy's rollout from its x0, x0 held where that diverges."""
+        n = len(self.problems)
+        count = min(n, max(1, round(self.config.problem_refresh * n)))
+        rng = np.random.default_rng([self.config.seed, self.iteration])  # a function of the iteration: resumes alike
+        index = np.sort(rng.choice(n, count, replace=False))
+        fresh = self.task.sample(count, rng)
+        self.problems.x0[index], self.problems.target[index] = fresh.x0, fresh.target
+        self.lam[index], self.gamma[index] = 0.0, 0.0
+        traj = self.task.rollout(self.policy.act, fresh, counter=self.counter)
+        xs, us = traj.xs.copy(), traj.us.copy()
+        xs[traj.diverged], us[traj.diverged] = fresh.x0[traj.diverged, None], 0.0
+        previous = self.previous
+        previous.problems.x0[index], previous.problems.target[index] = fresh.x0, fresh.target
+        previous.xs[index], previous.us[index] = xs, us
+        if self.policy_states is not None:
+            self.policy_states[index] = xs[:, :-1]
 
     def _policy_states(self) -> np.ndarray | None:
         """²x for this OC phase (see TrainConfig.policy_states); None when there is nothing to track:
