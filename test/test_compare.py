@@ -290,6 +290,8 @@ def test_budget_column_names_the_consensus_penalty(tmp_path):
     assert text(algo="dpl", mu=2e-5) == "15 it x 256 OCPs, μ 2e-05"
     assert text(algo="plal", mu=1e-5, multiple_shooting=True, dual_decay=0.5) == \
         "15 it x 256 OCPs, μ 1e-05, ²x oc, λ decay 0.5"
+    assert text(algo="plal", mu=1e-5, multiple_shooting=True, dual_decay=0.5, problem_refresh=0.25) == \
+        "15 it x 256 OCPs, μ 1e-05, ²x oc, λ decay 0.5, refresh 25 %"
 
 
 def test_warm_start_study_problems_are_neither_held_out_nor_validation_problems():

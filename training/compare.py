@@ -305,7 +305,7 @@ def _budget_text(budget: dict | None) -> str:
     if "dual_decay" in budget:
         text += f", λ decay {budget['dual_decay']:g}"
     if "problem_refresh" in budget:
-        text += f", refresh {budget['problem_refresh']:.0%}"
+        text += f", refresh {100 * budget['problem_refresh']:g} %"
     return text
 
 
