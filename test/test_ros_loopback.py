@@ -250,7 +250,6 @@ def test_dead_fastdds_segments_removed_live_ones_kept(ros_loopback_env):
             _stop(proc)
 
 
-
 def test_wait_for_timeout_reports_where_a_stuck_node_is(tmp_path):
     """A node process that never gets ready: wait_for's error carries its Python stack."""
     from ros_harness import node_env, wait_for

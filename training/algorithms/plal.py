@@ -8,6 +8,7 @@ With multiple shooting (+M, eqs. 14–16) the policy states ²x are the policy's
 rollout; the OC phase tracks the fixed references π(²x_t) − λ_t/μ and
 ²x_t − γ_t/μ (no network inside the OCP) and the consensus ¹x = ²x gets its own
 multiplier γ ← γ + μ (¹x − ²x).
+With problem_refresh > 0 (beyond the paper) a share of the N problems is drawn anew each phase.
 """
 
 from __future__ import annotations
