@@ -67,11 +67,9 @@ class PLAL(Algorithm):
         traj = self.task.rollout(self.policy.act, fresh, counter=self.counter)
         xs, us = traj.xs.copy(), traj.us.copy()
         xs[traj.diverged], us[traj.diverged] = fresh.x0[traj.diverged, None], 0.0
-        previous = self.previous
-        previous.problems.x0[index], previous.problems.target[index] = fresh.x0, fresh.target
-        previous.xs[index], previous.us[index] = xs, us
-        if self.policy_states is not None:
-            self.policy_states[index] = xs[:, :-1]
+        # the last batch now stands for the current problems (after a resume it holds its own copy)
+        self.previous.problems = self.problems
+        self.previous.xs[index], self.previous.us[index] = xs, us
 
     def _policy_states(self) -> np.ndarray | None:
         """²x for this OC phase (see TrainConfig.policy_states); None when there is nothing to track:
