@@ -306,3 +306,135 @@ def test_warm_start_study_problems_are_neither_held_out_nor_validation_problems(
     for seed in (defaults.eval_seed, defaults.validation_seed):
         other = task.sample(50, seed).x0
         assert not np.isclose(study[:, None], other[None]).all(axis=-1).any()
+
+
+class _Interrupt(Exception):
+    """Stands for the kill of a long run (Ctrl-C, machine down) after its k-th checkpoint."""
+
+
+def _interrupt_after(k):
+    def on_row(row):
+        if int(row["iteration"]) >= k:
+            raise _Interrupt
+    return on_row
+
+
+def _interrupted_bench_run(name, run_dir, after):
+    """Start the run tocpl-bench --quick would do for lqr/<name>/seed0, and kill it after `after`
+    evaluations: what a run folder looks like when the machine went down."""
+    from tocpl_training.compare import configuration, held_out_for, train_config_for
+    from tocpl_training.rl_baselines import train_rl
+    from tocpl_training.trainer import Trainer
+
+    bench = load_bench_config()
+    with pytest.raises(_Interrupt):
+        if configuration(name)[0] == "to":
+            trainer = Trainer(train_config_for("lqr", name, 0, bench, True), run_dir)
+            trainer.held_out = held_out_for("lqr", bench, True)
+            trainer.run(on_iteration=_interrupt_after(after))
+        else:
+            train_rl(load_rl_config(name, "lqr", bench.quick_rl), "lqr", 0, run_dir,
+                     held_out=held_out_for("lqr", bench, True), on_evaluation=_interrupt_after(after))
+    return _rows(run_dir / "metrics.csv")
+
+
+@pytest.mark.parametrize("name", ["pddp", "ppo", "sac"])
+def test_bench_continues_an_interrupted_run(name, tmp_path, capsys):
+    """A killed run (hours of PPO, a long PLAL run) is not started over: tocpl-bench continues it
+    from its checkpoint, keeps the rows it had, and ends with the run's full budget."""
+    bench = load_bench_config()
+    runs, out = tmp_path / "runs", tmp_path / "out"
+    run_dir = runs / "lqr" / name / "seed0"
+    before = _interrupted_bench_run(name, run_dir, after=1 if name == "pddp" else 2)
+    args = ["--quick", "--tasks", "lqr", "--configs", name, "--seeds", "0", "--out", str(out), "--runs-dir", str(runs)]
+    assert main(args) == 0
+    assert f"resuming {run_dir}" in capsys.readouterr().out
+    rows = _rows(out / "metrics" / "lqr" / name / "seed0.csv")
+    assert rows[: len(before)] == before  # the evaluations made before the kill are kept as they were
+    assert [r["iteration"] for r in rows] == list(range(1, len(rows) + 1))
+    assert np.all(np.diff([r["dynamics_evaluations"] for r in rows]) > 0)
+    assert np.all(np.diff([r["wall_time"] for r in rows]) > 0)  # wall time goes on from the checkpoint's
+    if name == "pddp":
+        assert len(rows) == bench.quick_to["iterations"]
+        # a TO run resumes exactly: the same rows as a straight run
+        assert main(args[:-4] + ["--out", str(tmp_path / "straight"), "--runs-dir", str(tmp_path / "straight_runs")]) == 0
+        straight = _rows(tmp_path / "straight" / "metrics" / "lqr" / name / "seed0.csv")
+        for key in ("final_error_mean", "cost_gap_median", "dynamics_evaluations", "regression_loss"):
+            np.testing.assert_array_equal([r[key] for r in rows], [r[key] for r in straight], err_msg=key)
+    else:
+        rl = load_rl_config(name, "lqr", bench.quick_rl)
+        # every scheduled evaluation, and one more at the end when the dropped partial rollout is made up
+        assert len(rl.evaluation_steps()) <= len(rows) <= len(rl.evaluation_steps()) + 1
+        assert rows[-1]["timesteps"] >= rl.total_steps  # the budget is the run's, not what was left counted again
+        assert rows[-1]["timesteps"] < rl.total_steps + rl.n_envs * (rl.n_steps if name == "ppo" else 1)
+    # the same command again: done, skipped; --force starts it afresh
+    assert main(args) == 0
+    assert "done before, skipped" in capsys.readouterr().out
+    assert main(args + ["--force"]) == 0
+    assert "resuming" not in capsys.readouterr().out
+
+
+def test_an_interrupted_run_of_other_settings_is_started_afresh(tmp_path, capsys):
+    runs, out = tmp_path / "runs", tmp_path / "out"
+    before = _interrupted_bench_run("ppo", runs / "lqr" / "ppo" / "seed0", after=2)
+    args = ["--quick", "--tasks", "lqr", "--configs", "ppo", "--seeds", "0", "--out", str(out), "--runs-dir", str(runs)]
+    assert main(args + ["--rl-set", "learning_rate=1e-3"]) == 0
+    printed = capsys.readouterr().out
+    assert "holds a run with other 'rl' settings: starting afresh" in printed and "resuming" not in printed
+    run_config = yaml.safe_load((runs / "lqr" / "ppo" / "seed0" / "config.yaml").read_text())
+    assert run_config["rl"]["learning_rate"] == 1e-3
+    rl = load_rl_config("ppo", "lqr", {**load_bench_config().quick_rl, "learning_rate": 1e-3})
+    rows = _rows(out / "metrics" / "lqr" / "ppo" / "seed0.csv")
+    assert len(before) == 2 and len(rows) == len(rl.evaluation_steps())  # the whole schedule again, from step 0
+
+
+def test_sac_resume_restores_model_replay_buffer_and_reward_scale(tmp_path):
+    """What SAC continues with: its networks, step count, replay buffer and reward normaliser are the
+    checkpoint's, not fresh ones."""
+    from stable_baselines3.common.vec_env import DummyVecEnv, VecNormalize
+
+    from tocpl_training.checkpoint import load_checkpoint
+    from tocpl_training.rl_baselines import RL_CHECKPOINT, _resume_rl
+
+    bench = load_bench_config()
+    run_dir = tmp_path / "sac"
+    _interrupted_bench_run("sac", run_dir, after=2)
+    config = load_rl_config("sac", "lqr", bench.quick_rl)
+    saved = load_checkpoint(run_dir / RL_CHECKPOINT)
+    task, counter = load_task("lqr"), DynamicsCounter()
+    venv = VecNormalize(DummyVecEnv([lambda: TaskEnv(task, counter)] * config.n_envs), norm_obs=False, gamma=config.gamma)
+    model, _ = _resume_rl(run_dir / RL_CHECKPOINT, config, venv, counter, seed=0)
+    steps = int(saved["counter"]["steps"])
+    assert counter.steps == steps == model.num_timesteps > 0
+    # every transition but the one in flight at the evaluation (SB3 stores it after the callback)
+    assert steps - config.n_envs <= model.replay_buffer.pos * config.n_envs <= steps and not model.replay_buffer.full
+    np.testing.assert_array_equal(model.replay_buffer.actions[: model.replay_buffer.pos], saved["replay"]["actions"].numpy())
+    assert venv.ret_rms.count == float(saved["ret_rms"]["count"]) > 1
+    fresh = load_rl_config("sac", "lqr", bench.quick_rl)
+    from tocpl_training.rl_baselines import _make_model
+
+    untrained = _make_model(fresh, venv, seed=0)
+    trained = model.policy.state_dict()
+    assert any(not np.array_equal(v.numpy(), untrained.policy.state_dict()[k].numpy()) for k, v in trained.items())
+
+
+def test_summary_of_runs_that_all_diverged(tmp_path):
+    """PODS on the double pendulum diverges on every held-out problem at every evaluation: the
+    summary still comes out (the error panels say so) instead of matplotlib failing on a log axis."""
+    from tocpl_training.compare import summarize
+
+    columns = ["iteration", "cost_gap_median", "final_error_mean", "final_error_p95", "within_tolerance", "diverged",
+               "dynamics_evaluations", "wall_time"]
+    manifest = {}
+    for seed in (0, 1):
+        path = tmp_path / "metrics" / "double_pendulum" / "pods" / f"seed{seed}.csv"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        rows = [[i, 1e6 * i, "inf", "inf", 0.0, 37, 15000 * i, 3.0 * i] for i in (1, 2, 3)]
+        path.write_text("\n".join(",".join(map(str, r)) for r in [columns, *rows]) + "\n")
+        manifest[f"double_pendulum/pods/seed{seed}"] = {"task": "double_pendulum", "configuration": "pods", "seed": seed,
+                                                         "status": "ok", "metrics": str(path.relative_to(tmp_path))}
+    (tmp_path / "runs.json").write_text(json.dumps(manifest))
+    table = summarize(tmp_path, load_bench_config())
+    assert [(r["configuration"], r["seeds"]) for r in table] == [("pods", 2)]
+    assert (tmp_path / "double_pendulum_precision.png").read_bytes().startswith(PNG_MAGIC)
+    assert "| pods |" in (tmp_path / "summary.md").read_text()

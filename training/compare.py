@@ -10,8 +10,11 @@ Configurations are named like the paper: ``pddp``, ``plal`` with ``+M`` (multipl
 ``pods``, ``dpl`` (penalty consensus, full-Jacobian Sobolev, no box, as the paper runs them),
 ``ppo`` and ``sac`` (stable-baselines3, :mod:`tocpl_training.rl_baselines`).
 
-Every run is a normal run folder under ``--runs-dir`` (checkpoints, TensorBoard: not for git);
-its ``metrics.csv`` is copied to ``<out>/metrics/<task>/<configuration>/seed<k>.csv`` and listed
+Every run is a normal run folder under ``--runs-dir`` (checkpoints, TensorBoard: not for git).
+A run listed as done in ``<out>/runs.json`` is skipped; one that was interrupted (killed, machine
+down) is continued from its checkpoint when its settings are unchanged (a TO run exactly, an RL
+run from its last evaluation), else started afresh; ``--force`` starts every run afresh. Its
+``metrics.csv`` is copied to ``<out>/metrics/<task>/<configuration>/seed<k>.csv`` and listed
 in ``<out>/runs.json``. All runs of one task evaluate on the same held-out problems with the same
 TO reference costs (the constrained OCP of the task config, also for the ``-C`` ablations), with
 the trainer's :func:`evaluate_policy`. Then, under ``--out``:
@@ -147,22 +150,73 @@ def held_out_for(task: str, bench: BenchConfig, quick: bool):
     return HeldOut.make(load_task(task), config.eval_problems, config.eval_seed)
 
 
-def run_to(task: str, name: str, seed: int, run_dir: Path, held_out, bench: BenchConfig, quick: bool) -> list[dict]:
+def interrupted_run(run_dir: Path, checkpoint: str, settings: dict[str, Any]) -> bool:
+    """Whether ``run_dir`` holds an interrupted run (its checkpoint) of exactly these settings (its
+    config.yaml): the benchmark continues such a run instead of starting it afresh."""
+    import yaml
+
+    if not (run_dir / checkpoint).is_file():
+        return False
+    try:
+        stored = read_yaml(run_dir / "config.yaml")
+    except ConfigError:
+        return False
+    settings = yaml.safe_load(yaml.safe_dump(settings, sort_keys=False))  # as the file holds them: lists, not tuples
+    for side in (stored, settings):
+        if isinstance(side.get("train"), dict):
+            side["train"].pop("workers", None)  # a TO run's results do not depend on its worker count
+    differing = sorted(k for k in set(stored) | set(settings) if stored.get(k) != settings.get(k))
+    if differing:
+        print(f"tocpl-bench: {run_dir} holds a run with other '{differing[0]}' settings: starting afresh", flush=True)
+    return not differing
+
+
+def fresh_run_dir(run_dir: Path) -> None:
+    if run_dir.exists():
+        shutil.rmtree(run_dir)
+
+
+def run_to(task: str, name: str, seed: int, run_dir: Path, held_out, bench: BenchConfig, quick: bool,
+           resume: bool = False) -> list[dict]:
+    from tocpl_ros.tasks import load_task
+
+    from .checkpoint import CheckpointError
     from .export import export_onnx
-    from .trainer import Trainer
+    from .trainer import CHECKPOINT, Trainer
 
     config = train_config_for(task, name, seed, bench, quick)
-    trainer = Trainer(config, run_dir)
-    trainer.held_out = held_out  # the shared held-out set (Trainer.run keeps a preset one)
+    trainer = None
+    settings = {"train": to_dict(config), "task_overrides": {}, "task": to_dict(load_task(config.task).config)}
+    if resume and interrupted_run(run_dir, CHECKPOINT, settings):
+        try:
+            trainer = Trainer.resume(run_dir, workers=config.workers)
+            print(f"tocpl-bench: resuming {run_dir} after iteration {trainer.algorithm.iteration}", flush=True)
+        except (CheckpointError, ConfigError) as exc:
+            print(f"tocpl-bench: {exc}: starting afresh", flush=True)
+    if trainer is None:
+        fresh_run_dir(run_dir)
+        trainer = Trainer(config, run_dir)
+        trainer.held_out = held_out  # the shared held-out set (Trainer.run keeps a preset one)
     rows = trainer.run()
     export_onnx(trainer.final_policy(), trainer.task, run_dir / "policy.onnx", to_dict(config))
     return rows
 
 
-def run_rl(task: str, name: str, seed: int, run_dir: Path, held_out, bench: BenchConfig, quick: bool) -> list[dict]:
-    from .rl_baselines import load_rl_config, train_rl
+def run_rl(task: str, name: str, seed: int, run_dir: Path, held_out, bench: BenchConfig, quick: bool,
+           resume: bool = False) -> list[dict]:
+    from tocpl_ros.tasks import load_task
+
+    from .checkpoint import CheckpointError
+    from .rl_baselines import RL_CHECKPOINT, load_rl_config, rl_settings, train_rl
 
     config = load_rl_config(name, task, {**bench.rl_overrides, **(bench.quick_rl if quick else {})})
+    if resume and interrupted_run(run_dir, RL_CHECKPOINT, rl_settings(config, load_task(task), seed, {})):
+        print(f"tocpl-bench: resuming {run_dir} from its last evaluation", flush=True)
+        try:
+            return train_rl(config, task, seed, run_dir, held_out=held_out, resume=True)
+        except CheckpointError as exc:
+            print(f"tocpl-bench: {exc}: starting afresh", flush=True)
+    fresh_run_dir(run_dir)
     return train_rl(config, task, seed, run_dir, held_out=held_out)
 
 
@@ -226,15 +280,14 @@ def run_all(tasks, names, seeds, out: Path, runs_dir: Path, bench: BenchConfig, 
                     continue
                 if held_out is None:
                     held_out = held_out_for(task, bench, quick)
-                run_dir = runs_dir / task / name / f"seed{seed}"
-                if run_dir.exists():
-                    shutil.rmtree(run_dir)
+                run_dir = runs_dir / task / name / f"seed{seed}"  # an interrupted run there is continued
                 print(f"tocpl-bench: {key} -> {run_dir}", flush=True)
                 start = time.perf_counter()
                 entry = {"task": task, "configuration": name, "seed": seed, "kind": kind, "quick": quick,
                          "run_dir": str(run_dir), "metrics": str(csv_path.relative_to(out))}
                 try:
-                    rows = (run_to if kind == "to" else run_rl)(task, name, seed, run_dir, held_out, bench, quick)
+                    rows = (run_to if kind == "to" else run_rl)(task, name, seed, run_dir, held_out, bench, quick,
+                                                                resume=not force)
                     csv_path.parent.mkdir(parents=True, exist_ok=True)
                     shutil.copyfile(run_dir / "metrics.csv", csv_path)
                     last = rows[-1]
@@ -350,6 +403,7 @@ def summarize(out: Path, bench: BenchConfig, tasks: list[str] | None = None) -> 
         metric, tol = success_tolerance(t)
         configs = sorted(groups[task], key=lambda n: (known.get(n, len(known)), n))
         fig, axes = plt.subplots(2, 2, figsize=(13, 8.5), squeeze=False)
+        drawn = np.zeros((2, 2), dtype=bool)  # a log axis with no finite positive point cannot be laid out
         colors = plt.get_cmap("tab20")(np.linspace(0, 1, max(len(configs), 2)))
         for ci, name in enumerate(configs):
             runs = sorted(groups[task][name], key=lambda r: r[0])
@@ -363,6 +417,7 @@ def summarize(out: Path, bench: BenchConfig, tasks: list[str] | None = None) -> 
                         if key == "cost_gap_median":
                             y = np.maximum(y, 1e-6)
                         series.append((m[xkey], y))
+                        drawn[row][col] |= bool(np.any((y > 0) & (m[xkey] > 0)))
                     ax = axes[row][col]
                     b = band(series)
                     label = f"{name} ({len(runs)} seed{'s' if len(runs) > 1 else ''})" if row == col == 0 else None
@@ -377,8 +432,11 @@ def summarize(out: Path, bench: BenchConfig, tasks: list[str] | None = None) -> 
                                               ("held-out cost gap to TO, median", tol if metric == "cost_gap" else None))):
             for col, xlabel in enumerate(("dynamics evaluations", "wall time (s)")):
                 ax = axes[row][col]
-                ax.set_xscale("log")
-                ax.set_yscale("log")
+                if drawn[row][col]:
+                    ax.set_xscale("log")
+                    ax.set_yscale("log")
+                else:
+                    ax.text(0.5, 0.5, "no finite values: every run diverged", ha="center", transform=ax.transAxes)
                 ax.set_xlabel(xlabel)
                 ax.set_ylabel(ylabel)
                 ax.grid(True, which="both", alpha=0.3)
@@ -560,7 +618,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--rl-set", action="append", default=[], metavar="KEY=VALUE",
                    help="RLConfig field for every PPO/SAC run, e.g. total_steps=300000 (repeatable)")
     p.add_argument("--quick", action="store_true", help="tiny budgets (quick_to / quick_rl of the config): a smoke run")
-    p.add_argument("--force", action="store_true", help="re-run runs already done in --out")
+    p.add_argument("--force", action="store_true", help="start every run afresh: re-run runs already done in --out, do not continue interrupted ones")
     p.add_argument("--plot-only", action="store_true", help="only re-aggregate the runs listed in <out>/runs.json")
     p.add_argument("--warm-start-study", type=Path, metavar="POLICY.onnx",
                    help="only the TO warm-start study (Fig. 7) of this policy on --task")

@@ -22,10 +22,18 @@ problem the trajectory-optimisation learners see:
 the deterministic policy on the trainer's held-out problems with the trainer's own
 :func:`tocpl_training.trainer.evaluate_policy`, writing the same ``metrics.csv`` columns
 (``iteration`` is the evaluation index) through the trainer's :class:`RunLog`.
+
+Every evaluation also writes ``rl_checkpoint.pt`` (the trainer's checkpoint format: plain tensors
+and data): the SB3 model with its optimisers and step count, the reward normaliser, SAC's replay
+buffer (its filled part), the dynamics counter and the metrics rows. ``train_rl(resume=True)``
+continues from it, so an interrupted run loses at most the steps since its last evaluation. Unlike
+the trainer's resume it is not bit for bit the straight run: episodes in flight (and PPO's partial
+rollout) are dropped and the random streams restart from (seed, steps done).
 """
 
 from __future__ import annotations
 
+import io
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -39,6 +47,9 @@ from tocpl_ros.resources import config_path
 from tocpl_ros.tasks import DynamicsCounter, Problems, Task, load_task
 
 RL_ALGORITHMS = ("ppo", "sac")
+RL_CHECKPOINT = "rl_checkpoint.pt"
+"""File in an RL run folder that train_rl(resume=True) continues from."""
+REPLAY_ARRAYS = ("observations", "next_observations", "actions", "rewards", "dones", "timeouts")
 
 
 @dataclass
@@ -279,6 +290,61 @@ def _make_model(config: RLConfig, venv, seed: int):
     )
 
 
+def rl_settings(config: RLConfig, task: Task, seed: int, task_overrides: dict[str, Any]) -> dict[str, Any]:
+    """What a run folder's config.yaml records, and what a resumed run must match."""
+    return {"rl": to_dict(config), "task_name": task.name, "seed": seed, "task_overrides": task_overrides,
+            "task": to_dict(task.config)}
+
+
+def _save_rl_checkpoint(path: Path, model, venv, counter: DynamicsCounter, rows: list[dict], state: dict) -> None:
+    from .checkpoint import save_checkpoint
+
+    zipped = io.BytesIO()
+    model.save(zipped)
+    payload: dict[str, Any] = {
+        "model_zip": np.frombuffer(zipped.getvalue(), dtype=np.uint8).copy(),
+        "counter": {"steps": counter.steps, "by_source": dict(counter.by_source)},
+        "rows": rows, "wall_time": state["wall"], "episodes": state["episodes"],
+    }
+    if hasattr(venv, "ret_rms"):  # the reward scale PPO/SAC learned with
+        payload["ret_rms"] = {"mean": np.asarray(venv.ret_rms.mean), "var": np.asarray(venv.ret_rms.var),
+                              "count": float(venv.ret_rms.count)}
+    buffer = getattr(model, "replay_buffer", None)
+    if buffer is not None:  # SAC: only the filled rows, not the whole allocation
+        filled = buffer.buffer_size if buffer.full else buffer.pos
+        payload["replay"] = {"pos": buffer.pos, "full": buffer.full,
+                             **{name: getattr(buffer, name)[:filled] for name in REPLAY_ARRAYS}}
+    save_checkpoint(path, payload)
+
+
+def _resume_rl(path: Path, config: RLConfig, venv, counter: DynamicsCounter, seed: int):
+    """The model of ``path`` on ``venv`` with the counter and normaliser restored; returns (model, checkpoint)."""
+    from stable_baselines3 import PPO, SAC
+
+    from .checkpoint import CheckpointError, load_checkpoint
+
+    data = load_checkpoint(path)
+    try:
+        algorithm = {"ppo": PPO, "sac": SAC}[config.algo]
+        model = algorithm.load(io.BytesIO(data["model_zip"].numpy().tobytes()), env=venv, device="cpu")
+        counter.steps = int(data["counter"]["steps"])
+        counter.by_source = {k: int(v) for k, v in data["counter"]["by_source"].items()}
+        if "ret_rms" in data:
+            venv.ret_rms.mean = float(data["ret_rms"]["mean"])
+            venv.ret_rms.var = float(data["ret_rms"]["var"])
+            venv.ret_rms.count = float(data["ret_rms"]["count"])
+        if "replay" in data:
+            replay, buffer = data["replay"], model.replay_buffer
+            for name in REPLAY_ARRAYS:
+                rows = replay[name].numpy()
+                getattr(buffer, name)[: len(rows)] = rows
+            buffer.pos, buffer.full = int(replay["pos"]), bool(replay["full"])
+    except (KeyError, TypeError, ValueError, AttributeError, RuntimeError) as exc:
+        raise CheckpointError(f"{path}: incomplete or inconsistent RL checkpoint ({type(exc).__name__}: {exc})") from exc
+    model.set_random_seed(seed + counter.steps)  # a resume from this checkpoint always continues the same way
+    return model, data
+
+
 def train_rl(
     config: RLConfig,
     task_name: str,
@@ -289,11 +355,13 @@ def train_rl(
     eval_seed: int = 1_000_003,
     task_overrides: dict[str, Any] | None = None,
     on_evaluation: Callable[[dict[str, float]], None] | None = None,
+    resume: bool = False,
 ) -> list[dict[str, float]]:
     """Train ``config.algo`` on the task; returns (and writes to ``out_dir``) the metrics rows.
 
     ``held_out`` (a :class:`tocpl_training.trainer.HeldOut`) should be the one the trainer runs
-    use; without it the trainer's own is rebuilt from (eval_problems, eval_seed).
+    use; without it the trainer's own is rebuilt from (eval_problems, eval_seed). ``resume``
+    continues the run in ``out_dir`` from its ``rl_checkpoint.pt``; its settings must be these.
     """
     import torch
     from stable_baselines3.common.callbacks import BaseCallback
@@ -309,8 +377,17 @@ def train_rl(
     task = load_task(task_name, task_overrides or None)
     if held_out is None:
         held_out = HeldOut.make(task, eval_problems, eval_seed)
-    dump_yaml({"rl": to_dict(config), "task_name": task.name, "seed": seed, "task_overrides": task_overrides or {},
-               "task": to_dict(task.config)}, out_dir / "config.yaml")
+    settings = rl_settings(config, task, seed, task_overrides or {})
+    checkpoint = out_dir / RL_CHECKPOINT
+    if resume:
+        stored = read_yaml(out_dir / "config.yaml")
+        if stored != settings:
+            differing = sorted(k for k in settings if stored.get(k) != settings[k])
+            raise ConfigError(str(out_dir / "config.yaml"), differing[0] if differing else "settings",
+                              "the run to resume has other settings: resume it with its own, or start afresh")
+    else:
+        checkpoint.unlink(missing_ok=True)
+        dump_yaml(settings, out_dir / "config.yaml")
     spec = policy_spec_for(task, hidden=config.net_arch)
     mean, scale = (np.array(spec.obs_mean), np.array(spec.obs_scale)) if config.normalize_obs else (None, None)
     counter = DynamicsCounter()
@@ -322,15 +399,21 @@ def train_rl(
     venv = DummyVecEnv([make_env(i) for i in range(config.n_envs)])
     if config.norm_reward:
         venv = VecNormalize(venv, norm_obs=False, norm_reward=True, gamma=config.gamma)
-    model = _make_model(config, venv, seed)  # seeds torch, the action noise and env i with seed + i
+    saved: dict[str, Any] = {}
+    if resume:
+        model, saved = _resume_rl(checkpoint, config, venv, counter, seed)
+    else:
+        model = _make_model(config, venv, seed)  # seeds torch, the action noise and env i with seed + i
     from stable_baselines3.common.logger import Logger
 
     model.set_logger(Logger(folder=None, output_formats=[]))  # SB3's default logger leaves an empty /tmp/SB3-* per run
     actor = SB3Actor(model, venv.envs[0] if not config.norm_reward else venv.venv.envs[0])
     log = RunLog(out_dir, f"{config.algo.upper()} on {task.name}", task.error_unit)
-    rows: list[dict[str, float]] = []
-    schedule = config.evaluation_steps()
-    state = {"wall": 0.0, "start": 0.0, "episodes": 0, "costs": []}
+    rows: list[dict[str, float]] = [dict(row) for row in saved.get("rows", [])]
+    schedule = [s for s in config.evaluation_steps() if s > counter.steps]  # those a resumed run has not passed
+    state = {"wall": float(saved.get("wall_time", 0.0)), "start": 0.0, "episodes": int(saved.get("episodes", 0)),
+             "costs": []}
+    log.restart(rows)  # a resumed run: logs equal to the checkpoint again
 
     def evaluate() -> None:
         row = {"iteration": float(len(rows) + 1), **evaluate_policy(task, actor, held_out),
@@ -340,7 +423,8 @@ def train_rl(
         state["costs"] = []
         row["wall_time"] = state["wall"] + time.perf_counter() - state["start"]
         rows.append(row)
-        log.write(rows)
+        _save_rl_checkpoint(checkpoint, model, venv, counter, rows, {**state, "wall": row["wall_time"]})
+        log.write(rows)  # after the checkpoint: it is what a resume trusts
         if on_evaluation is not None:
             on_evaluation(row)
 
@@ -360,7 +444,9 @@ def train_rl(
             return True
 
     try:
-        model.learn(total_timesteps=config.total_steps, callback=_Evaluations())
+        # resumed: the steps left, on the step count (and learning-rate schedule) of the checkpoint
+        model.learn(total_timesteps=max(config.total_steps - model.num_timesteps, 0) if resume else config.total_steps,
+                    callback=_Evaluations(), reset_num_timesteps=not resume)
         if not rows or rows[-1]["dynamics_evaluations"] < counter.steps:
             evaluate()
         model.save(str(out_dir / "model.zip"))
