@@ -438,3 +438,28 @@ def test_summary_of_runs_that_all_diverged(tmp_path):
     assert [(r["configuration"], r["seeds"]) for r in table] == [("pods", 2)]
     assert (tmp_path / "double_pendulum_precision.png").read_bytes().startswith(PNG_MAGIC)
     assert "| pods |" in (tmp_path / "summary.md").read_text()
+
+
+def test_long_rl_runs_checkpoint_between_their_evaluations(tmp_path, monkeypatch):
+    """Late in a long run the log-spaced evaluations are far apart (millions of PPO steps): the run
+    also checkpoints every checkpoint_every steps, and a resume restarts from the last of them."""
+    import tocpl_training.rl_baselines as rl_baselines
+
+    steps_at_checkpoints = []
+    real_save = rl_baselines._save_rl_checkpoint
+
+    def recording_save(path, model, venv, counter, rows, state):
+        steps_at_checkpoints.append(counter.steps)
+        real_save(path, model, venv, counter, rows, state)
+
+    monkeypatch.setattr(rl_baselines, "_save_rl_checkpoint", recording_save)
+    config = load_rl_config("ppo", "lqr", {**load_bench_config().quick_rl, "total_steps": 2048, "evaluations": 2,
+                                           "checkpoint_every": 300})
+    rows = rl_baselines.train_rl(config, "lqr", 0, tmp_path, eval_problems=10)
+    assert [r["timesteps"] for r in rows] == [256, 2048]
+    gaps = np.diff([0, *steps_at_checkpoints])
+    assert len(steps_at_checkpoints) >= 2048 // 300 and gaps.max() <= 300 + config.n_envs
+    from tocpl_training.checkpoint import load_checkpoint
+
+    saved = load_checkpoint(tmp_path / rl_baselines.RL_CHECKPOINT)
+    assert int(saved["counter"]["steps"]) == steps_at_checkpoints[-1] == 2048

@@ -23,10 +23,10 @@ the deterministic policy on the trainer's held-out problems with the trainer's o
 :func:`tocpl_training.trainer.evaluate_policy`, writing the same ``metrics.csv`` columns
 (``iteration`` is the evaluation index) through the trainer's :class:`RunLog`.
 
-Every evaluation also writes ``rl_checkpoint.pt`` (the trainer's checkpoint format: plain tensors
-and data): the SB3 model with its optimisers and step count, the reward normaliser, SAC's replay
+Every evaluation, and every ``checkpoint_every`` steps, writes ``rl_checkpoint.pt`` (the trainer's
+checkpoint format: plain tensors and data): the SB3 model with its optimisers and step count, the reward normaliser, SAC's replay
 buffer (its filled part), the dynamics counter and the metrics rows. ``train_rl(resume=True)``
-continues from it, so an interrupted run loses at most the steps since its last evaluation. Unlike
+continues from it, so an interrupted run loses at most the steps since its last checkpoint. Unlike
 the trainer's resume it is not bit for bit the straight run: episodes in flight (and PPO's partial
 rollout) are dropped and the random streams restart from (seed, steps done).
 """
@@ -83,6 +83,9 @@ class RLConfig:
     """Scale rewards by a running estimate of the return's std (SB3 VecNormalize; evaluation uses raw costs)."""
     torch_threads: int = 1
     """torch intra-op threads (small MLPs are fastest on one thread)."""
+    checkpoint_every: int = 200_000
+    """Environment steps between checkpoints besides those at the held-out evaluations (log-spaced, so
+    far apart late in a long run): an interrupted run loses at most this many steps."""
     divergence_limit: float = 1e3
     """A state beyond this (or non-finite) ends the episode; it pays the cost of the rest of the horizon
     frozen at the last finite state, as Task.rollout scores a diverged rollout."""
@@ -121,7 +124,7 @@ class RLConfig:
         if self.activation not in ("tanh", "relu"):
             raise FieldError("activation", f"'tanh' or 'relu', got '{self.activation}'")
         for name in ("total_steps", "evaluations", "first_evaluation", "n_envs", "n_steps", "batch_size", "n_epochs",
-                     "buffer_size", "train_freq", "gradient_steps", "torch_threads"):
+                     "buffer_size", "train_freq", "gradient_steps", "torch_threads", "checkpoint_every"):
             if getattr(self, name) < 1:
                 raise FieldError(name, f"must be >= 1, got {getattr(self, name)}")
         if not 0 < self.gamma <= 1:
@@ -412,7 +415,7 @@ def train_rl(
     rows: list[dict[str, float]] = [dict(row) for row in saved.get("rows", [])]
     schedule = [s for s in config.evaluation_steps() if s > counter.steps]  # those a resumed run has not passed
     state = {"wall": float(saved.get("wall_time", 0.0)), "start": 0.0, "episodes": int(saved.get("episodes", 0)),
-             "costs": []}
+             "costs": [], "checkpointed": counter.steps}
     log.restart(rows)  # a resumed run: logs equal to the checkpoint again
 
     def evaluate() -> None:
@@ -423,10 +426,15 @@ def train_rl(
         state["costs"] = []
         row["wall_time"] = state["wall"] + time.perf_counter() - state["start"]
         rows.append(row)
-        _save_rl_checkpoint(checkpoint, model, venv, counter, rows, {**state, "wall": row["wall_time"]})
+        save_checkpoint()
         log.write(rows)  # after the checkpoint: it is what a resume trusts
         if on_evaluation is not None:
             on_evaluation(row)
+
+    def save_checkpoint() -> None:
+        wall = state["wall"] + time.perf_counter() - state["start"]
+        _save_rl_checkpoint(checkpoint, model, venv, counter, rows, {**state, "wall": wall})
+        state["checkpointed"] = counter.steps
 
     class _Evaluations(BaseCallback):
         def _on_training_start(self) -> None:
@@ -441,6 +449,8 @@ def train_rl(
                 while schedule and counter.steps >= schedule[0]:
                     schedule.pop(0)
                 evaluate()
+            elif counter.steps >= state["checkpointed"] + config.checkpoint_every:
+                save_checkpoint()
             return True
 
     try:
