@@ -242,3 +242,37 @@ def test_diverging_rollouts_are_frozen_and_flagged():
     assert traj.diverged[1:].all()  # constant max torque spins the pendulum past the limit
     ev = task.evaluate(problems, traj)
     assert np.isinf(ev.cost[traj.diverged]).all()
+
+
+@pytest.mark.parametrize("name", ["lqr", "pendulum"])
+def test_solution_gains_are_the_derivative_of_the_optimal_control(name):
+    """The Sobolev targets: −K_0 = ∂u*_0/∂x0, checked by re-solving from perturbed x0 (finite
+    differences), with controls on the box among the problems. Gains computed at the solution are
+    the same whether the solver got there cold or warm; the solver's own K after a warm start at
+    the solution is not (unprojected rows on the bound)."""
+    from tocpl_ros.ocp import solution_gains
+    from tocpl_ros.tasks import Problems
+
+    task = load_task(name)
+    config = SolverConfig(max_iter=500, th_stop=1e-14)
+    problems = task.sample(6, seed=21)
+    shooting = task.build_problem(problems[0])
+    checked_on_bound, warm_differs = 0, 0
+    for i in range(len(problems)):
+        def optimal_u0(x0):
+            task.set_problem(shooting, Problems(x0[None], problems.target[i][None]))
+            return solve(shooting, config).us[0]
+
+        x0 = problems.x0[i]
+        u0 = optimal_u0(x0)
+        cold = solve(shooting, config)
+        gains = solution_gains(shooting, cold.xs, cold.us)
+        warm = solve(shooting, config, cold.xs, cold.us)
+        np.testing.assert_allclose(solution_gains(shooting, warm.xs, warm.us), gains, rtol=1e-6, atol=1e-9)
+        warm_differs += int(not np.allclose(np.array(warm.K).reshape(gains.shape), gains, rtol=1e-3, atol=1e-6))
+        jacobian = _numdiff(optimal_u0, x0, eps=1e-5)
+        # exact on the lqr; on the pendulum to DDP's Gauss-Newton model (no second derivatives of the dynamics)
+        np.testing.assert_allclose(-gains[0], jacobian, rtol=1e-4 if name == "lqr" else 1e-2, atol=1e-5)
+        checked_on_bound += int(np.isclose(np.abs(u0), task.u_max).any())
+    assert checked_on_bound >= 1, "the test problems should start on the box"
+    assert warm_differs >= 1

@@ -343,3 +343,32 @@ def test_a_stalling_warm_start_gives_way_to_the_cold_start_early():
     # the iterations reported (oc_iterations) are those spent, the dropped warm attempt's included
     assert crept_iterations > 2 * probed_iterations, (crept_iterations, probed_iterations)
     trainer.runner.close()
+
+
+def test_sobolev_runs_learn_from_the_gains_at_the_solution():
+    """A Sobolev run's OC phase hands over the gains of its solutions (ocp.solution_gains) and counts
+    the linearisation they take; warm-started from the solution itself the targets do not change."""
+    from tocpl_ros.ocp import solution_gains
+    from tocpl_ros.tasks import DynamicsCounter
+
+    task = load_task("lqr")
+    problems = task.sample(4, seed=5)
+    jobs = [OCJob(problems.x0[i], problems.target[i]) for i in range(4)]
+    solver = task.config.solver
+    with OCPhaseRunner(task, constrained=True, workers=1) as runner:
+        plain_count, with_gains_count = DynamicsCounter(), DynamicsCounter()
+        plain = runner.solve(OCRequest(jobs, solver), plain_count)
+        cold = runner.solve(OCRequest(jobs, solver, gains="solution"), with_gains_count)
+        warm_jobs = [OCJob(j.x0, j.target, s.xs, s.us) for j, s in zip(jobs, cold)]
+        warm = runner.solve(OCRequest(warm_jobs, solver, gains="solution"))
+        warm_solver_k = runner.solve(OCRequest(warm_jobs, solver))
+    assert with_gains_count.steps == plain_count.steps + 4 * task.horizon
+    shooting = task.build_problem(problems[0])
+    for i, (c, w, ws) in enumerate(zip(cold, warm, warm_solver_k)):
+        task.set_problem(shooting, problems[i])
+        np.testing.assert_allclose(c.K, solution_gains(shooting, c.xs, c.us), rtol=1e-9, atol=1e-12)
+        np.testing.assert_allclose(w.K, c.K, rtol=1e-6, atol=1e-9)
+    assert any(not np.allclose(ws.K.reshape(c.K.shape), c.K, rtol=1e-3, atol=1e-6) for c, ws in zip(cold, warm_solver_k))
+    assert TrainConfig(task="lqr", sobolev=True).sobolev_gains == "solution"
+    with pytest.raises(Exception, match="sobolev_gains"):
+        TrainConfig(task="lqr", sobolev_gains="exact")

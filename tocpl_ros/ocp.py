@@ -1,8 +1,9 @@
 """Solving a task's OCPs with Crocoddyl's SolverBoxFDDP.
 
 Problem construction lives in the tasks; this module only runs the solver and
-returns what the learners need: the trajectory, Crocoddyl's feedback gains and
-the effort spent (iterations, dynamics evaluations).
+returns what the learners need: the trajectory, feedback gains (the solver's, or
+recomputed at the solution: ``solution_gains``) and the effort spent (iterations,
+dynamics evaluations).
 """
 
 from __future__ import annotations
@@ -26,7 +27,8 @@ class OCSolution:
     """Controls u_0..u_{T-1}, [T, nu]."""
     K: np.ndarray
     """Feedback gains, [T, nu, nx], in Crocoddyl's convention u = ū − K (x − x̄):
-    the local controller's Jacobian ∂u/∂x is −K."""
+    the local controller's Jacobian ∂u/∂x is −K. ``solve`` returns the solver's last K;
+    ``solution_gains`` recomputes them at the solution."""
     cost: float
     """Total cost of the solution."""
     iterations: int
@@ -59,6 +61,47 @@ def make_solver(shooting: crocoddyl.ShootingProblem, config: SolverConfig) -> cr
     solver = crocoddyl.SolverBoxFDDP(shooting)
     solver.th_stop = config.th_stop
     return solver
+
+
+def solution_gains(shooting: crocoddyl.ShootingProblem, xs, us) -> np.ndarray:
+    """Feedback gains of the locally optimal controller at (xs, us), [T, nu, ndx] (u = ū − K dx).
+
+    One Riccati pass on the derivatives at the solution itself, a control clamped by the box (at
+    its bound, the cost pushing outward) getting a zero row as in box-DDP. Not the solver's own
+    ``K``: that comes from the backward pass before the last step, and from a warm start that is
+    already optimal BoxFDDP leaves the rows of controls on the bound unprojected (gains where the
+    optimal control cannot move), which also changes the value function and with it the other
+    rows (60–74 % on the pendulums and the lqr). Gaps are ignored: this is for a solved problem.
+    """
+    xs = [np.asarray(x, dtype=float) for x in xs]
+    us = [np.asarray(u, dtype=float) for u in us]
+    shooting.calc(xs, us)
+    shooting.calcDiff(xs, us)
+    terminal = shooting.terminalData
+    vx, vxx = np.array(terminal.Lx, dtype=float), np.array(terminal.Lxx, dtype=float)
+    gains = []
+    for t in reversed(range(shooting.T)):
+        model, data = shooting.runningModels[t], shooting.runningDatas[t]
+        fx, fu = np.atleast_2d(data.Fx), np.atleast_2d(data.Fu).reshape(len(vx), -1)
+        qx = np.asarray(data.Lx) + fx.T @ vx
+        qu = np.atleast_1d(data.Lu) + fu.T @ vx
+        qxx = np.atleast_2d(data.Lxx) + fx.T @ vxx @ fx
+        quu = np.atleast_2d(data.Luu) + fu.T @ vxx @ fu
+        qux = np.atleast_2d(data.Lxu).reshape(len(vx), -1).T + fu.T @ vxx @ fx
+        free = np.ones(len(qu), dtype=bool)
+        if model.has_control_limits:
+            lb, ub, u = np.asarray(model.u_lb), np.asarray(model.u_ub), us[t]
+            tol = 1e-9 * np.maximum(1.0, np.abs(ub - lb))
+            free = ~(((u >= ub - tol) & (qu < 0)) | ((u <= lb + tol) & (qu > 0)))
+        K, k = np.zeros((len(qu), len(vx))), np.zeros(len(qu))
+        if free.any():
+            inverse = np.linalg.inv(quu[np.ix_(free, free)])
+            K[free], k[free] = inverse @ qux[free], inverse @ qu[free]
+        vx = qx - K.T @ qu - qux.T @ k + K.T @ quu @ k
+        vxx = qxx - K.T @ qux - qux.T @ K + K.T @ quu @ K
+        vxx = 0.5 * (vxx + vxx.T)
+        gains.append(K)
+    return np.array(gains[::-1])
 
 
 def solve(

@@ -29,6 +29,11 @@ class TrainConfig:
     sobolev_weight: float = 1e-3
     """Weight of the Sobolev term relative to the control regression. Small by default: the DDP gains
     near the end of the horizon are stiff (large terminal weights) and would swamp the regression."""
+    sobolev_gains: str = "solution"
+    """+S: where the gains come from. 'solution': a Riccati pass at the solved trajectory, controls clamped
+    by the box getting zero rows (ocp.solution_gains; one more linearisation, counted). 'solver':
+    SolverBoxFDDP's last K, as runs before this field had it; after a warm start it leaves the rows of
+    controls on the bound unprojected, which skews the other rows too (60-74 % on the pendulums, lqr)."""
     multiple_shooting: bool = False
     """'+M' (plal only): the OC phase tracks fixed references instead of differentiating the policy."""
     policy_states: str = "oc"
@@ -149,6 +154,8 @@ class TrainConfig:
             raise FieldError("learning_rate_final", f"must be > 0, got {self.learning_rate_final}")
         if self.sobolev_weight < 0:
             raise FieldError("sobolev_weight", f"must be >= 0, got {self.sobolev_weight}")
+        if self.sobolev_gains not in ("solution", "solver"):
+            raise FieldError("sobolev_gains", f"'solution' or 'solver', got '{self.sobolev_gains}'")
         for name in ("seed", "eval_seed", "validation_seed"):
             if getattr(self, name) < 0:  # numpy's generators take non-negative seeds only
                 raise FieldError(name, f"must be >= 0, got {getattr(self, name)}")

@@ -36,7 +36,7 @@ from typing import Any
 import numpy as np
 
 from tocpl_ros.config import ConfigError, load_dataclass
-from tocpl_ros.ocp import OCSolution, solve
+from tocpl_ros.ocp import OCSolution, solution_gains, solve
 from tocpl_ros.tasks import DynamicsCounter, Problems, Task, make_task
 from tocpl_ros.tasks.config import SolverConfig, TaskConfig
 
@@ -70,6 +70,8 @@ class OCRequest:
     """Data shared by all jobs (e.g. 'mu', 'policy' weights)."""
     warm_start_probe: int = 0
     """Iterations a warm start gets to show progress (TrainConfig.oc_warm_start_probe); 0: no probe."""
+    gains: str = "solver"
+    """The solutions' K: 'solver' (SolverBoxFDDP's last) or 'solution' (ocp.solution_gains, for Sobolev targets)."""
 
 
 class _Worker:
@@ -108,6 +110,14 @@ class _Worker:
 
     @staticmethod
     def solve_job(shooting, request: OCRequest, job: OCJob, counter: DynamicsCounter) -> OCSolution:
+        sol = _Worker.solve_trajectory(shooting, request, job, counter)
+        if request.gains == "solution":
+            counter.add(shooting.T, "oc_solver")  # the linearisation at the solution
+            sol = dataclasses.replace(sol, K=solution_gains(shooting, sol.xs, sol.us))
+        return sol
+
+    @staticmethod
+    def solve_trajectory(shooting, request: OCRequest, job: OCJob, counter: DynamicsCounter) -> OCSolution:
         """Cold, or warm from the job's guess (past the probe only while it progresses), else the cheaper of it and cold."""
         if job.init_us is None:
             return solve(shooting, request.solver, counter=counter)

@@ -224,7 +224,7 @@ class Trainer:
         data = load_checkpoint(path)
         if not isinstance(data.get("train_config"), dict):
             raise CheckpointError(f"{path}: no training config (a policy-only checkpoint cannot be resumed)")
-        train = {**data["train_config"], **changes}
+        train = {"sobolev_gains": "solver", **data["train_config"], **changes}  # runs from before the field: solver
         config = load_dataclass(TrainConfig, train, source=str(path))
         trainer = cls(config, out_dir, data.get("task_overrides") or {})
         try:

@@ -157,7 +157,9 @@ class Algorithm(ABC):
         return jobs, fallbacks
 
     def solve(self, problems: Problems, jobs: list[OCJob], fallbacks: int, mode: str = "plain", shared=None) -> OCBatch:
-        sols = self.runner.solve(OCRequest(jobs, self.solver, mode, shared or {}, self.config.oc_warm_start_probe), self.counter)
+        gains = self.config.sobolev_gains if self.config.sobolev else "solver"  # only Sobolev reads K
+        sols = self.runner.solve(OCRequest(jobs, self.solver, mode, shared or {}, self.config.oc_warm_start_probe, gains),
+                                 self.counter)
         return OCBatch.from_solutions(problems, sols, fallbacks)
 
     # -- checkpointing ----------------------------------------------------
