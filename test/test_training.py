@@ -345,9 +345,10 @@ def test_a_stalling_warm_start_gives_way_to_the_cold_start_early():
     trainer.runner.close()
 
 
-def test_sobolev_runs_learn_from_the_gains_at_the_solution():
-    """A Sobolev run's OC phase hands over the gains of its solutions (ocp.solution_gains) and counts
-    the linearisation they take; warm-started from the solution itself the targets do not change."""
+def test_sobolev_gains_at_the_solution_do_not_depend_on_the_warm_start():
+    """sobolev_gains: solution: the OC phase hands over the gains of its solutions (ocp.solution_gains)
+    and counts the linearisation they take; warm-started from the solution itself they do not change,
+    the solver's K (the default) does."""
     from tocpl_ros.ocp import solution_gains
     from tocpl_ros.tasks import DynamicsCounter
 
@@ -369,6 +370,6 @@ def test_sobolev_runs_learn_from_the_gains_at_the_solution():
         np.testing.assert_allclose(c.K, solution_gains(shooting, c.xs, c.us), rtol=1e-9, atol=1e-12)
         np.testing.assert_allclose(w.K, c.K, rtol=1e-6, atol=1e-9)
     assert any(not np.allclose(ws.K.reshape(c.K.shape), c.K, rtol=1e-3, atol=1e-6) for c, ws in zip(cold, warm_solver_k))
-    assert TrainConfig(task="lqr", sobolev=True).sobolev_gains == "solution"
+    assert TrainConfig(task="lqr", sobolev=True).sobolev_gains == "solver"  # the paper's, and what results use
     with pytest.raises(Exception, match="sobolev_gains"):
         TrainConfig(task="lqr", sobolev_gains="exact")

@@ -29,11 +29,12 @@ class TrainConfig:
     sobolev_weight: float = 1e-3
     """Weight of the Sobolev term relative to the control regression. Small by default: the DDP gains
     near the end of the horizon are stiff (large terminal weights) and would swamp the regression."""
-    sobolev_gains: str = "solution"
-    """+S: where the gains come from. 'solution': a Riccati pass at the solved trajectory, controls clamped
-    by the box getting zero rows (ocp.solution_gains; one more linearisation, counted). 'solver':
-    SolverBoxFDDP's last K, as runs before this field had it; after a warm start it leaves the rows of
-    controls on the bound unprojected, which skews the other rows too (60-74 % on the pendulums, lqr)."""
+    sobolev_gains: str = "solver"
+    """+S: where the gains come from. 'solver': SolverBoxFDDP's last K, the paper's DDP gains; after a warm
+    start it leaves the rows of controls on the bound unprojected, which skews the other rows too (60-74 %
+    on the pendulums and the lqr). 'solution': a Riccati pass at the solved trajectory, controls clamped by
+    the box getting zero rows (ocp.solution_gains, the optimal control's derivative; one more linearisation,
+    counted). Measured: no better (lqr), mixed (double pendulum), worse (pendulum, PDDP+S): README."""
     multiple_shooting: bool = False
     """'+M' (plal only): the OC phase tracks fixed references instead of differentiating the policy."""
     policy_states: str = "oc"
