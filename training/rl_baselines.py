@@ -24,8 +24,9 @@ the deterministic policy on the trainer's held-out problems with the trainer's o
 (``iteration`` is the evaluation index) through the trainer's :class:`RunLog`.
 
 Every evaluation, and every ``checkpoint_every`` steps, writes ``rl_checkpoint.pt`` (the trainer's
-checkpoint format: plain tensors and data): the SB3 model with its optimisers and step count, the reward normaliser, SAC's replay
-buffer (its filled part), the dynamics counter and the metrics rows. ``train_rl(resume=True)``
+checkpoint format: plain tensors and data): the SB3 model with its optimisers and step count, the
+reward normaliser, SAC's replay buffer (its filled part), the dynamics counter and the metrics
+rows. ``train_rl(resume=True)``
 continues from it, so an interrupted run loses at most the steps since its last checkpoint. Unlike
 the trainer's resume it is not bit for bit the straight run: episodes in flight (and PPO's partial
 rollout) are dropped and the random streams restart from (seed, steps done).
@@ -41,6 +42,7 @@ from typing import Any, Callable
 
 import gymnasium as gym
 import numpy as np
+import yaml
 
 from tocpl_ros.config import ConfigError, FieldError, dump_yaml, load_dataclass, read_yaml, to_dict
 from tocpl_ros.resources import config_path
@@ -384,6 +386,7 @@ def train_rl(
     checkpoint = out_dir / RL_CHECKPOINT
     if resume:
         stored = read_yaml(out_dir / "config.yaml")
+        settings = yaml.safe_load(yaml.safe_dump(settings, sort_keys=False))  # as the file holds them
         if stored != settings:
             differing = sorted(k for k in settings if stored.get(k) != settings[k])
             raise ConfigError(str(out_dir / "config.yaml"), differing[0] if differing else "settings",
