@@ -18,6 +18,7 @@ from typing import Any
 
 import numpy as np
 import torch
+import yaml
 
 from tocpl_ros.tasks import Task, make_task
 from tocpl_ros.tasks.config import TaskConfig
@@ -114,6 +115,13 @@ def _fsync_dir(folder: Path) -> None:
         pass  # some file systems refuse fsync on a directory; the rename is still atomic
     finally:
         os.close(fd)
+
+
+def differing_settings(stored: dict[str, Any], expected: dict[str, Any]) -> list[str]:
+    """Top-level keys in which a run folder's config.yaml (``stored``) differs from ``expected``,
+    compared as the file holds them (a YAML round trip: lists, not tuples). Empty: a resumable match."""
+    expected = yaml.safe_load(yaml.safe_dump(expected, sort_keys=False))
+    return sorted(k for k in set(stored) | set(expected) if stored.get(k) != expected.get(k))
 
 
 def to_storable(obj: Any) -> Any:

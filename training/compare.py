@@ -153,7 +153,7 @@ def held_out_for(task: str, bench: BenchConfig, quick: bool):
 def interrupted_run(run_dir: Path, checkpoint: str, settings: dict[str, Any]) -> bool:
     """Whether ``run_dir`` holds an interrupted run (its checkpoint) of exactly these settings (its
     config.yaml): the benchmark continues such a run instead of starting it afresh."""
-    import yaml
+    from .checkpoint import differing_settings
 
     if not (run_dir / checkpoint).is_file():
         return False
@@ -161,11 +161,9 @@ def interrupted_run(run_dir: Path, checkpoint: str, settings: dict[str, Any]) ->
         stored = read_yaml(run_dir / "config.yaml")
     except ConfigError:
         return False
-    settings = yaml.safe_load(yaml.safe_dump(settings, sort_keys=False))  # as the file holds them: lists, not tuples
-    for side in (stored, settings):
-        if isinstance(side.get("train"), dict):
-            side["train"].pop("workers", None)  # a TO run's results do not depend on its worker count
-    differing = sorted(k for k in set(stored) | set(settings) if stored.get(k) != settings.get(k))
+    if isinstance(stored.get("train"), dict):  # a TO run's results do not depend on its worker count
+        stored["train"]["workers"] = settings["train"]["workers"]
+    differing = differing_settings(stored, settings)
     if differing:
         print(f"tocpl-bench: {run_dir} holds a run with other '{differing[0]}' settings: starting afresh", flush=True)
     return not differing
@@ -182,12 +180,11 @@ def run_to(task: str, name: str, seed: int, run_dir: Path, held_out, bench: Benc
 
     from .checkpoint import CheckpointError
     from .export import export_onnx
-    from .trainer import CHECKPOINT, Trainer
+    from .trainer import CHECKPOINT, Trainer, run_settings
 
     config = train_config_for(task, name, seed, bench, quick)
     trainer = None
-    settings = {"train": to_dict(config), "task_overrides": {}, "task": to_dict(load_task(config.task).config)}
-    if resume and interrupted_run(run_dir, CHECKPOINT, settings):
+    if resume and interrupted_run(run_dir, CHECKPOINT, run_settings(config, {}, load_task(config.task))):
         try:
             trainer = Trainer.resume(run_dir, workers=config.workers)
             print(f"tocpl-bench: resuming {run_dir} after iteration {trainer.algorithm.iteration}", flush=True)

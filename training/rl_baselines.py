@@ -42,7 +42,6 @@ from typing import Any, Callable
 
 import gymnasium as gym
 import numpy as np
-import yaml
 
 from tocpl_ros.config import ConfigError, FieldError, dump_yaml, load_dataclass, read_yaml, to_dict
 from tocpl_ros.resources import config_path
@@ -385,11 +384,11 @@ def train_rl(
     settings = rl_settings(config, task, seed, task_overrides or {})
     checkpoint = out_dir / RL_CHECKPOINT
     if resume:
-        stored = read_yaml(out_dir / "config.yaml")
-        settings = yaml.safe_load(yaml.safe_dump(settings, sort_keys=False))  # as the file holds them
-        if stored != settings:
-            differing = sorted(k for k in settings if stored.get(k) != settings[k])
-            raise ConfigError(str(out_dir / "config.yaml"), differing[0] if differing else "settings",
+        from .checkpoint import differing_settings
+
+        differing = differing_settings(read_yaml(out_dir / "config.yaml"), settings)
+        if differing:
+            raise ConfigError(str(out_dir / "config.yaml"), differing[0],
                               "the run to resume has other settings: resume it with its own, or start afresh")
     else:
         checkpoint.unlink(missing_ok=True)

@@ -138,6 +138,11 @@ def better(a: dict[str, float], b: dict[str, float] | None) -> bool:
     return b is None or key(a) > key(b)
 
 
+def run_settings(config: TrainConfig, task_overrides: dict[str, Any], task: Task) -> dict[str, Any]:
+    """What a run folder's config.yaml records, and what a resumed run must match."""
+    return {"train": to_dict(config), "task_overrides": task_overrides, "task": to_dict(task.config)}
+
+
 class Trainer:
     """Builds everything from a TrainConfig and runs the outer iterations."""
 
@@ -177,7 +182,7 @@ class Trainer:
                 self.out_dir.rmdir()
             raise
         remove_stale_temps(self.out_dir, [CHECKPOINT, METRICS, CURVE, POLICY, CONFIG])  # left by a killed run
-        resolved = {"train": to_dict(self.config), "task_overrides": self.task_overrides, "task": to_dict(self.task.config)}
+        resolved = run_settings(self.config, self.task_overrides, self.task)
         atomic_write_bytes(self.out_dir / CONFIG, yaml.safe_dump(resolved, sort_keys=False).encode())
 
     def _check_out_dir(self) -> None:
@@ -224,7 +229,7 @@ class Trainer:
         data = load_checkpoint(path)
         if not isinstance(data.get("train_config"), dict):
             raise CheckpointError(f"{path}: no training config (a policy-only checkpoint cannot be resumed)")
-        train = {"sobolev_gains": "solver", **data["train_config"], **changes}  # runs from before the field: solver
+        train = {**data["train_config"], **changes}
         config = load_dataclass(TrainConfig, train, source=str(path))
         trainer = cls(config, out_dir, data.get("task_overrides") or {})
         try:
