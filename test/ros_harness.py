@@ -137,6 +137,21 @@ def wait_for(predicate, timeout: float, what: str, proc: subprocess.Popen | None
     raise AssertionError(f"timed out ({timeout} s) waiting for {what}\n{detail}")
 
 
+def communicate(proc: subprocess.Popen, timeout: float, what: str) -> tuple[str, str]:
+    """``proc.communicate(timeout)``; a ``proc`` still running at the timeout gets SIGABRT, as in
+    ``wait_for``, and the AssertionError carries its stderr: the Python stacks of where it hangs
+    (a node refusing a bad policy hung silently once in a full test run)."""
+    try:
+        return proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.send_signal(signal.SIGABRT)
+        try:
+            _, err = proc.communicate(timeout=5)
+        except subprocess.TimeoutExpired:
+            err = ""
+        raise AssertionError(f"timed out ({timeout} s) waiting for {what}\n{(err or '')[-6000:]}") from None
+
+
 FASTDDS_SEGMENT = re.compile(r"fastdds_[0-9a-f]{16}")
 """Name of a Fast DDS participant's shared-memory segment in /dev/shm (one per participant)."""
 

@@ -28,7 +28,7 @@ from tocpl_ros.tasks import load_task
 from tocpl_training.export import export_onnx
 from tocpl_training.policy import make_policy
 
-from ros_harness import SpinningTestNode, stop_process, wait_for
+from ros_harness import SpinningTestNode, communicate, stop_process, wait_for
 
 ROOT = Path(__file__).resolve().parents[1]
 JOINTS = ["shoulder_pan_joint", "shoulder_lift_joint", "elbow_joint", "wrist_1_joint", "wrist_2_joint", "wrist_3_joint"]
@@ -215,7 +215,7 @@ def test_node_refuses_to_start_on_bad_policy(policies, ros_node_env, tmp_path):
                 node_command() + ["--ros-args", *args], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
             )
         for name, proc in procs.items():
-            out, err = proc.communicate(timeout=60)
+            out, err = communicate(proc, 60, f"the {name} node to refuse to start")
             assert proc.returncode not in (0, None), f"{name}: exit {proc.returncode}\n{out}\n{err}"
             assert "refusing to start" in err, f"{name}: {err}"
             for fragment in cases[name][1]:

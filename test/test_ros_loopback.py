@@ -265,3 +265,19 @@ def test_wait_for_timeout_reports_where_a_stuck_node_is(tmp_path):
     finally:
         proc.kill()
         proc.wait()
+
+
+def test_communicate_timeout_reports_where_a_stuck_node_is():
+    """The same for a node whose exit a test waits for (communicate): the stack is in the error."""
+    from ros_harness import communicate, node_env
+
+    script = "import time\ndef stuck_refusing():\n    time.sleep(60)\nstuck_refusing()\n"
+    proc = subprocess.Popen([sys.executable, "-c", script], env=node_env(1), stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        with pytest.raises(AssertionError, match="(?s)waiting for the refusal.*stuck_refusing"):
+            communicate(proc, 1.0, "the refusal")
+        assert proc.poll() is not None
+    finally:
+        proc.kill()
+        proc.wait()
