@@ -8,14 +8,17 @@ rclpy is imported inside the methods, so importing this module needs no ROS.
 
 from __future__ import annotations
 
+import math
 import os
 import re
 import signal
 import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from tocpl_ros.ros_env import DISCOVERY_RANGE_VAR, DOMAIN_ID_VAR, derive_domain_id, loopback_ros_env
@@ -82,6 +85,102 @@ class SpinningTestNode:
         self.executor.shutdown()
         self.node.destroy_node()
         self.rclpy.try_shutdown(context=self.context)
+
+
+UR5_JOINTS = ["shoulder_pan_joint", "shoulder_lift_joint", "elbow_joint", "wrist_1_joint", "wrist_2_joint", "wrist_3_joint"]
+UR5_Q0 = np.array([0.0, -1.2, 1.6, -0.4, 1.57, 0.0])
+"""The UR5 configuration the node tests hold the robot at."""
+
+
+class JointStateFeed(SpinningTestNode):
+    """Plays the robot for a node under test: publishes ``/joint_states`` of UR5_JOINTS at
+    ``rate`` while ``publishing`` is set (position ``q``, zero velocity, a new joint order every
+    message: the order on the wire is not guaranteed), and records the Float64MultiArray
+    commands on ``command_topic`` as (arrival time, values). Faults to inject:
+    ``bad_burst = n``: the next n messages carry a NaN/Inf/1e300 position; ``backwards``: stamps
+    go back 1 ms per message; ``wrong_length_every = n``: every n-th message has 5 positions.
+
+    A subclass adds its own subscriptions on ``self.node``, then calls ``start_spinning()``."""
+
+    def __init__(self, domain: int, name: str, command_topic: str, rate: float):
+        from geometry_msgs.msg import PointStamped
+        from rclpy.qos import QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
+        from sensor_msgs.msg import JointState
+        from std_msgs.msg import Float64MultiArray
+
+        super().__init__(domain, name)
+        self.JointState, self.PointStamped = JointState, PointStamped
+        self.commands: list[tuple[float, np.ndarray]] = []
+        self.js_sent: list[float] = []
+        self.publishing = threading.Event()
+        self.q = UR5_Q0.copy()
+        self.bad_burst = 0
+        self.backwards = False
+        self.wrong_length_every = 0
+        self._sent = 0
+        self._stamp_base = None
+        self.js_pub = self.node.create_publisher(JointState, "/joint_states", qos_profile_sensor_data)
+        self.target_pub = self.node.create_publisher(PointStamped, "/target", 10)
+        self.reliable = QoSProfile(depth=1000, reliability=ReliabilityPolicy.RELIABLE)
+        self.node.create_subscription(Float64MultiArray, command_topic, self._on_command, self.reliable)
+        self.node.create_timer(1.0 / rate, self._publish_joint_state)
+
+    def _on_command(self, msg):
+        with self.lock:
+            self.commands.append((time.monotonic(), np.array(msg.data)))
+
+    def _publish_joint_state(self):
+        if not self.publishing.is_set():
+            return
+        msg = self.JointState()
+        now = self.node.get_clock().now()
+        if self.backwards:
+            if self._stamp_base is None:
+                self._stamp_base = now.nanoseconds - 10**9
+            self._stamp_base -= 10**6
+            msg.header.stamp.sec, msg.header.stamp.nanosec = divmod(self._stamp_base, 10**9)
+        else:
+            self._stamp_base = None
+            msg.header.stamp = now.to_msg()
+        self._sent += 1
+        perm = np.random.permutation(6)
+        q = self.q.copy()
+        if self.bad_burst > 0:
+            self.bad_burst -= 1
+            q[self.bad_burst % 6] = [math.nan, math.inf, 1e300][self.bad_burst % 3]
+        msg.name = [UR5_JOINTS[i] for i in perm]
+        msg.position = [float(q[i]) for i in perm]
+        msg.velocity = [0.0] * 6
+        if self.wrong_length_every and self._sent % self.wrong_length_every == 0:
+            msg.position = msg.position[:5]
+        self.js_pub.publish(msg)
+        with self.lock:
+            self.js_sent.append(time.monotonic())
+
+    def send_target(self, xyz):
+        msg = self.PointStamped()
+        msg.header.frame_id = "base_link"
+        msg.point.x, msg.point.y, msg.point.z = (float(v) for v in xyz)
+        self.target_pub.publish(msg)
+
+    def commands_since(self, t: float) -> list[tuple[float, np.ndarray]]:
+        with self.lock:
+            return [(tc, v) for tc, v in self.commands if tc >= t]
+
+    def commands_between(self, t0: float, t1: float) -> list[np.ndarray]:
+        with self.lock:
+            return [v for tc, v in self.commands if t0 <= tc < t1]
+
+
+def assert_node_imports_none(node_module: str, forbidden: tuple[str, ...]) -> None:
+    """A fresh Python that imports ``tocpl_ros.nodes.<node_module>`` and builds its node class
+    has none of the ``forbidden`` packages loaded (a robot computer need not carry them)."""
+    code = (
+        f"import sys; from tocpl_ros.nodes import {node_module} as m; m._make_node_class(); "
+        f"bad = [k for k in sys.modules if k.split('.')[0] in {forbidden!r}]; print(bad); sys.exit(1 if bad else 0)"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stdout + result.stderr
 
 
 def quiet_harness(make, ros_loopback_env, offset: int, **kwargs):

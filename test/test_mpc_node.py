@@ -11,8 +11,6 @@ from __future__ import annotations
 import math
 import signal
 import subprocess
-import sys
-import threading
 import time
 from pathlib import Path
 
@@ -21,16 +19,16 @@ import pytest
 import yaml
 
 from tocpl_ros.policy_file import OnnxPolicy, read_onnx_metadata
+from tocpl_ros.resources import console_command
 from tocpl_ros.tasks import load_task
 
-from ros_harness import SpinningTestNode, stop_process, wait_for
+from ros_harness import UR5_JOINTS as JOINTS, UR5_Q0 as Q0, JointStateFeed, assert_node_imports_none, stop_process, wait_for
 
 ROOT = Path(__file__).resolve().parents[1]
-JOINTS = ["shoulder_pan_joint", "shoulder_lift_joint", "elbow_joint", "wrist_1_joint", "wrist_2_joint", "wrist_3_joint"]
-Q0 = np.array([0.0, -1.2, 1.6, -0.4, 1.57, 0.0])
 TARGET = [0.5, 0.1, 0.4]
 RATE = 100.0
 JS_RATE = 500.0
+NODE_COMMAND = console_command("mpc_node", "tocpl_ros.nodes.mpc_node")
 STALE_PERIODS = 5
 FEEDBACK_SIZE = 6 + 12 + 6 * 12
 
@@ -44,41 +42,19 @@ def policy_file(tmp_path_factory) -> Path:
     return export_onnx(make_policy(task, seed=11).eval(), task, tmp_path_factory.mktemp("mpc_node") / "policy.onnx")
 
 
-def node_command() -> list[str]:
-    script = Path(sys.executable).parent / "mpc_node"  # the console script
-    return [str(script)] if script.is_file() else [sys.executable, "-m", "tocpl_ros.nodes.mpc_node"]
-
-
-class Harness(SpinningTestNode):
-    """An rclpy test node (own context, given domain) spinning in a background thread."""
+class Harness(JointStateFeed):
+    """The robot for the MPC node (joint states at JS_RATE), recording /mpc/command, /mpc/feedback, /diagnostics."""
 
     def __init__(self, domain: int):
         from diagnostic_msgs.msg import DiagnosticArray
-        from geometry_msgs.msg import PointStamped
-        from rclpy.qos import QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
-        from sensor_msgs.msg import JointState
         from std_msgs.msg import Float64MultiArray
 
-        super().__init__(domain, "mpc_node_test_harness")
-        self.JointState, self.PointStamped = JointState, PointStamped
-        self.commands: list[tuple[float, np.ndarray]] = []
+        super().__init__(domain, "mpc_node_test_harness", "/mpc/command", JS_RATE)
         self.feedback: list[tuple[float, np.ndarray]] = []
         self.diagnostics: list[tuple[float, dict[str, str], int]] = []
-        self.js_sent: list[float] = []
-        self.publishing = threading.Event()
-        self.bad_burst = 0
-        self.js_pub = self.node.create_publisher(JointState, "/joint_states", qos_profile_sensor_data)
-        self.target_pub = self.node.create_publisher(PointStamped, "/target", 10)
-        reliable = QoSProfile(depth=1000, reliability=ReliabilityPolicy.RELIABLE)
-        self.node.create_subscription(Float64MultiArray, "/mpc/command", self._on_command, reliable)
-        self.node.create_subscription(Float64MultiArray, "/mpc/feedback", self._on_feedback, reliable)
+        self.node.create_subscription(Float64MultiArray, "/mpc/feedback", self._on_feedback, self.reliable)
         self.node.create_subscription(DiagnosticArray, "/diagnostics", self._on_diag, 10)
-        self.node.create_timer(1.0 / JS_RATE, self._publish_joint_state)
         self.start_spinning()
-
-    def _on_command(self, msg):
-        with self.lock:
-            self.commands.append((time.monotonic(), np.array(msg.data)))
 
     def _on_feedback(self, msg):
         with self.lock:
@@ -89,33 +65,6 @@ class Harness(SpinningTestNode):
             for s in msg.status:
                 if s.name.startswith("mpc_node"):
                     self.diagnostics.append((time.monotonic(), {kv.key: kv.value for kv in s.values}, s.level))
-
-    def _publish_joint_state(self):
-        if not self.publishing.is_set():
-            return
-        msg = self.JointState()
-        msg.header.stamp = self.node.get_clock().now().to_msg()
-        perm = np.random.permutation(6)  # the order on the wire is not guaranteed
-        q = Q0.copy()
-        if self.bad_burst > 0:
-            self.bad_burst -= 1
-            q[self.bad_burst % 6] = [math.nan, math.inf, 1e300][self.bad_burst % 3]
-        msg.name = [JOINTS[i] for i in perm]
-        msg.position = [float(q[i]) for i in perm]
-        msg.velocity = [0.0] * 6
-        self.js_pub.publish(msg)
-        with self.lock:
-            self.js_sent.append(time.monotonic())
-
-    def send_target(self, xyz):
-        msg = self.PointStamped()
-        msg.header.frame_id = "base_link"
-        msg.point.x, msg.point.y, msg.point.z = (float(v) for v in xyz)
-        self.target_pub.publish(msg)
-
-    def commands_between(self, t0: float, t1: float) -> list[np.ndarray]:
-        with self.lock:
-            return [v for tc, v in self.commands if t0 <= tc < t1]
 
     def diag_after(self, t: float) -> list[dict[str, str]]:
         with self.lock:
@@ -131,7 +80,7 @@ def start_node(policy_file: Path, env: dict[str, str], log: Path, *extra: str) -
         *extra,
     ]
     with open(log, "w") as out:
-        return subprocess.Popen(node_command() + args, env=env, stdout=out, stderr=subprocess.STDOUT)
+        return subprocess.Popen(NODE_COMMAND + args, env=env, stdout=out, stderr=subprocess.STDOUT)
 
 
 def commands_at_rate(harness: Harness, proc: subprocess.Popen, log: Path, label: str = "", seconds: float = 2.0) -> np.ndarray:
@@ -284,12 +233,7 @@ def test_mpc_loop_follows_a_fresh_plan_and_drops_it_after_a_failure(policy_file)
 
 
 def test_node_process_does_not_import_torch():
-    code = (
-        "import sys; from tocpl_ros.nodes import mpc_node as m; m._make_node_class(); "
-        "bad = [k for k in sys.modules if k.split('.')[0] == 'torch']; print(bad); sys.exit(1 if bad else 0)"
-    )
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
-    assert result.returncode == 0, result.stdout + result.stderr
+    assert_node_imports_none("mpc_node", ("torch",))
 
 
 @pytest.mark.ros

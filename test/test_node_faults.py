@@ -40,11 +40,9 @@ import pytest
 from tocpl_ros.resources import console_command
 from tocpl_ros.ros_env import DOMAIN_ID_VAR, derive_domain_id
 
-from ros_harness import SpinningTestNode, node_env, quiet_harness, stop_process
+from ros_harness import UR5_JOINTS as JOINTS, UR5_Q0 as Q0, SpinningTestNode, node_env, quiet_harness, stop_process
 
 ROOT = Path(__file__).resolve().parents[1]
-JOINTS = ["shoulder_pan_joint", "shoulder_lift_joint", "elbow_joint", "wrist_1_joint", "wrist_2_joint", "wrist_3_joint"]
-Q0 = np.array([0.0, -1.2, 1.6, -0.4, 1.57, 0.0])
 TARGET = [0.5, 0.1, 0.4]
 RATE = 500.0
 STALE_PERIODS = 5  # config/policy_node.yaml

@@ -33,11 +33,9 @@ import pytest
 
 from tocpl_ros.resources import console_command
 
-from ros_harness import SpinningTestNode, node_env, quiet_harness, stop_process
+from ros_harness import UR5_JOINTS as JOINTS, UR5_Q0 as Q0, SpinningTestNode, node_env, quiet_harness, stop_process
 
 ROOT = Path(__file__).resolve().parents[1]
-JOINTS = ["shoulder_pan_joint", "shoulder_lift_joint", "elbow_joint", "wrist_1_joint", "wrist_2_joint", "wrist_3_joint"]
-Q0 = np.array([0.0, -1.2, 1.6, -0.4, 1.57, 0.0])
 TARGET = [0.5, 0.1, 0.4]
 SEED = 20240611
 N_JOINT_STATES = 3000

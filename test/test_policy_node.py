@@ -11,8 +11,6 @@ import dataclasses
 import math
 import signal
 import subprocess
-import sys
-import threading
 import time
 from pathlib import Path
 
@@ -24,20 +22,20 @@ import torch
 import yaml
 
 from tocpl_ros.policy_file import OnnxPolicy, read_onnx_metadata
+from tocpl_ros.resources import console_command
 from tocpl_ros.tasks import load_task
 from tocpl_training.export import export_onnx
 from tocpl_training.policy import make_policy
 
-from ros_harness import SpinningTestNode, communicate, stop_process, wait_for
+from ros_harness import UR5_Q0 as Q0, JointStateFeed, assert_node_imports_none, communicate, stop_process, wait_for
 
 ROOT = Path(__file__).resolve().parents[1]
-JOINTS = ["shoulder_pan_joint", "shoulder_lift_joint", "elbow_joint", "wrist_1_joint", "wrist_2_joint", "wrist_3_joint"]
-Q0 = np.array([0.0, -1.2, 1.6, -0.4, 1.57, 0.0])
 TARGET = [0.5, 0.1, 0.4]
 RATE = 500.0
 STALE_PERIODS = 5
 FADE_IN = 0.2
 EFFORT_TOPIC = "/forward_effort_controller/commands"
+NODE_COMMAND = console_command("policy_node", "tocpl_ros.nodes.policy_node")
 
 
 # ------------------------------------------------------------------------ helpers
@@ -60,90 +58,29 @@ def policies(tmp_path_factory):
     return {"good": good, "renamed": folder / "renamed.onnx", "missing": folder / "does_not_exist.onnx"}
 
 
-def node_command() -> list[str]:
-    script = Path(sys.executable).parent / "policy_node"  # the console script
-    return [str(script)] if script.is_file() else [sys.executable, "-m", "tocpl_ros.nodes.policy_node"]
-
-
 def gravity(q) -> np.ndarray:
     model = pin.buildModelFromUrdf(str(ROOT / "urdf" / "ur5.urdf"))
     return pin.computeGeneralizedGravity(model, model.createData(), np.asarray(q, dtype=float)).copy()
 
 
-class Harness(SpinningTestNode):
-    """An rclpy test node (own context, given domain) spinning in a background thread."""
+class Harness(JointStateFeed):
+    """The robot for the policy node (joint states at RATE), recording its effort commands and
+    /diagnostics, with clients of its ~/start and ~/stop services."""
 
     def __init__(self, domain: int):
         from diagnostic_msgs.msg import DiagnosticArray
-        from geometry_msgs.msg import PointStamped
-        from rclpy.qos import QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
-        from sensor_msgs.msg import JointState
-        from std_msgs.msg import Float64MultiArray
         from std_srvs.srv import Trigger
 
-        super().__init__(domain, "policy_node_test_harness")
-        self.JointState, self.PointStamped, self.Trigger = JointState, PointStamped, Trigger
-        self.commands: list[tuple[float, np.ndarray]] = []
+        super().__init__(domain, "policy_node_test_harness", EFFORT_TOPIC, RATE)
+        self.Trigger = Trigger
         self.diagnostics: list = []
-        self.js_sent: list[float] = []
-        self.publishing = threading.Event()
-        self.q = Q0.copy()
-        self.bad_burst = 0
-        self.backwards = False  # stamps going back 1 ms per message
-        self.wrong_length_every = 0  # every n-th message has 5 positions
-        self._sent = 0
-        self._stamp_base = None
-        self.js_pub = self.node.create_publisher(JointState, "/joint_states", qos_profile_sensor_data)
-        self.target_pub = self.node.create_publisher(PointStamped, "/target", 10)
-        self.node.create_subscription(
-            Float64MultiArray, EFFORT_TOPIC, self._on_command, QoSProfile(depth=1000, reliability=ReliabilityPolicy.RELIABLE)
-        )
         self.node.create_subscription(DiagnosticArray, "/diagnostics", self._on_diag, 10)
         self.clients = {name: self.node.create_client(Trigger, f"/policy_node/{name}") for name in ("start", "stop")}
-        self.node.create_timer(1.0 / RATE, self._publish_joint_state)
         self.start_spinning()
-
-    def _on_command(self, msg):
-        with self.lock:
-            self.commands.append((time.monotonic(), np.array(msg.data)))
 
     def _on_diag(self, msg):
         with self.lock:
             self.diagnostics.extend(s for s in msg.status if s.name.startswith("policy_node"))
-
-    def _publish_joint_state(self):
-        if not self.publishing.is_set():
-            return
-        msg = self.JointState()
-        now = self.node.get_clock().now()
-        if self.backwards:
-            if self._stamp_base is None:
-                self._stamp_base = now.nanoseconds - 10**9
-            self._stamp_base -= 10**6
-            msg.header.stamp.sec, msg.header.stamp.nanosec = divmod(self._stamp_base, 10**9)
-        else:
-            self._stamp_base = None
-            msg.header.stamp = now.to_msg()
-        self._sent += 1
-        perm = np.random.permutation(6)  # the order on the wire is not guaranteed
-        q = self.q.copy()
-        if self.bad_burst > 0:
-            self.bad_burst -= 1
-            q[self.bad_burst % 6] = [math.nan, math.inf, 1e300][self.bad_burst % 3]
-        msg.name = [JOINTS[i] for i in perm]
-        msg.position = [float(q[i]) for i in perm]
-        msg.velocity = [0.0] * 6
-        if self.wrong_length_every and self._sent % self.wrong_length_every == 0:
-            msg.position = msg.position[:5]
-        self.js_pub.publish(msg)
-        with self.lock:
-            self.js_sent.append(time.monotonic())
-
-    def send_target(self, xyz):
-        msg = self.PointStamped()
-        msg.header.frame_id = "base_link"
-        msg.point.x, msg.point.y, msg.point.z = (float(v) for v in xyz)
-        self.target_pub.publish(msg)
 
     def call(self, name: str, timeout: float = 10.0):
         client = self.clients[name]
@@ -154,10 +91,6 @@ class Harness(SpinningTestNode):
             time.sleep(0.005)
         assert future.done(), f"/policy_node/{name} did not answer within {timeout} s"
         return future.result()
-
-    def commands_since(self, t: float) -> list[tuple[float, np.ndarray]]:
-        with self.lock:
-            return [(tc, v) for tc, v in self.commands if tc >= t]
 
     def last_diagnostics(self) -> dict[str, str]:
         with self.lock:
@@ -189,12 +122,7 @@ def test_params_file_matches_node_parameters():
 
 
 def test_node_process_does_not_import_torch():
-    code = (
-        "import sys; from tocpl_ros.nodes import policy_node as m; m._make_node_class(); "
-        "bad = [k for k in sys.modules if k.split('.')[0] in ('torch', 'crocoddyl')]; print(bad); sys.exit(1 if bad else 0)"
-    )
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
-    assert result.returncode == 0, result.stdout + result.stderr
+    assert_node_imports_none("policy_node", ("torch", "crocoddyl"))
 
 
 @pytest.mark.ros
@@ -212,7 +140,7 @@ def test_node_refuses_to_start_on_bad_policy(policies, ros_node_env, tmp_path):
     try:
         for name, (args, _) in cases.items():
             procs[name] = subprocess.Popen(
-                node_command() + ["--ros-args", *args], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+                NODE_COMMAND + ["--ros-args", *args], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
             )
         for name, proc in procs.items():
             out, err = communicate(proc, 60, f"the {name} node to refuse to start")
@@ -251,7 +179,7 @@ def test_node_runs_policy_safely(policies, ros_node_env, tmp_path):
         "-p", f"initial_target:=[{', '.join(map(str, TARGET))}]",
     ]
     with open(log, "w") as out:
-        proc = subprocess.Popen(node_command() + args, env=env, stdout=out, stderr=subprocess.STDOUT)
+        proc = subprocess.Popen(NODE_COMMAND + args, env=env, stdout=out, stderr=subprocess.STDOUT)
     harness = None
     try:
         harness = Harness(domain)
@@ -364,7 +292,7 @@ def test_node_input_edge_cases_logged_per_reason_and_sigterm(policies, ros_node_
         "-p", "target_out_of_limits:=reject", "-p", f"initial_target:=[{', '.join(map(str, TARGET))}]",
     ]
     with open(log, "w") as out:
-        proc = subprocess.Popen(node_command() + args, env=env, stdout=out, stderr=subprocess.STDOUT)
+        proc = subprocess.Popen(NODE_COMMAND + args, env=env, stdout=out, stderr=subprocess.STDOUT)
     harness = None
     try:
         harness = Harness(domain)
