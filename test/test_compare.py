@@ -466,3 +466,51 @@ def test_long_rl_runs_checkpoint_between_their_evaluations(tmp_path, monkeypatch
 
     saved = load_checkpoint(tmp_path / rl_baselines.RL_CHECKPOINT)
     assert int(saved["counter"]["steps"]) == steps_at_checkpoints[-1] == 2048
+
+
+def _synthetic_results(out, runs, quick=False, scale=1.0):
+    """A results folder with runs.json and metrics of (task, configuration, seed) runs: 3 evaluations each."""
+    columns = ["iteration", "cost_gap_median", "final_error_mean", "final_error_p95", "within_tolerance", "diverged",
+               "dynamics_evaluations", "wall_time"]
+    manifest = {}
+    for task, name, seed in runs:
+        path = out / "metrics" / task / name / f"seed{seed}.csv"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        rows = [[i, scale * 0.1 / i, scale * 0.05 / i, scale * 0.1 / i, 0.3 * i, 0, 1000 * i, 2.0 * i] for i in (1, 2, 3)]
+        path.write_text("\n".join(",".join(map(str, r)) for r in [columns, *rows]) + "\n")
+        manifest[f"{task}/{name}/seed{seed}"] = {"task": task, "configuration": name, "seed": seed, "status": "ok",
+                                                 "quick": quick, "metrics": str(path.relative_to(out))}
+    (out / "runs.json").write_text(json.dumps(manifest))
+
+
+def test_merge_and_drop_runs_between_results_folders(tmp_path, capsys):
+    """Seeds run into another --out (another machine, a side experiment) join the tables with
+    --merge, filtered by --tasks/--configs/--seeds, replacing what they supersede; --drop takes
+    runs out of a folder (after they were merged elsewhere)."""
+    main_out, side = tmp_path / "results", tmp_path / "side"
+    _synthetic_results(main_out, [("lqr", "pddp", 0), ("lqr", "plal+S", 0)])
+    _synthetic_results(side, [("lqr", "plal+S", 0), ("lqr", "plal+S", 1), ("lqr", "pddp", 1)], scale=0.5)
+
+    assert main(["--merge", str(side), "--configs", "plal+S", "--out", str(main_out)]) == 0
+    manifest = json.loads((main_out / "runs.json").read_text())
+    assert sorted(manifest) == ["lqr/pddp/seed0", "lqr/plal+S/seed0", "lqr/plal+S/seed1"]  # pddp seed 1 not selected
+    for key in ("lqr/plal+S/seed0", "lqr/plal+S/seed1"):  # seed 0 replaced by the side folder's run
+        assert (main_out / manifest[key]["metrics"]).read_text() == (side / f"metrics/{key}.csv").read_text()
+    summary = {r["configuration"]: r for r in csv.DictReader(open(main_out / "summary.csv", newline=""))}
+    assert summary["plal+S"]["seeds"] == "2" and summary["pddp"]["seeds"] == "1"
+    assert "2 runs from" in capsys.readouterr().out
+
+    # move the side experiment's runs out again: drop by configuration and seed
+    assert main(["--drop", "--configs", "plal+S", "--seeds", "1", "--out", str(main_out)]) == 0
+    manifest = json.loads((main_out / "runs.json").read_text())
+    assert sorted(manifest) == ["lqr/pddp/seed0", "lqr/plal+S/seed0"]
+    assert not (main_out / "metrics/lqr/plal+S/seed1.csv").exists()
+    assert main(["--drop", "--out", str(main_out)]) == 2  # dropping everything needs naming it
+    assert "name the runs to drop" in capsys.readouterr().err
+
+    quick = tmp_path / "quick"
+    _synthetic_results(quick, [("lqr", "ppo", 0)], quick=True)
+    assert main(["--merge", str(quick), "--out", str(main_out)]) == 2
+    assert "--quick runs do not go into one --out" in capsys.readouterr().err
+    assert main(["--merge", str(tmp_path / "nothing"), "--out", str(main_out)]) == 2
+    assert "not a tocpl-bench results folder" in capsys.readouterr().err

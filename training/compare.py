@@ -3,6 +3,7 @@
     tocpl-bench --quick --tasks lqr --configs pddp+S ppo --seeds 0        # smoke run (seconds)
     tocpl-bench --tasks lqr --configs pddp+S plal+M+S ppo sac --seeds 0 1 2 --out docs/results
     tocpl-bench --plot-only --out docs/results                             # re-aggregate existing runs
+    tocpl-bench --merge runs/other/results --configs plal+S --out docs/results   # join runs made elsewhere
     tocpl-bench --warm-start-study runs/ur5/policy.onnx --task ur5_reach --out docs/results
 
 Configurations are named like the paper: ``pddp``, ``plal`` with ``+M`` (multiple shooting),
@@ -256,6 +257,52 @@ def record_run(out: Path, key: str, entry: dict) -> None:
         tmp = out / f"{RUNS_MANIFEST}.{os.getpid()}.tmp"
         tmp.write_text(json.dumps(dict(sorted(manifest.items())), indent=1) + "\n")
         os.replace(tmp, out / RUNS_MANIFEST)
+
+
+def _selected(entry: dict, tasks, names, seeds) -> bool:
+    return ((not tasks or entry["task"] in tasks) and (not names or entry["configuration"] in names)
+            and (not seeds or entry["seed"] in seeds))
+
+
+def merge_runs(source: Path, out: Path, tasks=None, names=None, seeds=None) -> list[str]:
+    """Copy the ok runs of another results folder (``<source>/runs.json`` and their metrics) into
+    ``out``, those of ``tasks`` / ``names`` / ``seeds`` if given: seeds run on another machine or
+    into another ``--out`` join the tables. A run already listed in ``out`` is replaced. Returns
+    the keys merged."""
+    manifest = load_manifest(source)
+    if not manifest:
+        raise ConfigError(str(source / RUNS_MANIFEST), "", "no runs listed here: not a tocpl-bench results folder")
+    if len({bool(e.get("quick")) for e in [*manifest.values(), *load_manifest(out).values()]}) > 1:
+        raise ConfigError(str(source / RUNS_MANIFEST), "quick", "full and --quick runs do not go into one --out")
+    merged = []
+    out.mkdir(parents=True, exist_ok=True)
+    for key, entry in sorted(manifest.items()):
+        if entry.get("status") != "ok" or not _selected(entry, tasks, names, seeds):
+            continue
+        csv_path = metrics_file(out, entry["task"], entry["configuration"], entry["seed"])
+        csv_path.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(source / entry["metrics"], csv_path)
+        record_run(out, key, {**entry, "metrics": str(csv_path.relative_to(out))})
+        merged.append(key)
+    return merged
+
+
+def drop_runs(out: Path, tasks=None, names=None, seeds=None) -> list[str]:
+    """Remove the runs of ``tasks`` / ``names`` / ``seeds`` (at least one given) from ``out``:
+    their runs.json entries and metrics files (after ``--merge`` has copied them elsewhere, say).
+    Returns the keys dropped."""
+    if not (tasks or names or seeds):
+        raise ConfigError("--drop", "", "name the runs to drop with --tasks, --configs and/or --seeds")
+    with open(out / (RUNS_MANIFEST + ".lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        manifest = load_manifest(out)
+        dropped = [k for k, e in manifest.items() if _selected(e, tasks, names, seeds)]
+        for key in dropped:
+            (out / manifest.pop(key)["metrics"]).unlink(missing_ok=True)
+        tmp = out / f"{RUNS_MANIFEST}.{os.getpid()}.tmp"
+        tmp.write_text(json.dumps(dict(sorted(manifest.items())), indent=1) + "\n")
+        os.replace(tmp, out / RUNS_MANIFEST)
+    return dropped
 
 
 def run_all(tasks, names, seeds, out: Path, runs_dir: Path, bench: BenchConfig, quick: bool, force: bool) -> int:
@@ -621,6 +668,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quick", action="store_true", help="tiny budgets (quick_to / quick_rl of the config): a smoke run")
     p.add_argument("--force", action="store_true", help="start every run afresh: re-run runs already done in --out, do not continue interrupted ones")
     p.add_argument("--plot-only", action="store_true", help="only re-aggregate the runs listed in <out>/runs.json")
+    p.add_argument("--merge", type=Path, nargs="+", metavar="RESULTS",
+                   help="copy the runs of these results folders (of --tasks/--configs/--seeds if given) into --out, "
+                        "replacing runs listed there, then re-aggregate")
+    p.add_argument("--drop", action="store_true",
+                   help="remove the runs of --tasks/--configs/--seeds from --out (runs.json and metrics), then re-aggregate")
     p.add_argument("--warm-start-study", type=Path, metavar="POLICY.onnx",
                    help="only the TO warm-start study (Fig. 7) of this policy on --task")
     p.add_argument("--task", default="ur5_reach", help="task of --warm-start-study (default: ur5_reach)")
@@ -647,6 +699,16 @@ def main(argv: list[str] | None = None) -> int:
                   f"vs cold {r['cold']['iterations_median']:g}, over {r['long_tail']}: {r['policy']['over_100']} vs "
                   f"{r['cold']['over_100']} -> {out}/warm_start_{r['task']}.md")
             return 0
+        for name in args.configs or []:
+            configuration(name)
+        if args.merge or args.drop:
+            for source in args.merge or []:
+                merged = merge_runs(source, out, args.tasks, args.configs, args.seeds)
+                print(f"tocpl-bench: {len(merged)} runs from {source} -> {out}: {', '.join(merged)}")
+            if args.drop:
+                dropped = drop_runs(out, args.tasks, args.configs, args.seeds)
+                print(f"tocpl-bench: {len(dropped)} runs dropped from {out}: {', '.join(dropped)}")
+            args.plot_only = True
         tasks = args.tasks or bench.tasks
         names = args.configs or bench.configurations
         for name in names:
