@@ -295,6 +295,7 @@ def test_budget_column_names_the_consensus_penalty(tmp_path):
     # +S: which gains the Sobolev targets were (runs from before sobolev_gains: the solver's K, no mark)
     assert text(algo="pddp", sobolev=True, sobolev_gains="solution") == "15 it x 256 OCPs, K at solution"
     assert text(algo="pddp", sobolev=True) == "15 it x 256 OCPs"
+    assert text(algo="plal", mu=1e-5, sobolev=True, sobolev_gains="task") == "15 it x 256 OCPs, μ 1e-05, K of the task's OCP"
 
 
 def test_warm_start_study_problems_are_neither_held_out_nor_validation_problems():

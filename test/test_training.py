@@ -373,3 +373,34 @@ def test_sobolev_gains_at_the_solution_do_not_depend_on_the_warm_start():
     assert TrainConfig(task="lqr", sobolev=True).sobolev_gains == "solver"  # the paper's, and what results use
     with pytest.raises(Exception, match="sobolev_gains"):
         TrainConfig(task="lqr", sobolev_gains="exact")
+
+
+def test_sobolev_gains_of_the_task_ocp_leave_out_the_tracking_terms():
+    """sobolev_gains: task: PLAL+M's tracking terms μ/2‖u − u_ref‖² + μ/2‖x − x_ref‖² hold their
+    references fixed, which shrinks the gains of the OCP that has them (22 % on the lqr at its
+    μ 0.01); 'task' takes the gains of the task's own OCP at the same solution (counted alike)."""
+    from tocpl_ros.ocp import solution_gains
+    from tocpl_ros.tasks import DynamicsCounter
+
+    task = load_task("lqr")
+    problems = task.sample(3, seed=6)
+    solver = task.config.solver
+    with OCPhaseRunner(task, constrained=True, workers=1) as runner:
+        plain = runner.solve(OCRequest([OCJob(problems.x0[i], problems.target[i]) for i in range(3)], solver))
+        # references at the plain solutions: the tracking OCP is solved there too
+        jobs = [OCJob(problems.x0[i], problems.target[i], s.xs, s.us, terms={"u_ref": s.us, "x_ref": s.xs[:-1]})
+                for i, s in enumerate(plain)]
+        counts = {g: DynamicsCounter() for g in ("solution", "task")}
+        tracked = {g: runner.solve(OCRequest(jobs, solver, mode="tracking", shared={"mu": 0.01}, gains=g), counts[g])
+                   for g in ("solution", "task")}
+    assert counts["task"].steps == counts["solution"].steps
+    shooting = task.build_problem(problems[0])
+    for i, (p, s, t) in enumerate(zip(plain, tracked["solution"], tracked["task"])):
+        np.testing.assert_allclose(t.xs, s.xs, atol=1e-9)
+        np.testing.assert_allclose(t.xs, p.xs, atol=1e-6)
+        task.set_problem(shooting, problems[i])
+        np.testing.assert_allclose(t.K, solution_gains(shooting, t.xs, t.us), rtol=1e-9, atol=1e-12)
+        shrink = 1 - np.linalg.norm(s.K) / np.linalg.norm(t.K)
+        assert 0.1 < shrink < 0.4, shrink
+    with pytest.raises(Exception, match="'solver', 'solution' or 'task'"):
+        TrainConfig(task="lqr", sobolev_gains="exact")

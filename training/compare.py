@@ -225,8 +225,8 @@ def budget_of(run_dir: Path) -> dict[str, Any]:
         return {k: data["rl"][k] for k in ("total_steps", "n_envs", "evaluations")}
     train = data["train"]
     budget = {k: train[k] for k in ("iterations", "problems", "oc_max_iter", "epochs", "workers")}
-    if train.get("sobolev") and train.get("sobolev_gains", "solver") == "solution":
-        budget["sobolev_gains"] = "solution"  # runs from before the field: the solver's K
+    if train.get("sobolev") and train.get("sobolev_gains", "solver") != "solver":
+        budget["sobolev_gains"] = train["sobolev_gains"]  # runs from before the field: the solver's K
     if train["algo"] in ("plal", "dpl"):  # their results hinge on the penalty and, for +M, on ²x's source
         budget["mu"] = train["mu"]
         if train["multiple_shooting"]:
@@ -406,7 +406,7 @@ def _budget_text(budget: dict | None) -> str:
     if "problem_refresh" in budget:
         text += f", refresh {100 * budget['problem_refresh']:g} %"
     if "sobolev_gains" in budget:
-        text += ", K at solution"
+        text += {"solution": ", K at solution", "task": ", K of the task's OCP"}[budget["sobolev_gains"]]
     return text
 
 

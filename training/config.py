@@ -34,7 +34,10 @@ class TrainConfig:
     start it leaves the rows of controls on the bound unprojected, which skews the other rows too (60-74 %
     on the pendulums and the lqr). 'solution': a Riccati pass at the solved trajectory, controls clamped by
     the box getting zero rows (ocp.solution_gains, the optimal control's derivative; one more linearisation,
-    counted). Measured: no better (lqr), mixed (double pendulum), worse (pendulum, PDDP+S): README."""
+    counted). Measured: no better (lqr), mixed (double pendulum), worse (pendulum, PDDP+S): README.
+    'task': the same pass on the task's own OCP, without the consensus (plal) or tracking (+M) terms:
+    +M's tracking terms hold the references fixed, so its OCP's gains shrink towards zero (22 % on the
+    lqr at μ 0.01, 5-7 % UR5, 1 % pendulum), while at consensus the policy's Jacobian is the task's."""
     multiple_shooting: bool = False
     """'+M' (plal only): the OC phase tracks fixed references instead of differentiating the policy."""
     policy_states: str = "oc"
@@ -155,8 +158,8 @@ class TrainConfig:
             raise FieldError("learning_rate_final", f"must be > 0, got {self.learning_rate_final}")
         if self.sobolev_weight < 0:
             raise FieldError("sobolev_weight", f"must be >= 0, got {self.sobolev_weight}")
-        if self.sobolev_gains not in ("solution", "solver"):
-            raise FieldError("sobolev_gains", f"'solution' or 'solver', got '{self.sobolev_gains}'")
+        if self.sobolev_gains not in ("solver", "solution", "task"):
+            raise FieldError("sobolev_gains", f"'solver', 'solution' or 'task', got '{self.sobolev_gains}'")
         for name in ("seed", "eval_seed", "validation_seed"):
             if getattr(self, name) < 0:  # numpy's generators take non-negative seeds only
                 raise FieldError(name, f"must be >= 0, got {getattr(self, name)}")

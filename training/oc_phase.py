@@ -71,7 +71,9 @@ class OCRequest:
     warm_start_probe: int = 0
     """Iterations a warm start gets to show progress (TrainConfig.oc_warm_start_probe); 0: no probe."""
     gains: str = "solver"
-    """The solutions' K: 'solver' (SolverBoxFDDP's last) or 'solution' (ocp.solution_gains, for Sobolev targets)."""
+    """The solutions' K: 'solver' (SolverBoxFDDP's last), 'solution' (ocp.solution_gains of the
+    solved OCP) or 'task' (ocp.solution_gains of the task's own OCP at the solution, without the
+    consensus/tracking terms of the mode): Sobolev targets."""
 
 
 class _Worker:
@@ -104,16 +106,22 @@ class _Worker:
         results = []
         for job in request.jobs:
             counter = DynamicsCounter()
-            sol = self.solve_job(self.problem_for(request, job), request, job, counter)
+            shooting = self.problem_for(request, job)
+            gains_problem = shooting
+            if request.gains == "task" and request.mode != "plain":
+                gains_problem = self.problem_for(dataclasses.replace(request, mode="plain"), job)
+            sol = self.solve_job(shooting, request, job, counter, gains_problem)
             results.append((sol, counter.steps))
         return results
 
     @staticmethod
-    def solve_job(shooting, request: OCRequest, job: OCJob, counter: DynamicsCounter) -> OCSolution:
+    def solve_job(shooting, request: OCRequest, job: OCJob, counter: DynamicsCounter, gains_problem=None) -> OCSolution:
+        """Solve ``shooting``; with gains 'solution'/'task', K from a Riccati pass on ``gains_problem``
+        (the task's own OCP for 'task'; default: ``shooting``) at the solution."""
         sol = _Worker.solve_trajectory(shooting, request, job, counter)
-        if request.gains == "solution":
+        if request.gains in ("solution", "task"):
             counter.add(shooting.T, "oc_solver")  # the linearisation at the solution
-            sol = dataclasses.replace(sol, K=solution_gains(shooting, sol.xs, sol.us))
+            sol = dataclasses.replace(sol, K=solution_gains(gains_problem or shooting, sol.xs, sol.us))
         return sol
 
     @staticmethod
