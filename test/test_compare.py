@@ -288,6 +288,7 @@ def test_budget_column_names_the_consensus_penalty(tmp_path):
     assert text(algo="plal", mu=1e-4, multiple_shooting=True, policy_states="rollout") == \
         "15 it x 256 OCPs, μ 0.0001, ²x rollout"
     assert text(algo="dpl", mu=2e-5) == "15 it x 256 OCPs, μ 2e-05"
+    assert text(algo="dpl", mu=2e-5, dual_decay=0.5) == "15 it x 256 OCPs, μ 2e-05"  # no multipliers to decay
     assert text(algo="plal", mu=1e-5, multiple_shooting=True, dual_decay=0.5) == \
         "15 it x 256 OCPs, μ 1e-05, ²x oc, λ decay 0.5"
     assert text(algo="plal", mu=1e-5, multiple_shooting=True, dual_decay=0.5, problem_refresh=0.25) == \

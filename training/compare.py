@@ -231,7 +231,7 @@ def budget_of(run_dir: Path) -> dict[str, Any]:
         budget["mu"] = train["mu"]
         if train["multiple_shooting"]:
             budget["policy_states"] = train.get("policy_states", "rollout")  # runs from before the field: rollout
-        if train.get("dual_decay", 1.0) != 1.0:
+        if train["algo"] == "plal" and train.get("dual_decay", 1.0) != 1.0:  # dpl has no multipliers
             budget["dual_decay"] = train["dual_decay"]
         if train.get("problem_refresh", 0.0):
             budget["problem_refresh"] = train["problem_refresh"]
