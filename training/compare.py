@@ -247,6 +247,12 @@ def load_manifest(out: Path) -> dict[str, dict]:
     return json.loads(path.read_text()) if path.is_file() else {}
 
 
+def _write_manifest(out: Path, manifest: dict[str, dict]) -> None:
+    tmp = out / f"{RUNS_MANIFEST}.{os.getpid()}.tmp"  # a reader never sees half a file
+    tmp.write_text(json.dumps(dict(sorted(manifest.items())), indent=1) + "\n")
+    os.replace(tmp, out / RUNS_MANIFEST)
+
+
 def record_run(out: Path, key: str, entry: dict) -> None:
     """Add one run to ``<out>/runs.json``, re-read under a lock: benchmarks running side by side
     into the same ``--out`` (other configurations, seeds) each add their runs, none is lost."""
@@ -254,9 +260,7 @@ def record_run(out: Path, key: str, entry: dict) -> None:
         fcntl.flock(lock, fcntl.LOCK_EX)
         manifest = load_manifest(out)
         manifest[key] = entry
-        tmp = out / f"{RUNS_MANIFEST}.{os.getpid()}.tmp"
-        tmp.write_text(json.dumps(dict(sorted(manifest.items())), indent=1) + "\n")
-        os.replace(tmp, out / RUNS_MANIFEST)
+        _write_manifest(out, manifest)
 
 
 def _selected(entry: dict, tasks, names, seeds) -> bool:
@@ -299,9 +303,7 @@ def drop_runs(out: Path, tasks=None, names=None, seeds=None) -> list[str]:
         dropped = [k for k, e in manifest.items() if _selected(e, tasks, names, seeds)]
         for key in dropped:
             (out / manifest.pop(key)["metrics"]).unlink(missing_ok=True)
-        tmp = out / f"{RUNS_MANIFEST}.{os.getpid()}.tmp"
-        tmp.write_text(json.dumps(dict(sorted(manifest.items())), indent=1) + "\n")
-        os.replace(tmp, out / RUNS_MANIFEST)
+        _write_manifest(out, manifest)
     return dropped
 
 
@@ -699,9 +701,11 @@ def main(argv: list[str] | None = None) -> int:
                   f"vs cold {r['cold']['iterations_median']:g}, over {r['long_tail']}: {r['policy']['over_100']} vs "
                   f"{r['cold']['over_100']} -> {out}/warm_start_{r['task']}.md")
             return 0
-        for name in args.configs or []:
+        tasks = args.tasks or bench.tasks
+        names = args.configs or bench.configurations
+        for name in names:
             configuration(name)
-        if args.merge or args.drop:
+        if args.merge or args.drop:  # filtered by what the command line names, not the config's defaults
             for source in args.merge or []:
                 merged = merge_runs(source, out, args.tasks, args.configs, args.seeds)
                 print(f"tocpl-bench: {len(merged)} runs from {source} -> {out}: {', '.join(merged)}")
@@ -709,10 +713,6 @@ def main(argv: list[str] | None = None) -> int:
                 dropped = drop_runs(out, args.tasks, args.configs, args.seeds)
                 print(f"tocpl-bench: {len(dropped)} runs dropped from {out}: {', '.join(dropped)}")
             args.plot_only = True
-        tasks = args.tasks or bench.tasks
-        names = args.configs or bench.configurations
-        for name in names:
-            configuration(name)
         failed = 0
         if not args.plot_only:
             runs_dir = args.runs_dir or (out / "runs" if args.quick else Path("runs/bench"))
