@@ -106,11 +106,10 @@ class _Worker:
         results = []
         for job in request.jobs:
             counter = DynamicsCounter()
-            shooting = self.problem_for(request, job)
-            gains_problem = shooting
+            gains_problem = None  # the solved OCP's own, but for 'task' with extra terms
             if request.gains == "task" and request.mode != "plain":
                 gains_problem = self.problem_for(dataclasses.replace(request, mode="plain"), job)
-            sol = self.solve_job(shooting, request, job, counter, gains_problem)
+            sol = self.solve_job(self.problem_for(request, job), request, job, counter, gains_problem)
             results.append((sol, counter.steps))
         return results
 
