@@ -445,3 +445,39 @@ def test_worker_refuses_a_policy_for_another_task(untrained):
         config.horizon = -3
         worker = MPCWorker("ur5_reach", str(untrained.path), config, warm_up=0)
         worker.wait_ready(120)
+
+
+def test_gain_check_flags_a_gain_on_a_control_the_box_holds():
+    """tocpl-mpc-bench's gain check: a converged solve from 0.6 rad (torque on the box at step 0)
+    agrees with the box-projected pass at the solution (no gain on the held control); the same
+    result with a gain put on that row is counted, with its size."""
+    import dataclasses
+
+    from tocpl_ros.mpc_benchmark import GainCheck
+
+    pendulum = load_task("pendulum")
+    mpc = RecedingHorizonMPC(pendulum, None, MPCConfig(warm_start="cold", max_iter=500, deadline=math.inf))
+    x0, target = np.array([0.6, 0.0]), np.zeros(pendulum.target_dim)
+    result = mpc.solve(x0, target)
+    assert result.ok and np.isclose(abs(result.us[0, 0]), pendulum.u_max[0]), result.message  # premise: saturated
+    clean = GainCheck()
+    clean.add(mpc, result, target)
+    summary = clean.summary()
+    assert summary["solves"] == 1 and summary["box_solves"] == 1 and summary["clamped_rows"] == 1
+    assert summary["clamped_rows_nonzero"] == 0
+    unprojected = GainCheck()
+    unprojected.add(mpc, dataclasses.replace(result, K=result.K + 5.0), target)
+    summary = unprojected.summary()
+    assert summary["clamped_rows_nonzero"] == 1 and np.isclose(summary["clamped_gain_max"], np.abs(result.K + 5.0).max())
+
+
+def test_a_solver_that_gives_up_before_the_cap_is_reported_as_stalled():
+    """Crocoddyl returns before max_iter when no step decreases the cost at its largest
+    regularization (a cold start from 1 rad on the pendulum, whose torque box is below gravity's
+    there): reported as 'stalled' with the iterations it ran, not as the cap being reached."""
+    pendulum = load_task("pendulum")
+    mpc = RecedingHorizonMPC(pendulum, None, MPCConfig(warm_start="cold", max_iter=500, deadline=math.inf))
+    result = mpc.solve(np.array([1.0, 0.0]), np.zeros(pendulum.target_dim))
+    assert not result.ok and result.status == "stalled", result.message
+    assert result.iterations < 500 and f"after {result.iterations} of max_iter 500" in result.message
+    assert result.command is None and result.K is None  # no policy: nothing to fall back to

@@ -23,7 +23,7 @@ whose budget is smaller than the running estimate of warm start + first iteratio
 attempted at all (reported as 'deadline', "skipped"), so a late cycle or a starved CPU
 degrades to the policy's commands instead of wasting the CPU; the estimate decays by 10 %
 per skipped cycle so that solves are retried. Every
-failure (deadline missed, not converged within the cap, non-finite numbers, a solver
+failure (deadline missed, not converged within the cap, the solver giving up before it, non-finite numbers, a solver
 exception, invalid input) is *reported* in the :class:`MPCResult`, never raised, and the
 result then carries the policy's own command for the current state as the fallback.
 
@@ -82,7 +82,7 @@ __all__ = [
 ]
 
 WARM_STARTS = ("policy", "shifted", "cold")
-STATUSES = ("converged", "max_iter", "deadline", "nonfinite", "error", "invalid_input")
+STATUSES = ("converged", "max_iter", "stalled", "deadline", "nonfinite", "error", "invalid_input")
 """``MPCResult.status`` values; only 'converged' is a usable solution."""
 
 
@@ -474,6 +474,15 @@ class RecedingHorizonMPC:
                 "deadline",
                 f"not converged within the deadline of {budget * 1e3:.3g} ms ({iterations} iterations, "
                 f"{solve_time * 1e3:.2f} ms{', stopped' if stopped else ''})",
+                x, target, mode, t0, **stats, **solution,
+            )
+        if not converged and iterations < cfg.max_iter:
+            # Crocoddyl gives up before the cap when no step length decreases the cost even at
+            # its largest regularization (e.g. a cold start far into the box on the pendulum)
+            return self._failure(
+                "stalled",
+                f"the solver stopped after {iterations} of max_iter {cfg.max_iter} iterations without converging "
+                f"(no cost-decreasing step at its largest regularization{'' if self.solver.isFeasible else ', plan still infeasible'})",
                 x, target, mode, t0, **stats, **solution,
             )
         if not converged:

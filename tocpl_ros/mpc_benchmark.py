@@ -13,6 +13,12 @@ nor by the trainer's evaluation set):
    iteration counts are comparable. 'shifted' has no previous solution at the first solve
    of an episode: that solve starts cold and is reported apart.
 
+3. **Feedback gains** of the closed-loop solves: the K₀ the node publishes (SolverBoxFDDP's
+   last backward pass) against :func:`tocpl_ros.ocp.solution_gains` (one box-projected
+   Riccati pass at the solution): on how many solves a control held by the box still has a
+   gain row, and how much the free rows differ (after a warm start at an optimum BoxFDDP
+   leaves such rows unprojected; in the OC phase of training that is measured in the README).
+
 Printed per warm start: median / p90 / max iterations, solves over 100 iterations, median
 solve time, and the share of solves that would have met the MPC's default deadline; then
 the ratio of median iterations policy / cold and whether the target of issue 4 is met (no
@@ -35,9 +41,9 @@ from pathlib import Path
 import numpy as np
 
 from .mpc import MPCConfig, RecedingHorizonMPC, TaskPolicy, run_closed_loop
-from .ocp import solve
+from .ocp import solution_gains, solve
 from .policy_file import OnnxPolicy, PolicyFileError
-from .tasks import load_task
+from .tasks import Problems, load_task
 from .tasks.config import SolverConfig
 
 DEFAULT_SEED = 3_000_017
@@ -108,12 +114,74 @@ def open_loop(task, policy: TaskPolicy, problems, solver: SolverConfig) -> dict[
     return results
 
 
+@dataclass
+class GainCheck:
+    """The published K₀ of converged solves against the box-projected Riccati pass at the solution."""
+
+    solves: int = 0
+    box_solves: int = 0
+    """Solves with some control of the plan on the box."""
+    clamped_rows: int = 0
+    """Rows of K₀ whose control the box holds at step 0 (a zero row in the projected pass)."""
+    clamped_rows_nonzero: int = 0
+    """... of which K₀ still has a gain: the feedback law would move a control the box holds."""
+    clamped_gain_max: float = 0.0
+    free_difference: list[float] = field(default_factory=list)
+    """Per solve with a control on the box: ‖K₀ − K*‖ / ‖K*‖ over the free rows of step 0."""
+    free_difference_off_box: list[float] = field(default_factory=list)
+    """The same on solves with no control on the box (the two passes should agree there)."""
+
+    def add(self, mpc: RecedingHorizonMPC, result, target: np.ndarray) -> None:
+        if not result.ok or result.xs is None:
+            return
+        task = mpc.task
+        task.set_problem(mpc.shooting, Problems(result.xs[:1], np.asarray(target, dtype=float).reshape(1, -1)))
+        projected = solution_gains(mpc.shooting, result.xs, result.us)[0]
+        published = np.asarray(result.K, dtype=float).reshape(projected.shape)
+        span = np.maximum(1.0, np.abs(mpc.u_max - mpc.u_min))
+        on_box = (result.us >= mpc.u_max - 1e-9 * span) | (result.us <= mpc.u_min + 1e-9 * span)
+        clamped = on_box[0] & ~projected.any(axis=1)
+        free = ~clamped
+        self.solves += 1
+        difference = (
+            float(np.linalg.norm(published[free] - projected[free]) / max(np.linalg.norm(projected[free]), 1e-12))
+            if free.any() else 0.0
+        )
+        if on_box.any():
+            self.box_solves += 1
+            self.free_difference.append(difference)
+        else:
+            self.free_difference_off_box.append(difference)
+        self.clamped_rows += int(clamped.sum())
+        if clamped.any():
+            row_max = float(np.abs(published[clamped]).max())
+            self.clamped_rows_nonzero += int((np.abs(published[clamped]) > 1e-9).any(axis=1).sum())
+            self.clamped_gain_max = max(self.clamped_gain_max, row_max)
+
+    def summary(self) -> dict[str, float]:
+        def stats(values: list[float], name: str) -> dict[str, float]:
+            if not values:
+                return {}
+            v = np.array(values)
+            return {f"{name}_median": float(np.median(v)), f"{name}_p90": float(np.percentile(v, 90)),
+                    f"{name}_max": float(v.max())}
+
+        return {
+            "solves": self.solves, "box_solves": self.box_solves, "clamped_rows": self.clamped_rows,
+            "clamped_rows_nonzero": self.clamped_rows_nonzero, "clamped_gain_max": self.clamped_gain_max,
+            **stats(self.free_difference, "free_difference"),
+            **stats(self.free_difference_off_box, "free_difference_off_box"),
+        }
+
+
 def closed_loop(task, onnx_policy: OnnxPolicy, problems, max_iter: int, duration: float, substeps: int,
-                progress=None) -> tuple[dict[str, Solves], dict[str, list[float]]]:
-    """Per-solve records of closed-loop MPC episodes, per warm start ('shifted (first, cold)' apart).
-    The warm starts take turns problem by problem, so a change of machine load hits them alike."""
+                progress=None) -> tuple[dict[str, Solves], dict[str, list[float]], dict[str, GainCheck]]:
+    """Per-solve records of closed-loop MPC episodes, per warm start ('shifted (first, cold)' apart),
+    the final errors and the gain check. The warm starts take turns problem by problem, so a
+    change of machine load hits them alike."""
     records = {"policy": Solves(), "shifted": Solves(), "shifted (first, cold)": Solves(), "cold": Solves()}
     errors: dict[str, list[float]] = {"policy": [], "shifted": [], "cold": []}
+    gains = {mode: GainCheck() for mode in errors}
     mpcs = {
         mode: RecedingHorizonMPC(task, onnx_policy, MPCConfig(warm_start=mode, max_iter=max_iter, deadline=math.inf))
         for mode in ("policy", "shifted", "cold")
@@ -125,9 +193,10 @@ def closed_loop(task, onnx_policy: OnnxPolicy, problems, max_iter: int, duration
             for r in episode.results:
                 key = "shifted (first, cold)" if mode == "shifted" and r.warm_start == "cold" else mode
                 records[key].add(r.iterations, r.converged, r.solve_time - r.warm_start_time, r.warm_start_time, r.cost)
+                gains[mode].add(mpc, r, problems.target[i])
             if progress:
                 progress(mode, i)
-    return records, errors
+    return records, errors, gains
 
 
 def _row(name: str, s: dict[str, float], deadline: bool) -> str:
@@ -239,7 +308,7 @@ def main(argv: list[str] | None = None) -> int:
     }
     if n_closed > 0:
         started = time.perf_counter()
-        cl, errors = closed_loop(task, onnx_policy, problems[:n_closed], args.max_iter, args.episode, args.substeps)
+        cl, errors, gain_checks = closed_loop(task, onnx_policy, problems[:n_closed], args.max_iter, args.episode, args.substeps)
         cl_summary = {k: v.summary(defaults.deadline) for k, v in cl.items()}
         cycles = int(round(args.episode * defaults.rate))
         print(
@@ -258,18 +327,36 @@ def main(argv: list[str] | None = None) -> int:
                 f"{cl_summary['cold']['iterations_median']:g}; policy/shifted: "
                 f"{cl_summary['policy']['iterations_median']:g}/{cl_summary['shifted']['iterations_median']:g}"
             )
+        scale, unit = {"m": (100.0, "cm"), "rad": (180.0 / math.pi, "deg")}.get(task.error_unit, (1.0, task.error_unit))
         print(
-            "  end-effector distance to the target after the episode, median (cm): "
-            + ", ".join(f"{k} {100 * np.median(v):.2f}" for k, v in errors.items())
+            f"  task error after the episode, median ({unit}): "
+            + ", ".join(f"{k} {scale * np.median(v):.3g}" for k, v in errors.items())
         )
         print(
             f"  '<= {defaults.deadline * 1e3:g} ms': share of solves whose warm start + solve fit the MPC's default "
             f"deadline on this machine now (the node falls back to the policy otherwise)"
         )
+        gain_summary = {k: v.summary() for k, v in gain_checks.items()}
+        print(
+            "\n(3) Feedback gains of the converged closed-loop solves: the published K₀ (the solver's last backward "
+            "pass) vs one box-projected Riccati pass at the solution (ocp.solution_gains)"
+        )
+        for mode, g in gain_summary.items():
+            line = (f"  {mode:<8} {g['solves']} solves, {g['box_solves']} with a control on the box; rows held by the "
+                    f"box at step 0: {g['clamped_rows']}, with a gain in K₀: {g['clamped_rows_nonzero']}")
+            if g["clamped_rows_nonzero"]:
+                line += f" (max |K| {g['clamped_gain_max']:.3g})"
+            if "free_difference_median" in g:
+                line += (f"; free rows, relative difference on those solves: median {g['free_difference_median']:.2e}, "
+                         f"p90 {g['free_difference_p90']:.2e}, max {g['free_difference_max']:.2e}")
+            if "free_difference_off_box_max" in g:
+                line += f"; off the box: max {g['free_difference_off_box_max']:.2e}"
+            print(line)
         report["closed_loop"] = {
             **cl_summary, "episode": args.episode, "rate": defaults.rate, "substeps": args.substeps,
             "ratio_median_iterations_policy_cold": cl_ratio,
             "final_error_median": {k: float(np.median(v)) for k, v in errors.items()},
+            "gains": gain_summary,
         }
     if args.json:
         args.json.write_text(json.dumps(report, indent=2, default=float) + "\n")
