@@ -283,6 +283,12 @@ def test_benchmark_cli_smoke(untrained, tmp_path, capsys):
     assert report["open_loop"]["cold"]["solves"] == 2 and report["closed_loop"]["policy"]["solves"] == 2 * 3
     assert report["closed_loop"]["shifted (first, cold)"]["solves"] == 2
     assert main(["--policy", str(tmp_path / "missing.onnx")]) == 2
+    # a discrete-time task: the open loop runs, the closed loop (no plant to simulate) is skipped with a reason
+    lqr = load_task("lqr")
+    lqr_policy = export_onnx(make_policy(lqr, seed=5).eval(), lqr, tmp_path / "lqr.onnx")
+    assert main(["--task", "lqr", "--policy", str(lqr_policy), "--problems", "2", "--json", str(out)]) == 0
+    assert "Closed loop: skipped, task 'lqr' is discrete-time" in capsys.readouterr().out
+    assert "closed_loop" not in json.loads(out.read_text())
 
 
 # ------------------------------------------------------------------------ deadline, plans, solver process

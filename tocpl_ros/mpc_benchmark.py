@@ -40,7 +40,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .mpc import MPCConfig, RecedingHorizonMPC, TaskPolicy, run_closed_loop
+from .mpc import MPCConfig, RecedingHorizonMPC, TaskPolicy, has_continuous_dynamics, run_closed_loop
 from .ocp import solution_gains, solve
 from .policy_file import OnnxPolicy, PolicyFileError
 from .tasks import Problems, load_task
@@ -306,6 +306,9 @@ def main(argv: list[str] | None = None) -> int:
         "open_loop": {**ol_summary, "ratio_median_iterations_policy_cold": ol_ratio,
                       "cost_relative_difference_median": float(np.median(rel))},
     }
+    if n_closed > 0 and not has_continuous_dynamics(RecedingHorizonMPC(task, None, MPCConfig(warm_start="cold"))):
+        print(f"\n(2) Closed loop: skipped, task '{task.name}' is discrete-time (no plant to simulate between solves)")
+        n_closed = 0
     if n_closed > 0:
         started = time.perf_counter()
         cl, errors, gain_checks = closed_loop(task, onnx_policy, problems[:n_closed], args.max_iter, args.episode, args.substeps)
