@@ -522,3 +522,17 @@ def test_read_empty_and_foreign_onnx(tmp_path):
         OnnxPolicy(foreign)
     with pytest.raises(PolicyFileError, match="policy file not found"):
         OnnxPolicy(tmp_path)  # a folder is not a policy file
+
+
+def test_inference_bench_times_the_three_regimes(ur5_file, tmp_path, capsys):
+    """tocpl-inference-bench: one row per regime with finite times, and a clear refusal of a bad file."""
+    from tocpl_ros.inference_benchmark import main
+
+    assert main(["--policy", str(ur5_file[1]), "--calls", "20", "--period", "0.0005"]) == 0
+    rows = [line.split() for line in capsys.readouterr().out.splitlines() if line.strip().startswith(("back", "busy", "sleep"))]
+    assert len(rows) == 3 and float(rows[0][-1]) == 1.0
+    assert all(np.isfinite(float(v)) and float(v) > 0 for row in rows for v in row[-3:])
+    bad = tmp_path / "bad.onnx"
+    bad.write_bytes(b"not onnx")
+    assert main(["--policy", str(bad)]) == 2
+    assert "bad.onnx" in capsys.readouterr().err
