@@ -14,8 +14,9 @@ publishes, reliable QoS, on every tick (:class:`MPCLoop`):
   the torque limits: the newest solution while its state is not older than ``deadline``
   (its plan followed with the feedback law at the current state; from this tick's own state,
   its first control), else the policy's own command for the current state (the solve missed its
-  deadline, failed: exception, non-finite, not converged; is still running; or the solver
-  process is down and being restarted), and should the policy's output not be finite either,
+  deadline, failed: exception, non-finite, not converged by max_iter or stalled before it; is
+  still running; or the solver process is down and being restarted), and should the policy's
+  output not be finite either,
   the braking command g(q) − M(q)·40·v: never a gap while the state is fresh;
 - ``/mpc/feedback`` (std_msgs/Float64MultiArray, empty layout), for a fast loop applying
   Crocoddyl's law u = ū − K (x − x̄): data = [ū (nu), x̄ (nx = 2 nu: q then v),
