@@ -29,7 +29,6 @@ import yaml
 from tocpl_ros.config import ConfigError, load_dataclass, to_dict
 from tocpl_ros.ocp import solve
 from tocpl_ros.tasks import DynamicsCounter, Problems, Task, Trajectories, load_task
-from tocpl_ros.tasks.config import SolverConfig
 
 from .algorithms import make_algorithm
 from .checkpoint import CheckpointError, atomic_write_bytes, load_checkpoint, policy_payload, remove_stale_temps, save_checkpoint

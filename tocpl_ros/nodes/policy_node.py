@@ -34,8 +34,7 @@ from typing import Any
 from ..config import FieldError, field_docs
 from ..controller import ControllerConfig, PeriodStats, PolicyController
 from ..policy_file import PolicyFileError
-from .runtime import EXECUTORS, PeriodMonitor, StartupError, ThrottledLog, declare_parameters, run_node, take_joint_state, take_target
-from .runtime import check_type as _check_type  # noqa: F401  (kept importable from here)
+from .runtime import PeriodMonitor, StartupError, ThrottledLog, declare_parameters, run_node, take_joint_state, take_target
 
 NODE_NAME = "policy_node"
 COMMAND_TOPICS = {
