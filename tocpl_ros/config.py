@@ -133,10 +133,6 @@ def load_dataclass(cls: type[T], data: Any, source: str = "", prefix: str = "") 
         raise ConfigError(source, _join(prefix, exc.field), exc.message) from exc
 
 
-def load_yaml_dataclass(cls: type[T], path: str | Path) -> T:
-    return load_dataclass(cls, read_yaml(path), source=str(path))
-
-
 def to_dict(obj: Any) -> Any:
     """Plain YAML/JSON-ready data of a (nested) dataclass."""
     if dataclasses.is_dataclass(obj):

@@ -8,7 +8,7 @@ observation in, torque inside [u_min, u_max] out.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -96,10 +96,6 @@ def make_policy(task: Task, seed: int, hidden=(256, 256)) -> MLPPolicy:
     """A freshly initialised policy for the task (weights from ``seed``)."""
     torch.manual_seed(seed)
     return MLPPolicy(policy_spec_for(task, hidden=hidden))
-
-
-def spec_dict(spec: PolicySpec) -> dict:
-    return asdict(spec)
 
 
 class NumpyPolicy:
