@@ -883,9 +883,9 @@ class ClosedLoopEpisode:
     """Task error of the last state (``Task.final_error``, e.g. m for reach)."""
 
 
-def has_continuous_dynamics(mpc: RecedingHorizonMPC) -> bool:
-    """The MPC's OCP integrates a differential model (the robot tasks; not the discrete lqr)."""
-    return hasattr(mpc.shooting.runningModels[0], "differential")
+def has_continuous_dynamics(shooting: crocoddyl.ShootingProblem) -> bool:
+    """The OCP integrates a differential model (the robot tasks; not the discrete lqr)."""
+    return hasattr(shooting.runningModels[0], "differential")
 
 
 def run_closed_loop(
@@ -898,7 +898,7 @@ def run_closed_loop(
     u = clip(ū − K (x − x̄)) at every step (the fallback's K is zero). A cycle without any
     command (no fallback possible) applies zero torque."""
     task = mpc.task
-    if not has_continuous_dynamics(mpc):
+    if not has_continuous_dynamics(mpc.shooting):
         raise ValueError(f"run_closed_loop integrates a continuous-time model; task '{task.name}' is discrete-time")
     differential = mpc.shooting.runningModels[0].differential
     dt = mpc.config.period / substeps

@@ -306,7 +306,7 @@ def main(argv: list[str] | None = None) -> int:
         "open_loop": {**ol_summary, "ratio_median_iterations_policy_cold": ol_ratio,
                       "cost_relative_difference_median": float(np.median(rel))},
     }
-    if n_closed > 0 and not has_continuous_dynamics(RecedingHorizonMPC(task, None, MPCConfig(warm_start="cold"))):
+    if n_closed > 0 and not has_continuous_dynamics(task.build_problem()):
         print(f"\n(2) Closed loop: skipped, task '{task.name}' is discrete-time (no plant to simulate between solves)")
         n_closed = 0
     if n_closed > 0:
