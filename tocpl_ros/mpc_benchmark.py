@@ -41,7 +41,7 @@ from pathlib import Path
 import numpy as np
 
 from .mpc import MPCConfig, RecedingHorizonMPC, TaskPolicy, has_continuous_dynamics, run_closed_loop
-from .ocp import solution_gains, solve
+from .ocp import at_bounds, solution_gains, solve
 from .policy_file import OnnxPolicy, PolicyFileError
 from .tasks import Problems, load_task
 from .tasks.config import SolverConfig
@@ -138,8 +138,8 @@ class GainCheck:
         task.set_problem(mpc.shooting, Problems(result.xs[:1], np.asarray(target, dtype=float).reshape(1, -1)))
         projected = solution_gains(mpc.shooting, result.xs, result.us)[0]
         published = np.asarray(result.K, dtype=float).reshape(projected.shape)
-        span = np.maximum(1.0, np.abs(mpc.u_max - mpc.u_min))
-        on_box = (result.us >= mpc.u_max - 1e-9 * span) | (result.us <= mpc.u_min + 1e-9 * span)
+        upper, lower = at_bounds(result.us, mpc.u_min, mpc.u_max)
+        on_box = upper | lower
         clamped = on_box[0] & ~projected.any(axis=1)
         free = ~clamped
         self.solves += 1

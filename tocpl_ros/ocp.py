@@ -63,6 +63,13 @@ def make_solver(shooting: crocoddyl.ShootingProblem, config: SolverConfig) -> cr
     return solver
 
 
+def at_bounds(u, lb, ub) -> tuple[np.ndarray, np.ndarray]:
+    """(at the upper bound, at the lower bound) of controls ``u`` against the box [lb, ub], to
+    1e-9 of its width: what BoxFDDP leaves on a bound is on it to rounding."""
+    tol = 1e-9 * np.maximum(1.0, np.abs(np.asarray(ub) - np.asarray(lb)))
+    return u >= ub - tol, u <= lb + tol
+
+
 def solution_gains(shooting: crocoddyl.ShootingProblem, xs, us) -> np.ndarray:
     """Feedback gains of the locally optimal controller at (xs, us), [T, nu, ndx] (u = ū − K dx).
 
@@ -90,9 +97,8 @@ def solution_gains(shooting: crocoddyl.ShootingProblem, xs, us) -> np.ndarray:
         qux = np.atleast_2d(data.Lxu).reshape(len(vx), -1).T + fu.T @ vxx @ fx
         free = np.ones(len(qu), dtype=bool)
         if model.has_control_limits:
-            lb, ub, u = np.asarray(model.u_lb), np.asarray(model.u_ub), us[t]
-            tol = 1e-9 * np.maximum(1.0, np.abs(ub - lb))
-            free = ~(((u >= ub - tol) & (qu < 0)) | ((u <= lb + tol) & (qu > 0)))
+            upper, lower = at_bounds(us[t], np.asarray(model.u_lb), np.asarray(model.u_ub))
+            free = ~((upper & (qu < 0)) | (lower & (qu > 0)))
         K, k = np.zeros((len(qu), len(vx))), np.zeros(len(qu))
         if free.any():
             inverse = np.linalg.inv(quu[np.ix_(free, free)])
