@@ -226,8 +226,15 @@ def test_quick_bench(tmp_path):
         its = report["iterations"][mode]
         assert len(its) == 6 and all(i >= 0 for i in its)
         assert report[mode]["solves"] == 6 and report[mode]["iterations_median"] == np.median(its)
+    # Fig. 6: which start reached the lower cost, counted from the costs the report lists
+    policy_cost, cold_cost = (np.array(report["costs"][k]) for k in ("policy", "cold"))
+    relative = (policy_cost - cold_cost) / np.abs(cold_cost)
+    assert report["cost_policy_vs_cold"] == {"lower": int(np.sum(relative < -1e-4)), "higher": int(np.sum(relative > 1e-4)),
+                                             "same": int(np.sum(np.abs(relative) <= 1e-4))}
+    assert sum(report["cost_policy_vs_cold"].values()) == 6
     assert (out / "warm_start_lqr.png").read_bytes().startswith(PNG_MAGIC)
-    assert "| policy |" in (out / "warm_start_lqr.md").read_text()
+    md = (out / "warm_start_lqr.md").read_text()
+    assert "| policy |" in md and f"the same on {report['cost_policy_vs_cold']['same']} of 6 problems" in md
 
     # re-aggregation from the files alone reproduces the table and links the study
     before = (out / "summary.csv").read_text()
@@ -297,6 +304,8 @@ def test_budget_column_names_the_consensus_penalty(tmp_path):
     assert text(algo="pddp", sobolev=True, sobolev_gains="solution") == "15 it x 256 OCPs, K at solution"
     assert text(algo="pddp", sobolev=True) == "15 it x 256 OCPs"
     assert text(algo="plal", mu=1e-5, sobolev=True, sobolev_gains="task") == "15 it x 256 OCPs, μ 1e-05, K of the task's OCP"
+    # whether the OC phase told the solver its warm starts are rollouts (runs from before the field: not)
+    assert text(algo="pddp", sobolev=True, oc_feasible_warm_start=True) == "15 it x 256 OCPs, feasible warm start"
 
 
 def test_warm_start_study_problems_are_neither_held_out_nor_validation_problems():

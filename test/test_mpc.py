@@ -84,8 +84,9 @@ def test_task_policy_adapter(task, untrained):
     assert np.allclose(adapter(obs), np.clip(untrained(obs), task.u_min, task.u_max))
     mpc = RecedingHorizonMPC(task, untrained, exact())
     for i in range(len(problems)):
-        xs, us = adapter.rollout(mpc._rollout_models, mpc._rollout_datas, problems.x0[i], problems.target[i])
+        xs, us, diverged = adapter.rollout(mpc._rollout_models, mpc._rollout_datas, problems.x0[i], problems.target[i])
         assert np.abs(xs - traj.xs[i]).max() < 1e-9 and np.abs(us - traj.us[i]).max() < 1e-9
+        assert diverged == traj.diverged[i]
         assert np.allclose(adapter.command(problems.x0[i], problems.target[i]), traj.us[i, 0])
     other = load_task("ur5_reach", {"dt": 0.01})
     with pytest.raises(PolicyFileError, match="dt"):
@@ -312,7 +313,7 @@ def test_deadline_stops_an_infeasible_solve_at_the_first_iteration(task, untrain
     p = task.sample(1, HELD_OUT_SEED + 2)
     x, target = p.x0[0], p.target[0]
     task.set_problem(mpc.shooting, Problems(x[None], target[None]))
-    xs, us = mpc._policy_guess(x, target)  # the untrained policy saturates: its rollout diverges
+    xs, us, _ = mpc._policy_guess(x, target)  # the untrained policy saturates: its rollout diverges
     us = np.where(us >= (task.u_min + task.u_max) / 2, task.u_max, task.u_min)  # exactly on the box
     seen = []
 
@@ -487,3 +488,28 @@ def test_a_solver_that_gives_up_before_the_cap_is_reported_as_stalled():
     assert not result.ok and result.status == "stalled", result.message
     assert result.iterations < 500 and f"after {result.iterations} of max_iter 500" in result.message
     assert result.command is None and result.K is None  # no policy: nothing to fall back to
+
+
+def test_a_policy_warm_start_on_the_box_keeps_the_optimum():
+    """On the lqr the clipped infinite-horizon LQR law is the box-constrained optimum (its
+    rollout costs what the cold solve reaches). Warm-started from it, the MPC must report it
+    converged at that cost: its rollout is feasible and the solver is told so, so SolverBoxFDDP
+    solves its box-QP. Told nothing, it took unconstrained steps and stalled on 19 of these 20."""
+    from tocpl_ros.ocp import solve
+
+    lqr = load_task("lqr")
+    P, R = lqr.Q_T, lqr.R * lqr.dt  # Q_T is the Riccati matrix of the infinite horizon
+    gain = np.linalg.solve(R + lqr.B.T @ P @ lqr.B, lqr.B.T @ P @ lqr.A)
+    mpc = RecedingHorizonMPC(lqr, lambda obs: np.clip(-obs[:, :lqr.nx] @ gain.T, lqr.u_min, lqr.u_max),
+                             MPCConfig(deadline=1.0, max_iter=100))
+    problems = lqr.sample(20, 7)
+    shooting = lqr.build_problem(problems[0])
+    on_box = 0
+    for i in range(len(problems)):
+        result = mpc.solve(problems.x0[i], problems.target[i])
+        lqr.set_problem(shooting, problems[i])
+        cold = solve(shooting, lqr.config.solver)
+        on_box += int(np.isclose(np.abs(cold.us), lqr.u_max).any())
+        assert result.ok and result.status == "converged" and result.warm_start == "policy", result.message
+        assert result.cost == pytest.approx(cold.cost, rel=1e-9)
+    assert on_box >= 10, "the optima should sit on the box"

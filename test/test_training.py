@@ -318,7 +318,8 @@ def test_a_stalling_warm_start_gives_way_to_the_cold_start_early():
     """On the boxed lqr, BoxFDDP warm-started from a trained policy's rollouts creeps at its smallest
     line-search step until it gives up; the cold start then solves in one iteration. With
     oc_warm_start_probe such a warm start is dropped after that many iterations: same solutions,
-    far fewer evaluations."""
+    far fewer evaluations. Told that the rollouts are feasible (oc_feasible_warm_start), the solver
+    does not creep at all: the same solutions from the warm start alone, fewer evaluations still."""
     from tocpl_ros.tasks import DynamicsCounter
 
     trainer = Trainer(small(iterations=3, problems=16, sobolev=True), "unused")
@@ -328,8 +329,11 @@ def test_a_stalling_warm_start_gives_way_to_the_cold_start_early():
     problems = task.sample(16, 99)
     jobs, _ = alg.initial_guesses(problems, same_problems=False)
 
-    def evaluations_and_costs(probe):
-        request = OCRequest(jobs, SolverConfig(max_iter=50, th_stop=1e-9), "plain", {}, warm_start_probe=probe)
+    assert all(job.init_is_rollout for job in jobs)
+
+    def evaluations_and_costs(probe, feasible=False):
+        request = OCRequest(jobs, SolverConfig(max_iter=50, th_stop=1e-9), "plain", {}, warm_start_probe=probe,
+                            feasible_warm_start=feasible)
         counter = DynamicsCounter()
         sols = trainer.runner.solve(request, counter)
         iterations = sum(s.iterations for s in sols)
@@ -342,6 +346,10 @@ def test_a_stalling_warm_start_gives_way_to_the_cold_start_early():
     np.testing.assert_allclose(probed_costs, crept_costs, rtol=1e-6)
     # the iterations reported (oc_iterations) are those spent, the dropped warm attempt's included
     assert crept_iterations > 2 * probed_iterations, (crept_iterations, probed_iterations)
+    told, told_costs, told_converged, told_iterations = evaluations_and_costs(0, feasible=True)
+    assert told_converged and told < probed and told_iterations < probed_iterations
+    np.testing.assert_allclose(told_costs, crept_costs, rtol=1e-6)
+    assert np.all(told_costs <= crept_costs * (1 + 1e-12)), "the crept solutions are never better"
     trainer.runner.close()
 
 

@@ -244,11 +244,12 @@ class TaskPolicy:
         obs = self.task.observation(np.asarray(x, dtype=float)[None], np.asarray(target, dtype=float).reshape(1, -1))
         return self(obs)[0]
 
-    def rollout(self, models: list, datas: list, x0: np.ndarray, target: np.ndarray, divergence_limit: float = 1e3) -> tuple[np.ndarray, np.ndarray]:
-        """Closed-loop rollout (xs [T+1, nx], us [T, nu]) of one problem through Crocoddyl's own
-        action models (``models[t].calc`` → ``xnext``), with the same rules as
+    def rollout(self, models: list, datas: list, x0: np.ndarray, target: np.ndarray,
+                divergence_limit: float = 1e3) -> tuple[np.ndarray, np.ndarray, bool]:
+        """Closed-loop rollout (xs [T+1, nx], us [T, nu], diverged) of one problem through
+        Crocoddyl's own action models (``models[t].calc`` → ``xnext``), with the same rules as
         :meth:`Task.rollout`: controls clipped to the box (NaN → 0), a state that becomes
-        non-finite or exceeds ``divergence_limit`` is frozen. Equal to
+        non-finite or exceeds ``divergence_limit`` is frozen (then xs is no rollout of us). Equal to
         ``task.rollout(self, ...)`` (the task integrates like Crocoddyl), ~3x faster for one
         trajectory (no batch bookkeeping, one preallocated float32 observation)."""
         T, nx = len(models), self.task.nx
@@ -278,7 +279,7 @@ class TaskPolicy:
                 xs[t + 1] = x_next
             else:
                 xs[t + 1] = x
-        return xs, us
+        return xs, us, not alive
 
 
 class _DeadlineExceeded(Exception):
@@ -364,11 +365,13 @@ class RecedingHorizonMPC:
         or a non-finite output)."""
         return policy_command(self.policy, self.task, x, target)
 
-    def _policy_guess(self, x: np.ndarray, target: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def _policy_guess(self, x: np.ndarray, target: np.ndarray) -> tuple[np.ndarray, np.ndarray, bool]:
+        """The policy's rollout from x, and whether it is one (it did not diverge)."""
         if isinstance(self.policy, TaskPolicy):
-            return self.policy.rollout(self._rollout_models, self._rollout_datas, x, target)
+            xs, us, diverged = self.policy.rollout(self._rollout_models, self._rollout_datas, x, target)
+            return xs, us, not diverged
         traj = self.task.rollout(self.policy, Problems(x[None], target.reshape(1, -1)), horizon=self.horizon)
-        return traj.xs[0], traj.us[0]
+        return traj.xs[0], traj.us[0], not traj.diverged[0]
 
     def _shifted_guess(self, x: np.ndarray, now: float | None) -> tuple[np.ndarray, np.ndarray]:
         xs_prev, us_prev, then = self._previous  # type: ignore[misc]
@@ -435,8 +438,11 @@ class RecedingHorizonMPC:
             )
         try:
             self.task.set_problem(self.shooting, Problems(x[None], target[None]))
+            # a cold guess holds x; a shifted plan starts at x but its states are the old plan's (rolled
+            # out from x instead, the double pendulum's drifted: median 311 iterations instead of 1)
+            feasible = False
             if mode == "policy":
-                init_xs, init_us = self._policy_guess(x, target)
+                init_xs, init_us, feasible = self._policy_guess(x, target)
             elif mode == "shifted":
                 init_xs, init_us = self._shifted_guess(x, now)
             else:
@@ -450,7 +456,8 @@ class RecedingHorizonMPC:
                 )
             self._deadline.arm(t0, budget)
             try:
-                converged = bool(self.solver.solve(list(init_xs), list(init_us), cfg.max_iter, False))
+                # told feasible, SolverBoxFDDP solves its box-QP from the first iteration (ocp.solve)
+                converged = bool(self.solver.solve(list(init_xs), list(init_us), cfg.max_iter, feasible))
                 stopped = False
             except _DeadlineExceeded:
                 converged, stopped = False, True

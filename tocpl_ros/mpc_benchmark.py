@@ -105,7 +105,7 @@ def open_loop(task, policy: TaskPolicy, problems, solver: SolverConfig) -> dict[
         t0 = time.perf_counter()
         traj = task.rollout(policy, problems[i])
         t1 = time.perf_counter()
-        sol = solve(shooting, solver, traj.xs[0], traj.us[0])
+        sol = solve(shooting, solver, traj.xs[0], traj.us[0], rollout_guess=not traj.diverged[0])
         t2 = time.perf_counter()
         results["policy"].add(sol.iterations, sol.converged, t2 - t1, t1 - t0, sol.cost)
         t0 = time.perf_counter()
@@ -140,7 +140,7 @@ class GainCheck:
         published = np.asarray(result.K, dtype=float).reshape(projected.shape)
         upper, lower = at_bounds(result.us, mpc.u_min, mpc.u_max)
         on_box = upper | lower
-        clamped = on_box[0] & ~projected.any(axis=1)
+        clamped = ~projected.any(axis=1)  # ocp.box_held's rows: on the bound, or a hair inside it
         free = ~clamped
         self.solves += 1
         difference = (

@@ -70,13 +70,37 @@ def at_bounds(u, lb, ub) -> tuple[np.ndarray, np.ndarray]:
     return u >= ub - tol, u <= lb + tol
 
 
+def box_held(quu: np.ndarray, qu: np.ndarray, du_min: np.ndarray, du_max: np.ndarray) -> np.ndarray:
+    """Controls the box holds at one step: those on a bound in the solution of the step's box-QP
+    min ½ duᵀ Quu du + Quᵀ du, du_min ≤ du ≤ du_max, with the gradient pushing outward (a small
+    active-set loop; nu is a handful). A control on its bound is held when the cost pushes it out;
+    so is one a hair inside when the Newton step would cross the bound: a solver stopped by its
+    criterion (which ignores held controls) can leave such a control 1e-4 short of the bound
+    (BoxFDDP from a feasible warm start, after steps shorter than 1), and its row is no gain."""
+    n = len(qu)
+    held = np.zeros(n, dtype=bool)
+    du = np.zeros(n)
+    for _ in range(2 * n + 2):
+        free = ~held
+        if free.any():
+            du[free] = -np.linalg.solve(quu[np.ix_(free, free)], qu[free] + quu[np.ix_(free, held)] @ du[held])
+        gradient = quu @ du + qu
+        crossing = free & ((du < du_min) | (du > du_max))
+        released = held & (((du >= du_max) & (gradient > 0)) | ((du <= du_min) & (gradient < 0)))
+        if not crossing.any() and not released.any():
+            return held
+        du[crossing] = np.clip(du[crossing], du_min[crossing], du_max[crossing])
+        held = (held | crossing) & ~released
+    return held
+
+
 def solution_gains(shooting: crocoddyl.ShootingProblem, xs, us) -> np.ndarray:
     """Feedback gains of the locally optimal controller at (xs, us), [T, nu, ndx] (u = ū − K dx).
 
-    One Riccati pass on the derivatives at the solution itself, a control clamped by the box (at
-    its bound, the cost pushing outward) getting a zero row as in box-DDP. Not the solver's own
+    One Riccati pass on the derivatives at the solution itself, a control the box holds
+    (:func:`box_held`) getting a zero row as in box-DDP. Not the solver's own
     ``K``: that comes from the backward pass before the last step, and from a warm start that is
-    already optimal BoxFDDP leaves the rows of controls on the bound unprojected (gains where the
+    already optimal (told infeasible: see :func:`solve`) BoxFDDP leaves the rows of controls on the bound unprojected (gains where the
     optimal control cannot move), which also changes the value function and with it the other
     rows (60–74 % on the pendulums and the lqr). Gaps are ignored: this is for a solved problem.
     """
@@ -97,8 +121,7 @@ def solution_gains(shooting: crocoddyl.ShootingProblem, xs, us) -> np.ndarray:
         qux = np.atleast_2d(data.Lxu).reshape(len(vx), -1).T + fu.T @ vxx @ fx
         free = np.ones(len(qu), dtype=bool)
         if model.has_control_limits:
-            upper, lower = at_bounds(us[t], np.asarray(model.u_lb), np.asarray(model.u_ub))
-            free = ~((upper & (qu < 0)) | (lower & (qu > 0)))
+            free = ~box_held(quu, qu, np.asarray(model.u_lb) - us[t], np.asarray(model.u_ub) - us[t])
         K, k = np.zeros((len(qu), len(vx))), np.zeros(len(qu))
         if free.any():
             inverse = np.linalg.inv(quu[np.ix_(free, free)])
@@ -117,11 +140,18 @@ def solve(
     init_us: np.ndarray | None = None,
     counter: DynamicsCounter | None = None,
     max_iter: int | None = None,
+    rollout_guess: bool = False,
 ) -> OCSolution:
     """Solve one OCP, warm-started from (init_xs, init_us) when given.
 
     Without an initial guess the solver starts from x0 held constant and
-    quasi-static controls (Crocoddyl's default cold start).
+    quasi-static controls (Crocoddyl's default cold start). ``rollout_guess``
+    says init_xs is the rollout of init_us from x0 (a policy's rollout): the
+    solver is told the guess is feasible, so SolverBoxFDDP solves its box-QP
+    from the first iteration. Told "infeasible", it runs the unconstrained
+    FDDP backward pass and only clamps in the forward pass until a full step
+    is accepted, which a guess near a boxed optimum may never get (the lqr
+    stalls at the smallest step).
     """
     solver = make_solver(shooting, config)
     horizon = shooting.T
@@ -134,7 +164,8 @@ def solve(
     else:
         us0 = [np.asarray(u, dtype=float) for u in init_us]
         xs0 = [np.asarray(x, dtype=float) for x in init_xs] if init_xs is not None else shooting.rollout(us0)
-    converged = solver.solve(xs0, us0, max_iter if max_iter is not None else config.max_iter, False)
+    is_feasible = rollout_guess and init_us is not None
+    converged = solver.solve(xs0, us0, max_iter if max_iter is not None else config.max_iter, is_feasible)
     return OCSolution(
         xs=np.array(solver.xs),
         us=np.array(solver.us),

@@ -227,6 +227,8 @@ def budget_of(run_dir: Path) -> dict[str, Any]:
     budget = {k: train[k] for k in ("iterations", "problems", "oc_max_iter", "epochs", "workers")}
     if train.get("sobolev") and train.get("sobolev_gains", "solver") != "solver":
         budget["sobolev_gains"] = train["sobolev_gains"]  # runs from before the field: the solver's K
+    if train.get("oc_feasible_warm_start"):
+        budget["oc_feasible_warm_start"] = True
     if train["algo"] in ("plal", "dpl"):  # their results hinge on the penalty and, for +M, on ²x's source
         budget["mu"] = train["mu"]
         if train["multiple_shooting"]:
@@ -409,6 +411,8 @@ def _budget_text(budget: dict | None) -> str:
         text += f", refresh {100 * budget['problem_refresh']:g} %"
     if "sobolev_gains" in budget:
         text += {"solution": ", K at solution", "task": ", K of the task's OCP"}[budget["sobolev_gains"]]
+    if budget.get("oc_feasible_warm_start"):
+        text += ", feasible warm start"
     return text
 
 
@@ -583,6 +587,11 @@ def write_summary(out: Path, bench: BenchConfig, table: list[dict]) -> None:
 
 
 # -- TO warm-start study (Fig. 7) ---------------------------------------------------------------
+SAME_COST = 1e-4
+"""Relative cost difference up to which the policy-started and cold solves reached the same optimum (the
+convex lqr's differ by up to 3e-6: solver tolerance; another local optimum of the double pendulum by 77–100 %)."""
+
+
 def warm_start_study(policy_path: str | Path, task_name: str, out: Path, problems: int = 100, seed: int | None = None,
                      max_iter: int = 500) -> dict:
     """Iterations of SolverBoxFDDP to the task's th_stop, from the policy's rollout and cold, on held-out problems
@@ -610,17 +619,26 @@ def warm_start_study(policy_path: str | Path, task_name: str, out: Path, problem
     it = {k: np.array(v.iterations) for k, v in results.items()}
     cost_p, cost_c = np.array(results["policy"].costs), np.array(results["cold"].costs)
     rel = (cost_p - cost_c) / np.maximum(np.abs(cost_c), 1e-12)
+    # Fig. 6: the policy's rollout may lead the solver to another local optimum; count where, and which way.
+    optima = {"lower": int(np.sum(rel < -SAME_COST)), "higher": int(np.sum(rel > SAME_COST)),
+              "same": int(np.sum(np.abs(rel) <= SAME_COST))}
     report = {
         "task": task.name, "policy": str(policy_path), "problems": problems, "seed": seed, "max_iter": max_iter,
         "th_stop": solver.th_stop, "long_tail": LONG_TAIL, "seconds": seconds, **summary,
         "iterations": {k: v.tolist() for k, v in it.items()},
+        "costs": {"policy": cost_p.tolist(), "cold": cost_c.tolist()},
         "cost_relative_difference_median": float(np.median(rel)),
+        "cost_policy_vs_cold": optima,
+        "cost_relative_difference_max_lower": float(-rel.min()) if optima["lower"] else 0.0,
+        "cost_relative_difference_max_higher": float(rel.max()) if optima["higher"] else 0.0,
     }
     out.mkdir(parents=True, exist_ok=True)
     (out / f"warm_start_{task.name}.json").write_text(json.dumps(report, indent=1, default=float) + "\n")
 
     top = int(max(v.max() for v in it.values()))
-    bins = np.arange(-0.5, top + 1.5) if top <= 60 else np.unique(np.geomspace(1, top + 1, 40).round()) - 0.5
+    # one bin per iteration count up to 10, then log-spaced (symlog keeps the 0-iteration solves in view)
+    bins = (np.arange(-0.5, top + 1.5) if top <= 60 else
+            np.concatenate([np.arange(-0.5, 10.5), np.unique(np.geomspace(11, top + 1, 30).round()) - 0.5]))
     fig, ax = plt.subplots(figsize=(7, 4))
     for k, color in (("cold", "tab:gray"), ("policy", "tab:blue")):
         ax.hist(it[k], bins=bins, alpha=0.6, color=color,
@@ -628,10 +646,11 @@ def warm_start_study(policy_path: str | Path, task_name: str, out: Path, problem
     if top > LONG_TAIL:
         ax.axvline(LONG_TAIL, color="k", ls=":", lw=0.8)
     if top > 60:
-        ax.set_xscale("log")
+        ax.set_xscale("symlog", linthresh=10)
+        ax.set_xlim(-0.5, bins[-1])
     ax.set_xlabel(f"SolverBoxFDDP iterations to th_stop = {solver.th_stop:g}")
     ax.set_ylabel("held-out problems")
-    ax.set_title(f"{task.name}: TO initialised with / without the learned policy ({problems} problems)")
+    ax.set_title(f"{task.name}: TO from the policy's rollout vs cold ({problems} problems)")
     ax.legend()
     fig.tight_layout()
     fig.savefig(out / f"warm_start_{task.name}.png", dpi=90)
@@ -639,7 +658,8 @@ def warm_start_study(policy_path: str | Path, task_name: str, out: Path, problem
 
     lines = [f"# TO warm start on {task.name} (paper Fig. 7)", "",
              f"Policy `{policy_path}`; {problems} held-out problems (seed {seed}); SolverBoxFDDP to th_stop "
-             f"{solver.th_stop:g}, max {max_iter} iterations, 1 thread ({seconds:.0f} s).", "",
+             f"{solver.th_stop:g}, max {max_iter} iterations, 1 thread ({seconds:.0f} s). The policy's rollout is "
+             f"handed over as feasible (as the MPC node does), so the solver's box-QP runs from the first iteration.", "",
              f"![warm start](warm_start_{task.name}.png)", "",
              f"| initial guess | converged | iterations median | p90 | max | > {LONG_TAIL} | solve ms median |",
              "|---|---|---|---|---|---|---|"]
@@ -647,7 +667,10 @@ def warm_start_study(policy_path: str | Path, task_name: str, out: Path, problem
         s = summary[k]
         lines.append(f"| {k} | {s['converged']}/{s['solves']} | {s['iterations_median']:g} | {s['iterations_p90']:.1f} | "
                      f"{s['iterations_max']:g} | {s['over_100']} | {s['solve_ms_median']:.2f} |")
-    lines += ["", f"Cost reached, policy vs cold: median relative difference {np.median(rel):+.2e} (other local optima).", ""]
+    lines += ["", f"Cost reached from the policy's rollout vs cold (Fig. 6: another local optimum when they differ by more "
+              f"than {SAME_COST:g} relative): lower on {optima['lower']}, higher on {optima['higher']}, the same on "
+              f"{optima['same']} of {problems} problems (largest differences: {100 * report['cost_relative_difference_max_lower']:.3g} % "
+              f"lower, {100 * report['cost_relative_difference_max_higher']:.3g} % higher; median {np.median(rel):+.2e}).", ""]
     (out / f"warm_start_{task.name}.md").write_text("\n".join(lines))
     return report
 

@@ -66,6 +66,12 @@ class TrainConfig:
     search fell to its smallest step is then dropped for the cold start (the cheaper feasible of the
     two is kept). 0: warm starts run to the cap. Per task: it saves the boxed lqr 3.5x of its OC
     evaluations, but it costs the pendulums the policy-consistent swing of the warm start."""
+    oc_feasible_warm_start: bool = False
+    """Tell SolverBoxFDDP that a warm start from the policy's rollout is dynamically feasible, so its
+    backward pass solves the box-QP from the first iteration. Told nothing, it takes unconstrained
+    FDDP steps and only clamps them until a full step is accepted, which from a guess near a boxed
+    optimum may never happen (the lqr then stalls at the smallest step, hence its probe). Off: how
+    the results in docs/results were made."""
     warm_start: str = "policy"
     """Initial guess of each OC solve: 'policy' rollout, 'previous' solution of that problem, or 'cold'."""
     mu: float = 1.0

@@ -56,6 +56,8 @@ class OCJob:
     init_us: np.ndarray | None = None
     terms: dict[str, np.ndarray] = field(default_factory=dict)
     """Per-problem data of the extra cost terms (e.g. 'shift' λ/μ [T, nu], 'u_ref', 'x_ref')."""
+    init_is_rollout: bool = False
+    """init_xs is the rollout of init_us from x0 (a policy's rollout), not just any guess."""
 
 
 @dataclass
@@ -70,6 +72,8 @@ class OCRequest:
     """Data shared by all jobs (e.g. 'mu', 'policy' weights)."""
     warm_start_probe: int = 0
     """Iterations a warm start gets to show progress (TrainConfig.oc_warm_start_probe); 0: no probe."""
+    feasible_warm_start: bool = False
+    """Tell the solver that a rollout guess is feasible (TrainConfig.oc_feasible_warm_start)."""
     gains: str = "solver"
     """The solutions' K: 'solver' (SolverBoxFDDP's last), 'solution' (ocp.solution_gains of the
     solved OCP) or 'task' (ocp.solution_gains of the task's own OCP at the solution, without the
@@ -130,9 +134,12 @@ class _Worker:
             return solve(shooting, request.solver, counter=counter)
         cap, probe = request.solver.max_iter, request.warm_start_probe
         first = probe if 0 < probe < cap else cap
-        sol = solve(shooting, request.solver, job.init_xs, job.init_us, counter=counter, max_iter=first)
+        told = request.feasible_warm_start
+        sol = solve(shooting, request.solver, job.init_xs, job.init_us, counter=counter, max_iter=first,
+                    rollout_guess=told and job.init_is_rollout)
         if first < cap and not sol.converged and not sol.stalled:  # past the probe, progressing: go on
-            rest = solve(shooting, request.solver, sol.xs, sol.us, counter=counter, max_iter=cap - first)
+            rest = solve(shooting, request.solver, sol.xs, sol.us, counter=counter, max_iter=cap - first,
+                         rollout_guess=told and sol.feasible)
             sol = dataclasses.replace(rest, iterations=rest.iterations + sol.iterations)
         if sol.converged:
             return sol

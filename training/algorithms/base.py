@@ -146,7 +146,7 @@ class Algorithm(ABC):
             traj = self.task.rollout(self.policy.act, problems, counter=self.counter)
             for i, job in enumerate(jobs):
                 if not traj.diverged[i]:
-                    job.init_xs, job.init_us = traj.xs[i], traj.us[i]
+                    job.init_xs, job.init_us, job.init_is_rollout = traj.xs[i], traj.us[i], True
                 else:
                     fallbacks += 1
                     if previous is not None:
@@ -158,8 +158,9 @@ class Algorithm(ABC):
 
     def solve(self, problems: Problems, jobs: list[OCJob], fallbacks: int, mode: str = "plain", shared=None) -> OCBatch:
         gains = self.config.sobolev_gains if self.config.sobolev else "solver"  # only Sobolev reads K
-        sols = self.runner.solve(OCRequest(jobs, self.solver, mode, shared or {}, self.config.oc_warm_start_probe, gains),
-                                 self.counter)
+        request = OCRequest(jobs, self.solver, mode, shared or {}, self.config.oc_warm_start_probe,
+                            self.config.oc_feasible_warm_start, gains)
+        sols = self.runner.solve(request, self.counter)
         return OCBatch.from_solutions(problems, sols, fallbacks)
 
     # -- checkpointing ----------------------------------------------------
