@@ -602,7 +602,7 @@ def warm_start_study(policy_path: str | Path, task_name: str, out: Path, problem
     import matplotlib.pyplot as plt
 
     from tocpl_ros.mpc import TaskPolicy
-    from tocpl_ros.mpc_benchmark import DEFAULT_SEED, LONG_TAIL, open_loop
+    from tocpl_ros.mpc_benchmark import DEFAULT_SEED, LONG_TAIL, open_loop, policy_vs_cold_costs
     from tocpl_ros.policy_file import OnnxPolicy
     from tocpl_ros.tasks import load_task
     from tocpl_ros.tasks.config import SolverConfig
@@ -617,16 +617,12 @@ def warm_start_study(policy_path: str | Path, task_name: str, out: Path, problem
     seconds = time.perf_counter() - start
     summary = {k: v.summary() for k, v in results.items()}
     it = {k: np.array(v.iterations) for k, v in results.items()}
-    cost_p, cost_c = np.array(results["policy"].costs), np.array(results["cold"].costs)
-    rel = (cost_p - cost_c) / np.maximum(np.abs(cost_c), 1e-12)
-    # Fig. 6: the policy's rollout may lead the solver to another local optimum; count where, and which way.
-    optima = {"lower": int(np.sum(rel < -SAME_COST)), "higher": int(np.sum(rel > SAME_COST)),
-              "same": int(np.sum(np.abs(rel) <= SAME_COST))}
+    rel, optima = policy_vs_cold_costs(results, SAME_COST)  # Fig. 6: which start reached which optimum
     report = {
         "task": task.name, "policy": str(policy_path), "problems": problems, "seed": seed, "max_iter": max_iter,
         "th_stop": solver.th_stop, "long_tail": LONG_TAIL, "seconds": seconds, **summary,
         "iterations": {k: v.tolist() for k, v in it.items()},
-        "costs": {"policy": cost_p.tolist(), "cold": cost_c.tolist()},
+        "costs": {k: list(v.costs) for k, v in results.items()},
         "cost_relative_difference_median": float(np.median(rel)),
         "cost_policy_vs_cold": optima,
         "cost_relative_difference_max_lower": float(-rel.min()) if optima["lower"] else 0.0,
