@@ -864,14 +864,16 @@ def _wait_policy_active(probe, kin, timeout: float = 3.0) -> None:
         "the policy node is not driving the arm"
 
 
-def _check_goes_safe(probe, kin, since: float, what: str, min_after: int, settles: bool = True) -> tuple[int, float]:
+def _check_goes_safe(probe, kin, since: float, what: str, min_after: int, settles: bool = True,
+                     blackout_ok: bool = False) -> tuple[int, float] | None:
     """The joint states stopped at ``since`` (or a little later). Then the policy node must switch
     from the policy's command to the safe command of stale data within its stale limit, and that
     command settle on g(q) of a recent posture: at most stale_periods (+1 tick of phase, +1 of DDS ordering)
     other commands after the last joint state, plus STALE_SLACK for the scheduling of three
     processes on a busy machine. Returns (those commands, ms from the last joint state to the
     first safe command). ``min_after``: commands expected after the last joint state (few when
-    tocpl-bringup stops the policy node right away)."""
+    tocpl-bringup stops the policy node right away). ``blackout_ok``: None instead of a failure when
+    no command after the last joint state differs from the policy's."""
     with probe.lock:
         states = list(probe.joint_states)
         commands = list(probe.commands)
@@ -888,6 +890,8 @@ def _check_goes_safe(probe, kin, since: float, what: str, min_after: int, settle
     # every tick. The safe command (a braking hold on the predicted state) is a different one.
     policy_command = after[0][1]
     differs = [float(np.abs(u - policy_command).max()) > SAFE_TOL for _, u in after]
+    if blackout_ok and True not in differs:
+        return None
     assert True in differs, f"{what}: the policy's command never stopped"
     first = differs.index(True)
     assert first <= STALE_PERIODS + 2 + STALE_SLACK, (
@@ -900,8 +904,9 @@ def _check_goes_safe(probe, kin, since: float, what: str, min_after: int, settle
 def test_policy_goes_safe_when_the_sim_stops(trained_policy, ros_loopback_env):
     """Sim frozen (SIGSTOP) while the policy drives the arm: the policy node sends the safe
     command within its stale limit and says so on /diagnostics; sim resumed: the policy takes over
-    again. Sim killed (SIGKILL) while moving: safe command within the stale limit again, then
-    tocpl-bringup stops the policy node and exits non-zero naming the sim; no process is left."""
+    again. Sim killed (SIGKILL) while moving: safe command within the stale limit again (when DDS
+    delivers it here at all: see below), then tocpl-bringup stops the policy node and exits non-zero
+    naming the sim; no process is left."""
     from tocpl_ros.demo import ToolKinematics
 
     kin = ToolKinematics()
@@ -915,8 +920,10 @@ def test_policy_goes_safe_when_the_sim_stops(trained_policy, ros_loopback_env):
         # -- freeze the simulator: no more joint states, the process is still there
         frozen = time.monotonic()
         os.kill(sim_pid, signal.SIGSTOP)
+        # (8 s: Fast DDS here can hold the node's publish(), diagnostics too, for up to 4.3 s; the
+        # reaction itself is counted in commands below, which such a hold does not change)
         assert probe.wait_for(lambda: (d := probe.last_diagnostics()) is not None and d[0] > frozen + 0.05
-                              and d[1]["state"] == "safe", timeout=3.0), probe.last_diagnostics()
+                              and d[1]["state"] == "safe", timeout=8.0), probe.last_diagnostics()
         diag = probe.last_diagnostics()[1]
         assert diag["reason"].startswith("stale joint_states") and int(diag["safe.stale"]) > 0, diag
         n_policy, ms = _check_goes_safe(probe, kin, frozen, "sim frozen", min_after=STALE_PERIODS + 10)
@@ -938,16 +945,25 @@ def test_policy_goes_safe_when_the_sim_stops(trained_policy, ros_loopback_env):
         killed = time.monotonic()
         os.kill(sim_pid, signal.SIGKILL)
         code = bring.wait(timeout=30)
-        # tocpl-bringup stops the policy node right away: its hold has no time to come to rest
-        n_policy, ms = _check_goes_safe(probe, kin, killed, "sim killed", min_after=1, settles=False)
-        print(f"sim killed (policy - g(q) {gap:.1f} N·m before): safe after {n_policy} policy commands, {ms:.1f} ms "
-              "after the last joint state")
+        # tocpl-bringup stops the policy node right away: its hold has no time to come to rest. After a
+        # subscriber's SIGKILL, Fast DDS here sometimes delivers nothing more from the node for ~1 s
+        # (32 of 110 kills in test_node_faults.py, which times the reaction through such blackouts);
+        # the node's stop is then outside what this probe can see, and only the rest is checked.
+        seen = _check_goes_safe(probe, kin, killed, "sim killed", min_after=1, settles=False, blackout_ok=True)
+        if seen is None:
+            print("sim killed: no command after the last joint state reached the probe but the policy's "
+                  "(a DDS delivery blackout after the SIGKILL)")
+        else:
+            print(f"sim killed (policy - g(q) {gap:.1f} N·m before): safe after {seen[0]} policy commands, "
+                  f"{seen[1]:.1f} ms after the last joint state")
         assert code == 1, bring.text[-3000:]
         assert "[tocpl-bringup] ur5_sim exited (killed by SIGKILL)" in bring.text
         assert "[tocpl-bringup] ur5_sim: killed by SIGKILL -- FAILED" in bring.text
         assert "[tocpl-bringup] policy_node: exit status 0 after SIGINT" in bring.text
         assert "[policy_node]" in bring.text and "publishing the safe command" in bring.text
         assert all(_gone(pid) for pid in bring.pids.values())
+    except AssertionError as exc:  # the nodes' own account, for the reader of a failure
+        raise AssertionError(f"{exc}\n--- tocpl-bringup output (tail) ---\n{bring.text[-6000:]}") from None
     finally:
         try:
             os.kill(sim_pid, signal.SIGCONT)
