@@ -4,10 +4,11 @@
    --out runs/demo`` (the default configuration) (resumed from its checkpoint if a previous run was cut short).
 2. Bring-up of ``ur5_policy`` (simulated UR5 + policy node, + MPC node with ``--use-mpc``) as
    processes, by :class:`tocpl_ros.bringup_cli.Bringup`, like ``tocpl-bringup ur5_policy``.
-3. Three targets from the ur5_reach task's held-out distribution (the trainer's held-out seed),
-   one after the other on ``/target`` (geometry_msgs/PointStamped), ~3 s each; for each, how
-   close tool0 got: forward kinematics (pinocchio, ``urdf/ur5.urdf``) of the received
-   ``/joint_states``.
+3. Five targets from the ur5_reach task's held-out distribution (the trainer's held-out seed),
+   one after the other on ``/target`` (geometry_msgs/PointStamped), 2 s each, switched while the
+   arm moves (no reset, as in use; ``--reset`` starts each from rest), then the last held for
+   10 s; for each, how close tool0 got: forward kinematics (pinocchio, ``urdf/ur5.urdf``) of the
+   received ``/joint_states``.
 4. The policy node's loop statistics from ``/diagnostics``.
 
 DDS stays on loopback (ROS_AUTOMATIC_DISCOVERY_RANGE=LOCALHOST unless set; one ROS_DOMAIN_ID
@@ -222,31 +223,24 @@ def demo_targets(n: int, seed: int = HELD_OUT_SEED) -> np.ndarray:
     return load_task(TASK).sample(n, seed).target
 
 
-def reach(probe: Probe, kin: ToolKinematics, target, duration: float, within: float = 0.01,
-          before=None, after=None) -> dict[str, float]:
-    """Send ``target`` and follow tool0 for ``duration`` s. ``before()`` runs just before the
-    target is sent (e.g. reset the simulator; the start error is measured after it), ``after()``
-    just after (e.g. start the policy). Returns the start error, the error at 1 s (the trained
-    horizon) and at the end, the best error, the time after which it stayed within ``within``
-    m (nan if it did not), and the largest joint speed at the end."""
+def tool_error(probe: Probe, kin: ToolKinematics, target: np.ndarray) -> float:
+    state = probe.last_joint_state()
+    return float(np.linalg.norm(kin.position(kin.q_of(state[1], state[2])) - target))
+
+
+def follow(probe: Probe, kin: ToolKinematics, target, duration: float, within: float = 0.01) -> dict[str, float]:
+    """Follow tool0's distance to ``target`` for ``duration`` s: the error at 1 s (the trained horizon)
+    and at the end, the best error, the time after which it stayed within ``within`` m (nan if it did
+    not), and the largest joint speed at the end."""
     target = np.asarray(target, dtype=float)
-    if before is not None:
-        before()
-        done = time.monotonic()
-        probe.wait_for(lambda: probe.last_joint_state()[0] > done + 0.003, 2.0, poll=0.002)
-    start_state = probe.last_joint_state()
-    start_error = float(np.linalg.norm(kin.position(kin.q_of(start_state[1], start_state[2])) - target))
-    probe.send_target(target)
-    sent = time.monotonic()
-    if after is not None:
-        after()
-    best, settled_at, error, at_1s = start_error, float("nan"), start_error, float("nan")
-    while time.monotonic() - sent < duration:
+    started = time.monotonic()
+    error = tool_error(probe, kin, target)
+    best, settled_at, at_1s = error, float("nan"), float("nan")
+    while time.monotonic() - started < duration:
         time.sleep(0.01)
-        state = probe.last_joint_state()
-        error = float(np.linalg.norm(kin.position(kin.q_of(state[1], state[2])) - target))
+        error = tool_error(probe, kin, target)
         best = min(best, error)
-        elapsed = time.monotonic() - sent
+        elapsed = time.monotonic() - started
         if np.isnan(at_1s) and elapsed >= 1.0:
             at_1s = error
         if error <= within:
@@ -255,8 +249,25 @@ def reach(probe: Probe, kin: ToolKinematics, target, duration: float, within: fl
         else:
             settled_at = float("nan")
     speed = float(np.abs(probe.last_joint_state()[3]).max())
-    return {"start_error": start_error, "error_1s": at_1s, "final_error": error, "best_error": best,
-            "settled_at": settled_at, "max_joint_speed": speed}
+    return {"error_1s": at_1s, "final_error": error, "best_error": best, "settled_at": settled_at,
+            "max_joint_speed": speed}
+
+
+def reach(probe: Probe, kin: ToolKinematics, target, duration: float, within: float = 0.01,
+          before=None, after=None) -> dict[str, float]:
+    """Send ``target`` and follow tool0 for ``duration`` s (see ``follow``; also the start error).
+    ``before()`` runs just before the target is sent (e.g. reset the simulator; the start error is
+    measured after it), ``after()`` just after (e.g. start the policy)."""
+    target = np.asarray(target, dtype=float)
+    if before is not None:
+        before()
+        done = time.monotonic()
+        probe.wait_for(lambda: probe.last_joint_state()[0] > done + 0.003, 2.0, poll=0.002)
+    start_error = tool_error(probe, kin, target)
+    probe.send_target(target)
+    if after is not None:
+        after()
+    return {"start_error": start_error, **follow(probe, kin, target, duration, within)}
 
 
 def format_diagnostics(values: dict[str, str], message: str) -> list[str]:
@@ -282,13 +293,14 @@ def build_parser() -> argparse.ArgumentParser:
                         help="training iterations if it trains (default: config/train/ur5_reach.yaml's)")
     parser.add_argument("--retrain", action="store_true", help="train again even if the run folder has a policy")
     parser.add_argument("--policy", type=Path, help="use this .onnx instead of training / runs/demo")
-    parser.add_argument("--targets", type=int, default=3, help="number of targets (default: 3)")
+    parser.add_argument("--targets", type=int, default=5, help="number of targets (default: 5)")
     parser.add_argument("--seed", type=int, default=HELD_OUT_SEED, help="seed of the targets (default: the held-out seed)")
-    parser.add_argument("--wait", type=float, default=3.0, help="seconds per target (default: 3)")
+    parser.add_argument("--wait", type=float, default=2.0, help="seconds per target (default: 2)")
+    parser.add_argument("--hold", type=float, default=10.0, help="seconds the last target is then held (default: 10)")
     parser.add_argument("--rate", default="500", help="control rate, Hz (default: 500)")
-    parser.add_argument("--no-reset", action="store_true",
-                        help="do not reset the simulated UR5 to its initial posture before each target "
-                        "(the targets then follow each other from wherever the arm is)")
+    parser.add_argument("--reset", action="store_true",
+                        help="reset the simulated UR5 to its initial posture before each target (each target then "
+                        "starts at rest, like a training episode); default: targets follow each other while the arm moves")
     parser.add_argument("--use-mpc", action="store_true", help="also start the MPC node (use_mpc:=true)")
     parser.add_argument("--quiet-nodes", action="store_true", help="do not print the nodes' output")
     return parser
@@ -305,9 +317,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         policy = args.policy if args.policy is not None else ensure_policy(args.out, args.iterations, args.retrain)
         targets = demo_targets(args.targets, args.seed)
-        # the policy drives from the first joint state on: towards the first target (the simulator is
-        # reset before it is measured), or with --no-reset holding tool0 where it is until then
-        first = "" if args.no_reset else ",".join(f"{x:.6f}" for x in targets[0])
+        # the policy drives from the first joint state on: holding tool0 where it is until the first
+        # target, or with --reset towards the first target (the simulator is reset before it is measured)
+        first = "" if not args.reset else ",".join(f"{x:.6f}" for x in targets[0])
         specs = graph_for("ur5_policy", policy=str(policy), use_mpc="true" if args.use_mpc else "false",
                           rate=args.rate, target=first)
         bringup = Bringup(specs, env=env, out=None if args.quiet_nodes else sys.stdout)
@@ -337,7 +349,8 @@ def main(argv: list[str] | None = None) -> int:
             return 1
         print(f"[{PROG}] sim + policy up after {time.monotonic() - started:.1f} s; sending {len(targets)} targets "
               f"from the {TASK} held-out distribution, {args.wait:g} s each"
-              + ("" if args.no_reset else ", the simulated UR5 reset to its initial posture before each"), flush=True)
+              + (", the simulated UR5 reset to its initial posture before each" if args.reset
+                 else f", switched while the arm moves, then the last held for {args.hold:g} s"), flush=True)
 
         def reset_sim() -> None:
             ok, message = probe.call_trigger("/ur5_sim/reset")
@@ -345,7 +358,7 @@ def main(argv: list[str] | None = None) -> int:
                 raise RuntimeError(f"/ur5_sim/reset failed: {message}")
 
         for i, target in enumerate(targets, 1):
-            r = reach(probe, kin, target, args.wait, before=None if args.no_reset else reset_sim)
+            r = reach(probe, kin, target, args.wait, before=reset_sim if args.reset else None)
             results.append(r)
             settled = "did not stay within 1 cm" if np.isnan(r["settled_at"]) else f"within 1 cm from {r['settled_at']:.2f} s on"
             print(
@@ -357,6 +370,12 @@ def main(argv: list[str] | None = None) -> int:
             )
             if bringup.poll() is not None:
                 break
+        hold = None
+        if args.hold > 0 and results and bringup.poll() is None:
+            hold = follow(probe, kin, targets[len(results) - 1], args.hold)
+            print(f"[{PROG}] held target {len(results)} for {args.hold:g} s more: error {100 * hold['final_error']:.2f} cm "
+                  f"at the end (best {100 * hold['best_error']:.2f} cm), fastest joint {hold['max_joint_speed']:.3f} rad/s",
+                  flush=True)
         probe.wait_for(lambda: probe.last_diagnostics() is not None and probe.last_diagnostics()[0] > time.monotonic() - 0.5,
                        timeout=1.5)
         diag = probe.last_diagnostics()
@@ -368,8 +387,9 @@ def main(argv: list[str] | None = None) -> int:
             at_1s = np.array([r["error_1s"] for r in results])
             final = np.array([r["final_error"] for r in results])
             print(f"[{PROG}] tool0 error over {len(results)} targets: at 1 s mean {100 * at_1s.mean():.2f} cm "
-                  f"(max {100 * at_1s.max():.2f}); at {args.wait:g} s mean {100 * final.mean():.2f} cm "
-                  f"(max {100 * final.max():.2f})", flush=True)
+                  f"(max {100 * at_1s.max():.2f}); at each switch ({args.wait:g} s) mean {100 * final.mean():.2f} cm "
+                  f"(max {100 * final.max():.2f})"
+                  + (f"; after the {args.hold:g} s hold {100 * hold['final_error']:.2f} cm" if hold else ""), flush=True)
         if bringup.poll() is not None:
             print(f"{PROG}: error: {bringup.poll().name} exited during the demo", file=sys.stderr)
             code = 1

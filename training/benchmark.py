@@ -39,11 +39,34 @@ def run_one(task: str, seed: int, out: Path, overrides: dict) -> dict:
 
 def format_row(r: dict, unit: str) -> str:
     scale, shown = {"m": (100.0, "cm"), "rad": (float(np.rad2deg(1)), "deg")}.get(unit, (1.0, unit))
-    return (f"{r['task']:<16} {r['variant']:<10} seed {r['seed']:<3} "
+    line = (f"{r['task']:<16} {r['variant']:<10} seed {r['seed']:<3} "
             f"err mean {scale * r['final_error_mean']:8.3g} {shown:<3} p95 {scale * r['final_error_p95']:8.3g} "
             f"hold p95 {scale * r['hold_error_p95']:8.3g}  within {100 * r['within_tolerance']:5.1f}%  "
             f"gap {100 * r['cost_gap_median']:8.3g}%  it {r['delivered']}/{r['iterations']}  bound viol {r['max_bound_violation']:.2g}  "
             f"evals {r['dynamics_evaluations']:9.3g}  {r['wall_time']:6.0f} s")
+    return line + continuous_lines(r, scale, shown)
+
+
+def continuous_lines(r: dict, scale: float, shown: str) -> str:
+    """The continuous-use figures of a run (training/continuous.py), when it has them."""
+    if "hold_T_error_mean" not in r:
+        return ""
+
+    def err(key: str) -> str:
+        return f"{scale * r[key + '_error_mean']:.3g}/{scale * r[key + '_error_p95']:.3g}"
+
+    holds = sorted((k[5:-11] for k in r if k.startswith("hold_") and k.endswith("_error_mean")),
+                   key=lambda label: 0.0 if label == "T" else float(label[:-1]))
+    text = "\n    continuous use (mean/p95 " + shown + "): hold " + ", ".join(
+        f"{label} {err('hold_' + label)} ({r['hold_' + label + '_speed_median']:.2g} rad/s)" for label in holds)
+    text += f"; diverged {r['hold_diverged']:.0f}"
+    if "sequence_error_mean" in r:
+        text += f"; sequence {err('sequence')} ({100 * r['sequence_within']:.0f}% within)"
+    if "moving_start_error_mean" in r:
+        text += f"; moving starts {err('moving_start')}"
+    if "push_recovered" in r:
+        text += f"; push back {100 * r['push_recovered']:.0f}%"
+    return text
 
 
 def main(argv: list[str] | None = None) -> int:

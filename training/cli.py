@@ -62,7 +62,7 @@ def build_parser() -> argparse.ArgumentParser:
         if tp is bool:
             parser.add_argument(flag, action=argparse.BooleanOptionalAction, **kwargs)
         elif typing.get_origin(tp) is list:
-            parser.add_argument(flag, type=int, nargs="+", **kwargs)
+            parser.add_argument(flag, type=typing.get_args(tp)[0], nargs="+", **kwargs)
         else:
             parser.add_argument(flag, type=tp, **kwargs)
     return parser
@@ -110,16 +110,29 @@ def resume_changes(args: argparse.Namespace) -> dict:
 
 
 def progress_line(row: dict, config: TrainConfig, unit: str) -> str:
+    """One line per iteration: the figures that judge a run (docs/training.md "Reading a run")."""
     scale, shown = (100.0, "cm") if unit == "m" else (57.29577951308232, "deg") if unit == "rad" else (1.0, unit)
-    return (
-        f"[{config.variant} {int(row['iteration'])}/{config.iterations}] "
-        f"error mean {scale * row['final_error_mean']:.3g} {shown} p95 {scale * row['final_error_p95']:.3g} "
-        f"hold p95 {scale * row['hold_error_p95']:.3g} | "
-        f"within tol {100 * row['within_tolerance']:.0f}% | cost gap {100 * row['cost_gap_median']:.2f}% | "
-        f"evals {row['dynamics_evaluations']:.3g} | {row['wall_time']:.0f}s"
-        + (f" | {row['warm_start_fallbacks']:.0f} policy rollouts diverged: warm-started from the previous "
-           f"solution or cold" if row.get("warm_start_fallbacks") else "")
-    )
+
+    def error(key: str) -> str:
+        return f"mean {scale * row[key + '_error_mean']:.3g} p95 {scale * row[key + '_error_p95']:.3g}"
+
+    line = (f"[{config.variant} {int(row['iteration'])}/{config.iterations}] "
+            f"at T: mean {scale * row['final_error_mean']:.3g} {shown} p95 {scale * row['final_error_p95']:.3g} | ")
+    holds = sorted((k[5:-11] for k in row if k.startswith("hold_") and k.endswith("_error_mean") and k != "hold_T_error_mean"),
+                   key=lambda label: float(label[:-1]))
+    if holds:  # continuous use: the longest hold, the sequence, the push
+        line += f"hold {holds[-1]}: {error('hold_' + holds[-1])} | "
+        line += f"sequence: {error('sequence')} | " if "sequence_error_mean" in row else ""
+        line += f"push back {100 * row['push_recovered']:.0f}% | " if "push_recovered" in row else ""
+    else:
+        line += f"hold p95 {scale * row['hold_error_p95']:.3g} | "
+    line += f"within tol {100 * row['within_tolerance']:.0f}% | "
+    if unit not in ("m", "rad"):  # the lqr is judged by its cost; the robots' gap is dominated by terminal weights
+        line += f"cost gap {100 * row['cost_gap_median']:.2f}% | "
+    line += f"evals {row['dynamics_evaluations']:.3g} | {row['wall_time']:.0f}s"
+    if row.get("warm_start_fallbacks"):
+        line += f" | {row['warm_start_fallbacks']:.0f} policy rollouts diverged: warm-started from the previous solution or cold"
+    return line
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -74,6 +74,20 @@ class TrainConfig:
     the results in docs/results were made."""
     warm_start: str = "policy"
     """Initial guess of each OC solve: 'policy' rollout, 'previous' solution of that problem, or 'cold'."""
+    continuous_share: float = 0.0
+    """pddp: share of each OC phase's problems started on the policy's own rollouts through a chain of
+    targets (training/continuation.py): moving, holding, or where earlier targets left the arm, so the
+    labels cover continuous use and not only the first T from rest. 0: the paper's fixed-horizon setup
+    (every problem from P), how the comparisons in docs/results were made."""
+    continuous_chain: int = 3
+    """continuous_share: targets in the chain the policy runs through (each for T) before a state is drawn."""
+    continuous_retarget: float = 0.5
+    """continuous_share: share of the chained problems given a fresh target (a new target while moving);
+    the others keep the chain's current target (keep reaching, keep holding)."""
+    moving_start_share: float = 0.0
+    """pddp: share of each OC phase's problems whose x0 gets joint velocities U(-h, h), h = moving_start_speed."""
+    moving_start_speed: float = 0.5
+    """moving_start_share: half-width h of the sampled joint velocities (rad/s)."""
     mu: float = 1.0
     """Augmented-Lagrangian penalty μ (plal, dpl), in units of the task's cost per (N·m)²."""
     dual_decay: float = 1.0
@@ -108,6 +122,12 @@ class TrainConfig:
     """Held-out problems evaluated after every iteration (fixed set, drawn from eval_seed)."""
     eval_seed: int = 1_000_003
     """Seed of the held-out problems (disjoint from training seeds)."""
+    eval_hold_seconds: list[float] = field(default_factory=lambda: [3.0, 10.0])
+    """Continuous-use evaluation (training/continuous.py, robot tasks) after every iteration: times after the
+    start (s) at which the held-out hold error is read, besides T; plus a sequence of targets, moving starts
+    and a push. Empty: none of it."""
+    eval_final_hold_seconds: float = 60.0
+    """The last iteration also reads the hold at this time (s; 0: not): too long a rollout for every iteration."""
     select_best: bool = False
     """Export the iterate that scored best on a validation set (validation_problems rollouts, no TO solves:
     share within tolerance, then mean policy cost) instead of the last one. The held-out set plays no part
@@ -144,6 +164,19 @@ class TrainConfig:
             raise FieldError("dual_decay", f"must be in [0, 1], got {self.dual_decay}")
         if not 0.0 <= self.problem_refresh <= 1.0:
             raise FieldError("problem_refresh", f"must be in [0, 1] (a share of the problems), got {self.problem_refresh}")
+        for name in ("continuous_share", "continuous_retarget", "moving_start_share"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise FieldError(name, f"must be in [0, 1] (a share of the problems), got {getattr(self, name)}")
+        if self.continuous_share + self.moving_start_share > 1.0:
+            raise FieldError("moving_start_share", f"continuous_share + moving_start_share must be <= 1, got "
+                             f"{self.continuous_share} + {self.moving_start_share}")
+        if (self.continuous_share or self.moving_start_share) and self.algo != "pddp":
+            raise FieldError("continuous_share", f"continuous-use problems are drawn by pddp only (algo is "
+                             f"'{self.algo}', whose problems are a fixed set)")
+        if self.continuous_chain < 1:
+            raise FieldError("continuous_chain", f"must be >= 1, got {self.continuous_chain}")
+        if self.moving_start_speed < 0:
+            raise FieldError("moving_start_speed", f"must be >= 0, got {self.moving_start_speed}")
         if self.oc_warm_start_probe < 0:
             raise FieldError("oc_warm_start_probe", f"must be >= 0 (0: no probe), got {self.oc_warm_start_probe}")
         if self.mu_growth <= 1:
@@ -178,6 +211,10 @@ class TrainConfig:
             raise FieldError("backend", f"unknown OC phase backend '{self.backend}' (known: {', '.join(BACKENDS)})")
         if self.ray_address and self.backend != "ray":
             raise FieldError("ray_address", f"is only used with backend 'ray' (backend is '{self.backend}')")
+        if any(not math.isfinite(s) or s <= 0 for s in self.eval_hold_seconds) or not (
+                math.isfinite(self.eval_final_hold_seconds) and self.eval_final_hold_seconds >= 0):
+            raise FieldError("eval_hold_seconds", f"times must be > 0 s, got {self.eval_hold_seconds} and "
+                             f"eval_final_hold_seconds {self.eval_final_hold_seconds}")
         if not self.hidden or any(h < 1 for h in self.hidden):
             raise FieldError("hidden", f"needs at least one positive width, got {self.hidden}")
 

@@ -33,6 +33,7 @@ from tocpl_ros.tasks import DynamicsCounter, Problems, Task, Trajectories, load_
 from .algorithms import make_algorithm
 from .checkpoint import CheckpointError, atomic_write_bytes, load_checkpoint, policy_payload, remove_stale_temps, save_checkpoint
 from .config import TrainConfig
+from .continuous import ContinuousUse, evaluate_continuous
 from .oc_phase import OCPhaseRunner
 from .policy import MLPPolicy, make_policy
 from .run_log import CURVE, METRICS, RunLog
@@ -268,6 +269,16 @@ class Trainer:
         """The held-out metrics row of the delivered policy."""
         return self.metrics[self.selected["iteration"] - 1] if self.selected is not None else self.metrics[-1]
 
+    def continuous_use_figures(self) -> dict[str, float]:
+        """Hold, sequence, moving-start and push figures of the current policy on the held-out problems."""
+        cfg = self.config
+        if not cfg.eval_hold_seconds:
+            return {}
+        last = self.algorithm.iteration >= cfg.iterations
+        hold = [*cfg.eval_hold_seconds, *([cfg.eval_final_hold_seconds] if last and cfg.eval_final_hold_seconds else [])]
+        return evaluate_continuous(self.task, self.policy.act, self.held_out.problems, success_tolerance(self.task)[1],
+                                   ContinuousUse(hold_seconds=tuple(hold)))
+
     # -- loop ---------------------------------------------------------------
     def run(self, on_iteration: Callable[[dict[str, float]], None] | None = None) -> list[dict[str, float]]:
         try:
@@ -287,6 +298,7 @@ class Trainer:
                 row = {
                     "iteration": float(self.algorithm.iteration),
                     **evaluate_policy(self.task, self.policy, self.held_out),
+                    **self.continuous_use_figures(),
                     "dynamics_evaluations": float(self.counter.steps),
                     **stats,
                 }

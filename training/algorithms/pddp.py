@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..continuation import with_continuation
 from ..supervised import SupervisedData
 from .base import Algorithm, OCBatch
 
@@ -13,9 +14,16 @@ class PDDP(Algorithm):
 
     def oc_phase(self) -> OCBatch:
         cfg = self.config
-        same = not cfg.resample
+        continuation = bool(cfg.continuous_share or cfg.moving_start_share)
+        same = not cfg.resample and not continuation  # continuation states follow the policy
         seed = cfg.seed if same else [cfg.seed, self.iteration]
-        problems = self.task.sample(cfg.problems, np.random.default_rng(seed))
+        rng = np.random.default_rng(seed)
+        problems = self.task.sample(cfg.problems, rng)
+        if continuation:
+            problems = with_continuation(
+                self.task, self.policy.act, problems, rng, share=cfg.continuous_share, chain=cfg.continuous_chain,
+                retarget=cfg.continuous_retarget, moving_share=cfg.moving_start_share,
+                start_speed=cfg.moving_start_speed, counter=self.counter)
         jobs, fallbacks = self.initial_guesses(problems, same_problems=same)
         return self.solve(problems, jobs, fallbacks)
 

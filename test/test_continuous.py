@@ -1,0 +1,90 @@
+"""Continuous-use evaluation and training problems (ROS-free)."""
+
+import numpy as np
+import pytest
+
+from tocpl_ros.tasks import Problems, load_task
+from training.config import TrainConfig
+from training.continuation import with_continuation
+from training.continuous import ContinuousUse, evaluate_continuous
+from training.trainer import Trainer
+from tocpl_ros.config import FieldError
+
+
+@pytest.fixture(scope="module")
+def ur5():
+    return load_task("ur5_reach")
+
+
+def braking_policy(task, time_constant=0.1):
+    """u = g(q) − M(q) v / τ: the arm brakes (v' = (1 − dt/τ) v) and stays wherever it comes to rest."""
+    import pinocchio as pin
+
+    def policy(obs):
+        out = []
+        for q, v in zip(obs[:, : task.nq], obs[:, task.nq: 2 * task.nq]):
+            mass = pin.crba(task.model, task.data, q)
+            out.append(pin.computeGeneralizedGravity(task.model, task.data, q) - mass @ v / time_constant)
+        return np.array(out)
+    return policy
+
+
+def test_a_policy_that_stays_put_keeps_its_start_error_and_comes_to_rest(ur5):
+    problems = ur5.sample(12, 5)
+    figures = evaluate_continuous(ur5, braking_policy(ur5), problems, 0.01, ContinuousUse(hold_seconds=(3.0,)))
+    start_error = ur5.final_error(problems.x0, problems.target)
+    assert figures["hold_diverged"] == 0
+    assert figures["hold_3s_error_mean"] == pytest.approx(start_error.mean(), rel=1e-3)
+    assert figures["hold_3s_speed_median"] < 1e-3
+    # kicked at ±0.5 rad/s it brakes somewhere else, never back at a target it never reached
+    assert figures["push_recovered"] == pytest.approx(np.mean(start_error <= 0.01))
+    assert {"sequence_error_mean", "moving_start_error_p95", "hold_T_within"} <= figures.keys()
+
+
+def test_a_diverging_policy_is_counted_and_scored_infinite(ur5):
+    problems = ur5.sample(6, 5)
+    figures = evaluate_continuous(ur5, lambda obs: np.full((len(obs), ur5.nu), 1e3), problems, 0.01,
+                                  ContinuousUse(hold_seconds=(2.0,), sequence_targets=2))
+    assert figures["hold_diverged"] == 6
+    assert figures["hold_2s_error_mean"] == np.inf and figures["hold_2s_within"] == 0.0
+
+
+def test_lqr_has_no_continuous_use_figures():
+    lqr = load_task("lqr")
+    assert evaluate_continuous(lqr, lambda obs: np.zeros((len(obs), lqr.nu)), lqr.sample(4, 0), 0.01) == {}
+
+
+def test_continuation_problems_start_on_the_policy_rollouts_and_moving(ur5):
+    problems = ur5.sample(40, 3)
+    rng = np.random.default_rng(0)
+    mixed = with_continuation(ur5, braking_policy(ur5), problems, rng, share=0.5, chain=3, retarget=0.5,
+                              moving_share=0.25, start_speed=0.5)
+    moved = ~np.isclose(mixed.x0, problems.x0).all(axis=1)
+    assert moved.sum() == 30  # 20 chained, 10 moving starts; 10 drawn from P as they were
+    speeds = np.abs(mixed.x0[:, ur5.nq:]).max(axis=1)
+    assert (speeds <= 0.5).all() and (speeds > 0).sum() >= 10
+    # chained states lie on the braking policy's rollouts from P: near the nominal posture, finite
+    assert np.isfinite(mixed.x0).all() and np.abs(mixed.x0[:, : ur5.nq] - ur5.q_nominal).max() < 1.0
+    retargeted = ~np.isclose(mixed.target, problems.target).all(axis=1)
+    assert 0 < retargeted.sum() <= 20
+
+
+def test_continuation_is_refused_for_the_fixed_problem_sets_of_plal():
+    with pytest.raises(FieldError, match="continuous_share"):
+        TrainConfig(algo="plal", continuous_share=0.5)
+    with pytest.raises(FieldError, match="moving_start_share"):
+        TrainConfig(continuous_share=0.8, moving_start_share=0.4)
+
+
+@pytest.mark.slow
+def test_continuous_training_makes_the_ur5_policy_hold(tmp_path):
+    config = TrainConfig(task="ur5_reach", sobolev=True, sobolev_weight=1e-2, iterations=5, problems=24, replay=5,
+                         epochs=10, learning_rate=1e-3, learning_rate_final=3e-4, eval_problems=20, workers=1,
+                         continuous_share=0.5, moving_start_share=0.15, eval_hold_seconds=[3.0, 10.0],
+                         eval_final_hold_seconds=0.0, seed=0)
+    rows = Trainer(config, tmp_path / "run").run()
+    first, last = rows[0], rows[-1]
+    assert last["hold_10s_error_mean"] < 0.5 * first["hold_10s_error_mean"]
+    assert last["hold_10s_error_mean"] < 0.05 and last["hold_diverged"] == 0
+    assert last["hold_10s_speed_median"] < first["hold_10s_speed_median"]
+    assert last["max_bound_violation"] == 0.0
