@@ -67,6 +67,7 @@ setup(
             "tocpl-train-bench = tocpl_training.benchmark:main",
             "tocpl-bench = tocpl_training.compare:main",
             "tocpl-oc-bench = tocpl_training.oc_benchmark:main",
+            "tocpl-inspect = tocpl_training.inspect:main",
             "tocpl-mpc-bench = tocpl_ros.mpc_benchmark:main",
             "tocpl-load-bench = tocpl_ros.load_benchmark:main",
             "tocpl-inference-bench = tocpl_ros.inference_benchmark:main",

@@ -125,15 +125,17 @@ def test_bench_overrides_by_task_and_configuration(tmp_path):
     from tocpl_training.compare import train_config_for
 
     bench = load_bench_config()
-    assert bench.to_configuration_overrides["ur5_reach"]["plal+M+S"]["problems"] == 256
-    assert train_config_for("ur5_reach", "plal+M+S", 0, bench, False).problems == 256
-    assert train_config_for("ur5_reach", "pddp+S", 0, bench, False).problems == 64
+    ur5 = "ur5_reach_fixed_horizon"  # the comparisons' UR5 (the default ur5_reach trains pddp only)
+    assert ur5 in bench.tasks
+    assert bench.to_configuration_overrides[ur5]["plal+M+S"]["problems"] == 256
+    assert train_config_for(ur5, "plal+M+S", 0, bench, False).problems == 256
+    assert train_config_for(ur5, "pddp+S", 0, bench, False).problems == 64
     assert train_config_for("lqr", "plal+M+S", 0, bench, False).problems == 64
     config_file = tmp_path / "compare.yaml"
-    config_file.write_text("to_task_overrides: {ur5_reach: {iterations: 3}}\n"
-                           "to_configuration_overrides: {ur5_reach: {plal+M+S: {problems: 32, sobolev: false}}}\n")
+    config_file.write_text(f"to_task_overrides: {{{ur5}: {{iterations: 3}}}}\n"
+                           f"to_configuration_overrides: {{{ur5}: {{plal+M+S: {{problems: 32, sobolev: false}}}}}}\n")
     bench = load_bench_config(config_file)
-    config = train_config_for("ur5_reach", "plal+M+S", 0, bench, False)
+    config = train_config_for(ur5, "plal+M+S", 0, bench, False)
     assert (config.problems, config.iterations, config.sobolev, config.multiple_shooting) == (32, 3, True, True)
     with pytest.raises(ConfigError, match="to_configuration_overrides.*ppo: not a TO configuration"):
         config_file.write_text("to_configuration_overrides: {ur5_reach: {ppo: {problems: 32}}}\n")

@@ -172,7 +172,8 @@ class TrainConfig:
                              f"{self.continuous_share} + {self.moving_start_share}")
         if (self.continuous_share or self.moving_start_share) and self.algo != "pddp":
             raise FieldError("continuous_share", f"continuous-use problems are drawn by pddp only (algo is "
-                             f"'{self.algo}', whose problems are a fixed set)")
+                             f"'{self.algo}', whose problems are a fixed set): set continuous_share and moving_start_share "
+                             f"to 0 (ur5_reach: --task ur5_reach_fixed_horizon)")
         if self.continuous_chain < 1:
             raise FieldError("continuous_chain", f"must be >= 1, got {self.continuous_chain}")
         if self.moving_start_speed < 0:
