@@ -5,7 +5,7 @@ import pytest
 
 from tocpl_ros.tasks import Problems, load_task
 from training.config import TrainConfig
-from training.continuation import with_continuation
+from training.continuation import in_use_range, with_continuation
 from training.continuous import ContinuousUse, evaluate_continuous
 from training.trainer import Trainer
 from tocpl_ros.config import FieldError
@@ -67,6 +67,20 @@ def test_continuation_problems_start_on_the_policy_rollouts_and_moving(ur5):
     assert np.isfinite(mixed.x0).all() and np.abs(mixed.x0[:, : ur5.nq] - ur5.q_nominal).max() < 1.0
     retargeted = ~np.isclose(mixed.target, problems.target).all(axis=1)
     assert 0 < retargeted.sum() <= 20
+
+
+def test_chains_that_leave_the_joint_limits_give_no_continuation_problems(ur5):
+    """An early policy spinning the arm past its velocity limits (3.15 rad/s on the UR5): its states
+    are not states of use, so those problems stay the task's own, at rest."""
+    x = np.zeros((3, ur5.nx))
+    x[1, ur5.nq] = 3.0
+    x[2, ur5.nq + 4] = -3.3
+    assert in_use_range(ur5, x).tolist() == [True, True, False]
+    problems = ur5.sample(10, 3)
+    spinning = lambda obs: np.tile(ur5.u_max * np.array([0, 0, 0, 0, 0, 1.0]), (len(obs), 1))  # wrist 3 at full torque
+    mixed = with_continuation(ur5, spinning, problems, np.random.default_rng(0), share=1.0, chain=2, retarget=0.5,
+                              moving_share=0.0, start_speed=0.5)
+    assert (mixed.x0[:, ur5.nq:] == 0).all() and in_use_range(ur5, mixed.x0).all()
 
 
 def test_continuation_is_refused_for_the_fixed_problem_sets_of_plal():

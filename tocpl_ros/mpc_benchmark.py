@@ -17,7 +17,7 @@ nor by the trainer's evaluation set):
    last backward pass) against :func:`tocpl_ros.ocp.solution_gains` (one box-projected
    Riccati pass at the solution): on how many solves a control held by the box still has a
    gain row, and how much the free rows differ (after a warm start at an optimum BoxFDDP
-   leaves such rows unprojected; in the OC phase of training that is measured in the README).
+   leaves such rows unprojected; in the OC phase of training that is measured in docs/training.md "Sobolev targets").
 
 Printed per warm start: median / p90 / max iterations, solves over 100 iterations, median
 solve time, and the share of solves that would have met the MPC's default deadline; then

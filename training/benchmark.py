@@ -1,5 +1,5 @@
 """``tocpl-train-bench``: train the default configuration of each task over several seeds and print
-the held-out figures the README reports.
+the held-out figures of docs/training.md "Training benchmarks" and docs/continuous_use.md.
 
     tocpl-train-bench --tasks ur5_reach --seeds 0 1 2
     tocpl-train-bench --tasks lqr pendulum double_pendulum ur5_reach --seeds 0 1 2 --out runs/bench

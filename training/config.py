@@ -34,7 +34,7 @@ class TrainConfig:
     start it leaves the rows of controls on the bound unprojected, which skews the other rows too (60-74 %
     on the pendulums and the lqr). 'solution': a Riccati pass at the solved trajectory, controls clamped by
     the box getting zero rows (ocp.solution_gains, the optimal control's derivative; one more linearisation,
-    counted). Measured: no better (lqr), mixed (double pendulum), worse (pendulum, PDDP+S): README.
+    counted). Measured: no better (lqr), mixed (double pendulum), worse (pendulum, PDDP+S): docs/training.md "Sobolev targets".
     'task': the same pass on the task's own OCP, without the consensus (plal) or tracking (+M) terms:
     +M's tracking terms hold the references fixed, so its OCP's gains shrink towards zero (22 % on the
     lqr at μ 0.01, 5-7 % UR5, 1 % pendulum), while at consensus the policy's Jacobian is the task's.

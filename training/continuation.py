@@ -6,7 +6,8 @@ where an earlier motion left the arm, holding at a target, after drifting. A sha
 phase's problems is therefore started from the policy's own rollouts (as in DAgger): the
 current policy runs through a chain of targets switched every T, one state is drawn on that
 chain, and the problem asks to reach either the chain's current target from there (keep going,
-keep holding) or a fresh one (a new target while moving). Another share starts from P with
+keep holding) or a fresh one (a new target while moving). A chain that leaves the joint limits is
+not used (its problem stays one of P). Another share starts from P with
 random joint velocities. The OC solution from such a state over the full horizon T is a
 receding-horizon label: what an MPC of horizon T would do there, which a policy of the state
 alone can represent at every time, T and beyond.
@@ -17,6 +18,18 @@ from __future__ import annotations
 import numpy as np
 
 from tocpl_ros.tasks import DynamicsCounter, Problems, RobotTask, Task
+
+
+def in_use_range(task: RobotTask, x: np.ndarray) -> np.ndarray:
+    """Whether states [..., nx] are within the model's joint position and velocity limits (a limit
+    <= 0, as a URDF without one gives, counts as none). A chain of an early policy that leaves them
+    is not a state of use: labels from there only teach the network to saturate."""
+    q, v = x[..., :task.nq], x[..., task.nq:]
+    m = task.model
+    v_max = np.where(m.velocityLimit > 0, m.velocityLimit, np.inf)
+    lower_ok = np.all(q >= m.lowerPositionLimit, axis=-1) | np.all(m.lowerPositionLimit >= m.upperPositionLimit)
+    upper_ok = np.all(q <= m.upperPositionLimit, axis=-1) | np.all(m.lowerPositionLimit >= m.upperPositionLimit)
+    return lower_ok & upper_ok & np.all(np.abs(v) <= v_max, axis=-1)
 
 
 def with_continuation(task: Task, policy, problems: Problems, rng: np.random.Generator, *,
@@ -41,7 +54,7 @@ def with_continuation(task: Task, policy, problems: Problems, rng: np.random.Gen
         state, goal = starts.x0.copy(), starts.target.copy()
         for k, seg_target in enumerate(segment_targets):
             traj = task.rollout(policy, Problems(x, seg_target), counter=counter)
-            alive &= ~traj.diverged
+            alive &= ~traj.diverged & in_use_range(task, traj.xs).all(axis=1)
             here = (when // task.horizon == k) & alive
             state[here] = traj.xs[here, when[here] % task.horizon]
             goal[here] = seg_target[here]

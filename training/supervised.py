@@ -109,7 +109,7 @@ def gain_weights(jacobian: np.ndarray, u_half: np.ndarray) -> np.ndarray:
 
 
 @contextlib.contextmanager
-def _torch_threads(count: int):
+def torch_threads(count: int):
     """Run the block with ``count`` torch intra-op threads, restoring the previous count."""
     previous = torch.get_num_threads()
     torch.set_num_threads(count)
@@ -146,7 +146,7 @@ def fit(
     skipped = 0
     # One intra-op thread: the MLP is small, and with one thread per core OpenMP's spin-waits
     # collapse as soon as another process shares a core (measured 6x slower median step).
-    with _torch_threads(1):
+    with torch_threads(1):
         for _ in range(epochs):
             order = torch.randperm(n, generator=generator)
             totals = {"regression_loss": 0.0, "sobolev_loss": 0.0}

@@ -37,6 +37,7 @@ from .continuous import ContinuousUse, evaluate_continuous
 from .oc_phase import OCPhaseRunner
 from .policy import MLPPolicy, make_policy
 from .run_log import CURVE, METRICS, RunLog
+from .supervised import torch_threads
 
 CHECKPOINT = "checkpoint.pt"
 POLICY = "policy.onnx"
@@ -288,34 +289,37 @@ class Trainer:
             raise
         self.log = RunLog(self.out_dir, f"{self.config.variant} on {self.task.name}", self.task.error_unit)
         try:
-            self.log.restart(self.metrics)  # a resumed run: logs equal to the checkpoint again
-            if self.held_out is None:
-                self.held_out = HeldOut.make(self.task, self.config.eval_problems, self.config.eval_seed)
-            while self.algorithm.iteration < self.config.iterations:
-                # wall time covers everything a run spends, evaluation and checkpoint included
-                start = time.perf_counter()
-                stats = self.algorithm.step()
-                row = {
-                    "iteration": float(self.algorithm.iteration),
-                    **evaluate_policy(self.task, self.policy, self.held_out),
-                    **self.continuous_use_figures(),
-                    "dynamics_evaluations": float(self.counter.steps),
-                    **stats,
-                }
-                if self.validation is not None:
-                    score = validation_score(self.task, self.policy, self.validation)
-                    row.update(score)
-                    if better(score, self.selected and self.selected["score"]):
-                        self.selected = {"iteration": self.algorithm.iteration, "score": score,
-                                         "policy_state": copy.deepcopy(self.policy.state_dict())}
-                    row["selected_iteration"] = float(self.selected["iteration"])
-                self.wall_time += time.perf_counter() - start
-                row["wall_time"] = self.wall_time
-                self.metrics.append(row)
-                self.save()  # the checkpoint first: it is what a resume trusts
-                self.log.write(self.metrics)
-                if on_iteration is not None:
-                    on_iteration(row)
+            # one torch thread for every rollout too, not only the supervised phase: with one per core,
+            # OpenMP's spin-waits made a batched policy step 9x slower once another process shared a core
+            with torch_threads(1):
+                self.log.restart(self.metrics)  # a resumed run: logs equal to the checkpoint again
+                if self.held_out is None:
+                    self.held_out = HeldOut.make(self.task, self.config.eval_problems, self.config.eval_seed)
+                while self.algorithm.iteration < self.config.iterations:
+                    # wall time covers everything a run spends, evaluation and checkpoint included
+                    start = time.perf_counter()
+                    stats = self.algorithm.step()
+                    row = {
+                        "iteration": float(self.algorithm.iteration),
+                        **evaluate_policy(self.task, self.policy, self.held_out),
+                        **self.continuous_use_figures(),
+                        "dynamics_evaluations": float(self.counter.steps),
+                        **stats,
+                    }
+                    if self.validation is not None:
+                        score = validation_score(self.task, self.policy, self.validation)
+                        row.update(score)
+                        if better(score, self.selected and self.selected["score"]):
+                            self.selected = {"iteration": self.algorithm.iteration, "score": score,
+                                             "policy_state": copy.deepcopy(self.policy.state_dict())}
+                        row["selected_iteration"] = float(self.selected["iteration"])
+                    self.wall_time += time.perf_counter() - start
+                    row["wall_time"] = self.wall_time
+                    self.metrics.append(row)
+                    self.save()  # the checkpoint first: it is what a resume trusts
+                    self.log.write(self.metrics)
+                    if on_iteration is not None:
+                        on_iteration(row)
         finally:
             self.runner.close()
             self.log.close()
