@@ -3,6 +3,7 @@
 import numpy as np
 import pytest
 
+from reference_policies import braking_policy
 from tocpl_ros.tasks import Problems, load_task
 from training.config import TrainConfig
 from training.continuation import in_use_range, with_continuation
@@ -14,19 +15,6 @@ from tocpl_ros.config import FieldError
 @pytest.fixture(scope="module")
 def ur5():
     return load_task("ur5_reach")
-
-
-def braking_policy(task, time_constant=0.1):
-    """u = g(q) − M(q) v / τ: the arm brakes (v' = (1 − dt/τ) v) and stays wherever it comes to rest."""
-    import pinocchio as pin
-
-    def policy(obs):
-        out = []
-        for q, v in zip(obs[:, : task.nq], obs[:, task.nq: 2 * task.nq]):
-            mass = pin.crba(task.model, task.data, q)
-            out.append(pin.computeGeneralizedGravity(task.model, task.data, q) - mass @ v / time_constant)
-        return np.array(out)
-    return policy
 
 
 def test_a_policy_that_stays_put_keeps_its_start_error_and_comes_to_rest(ur5):

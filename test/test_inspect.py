@@ -7,6 +7,7 @@ import onnx
 import pytest
 from onnx import TensorProto, helper
 
+from reference_policies import braking_policy
 from tocpl_ros.tasks import load_task
 from tocpl_training.export import export_onnx
 from tocpl_training.inspect import continuous_figure, main
@@ -25,19 +26,6 @@ def ur5_onnx(ur5, tmp_path_factory):
     """A randomly initialised UR5 policy exported by the project's exporter (plumbing only)."""
     path = tmp_path_factory.mktemp("run") / "policy.onnx"
     return export_onnx(make_policy(ur5, seed=0, hidden=(16, 16)), ur5, path, train_config={"eval_seed": 11})
-
-
-def braking_policy(task, time_constant=0.1):
-    """u = g(q) − M(q) v / τ: brakes and holds wherever the arm comes to rest."""
-    import pinocchio as pin
-
-    def policy(obs):
-        out = []
-        for q, v in zip(obs[:, : task.nq], obs[:, task.nq: 2 * task.nq]):
-            mass = pin.crba(task.model, task.data, q)
-            out.append(pin.computeGeneralizedGravity(task.model, task.data, q) - mass @ v / time_constant)
-        return np.array(out)
-    return policy
 
 
 def assert_png(path):

@@ -20,6 +20,7 @@ import numpy as np
 from tocpl_ros.config import ConfigError, to_dict
 
 from .cli import default_config
+from .continuous import hold_labels
 from .export import export_onnx
 from .trainer import POLICY, Trainer
 
@@ -55,8 +56,7 @@ def continuous_lines(r: dict, scale: float, shown: str) -> str:
     def err(key: str) -> str:
         return f"{scale * r[key + '_error_mean']:.3g}/{scale * r[key + '_error_p95']:.3g}"
 
-    holds = sorted((k[5:-11] for k in r if k.startswith("hold_") and k.endswith("_error_mean")),
-                   key=lambda label: 0.0 if label == "T" else float(label[:-1]))
+    holds = hold_labels(r)
     text = "\n    continuous use (mean/p95 " + shown + "): hold " + ", ".join(
         f"{label} {err('hold_' + label)} ({r['hold_' + label + '_speed_median']:.2g} rad/s)" for label in holds)
     text += f"; diverged {r['hold_diverged']:.0f}"

@@ -22,6 +22,7 @@ from tocpl_ros.resources import config_path
 
 from .checkpoint import CheckpointError
 from .config import TrainConfig
+from .continuous import hold_labels
 from .trainer import POLICY, Trainer
 
 
@@ -118,8 +119,7 @@ def progress_line(row: dict, config: TrainConfig, unit: str) -> str:
 
     line = (f"[{config.variant} {int(row['iteration'])}/{config.iterations}] "
             f"at T: mean {scale * row['final_error_mean']:.3g} {shown} p95 {scale * row['final_error_p95']:.3g} | ")
-    holds = sorted((k[5:-11] for k in row if k.startswith("hold_") and k.endswith("_error_mean") and k != "hold_T_error_mean"),
-                   key=lambda label: float(label[:-1]))
+    holds = [label for label in hold_labels(row) if label != "T"]
     if holds:  # continuous use: the longest hold, the sequence, the push
         line += f"hold {holds[-1]}: {error('hold_' + holds[-1])} | "
         line += f"sequence: {error('sequence')} | " if "sequence_error_mean" in row else ""

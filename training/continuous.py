@@ -70,6 +70,12 @@ def seconds_label(seconds: float) -> str:
     return f"{seconds:g}s"
 
 
+def hold_labels(row: dict) -> list[str]:
+    """The hold times a metrics row has figures for ('T', '3s', '10s', ...), in time order."""
+    labels = [k[len("hold_"):-len("_error_mean")] for k in row if k.startswith("hold_") and k.endswith("_error_mean")]
+    return sorted(labels, key=lambda label: 0.0 if label == "T" else float(label[:-1]))
+
+
 def evaluate_continuous(task: Task, policy, problems: Problems, tolerance: float,
                         scenarios: ContinuousUse = ContinuousUse()) -> dict[str, float]:
     """The four scenarios' figures (see the module docstring) as a flat dict of floats."""

@@ -290,7 +290,7 @@ class Trainer:
         self.log = RunLog(self.out_dir, f"{self.config.variant} on {self.task.name}", self.task.error_unit)
         try:
             # one torch thread for every rollout too, not only the supervised phase: with one per core,
-            # OpenMP's spin-waits made a batched policy step 9x slower once another process shared a core
+            # OpenMP spin-waits slow a batched policy step many times once another process shares a core
             with torch_threads(1):
                 self.log.restart(self.metrics)  # a resumed run: logs equal to the checkpoint again
                 if self.held_out is None:
