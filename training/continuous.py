@@ -92,6 +92,8 @@ def evaluate_continuous(task: Task, policy, problems: Problems, tolerance: float
         xs, alive = _roll(task, policy, x, problems.target, mark - t, alive)
         x, t = xs[:, -1], mark
         label = "T" if mark == T else seconds_label(mark * task.dt)
+        if mark == T:
+            at_T, alive_at_T = x, alive  # the push starts from here
         out |= _summary(f"hold_{label}", _errors(task, x, problems.target, alive), tolerance)
         out[f"hold_{label}_speed_median"] = float(np.median(np.where(alive, _speed(task, x), np.inf)))
     out["hold_diverged"] = float((~alive).sum())
@@ -115,8 +117,7 @@ def evaluate_continuous(task: Task, policy, problems: Problems, tolerance: float
 
     if scenarios.push_speed > 0:
         # push after the T of holding (the first hold mark): the arm is at its target, at rest
-        xs, alive = _roll(task, policy, problems.x0, problems.target, T, np.ones(n, dtype=bool))
-        kicked = xs[:, -1].copy()
+        kicked, alive = at_T.copy(), alive_at_T
         kicked[:, task.nq:] += scenarios.push_speed * rng.choice([-1.0, 1.0], (n, task.nq))
         xs, alive = _roll(task, policy, kicked, problems.target, T, alive)
         out["push_recovered"] = float(np.mean(_errors(task, xs[:, -1], problems.target, alive) <= tolerance))
