@@ -69,6 +69,7 @@ setup(
             "tocpl-oc-bench = tocpl_training.oc_benchmark:main",
             "tocpl-inspect = tocpl_training.inspect:main",
             "tocpl-mpc-bench = tocpl_ros.mpc_benchmark:main",
+            "tocpl-mpc-loop-bench = tocpl_ros.mpc_loop_benchmark:main",
             "tocpl-load-bench = tocpl_ros.load_benchmark:main",
             "tocpl-inference-bench = tocpl_ros.inference_benchmark:main",
             # ROS 2 nodes (ros2 run tocpl_ros <name>) and the launch-free bring-up

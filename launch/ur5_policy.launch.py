@@ -1,7 +1,11 @@
 """UR5 driven by a trained ONNX policy: simulated UR5 + policy node (+ optional MPC node).
 
     ros2 launch tocpl_ros ur5_policy.launch.py policy:=/path/policy.onnx target:=0.4,0.1,0.5
+    ros2 launch tocpl_ros ur5_policy.launch.py policy:=/path/policy.onnx use_mpc:=true
     ros2 launch tocpl_ros ur5_policy.launch.py --show-args
+
+With ``use_mpc:=true`` the MPC node runs too and the policy node follows its plans (/mpc/plan)
+at its own rate, the policy as the fallback (the policy node's ``use_mpc`` parameter).
 
 The node graph (nodes, params files from config/, parameters) comes from
 ``tocpl_ros.bringup.graph_for``, the same description ``tocpl-bringup ur5_policy`` starts

@@ -177,6 +177,10 @@ def constant_policy(tmp_path_factory) -> tuple[Path, np.ndarray]:
     """An exported ur5_reach policy (real ONNX) whose output is constant: gravity compensation at
     Q0 plus WRIST_OFFSET on wrist_3 (last layer's weights zeroed, its bias set through tanh).
     Returns (file, the command as onnxruntime computes it)."""
+    return _constant_policy(tmp_path_factory, WRIST_OFFSET, "constant.onnx")
+
+
+def _constant_policy(tmp_path_factory, wrist_offset: float, name: str) -> tuple[Path, np.ndarray]:
     import pinocchio as pin
     import torch
 
@@ -188,14 +192,14 @@ def constant_policy(tmp_path_factory) -> tuple[Path, np.ndarray]:
     task = load_task("ur5_reach")
     model = pin.buildModelFromUrdf(str(ROOT / "urdf" / "ur5.urdf"))
     u = pin.computeGeneralizedGravity(model, model.createData(), Q0).copy()
-    u[5] += WRIST_OFFSET
+    u[5] += wrist_offset
     policy = make_policy(task, seed=3)
     with torch.no_grad():
         last = policy.net[-1]
         last.weight.zero_()
         z = (torch.as_tensor(u, dtype=torch.float32) - policy.u_mid) / policy.u_half
         last.bias.copy_(torch.atanh(z))
-    path = export_onnx(policy.eval(), task, tmp_path_factory.mktemp("faults") / "constant.onnx")
+    path = export_onnx(policy.eval(), task, tmp_path_factory.mktemp("faults") / name)
     onnx_policy = OnnxPolicy(path)
     out = np.asarray(onnx_policy(np.concatenate([Q0, np.zeros(6), TARGET])), dtype=float).reshape(-1)
     assert np.abs(out - u).max() < 1e-3, (out, u)
@@ -578,3 +582,265 @@ def test_load_benchmark_smoke(constant_policy, ros_loopback_env, tmp_path):
     for pid in runs[1]["busy_pids"]:
         assert not Path(f"/proc/{pid}").exists() or "zombie" in Path(f"/proc/{pid}/status").read_text().lower(), (
             f"busy process {pid} still running")
+
+
+# ------------------------------------------------------------------------ (c) the fast loop following the MPC
+
+EFFORT_TOPIC = "/forward_effort_controller/commands"
+PLAN_TOPIC = "/mpc/plan"
+BLEND_PERIODS = 3  # config/policy_node.yaml mpc_blend_periods
+FOLLOW_MAX_AGE = 0.2
+"""mpc_max_age of these tests (config/policy_node.yaml's): the switching bounds checked are in
+periods of the fast loop, whatever max_age."""
+FOLLOW_STALE_PERIODS = 25
+"""Joint states may be 50 ms late before the policy node goes safe (default 10 ms): a safe command
+under load on this machine would be a step of its own in the command sequences checked here."""
+FOLLOW_MPC_PARAMS = ["warm_start:=cold", "max_iter:=100", "deadline:=0.1", "horizon:=25", "plan_duration:=0.3",
+                     "diagnostics_period:=0.25"]
+"""These tests are about the switching, not the MPC's precision: cold starts (the constant test
+policy is no warm start, and a new solver process has nothing to shift: with shifted starts and
+max_iter 20 it never converged again under load), a 0.5 s horizon (solves ~2x shorter), a deadline
+that lets a solve from the posture the policy left converge, plans covering more than
+FOLLOW_MAX_AGE."""
+FOLLOW_MAX_DEVIATION = 0.5
+"""rad (default 0.1): late plans on a loaded machine drift from the arm further than on an idle one."""
+FOLLOW_WRIST_OFFSET = 0.3
+"""N·m on wrist_3 of the fast-loop tests' constant policy: with SIM_DAMPING the wrist turns at
+0.01 rad/s while the policy drives, so it stays far from its limit for the length of a test."""
+
+
+@pytest.fixture(scope="module")
+def follow_policy(tmp_path_factory) -> tuple[Path, np.ndarray]:
+    """The constant policy of the fast-loop tests (FOLLOW_WRIST_OFFSET on wrist_3)."""
+    return _constant_policy(tmp_path_factory, FOLLOW_WRIST_OFFSET, "follow.onnx")
+
+
+class FollowGraph:
+    """ur5_sim (damped) + policy_node (use_mpc, the constant policy) + mpc_node as processes on a
+    quiet domain, the harness recording the effort commands, the plans and /diagnostics."""
+
+    def __init__(self, ros_loopback_env, tmp_path, offset: int, policy_path: Path):
+        self.harness, domain = quiet_harness(Harness, ros_loopback_env, offset=offset,
+                                             command_topics=[EFFORT_TOPIC, PLAN_TOPIC])
+        self.env = node_env(domain)
+        self.logs = {n: tmp_path / f"{n}.log" for n in ("ur5_sim", "policy_node", "mpc_node")}
+        target = f"initial_target:=[{', '.join(map(str, TARGET))}]"
+        self.cmds = {
+            "ur5_sim": console_command("ur5_sim", "tocpl_ros.nodes.ur5_sim") + ["--ros-args", "-p", f"damping:={SIM_DAMPING}"],
+            "policy_node": console_command("policy_node", "tocpl_ros.nodes.policy_node") + [
+                "--ros-args", "--params-file", str(ROOT / "config" / "policy_node.yaml"), "-p", f"policy_path:={policy_path}",
+                "-p", f"rate:={RATE}", "-p", "use_mpc:=true", "-p", f"mpc_max_age:={FOLLOW_MAX_AGE}",
+                "-p", f"mpc_max_deviation:={FOLLOW_MAX_DEVIATION}",
+                "-p", f"fade_in:={FADE_IN}", "-p", "diagnostics_period:=0.25", "-p", target,
+                "-p", f"stale_periods:={FOLLOW_STALE_PERIODS}"],
+            "mpc_node": console_command("mpc_node", "tocpl_ros.nodes.mpc_node") + [
+                "--ros-args", "--params-file", str(ROOT / "config" / "mpc_node.yaml"), "-p", f"policy_path:={policy_path}",
+                "-p", target] + [a for p in FOLLOW_MPC_PARAMS for a in ("-p", p)],
+        }
+        self.procs: dict[str, subprocess.Popen | None] = {n: None for n in self.cmds}
+
+    def start(self, name: str) -> None:
+        self.procs[name] = start(self.cmds[name], self.env, self.logs[name])
+
+    def wait(self, predicate, timeout: float, what: str) -> float:
+        return wait_until(predicate, timeout, what, {n: p for n, p in self.procs.items() if p is not None}, self.logs)
+
+    def policy_diag(self, after: float = -math.inf) -> dict[str, str] | None:
+        return self.harness.last_diag("policy_node", after=after)
+
+    def following_since(self, t: float) -> bool:
+        """The policy node's diagnostics since t say it follows the plan, its plan ticks growing."""
+        with self.harness.lock:
+            found = [d for tc, n, d in self.harness.diagnostics if n == "policy_node" and tc >= t]
+        return len(found) >= 2 and found[-1].get("mpc_source") == "plan" and int(found[-1]["mpc_plan_ticks"]) > int(found[0]["mpc_plan_ticks"])
+
+    def close(self) -> None:
+        for proc in self.procs.values():
+            stop_process(proc)
+        self.harness.close()
+
+
+def _is(values: np.ndarray, u: np.ndarray) -> np.ndarray:
+    return np.abs(values - u).max(axis=-1) < 1e-6 * max(1.0, float(np.abs(u).max()))
+
+
+def check_fallback(commands: list[tuple[float, np.ndarray]], u_policy: np.ndarray, what: str) -> dict:
+    """The commands around a fall-back to the (constant) policy: the run of the policy's command at
+    the end is preceded by exactly BLEND_PERIODS − 1 blend commands on the segment from the last
+    plan command to the policy's, d/BLEND_PERIODS apart; no step larger than d, no gap in the
+    sequence. Returns the figures."""
+    values = np.array([v for _, v in commands])
+    times = np.array([t for t, _ in commands])
+    policy = _is(values, u_policy)
+    assert policy[-1], f"{what}: the last command is not the policy's"
+    first = len(policy) - int(np.argmin(policy[::-1])) if not policy.all() else 0
+    assert first >= BLEND_PERIODS, f"{what}: no plan command before the fall-back ({first} commands)"
+    last_plan = values[first - BLEND_PERIODS]
+    d = last_plan - u_policy
+    for j in range(1, BLEND_PERIODS):  # the blend: u_policy + (N − j)/N · d
+        np.testing.assert_allclose(values[first - BLEND_PERIODS + j], u_policy + (BLEND_PERIODS - j) / BLEND_PERIODS * d,
+                                   atol=1e-6, err_msg=f"{what}: blend command {j}")
+    window = values[first - BLEND_PERIODS: first + 1]
+    steps = np.abs(np.diff(window, axis=0)).max(axis=1)
+    assert steps.max() <= np.abs(d).max() / BLEND_PERIODS + 1e-6, f"{what}: step {steps.max():.3g} > d/N"
+    return {"difference": float(np.abs(d).max()), "step": float(steps.max()), "t_policy": float(times[first]),
+            "blend_ms": 1e3 * float(times[first] - times[first - BLEND_PERIODS])}
+
+
+@pytest.mark.ros
+def test_policy_node_falls_back_when_the_mpc_dies_and_returns(follow_policy, ros_loopback_env, tmp_path):
+    """The policy node follows the MPC's plans (use_mpc) on the simulated arm. (1) The MPC's solver
+    process is SIGKILLed, (2) then the MPC node itself: each time the policy node falls back to the
+    policy's command through a BLEND_PERIODS blend (each step 1/BLEND_PERIODS of the plan/policy
+    difference at the switch), says so on /diagnostics, and publishes on every tick; once plans come
+    again (a new solver process, a new MPC node) it follows them again, blended back. The policy
+    node is the same process throughout."""
+    policy_path, u_policy = follow_policy
+    g = FollowGraph(ros_loopback_env, tmp_path, 109, policy_path)
+    figures = []
+    try:
+        for name in ("ur5_sim", "policy_node", "mpc_node"):
+            g.start(name)
+        policy_pid = g.procs["policy_node"].pid
+        g.wait(lambda: g.following_since(time.monotonic() - 0.6), 180, "the policy node following the MPC's plans")
+
+        def fall_back_and_return(label: str, kill, restart) -> None:
+            before = g.policy_diag()
+            t_kill = time.monotonic()
+            kill()
+            g.wait(lambda: (d := g.policy_diag(after=t_kill + 0.3)) is not None and d["mpc_source"] == "policy"
+                   and len(g.harness.commands_since(EFFORT_TOPIC, t_kill)) > 50
+                   and _is(g.harness.commands_since(EFFORT_TOPIC, t_kill)[-1][1], u_policy), 30,
+                   f"{label}: the policy's command")
+            time.sleep(0.2)
+            commands = g.harness.commands_since(EFFORT_TOPIC, t_kill - 0.5)
+            with g.harness.lock:
+                plans = [tc for tc, _ in g.harness.commands[PLAN_TOPIC] if tc <= t_kill + 0.5]
+            figure = check_fallback(commands, u_policy, label)
+            last_plan = max(t for t in plans if t <= figure["t_policy"])
+            figure["after_last_plan_ms"] = 1e3 * (figure["t_policy"] - last_plan)
+            diag = g.policy_diag()
+            assert diag["mpc_reason"].startswith("the MPC plan is") or "failed" in diag["mpc_reason"], diag["mpc_reason"]
+            assert int(diag["mpc_switches_to_policy"]) > int(before["mpc_switches_to_policy"]), diag
+            assert int(diag["mpc_fallback.plan_old"]) > int(before.get("mpc_fallback.plan_old", 0)), diag
+            # -- plans again: followed again, blended
+            t_restart = time.monotonic()
+            restart()
+            t_back = g.wait(lambda: g.following_since(t_restart), 180, f"{label}: the plans followed again")
+            diag = g.policy_diag()
+            assert int(diag["mpc_switches_to_plan"]) > int(before["mpc_switches_to_plan"]), diag
+            window = np.array([v for _, v in g.harness.commands_since(EFFORT_TOPIC, t_restart)])
+            back = int(np.argmin(_is(window, u_policy)))  # the first command that is not the policy's
+            steps = np.abs(np.diff(window[max(back - 1, 0): back + BLEND_PERIODS + 1], axis=0)).max(axis=1)
+            difference = float(diag["mpc_switch_difference_max"])
+            assert steps.max() <= difference + 1e-6, f"{label}: a step of {steps.max():.3g} N·m at the return (max difference {difference})"
+            # commands on every tick with fresh joint states, by the node's own count
+            published = int(diag["commands_published"]) - int(before["commands_published"])
+            ticks = int(diag["ticks"]) - int(before["ticks"])
+            assert published >= ticks - 2, f"{label}: {published} commands published in {ticks} ticks"
+            assert g.procs["policy_node"].poll() is None and g.procs["policy_node"].pid == policy_pid
+            figure.update(label=label, back_s=t_back - t_restart, return_step=float(steps.max()))
+            figures.append(figure)
+
+        # (1) the MPC's solver process: the node restarts it itself
+        g.wait(lambda: (d := g.harness.last_diag("mpc_node")) is not None and d.get("solver") == "ready", 60,
+               "the MPC node's diagnostics (solver pid)")
+        solver_pid = int(g.harness.last_diag("mpc_node")["solver_pid"])
+        fall_back_and_return("solver killed", lambda: os.kill(solver_pid, signal.SIGKILL), lambda: None)
+        # (2) the MPC node
+        def kill_mpc_node() -> None:
+            proc, g.procs["mpc_node"] = g.procs["mpc_node"], None
+            proc.kill()
+            proc.wait(10)
+
+        fall_back_and_return("mpc_node killed", kill_mpc_node, lambda: g.start("mpc_node"))
+        values = np.array([v for _, v in g.harness.commands_since(EFFORT_TOPIC, -math.inf)])
+        assert np.isfinite(values).all() and (np.abs(values) <= np.array([150, 150, 150, 28, 28, 28]) + 1e-9).all()
+        text = g.logs["policy_node"].read_text()
+        assert "Traceback" not in text and "switched to the policy" in text and "switched to the MPC plan" in text
+        diag = g.policy_diag()
+        print("\n" + "; ".join(
+            f"{f['label']}: the policy's command {f['after_last_plan_ms']:.0f} ms after the last plan received here "
+            f"(mpc_max_age {1e3 * FOLLOW_MAX_AGE:g} ms), blend of {BLEND_PERIODS} commands over {f['blend_ms']:.1f} ms, "
+            f"plan/policy difference {f['difference']:.2f} N·m, largest step {f['step']:.2f}; plans followed again "
+            f"{f['back_s']:.1f} s after the restart, largest step at the return {f['return_step']:.2f} N·m" for f in figures)
+            + f"; policy node: {diag['mpc_switches_to_policy']} switches to the policy, {diag['mpc_switches_to_plan']} "
+            f"to the plan, {diag['mpc_plan_ticks']} plan ticks, {diag['mpc_policy_ticks']} policy ticks ("
+            + ", ".join(f"{k[len('mpc_fallback.'):]} {v}" for k, v in diag.items() if k.startswith("mpc_fallback.")) + ")")
+        g.procs["policy_node"].send_signal(signal.SIGINT)
+        assert g.procs["policy_node"].wait(timeout=20) == 0, tail(g.logs["policy_node"])
+    finally:
+        g.close()
+
+
+FREEZES = 6
+FREEZE_S = 0.3
+
+
+@pytest.mark.ros
+def test_mpc_deadlines_missed_on_purpose_keep_the_fast_loop_continuous(follow_policy, ros_loopback_env, tmp_path):
+    """The MPC node is frozen (SIGSTOP) for FREEZE_S, FREEZES times, while the policy node follows
+    its plans: every frozen period is a row of missed deadlines. The policy node publishes on every
+    tick throughout, falls back to the policy each time and follows the plans again after each
+    SIGCONT; no command step is larger than the largest plan/policy difference at a switch (node's
+    report, over BLEND_PERIODS) plus the largest step seen while following the plan."""
+    policy_path, u_policy = follow_policy
+    g = FollowGraph(ros_loopback_env, tmp_path, 113, policy_path)
+    try:
+        for name in ("ur5_sim", "policy_node", "mpc_node"):
+            g.start(name)
+        g.wait(lambda: g.following_since(time.monotonic() - 0.6), 180, "the policy node following the MPC's plans")
+        t_steady = time.monotonic()
+        time.sleep(1.0)
+        steady = np.array([v for _, v in g.harness.commands_since(EFFORT_TOPIC, t_steady)])
+        steady_step = float(np.abs(np.diff(steady, axis=0)).max()) if len(steady) > 1 else 0.0
+        before = g.policy_diag()
+        t0 = time.monotonic()
+        mpc = g.procs["mpc_node"]
+        frozen = 0
+        try:
+            for _ in range(FREEZES):
+                mpc.send_signal(signal.SIGSTOP)
+                frozen += 1
+                time.sleep(FREEZE_S)
+                mpc.send_signal(signal.SIGCONT)
+                t_cont = time.monotonic()
+                g.wait(lambda: (d := g.policy_diag(after=t_cont)) is not None and d["mpc_source"] == "plan", 120,
+                       "the plans followed again after SIGCONT")
+                time.sleep(0.3)
+        finally:
+            mpc.send_signal(signal.SIGCONT)
+        t1 = time.monotonic()
+        g.wait(lambda: g.policy_diag(after=t1) is not None, 5, "diagnostics after the freezes")
+        diag = g.policy_diag(after=t1)
+        g.harness.check_alive()
+        commands = [(t, v) for t, v in g.harness.commands_since(EFFORT_TOPIC, t0) if t <= t1]
+        values = np.array([v for _, v in commands])
+        steps = np.abs(np.diff(values, axis=0)).max(axis=1)
+        times = np.array([t for t, _ in commands])
+        switches = int(diag["mpc_switches_to_policy"]) - int(before["mpc_switches_to_policy"])
+        difference = float(diag["mpc_switch_difference_max"])
+        bound = difference / BLEND_PERIODS + max(steady_step, 1e-3)
+        published = int(diag["commands_published"]) - int(before["commands_published"])
+        ticks = int(diag["ticks"]) - int(before["ticks"])
+        summary = (f"{FREEZES} freezes of {FREEZE_S:g} s: {switches} switches to the policy, "
+                   f"{int(diag['mpc_switches_to_plan']) - int(before['mpc_switches_to_plan'])} back to the plan; "
+                   f"{published} commands published in {ticks} ticks, {len(values)} received here, gaps p99 "
+                   f"{1e3 * np.percentile(np.diff(times), 99):.1f} ms, max {1e3 * np.diff(times).max():.1f} ms; "
+                   f"largest step {steps.max():.2f} N·m (bound {bound:.2f}: largest difference at a switch "
+                   f"{difference:.2f} / {BLEND_PERIODS} + largest steady step {steady_step:.2f}); node's largest blend step "
+                   f"{diag['mpc_blend_step_max']}")
+        print("\n" + summary)
+        assert switches >= FREEZES, summary
+        assert published >= ticks - 2, summary  # a command on every tick (joint states keep coming)
+        # the node's own measure of every blend step; the commands seen here too unless a safe command
+        # (joint states late by FOLLOW_STALE_PERIODS on a starved machine: the controller's, not the MPC's) came between
+        assert float(diag["mpc_blend_step_max"]) <= bound + 1e-6, summary
+        if int(diag["safe_ticks"]) == int(before["safe_ticks"]):
+            assert steps.max() <= bound + 1e-6, summary
+        else:
+            print(f"({int(diag['safe_ticks']) - int(before['safe_ticks'])} safe ticks meanwhile: the steps seen here not bounded)")
+        assert np.isfinite(values).all() and (np.abs(values) <= np.array([150, 150, 150, 28, 28, 28]) + 1e-9).all()
+        assert g.procs["policy_node"].poll() is None and g.procs["mpc_node"].poll() is None
+    finally:
+        g.close()

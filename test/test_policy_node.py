@@ -332,3 +332,138 @@ def test_node_input_edge_cases_logged_per_reason_and_sigterm(policies, ros_node_
     assert any("more 'joint_states.backwards_stamp' since the last report" in line for line in backwards), backwards
     assert "rejected (target_nonfinite)" in text and "rejected (target_out_of_limits)" in text
     assert "Traceback" not in text
+
+
+class PlanHarness(Harness):
+    """The Harness plus a fake MPC: while ``plan_u`` is set, a constant plan (ū = plan_u, K = 0,
+    x̄ = (Q0, 0), for TARGET) is published on /mpc/plan at 100 Hz, stamped with the node clock
+    (the joint states' clock); ``send_plan(array)`` publishes any array once."""
+
+    def __init__(self, domain: int):
+        from std_msgs.msg import Float64MultiArray
+
+        self.Float64MultiArray = Float64MultiArray
+        self.plan_u: np.ndarray | None = None
+        self._sequence = 0
+        super().__init__(domain)
+
+    def start_spinning(self) -> None:  # called by Harness.__init__: add the plan publisher first
+        self.plan_pub = self.node.create_publisher(self.Float64MultiArray, "/mpc/plan", self.reliable)
+        self.node.create_timer(0.01, self._publish_plan)
+        super().start_spinning()
+
+    def plan(self, u: np.ndarray, status: str = "converged", target=TARGET) -> np.ndarray:
+        from tocpl_ros.plan_follower import Plan, encode_plan
+
+        stamp = self.node.get_clock().now().nanoseconds * 1e-9
+        self._sequence += 1
+        if status != "converged":
+            return encode_plan(Plan(status, stamp, 0.02, np.asarray(target, float), np.zeros((0, 6)), np.zeros((0, 6, 12)),
+                                    np.zeros((0, 12)), sequence=self._sequence))
+        x_bar = np.tile(np.concatenate([Q0, np.zeros(6)]), (6, 1))
+        return encode_plan(Plan("converged", stamp, 0.02, np.asarray(target, float), np.tile(u, (5, 1)),
+                                np.zeros((5, 6, 12)), x_bar, sequence=self._sequence))
+
+    def send_plan(self, data: np.ndarray) -> None:
+        msg = self.Float64MultiArray()
+        msg.data = [float(x) for x in data]
+        self.plan_pub.publish(msg)
+
+    def _publish_plan(self):
+        if self.plan_u is not None:
+            self.send_plan(self.plan(self.plan_u))
+
+
+@pytest.mark.ros
+def test_node_follows_mpc_plans_and_rejects_bad_ones(policies, ros_node_env, tmp_path):
+    """use_mpc:=true with a fake MPC on /mpc/plan: no plan → the policy's command; constant plans →
+    the plan's command (clamped to the limits), reached through a blend of mpc_blend_periods
+    commands; NaN / wrong-size plans rejected (counted, logged) without disturbing the plan held;
+    plans stop → the policy's command through the same blend; a failure report → the policy at
+    once; every command finite and inside the limits."""
+    from tocpl_ros.plan_follower import PLAN_HEADER
+
+    domain, env = ros_node_env(63)
+    md = read_onnx_metadata(policies["good"])
+    u_policy = np.clip(OnnxPolicy(policies["good"])(np.concatenate([Q0, np.zeros(6), TARGET])), md.u_min, md.u_max)
+    u_plan = gravity(Q0) + np.array([3.0, -2.0, 1.0, 0.5, -0.5, 40.0])  # wrist_3 beyond its 28 N·m
+    u_plan_clamped = np.clip(u_plan, md.u_min, md.u_max)
+    blend = 3
+
+    def near(v, want, tol=1e-5):
+        return np.abs(np.asarray(v) - want).max() <= tol * max(1.0, np.abs(want).max())
+
+    log = tmp_path / "policy_node.log"
+    args = ["--ros-args", "--params-file", str(ROOT / "config" / "policy_node.yaml"), "-p", f"policy_path:={policies['good']}",
+            "-p", "use_mpc:=true", "-p", "mpc_max_age:=0.1", "-p", f"mpc_blend_periods:={blend}", "-p", f"fade_in:={FADE_IN}",
+            "-p", "stale_periods:=25", "-p", "diagnostics_period:=0.25", "-p", f"initial_target:=[{', '.join(map(str, TARGET))}]"]
+    with open(log, "w") as out:
+        proc = subprocess.Popen(NODE_COMMAND + args, env=env, stdout=out, stderr=subprocess.STDOUT)
+    harness = None
+    try:
+        harness = PlanHarness(domain)
+        harness.publishing.set()
+        # 1. no plan: the policy
+        wait_for(lambda: len(harness.commands) > 50 and near(harness.last_command(), u_policy), 30, "the policy's command", proc, log)
+        wait_for(lambda: harness.last_diagnostics().get("mpc_source") == "policy", 10, "diagnostics: on the policy", proc, log)
+        # 2. plans: the plan's command (clamped), after a blend
+        t_plan = time.monotonic()
+        harness.plan_u = u_plan
+        wait_for(lambda: near(harness.last_command(), u_plan_clamped), 10, "the plan's command", proc, log)
+        values = [v for _, v in harness.commands_since(t_plan)]
+        first = next(i for i, v in enumerate(values) if near(v, u_plan_clamped))
+        d = u_policy - u_plan_clamped
+        for j in range(1, blend):
+            assert near(values[first - blend + j], u_plan_clamped + (blend - j) / blend * d, 1e-4), (j, values[first - blend + j])
+        # 3. bad plans between good ones: rejected, the plan's command throughout
+        t_bad = time.monotonic()
+        good = harness.plan(u_plan)
+        nan = good.copy()
+        nan[-1] = math.nan
+        harness.send_plan(nan)
+        harness.send_plan(good[:-7])
+        harness.send_plan(good[: len(PLAN_HEADER) - 2])
+        time.sleep(0.5)
+        assert all(near(v, u_plan_clamped) for _, v in harness.commands_since(t_bad + 0.05))
+        wait_for(lambda: int(harness.last_diagnostics().get("mpc_rejected.nonfinite", 0)) >= 1
+                 and int(harness.last_diagnostics().get("mpc_rejected.size", 0)) >= 1
+                 and int(harness.last_diagnostics().get("mpc_rejected.malformed", 0)) >= 1, 5, "rejected plans counted", proc, log)
+        # 4. the plans stop: the policy's command, blended
+        t_stop = time.monotonic()
+        harness.plan_u = None
+        wait_for(lambda: near(harness.last_command(), u_policy), 5, "the policy's command after the plans stopped", proc, log)
+        time.sleep(0.1)
+        values = [v for _, v in harness.commands_since(t_stop)]
+        first = next(i for i, v in enumerate(values) if near(v, u_policy))
+        assert first >= blend, "the plan was still followed for max_age"
+        for j in range(1, blend):
+            assert near(values[first - blend + j], u_policy - (blend - j) / blend * d, 1e-4), (j, values[first - blend + j])
+        steps = np.abs(np.diff(np.array(values), axis=0)).max(axis=1)
+        assert steps.max() <= np.abs(d).max() / blend + 1e-6
+        wait_for(lambda: harness.last_diagnostics().get("mpc_reason", "").startswith("the MPC plan is"), 5, "reason: plan old", proc, log)
+        # 5. plans again, then a failure report: the policy at once (no ageing)
+        harness.plan_u = u_plan
+        wait_for(lambda: near(harness.last_command(), u_plan_clamped), 10, "the plan's command again", proc, log)
+        harness.plan_u = None
+        t_fail = time.monotonic()
+        harness.send_plan(harness.plan(u_plan, status="max_iter"))
+        wait_for(lambda: near(harness.last_command(), u_policy), 5, "the policy after a failure report", proc, log)
+        wait_for(lambda: "max_iter" in harness.last_diagnostics().get("mpc_reason", ""), 5, "reason: failed", proc, log)
+        reported = harness.commands_since(t_fail)
+        diag = harness.last_diagnostics()
+        print(f"\nfake MPC: {diag['mpc_plan_ticks']} plan ticks, {diag['mpc_policy_ticks']} policy ticks, switches "
+              f"{diag['mpc_switches_to_plan']} to the plan / {diag['mpc_switches_to_policy']} to the policy; "
+              f"{len(reported)} commands from the failure report to the policy's; "
+              + ", ".join(f"{k} {v}" for k, v in diag.items() if k.startswith(("mpc_rejected", "mpc_fallback", "mpc_mpc_reported"))))
+        assert int(diag["mpc_switches_to_plan"]) >= 2 and int(diag["mpc_switches_to_policy"]) >= 2
+        values = np.array([v for _, v in harness.commands_since(-math.inf)])
+        assert np.isfinite(values).all() and (values >= md.u_min).all() and (values <= md.u_max).all()
+        text = log.read_text()
+        assert "/mpc/plan rejected (nonfinite)" in text and "/mpc/plan rejected (size)" in text
+        assert "switched to the policy" in text and "switched to the MPC plan" in text and "Traceback" not in text
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(timeout=15) == 0, log.read_text()[-3000:]
+    finally:
+        stop_process(proc)
+        if harness is not None:
+            harness.close()

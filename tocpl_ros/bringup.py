@@ -16,7 +16,11 @@ and then the parameters the arguments set (the later wins, as with ``--params-fi
 
 Graph ``ur5_policy``: the simulated UR5 (``ur5_sim``, unless ``use_sim:=false`` for a real
 robot's ros2_control), the ONNX policy (``policy_node``) and, with ``use_mpc:=true``, the MPC
-node (``mpc_node``, publishing on ``/mpc/command``; the policy node does not consume it yet).
+node (``mpc_node``, 100 Hz, publishing each solve's plan on ``/mpc/plan``), the policy node then
+being the MPC's fast loop: it follows the newest plan with its feedback gains at its own rate
+and falls back to the policy when no fresh plan exists (``use_mpc`` parameter of the policy node,
+:mod:`tocpl_ros.plan_follower`). ``/mpc/command`` (the MPC's own 100 Hz command) is published for
+monitoring only: nothing in the graph applies it.
 """
 
 from __future__ import annotations
@@ -41,6 +45,7 @@ __all__ = [
     "GRAPHS",
     "LAUNCH_ARGUMENTS",
     "MPC_COMMAND_TOPIC",
+    "MPC_PLAN_TOPIC",
     "SIM_BACKENDS",
     "OUTPUT_MODES",
     "graph_for",
@@ -57,7 +62,9 @@ SIM_BACKENDS = ("pinocchio", "mujoco")
 """ur5_sim physics backends (tocpl_ros.sim.BACKENDS; a test keeps the two equal)."""
 LOG_LEVELS = ("debug", "info", "warn", "error", "fatal")
 MPC_COMMAND_TOPIC = "/mpc/command"
-"""Where the MPC node publishes its torque command (std_msgs/Float64MultiArray)."""
+"""Where the MPC node publishes its own torque command (std_msgs/Float64MultiArray; monitoring)."""
+MPC_PLAN_TOPIC = "/mpc/plan"
+"""Where the MPC node publishes its plans, which the policy node follows with use_mpc:=true."""
 _TRUE = ("true", "1", "yes", "on")
 _FALSE = ("false", "0", "no", "off")
 
@@ -123,7 +130,8 @@ LAUNCH_ARGUMENTS: tuple[LaunchArgument, ...] = (
     LaunchArgument(
         "use_mpc",
         "false",
-        f"Also start the MPC node (mpc_node, policy warm-started Crocoddyl) publishing on {MPC_COMMAND_TOPIC}.",
+        f"Also start the MPC node (mpc_node, policy warm-started Crocoddyl, 100 Hz): the policy node then follows "
+        f"its plans ({MPC_PLAN_TOPIC}) with their feedback gains, the policy as the fallback when no fresh plan exists.",
     ),
     LaunchArgument(
         "use_sim",
@@ -255,6 +263,8 @@ def _ur5_policy(args: dict[str, Any]) -> list[NodeSpec]:
     }
     if target is not None:
         policy_parameters["initial_target"] = target
+    if use_mpc:
+        policy_parameters["use_mpc"] = True
     nodes.append(
         NodeSpec(
             package=PACKAGE_NAME,
@@ -263,7 +273,8 @@ def _ur5_policy(args: dict[str, Any]) -> list[NodeSpec]:
             parameters=policy_parameters,
             params_files=[config_path("policy_node.yaml")],
             ros_arguments=list(ros_arguments),
-            description=f"ONNX policy -> forward {output_mode} controller at {rate:g} Hz; /target, ~/start, ~/stop, /diagnostics",
+            description=(f"{'MPC plans (' + MPC_PLAN_TOPIC + '), else the ' if use_mpc else ''}ONNX policy -> forward "
+                         f"{output_mode} controller at {rate:g} Hz; /target, ~/start, ~/stop, /diagnostics"),
         )
     )
     if use_mpc:
@@ -281,7 +292,7 @@ def _ur5_policy(args: dict[str, Any]) -> list[NodeSpec]:
                 parameters=mpc_parameters,
                 params_files=mpc_yaml,
                 ros_arguments=list(ros_arguments),
-                description=f"MPC (Crocoddyl, policy warm start) -> {MPC_COMMAND_TOPIC} (not consumed by policy_node yet)",
+                description=f"MPC (Crocoddyl, policy warm start) -> {MPC_PLAN_TOPIC} (followed by policy_node), {MPC_COMMAND_TOPIC}",
                 missing_hint="use_mpc:=true needs the MPC node (tocpl_ros/nodes/mpc_node.py, console script "
                 "'mpc_node'), which is not installed here; run without use_mpc, or install it "
                 "(pip install -e . / colcon build) once it exists",

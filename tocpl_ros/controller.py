@@ -23,7 +23,11 @@ policy's torque into the command of an output mode, with the safety layer around
   gravity compensation;
 - on start, and whenever the policy takes over again after a safe command, the command
   ramps linearly from the safe command to the policy's over ``fade_in`` seconds;
-- every command returned is finite and inside the output mode's limits.
+- every command returned is finite and inside the output mode's limits;
+- with :meth:`PolicyController.follow_plans` (the policy node's ``use_mpc``), the torque of a
+  running tick is the newest usable MPC plan's u = ū_k − K_k (x − x̄(t)) instead of the policy's
+  (:mod:`tocpl_ros.plan_follower`: the policy as its fallback, blended at each switch), through
+  the same clamp, output conversion, fade-in and safe command.
 
 Times (``stamp``, ``received``, ``now``) are seconds as floats; ``received`` and
 ``now`` must come from the same clock (the node uses ``time.monotonic()``).
@@ -347,6 +351,20 @@ class PolicyController:
         self.state = "stopped"
         """'stopped', 'waiting' (no joint state yet), 'safe', 'fading_in' or 'running'."""
         self.last_reason = "stopped"
+        self.follower = None
+        """A :class:`tocpl_ros.plan_follower.PlanFollower` once :meth:`follow_plans` was called:
+        the policy's torque is then replaced by the MPC plan's while one is usable."""
+
+    def follow_plans(self, config=None):
+        """Follow MPC plans (``tocpl_ros.plan_follower``): from now on the torque of a running tick
+        is the newest usable plan's u = ū_k − K_k (x − x̄(t)), else the policy's, blended at each
+        switch; everything else (clamp, output mode, fade-in, stale data, safe command) is unchanged.
+        Returns the :class:`~tocpl_ros.plan_follower.PlanFollower` (feed it with ``offer``)."""
+        from .plan_follower import PlanFollower
+
+        target_dim = 3 if self._needs_target else 0
+        self.follower = PlanFollower(self.nq, 2 * self.nq, target_dim, config, self.u_lo, self.u_hi)
+        return self.follower
 
     # ------------------------------------------------------------------ metadata
 
@@ -551,6 +569,11 @@ class PolicyController:
         return None if self._v is None else self._v.copy()
 
     @property
+    def stamp(self) -> float | None:
+        """Time stamp (s) of the last accepted joint state, or None."""
+        return self._stamp
+
+    @property
     def held_posture(self) -> np.ndarray | None:
         """The posture the safe command holds ('hold' effort, position mode), or None."""
         return None if self._q_hold is None else self._q_hold.copy()
@@ -633,9 +656,9 @@ class PolicyController:
         self._last_u = u  # the torque the robot will hold: what the prediction integrates
         return u - g if cfg.exclude_gravity else u
 
-    def _policy_values(self) -> tuple[np.ndarray | None, str]:
-        """The policy's command in the output mode, or (None, reason) if unusable."""
-        cfg, q, v = self.config, self._q, self._v
+    def _policy_torque(self) -> np.ndarray | None:
+        """The policy's torque (clamped to the limits), or None if its output is not finite."""
+        q, v = self._q, self._v
         obs = self._obs[0]
         for block, sl in self._slices:
             obs[sl] = q if block == "q" else v if block == "v" else self.target
@@ -644,19 +667,37 @@ class PolicyController:
         self.stats.inference.add(time.perf_counter() - t0)
         u = np.asarray(out, dtype=float).reshape(-1)
         if u.shape != (self.nq,) or not np.isfinite(u).all():
-            return None, "policy_nonfinite"
+            return None
         clamped = np.clip(u, self.u_lo, self.u_hi)
         if (clamped != u).any():
             self.stats.clamped_ticks += 1
-        u = clamped
+        return clamped
+
+    def _policy_values(self) -> tuple[np.ndarray | None, str]:
+        """The command in the output mode (the policy's torque, or with plan following the MPC
+        plan's / the policy's torque from the follower), or (None, reason) if unusable."""
+        u = self._policy_torque()
+        follower = self.follower
+        if follower is not None:
+            u = follower.command(self._stamp, np.concatenate([self._q, self._v]), self.target, u)
+            if u is None:
+                return None, "policy_nonfinite"
+        elif u is None:
+            return None, "policy_nonfinite"
+        return self._torque_values(u), ""
+
+    def _torque_values(self, u: np.ndarray) -> np.ndarray:
+        """A torque inside the limits as the command of the output mode."""
+        cfg, q, v = self.config, self._q, self._v
+        u = np.clip(u, self.u_lo, self.u_hi)
         if cfg.output_mode == "effort":
-            return (u - self.gravity(q) if cfg.exclude_gravity else u), ""
+            return u - self.gravity(q) if cfg.exclude_gravity else u
         dt = cfg.period
         a = pin.aba(self.model, self.data, q, v, u)
         v_next = np.clip(v + dt * np.asarray(a, dtype=float), -self.v_lim, self.v_lim)
         if cfg.output_mode == "velocity":
-            return v_next, ""
-        return np.clip(q + dt * v_next, self.q_lo, self.q_hi), ""
+            return v_next
+        return np.clip(q + dt * v_next, self.q_lo, self.q_hi)
 
     def compute(self, now: float) -> Command:
         """The command for time ``now`` (same clock as ``received``). Never raises; the values
@@ -676,6 +717,8 @@ class PolicyController:
         self._last_was_policy = False
         self._fade_start = None
         self.stats.safe_reasons[key] += 1
+        if self.follower is not None:
+            self.follower.interrupt()  # the fade-in ramps from the safe command, no blend from the plan
         try:
             values = self._safe_values(fresh, now)
         except Exception:
@@ -790,6 +833,8 @@ class PolicyController:
             out[f"rejected.{key}"] = str(count)
         for key, count in sorted(s.safe_reasons.items()):
             out[f"safe.{key}"] = str(count)
+        if self.follower is not None:
+            out.update(self.follower.diagnostics())
         return out
 
 

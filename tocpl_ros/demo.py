@@ -11,6 +11,10 @@
    received ``/joint_states``.
 4. The policy node's loop statistics from ``/diagnostics``.
 
+With ``--use-mpc`` it runs the targets twice, the policy alone and then the policy node following
+the MPC node's plans (``use_mpc:=true``), prints the plan/fallback counts of both nodes'
+``/diagnostics`` and compares the two runs (errors, loop periods, solve times).
+
 DDS stays on loopback (ROS_AUTOMATIC_DISCOVERY_RANGE=LOCALHOST unless set; one ROS_DOMAIN_ID
 for this run, shared by the demo and its nodes).
 """
@@ -83,7 +87,7 @@ class Probe:
         import rclpy
         from diagnostic_msgs.msg import DiagnosticArray
         from geometry_msgs.msg import PointStamped
-        from rclpy.executors import SingleThreadedExecutor
+        from rclpy.experimental import EventsExecutor
         from rclpy.qos import QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
         from rclpy.signals import SignalHandlerOptions
         from sensor_msgs.msg import JointState
@@ -99,6 +103,7 @@ class Probe:
         self.lock = threading.Lock()
         self.joint_states: list[tuple[float, list[str], np.ndarray, np.ndarray]] = []
         self.diagnostics: list[tuple[float, dict[str, str], str]] = []
+        self.mpc_diagnostics: list[tuple[float, dict[str, str], str]] = []
         self.commands: list[tuple[float, np.ndarray]] = []
         self.node.create_subscription(JointState, JOINT_STATES_TOPIC, self._on_joint_state, qos_profile_sensor_data)
         self.node.create_subscription(DiagnosticArray, DIAGNOSTICS_TOPIC, self._on_diagnostics, 10)
@@ -108,7 +113,7 @@ class Probe:
                 QoSProfile(depth=1000, reliability=ReliabilityPolicy.RELIABLE),
             )
         self.target_pub = self.node.create_publisher(PointStamped, TARGET_TOPIC, 10)
-        self.executor = SingleThreadedExecutor(context=self.context)
+        self.executor = EventsExecutor(context=self.context)  # half the CPU of SingleThreadedExecutor
         self.executor.add_node(self.node)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._spin, name="probe-spin", daemon=True)
@@ -136,6 +141,9 @@ class Probe:
             for status in msg.status:
                 if status.name.startswith("policy_node"):
                     self.diagnostics.append((now, {kv.key: kv.value for kv in status.values}, status.message))
+                elif status.name.startswith("mpc_node"):
+                    self.mpc_diagnostics.append((now, {kv.key: kv.value for kv in status.values}, status.message))
+                    del self.mpc_diagnostics[:-100]
 
     def _on_command(self, msg) -> None:
         now = time.monotonic()
@@ -150,6 +158,10 @@ class Probe:
     def last_diagnostics(self):
         with self.lock:
             return self.diagnostics[-1] if self.diagnostics else None
+
+    def last_mpc_diagnostics(self):
+        with self.lock:
+            return self.mpc_diagnostics[-1] if self.mpc_diagnostics else None
 
     def wait_for(self, predicate, timeout: float, poll: float = 0.02) -> bool:
         deadline = time.monotonic() + timeout
@@ -301,34 +313,59 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--reset", action="store_true",
                         help="reset the simulated UR5 to its initial posture before each target (each target then "
                         "starts at rest, like a training episode); default: targets follow each other while the arm moves")
-    parser.add_argument("--use-mpc", action="store_true", help="also start the MPC node (use_mpc:=true)")
+    parser.add_argument("--use-mpc", action="store_true",
+                        help="run the targets twice: the policy alone, then with the MPC node (use_mpc:=true: the policy "
+                        "node follows its plans), and compare; prints the plan/fallback counts of /diagnostics")
     parser.add_argument("--quiet-nodes", action="store_true", help="do not print the nodes' output")
     return parser
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    apply_loopback_defaults()  # this process (the probe) and the nodes share the domain
-    env = loopback_ros_env()
-    print(f"[{PROG}] DDS: ROS_AUTOMATIC_DISCOVERY_RANGE={env['ROS_AUTOMATIC_DISCOVERY_RANGE']} "
-          f"ROS_DOMAIN_ID={env['ROS_DOMAIN_ID']}", flush=True)
+def format_mpc_diagnostics(values: dict[str, str], mpc: dict[str, str] | None) -> list[str]:
+    """The MPC lines of the demo: the policy node's plan following (its mpc_* keys) and the MPC
+    node's solves."""
+    get = values.get
+    lines = [
+        f"fast loop: {get('mpc_plan_ticks', '?')} ticks on the MPC plan, {get('mpc_policy_ticks', '?')} on the policy "
+        f"(" + (", ".join(f"{k[len('mpc_fallback.'):]} {v}" for k, v in values.items() if k.startswith("mpc_fallback."))
+                or "no fallback") + f"); switches to the policy {get('mpc_switches_to_policy', '?')}, back to the plan "
+        f"{get('mpc_switches_to_plan', '?')} (largest difference {get('mpc_switch_difference_max', '?')} N·m, largest "
+        f"blend step {get('mpc_blend_step_max', '?')} N·m over {get('mpc_blend_periods', '?')} periods); plans "
+        f"{get('mpc_plans_accepted', '?')} of {get('mpc_plans_received', '?')} received followed, plan age at use p50 "
+        f"{get('mpc_plan_age_p50_ms', '?')} ms (limit {get('mpc_max_age_ms', '?')} ms)",
+    ]
+    if mpc:
+        m = mpc.get
+        lines.append(
+            f"MPC node: {m('solves', '?')} solves, {m('converged', '?')} converged, {m('fallbacks', '?')} failed ("
+            + (", ".join(f"{k[len('fallback.'):]} {v}" for k, v in mpc.items() if k.startswith("fallback.")) or "none")
+            + f"); last window: solve time p50 {m('solve_time_p50_ms', '?')} ms, p99 {m('solve_time_p99_ms', '?')} ms, "
+            f"iterations p50 {m('iterations_p50', '?')} (max {m('iterations_max', '?')}), warm start {m('warm_start', '?')}, "
+            f"deadline {m('deadline_ms', '?')} ms")
+    return lines
+
+
+def run_graph(args, env, policy: Path, targets: np.ndarray, use_mpc: bool, label: str = "") -> dict:
+    """One bring-up of ``ur5_policy`` (with the MPC if ``use_mpc``) driven through ``targets``:
+    the per-target lines, the hold and the diagnostics printed; returns the figures and an exit
+    ``code`` (2: the graph could not be built)."""
     from .bringup_cli import Bringup
 
+    tag = f"[{PROG}]{label}"
+    out = {"code": 0, "results": [], "hold": None, "diag": None, "mpc_diag": None}
     try:
-        policy = args.policy if args.policy is not None else ensure_policy(args.out, args.iterations, args.retrain)
-        targets = demo_targets(args.targets, args.seed)
         # the policy drives from the first joint state on: holding tool0 where it is until the first
         # target, or with --reset towards the first target (the simulator is reset before it is measured)
         first = "" if not args.reset else ",".join(f"{x:.6f}" for x in targets[0])
-        specs = graph_for("ur5_policy", policy=str(policy), use_mpc="true" if args.use_mpc else "false",
+        specs = graph_for("ur5_policy", policy=str(policy), use_mpc="true" if use_mpc else "false",
                           rate=args.rate, target=first)
         bringup = Bringup(specs, env=env, out=None if args.quiet_nodes else sys.stdout)
     except (BringupError, RuntimeError) as exc:
         print(f"{PROG}: error: {exc}", file=sys.stderr)
-        return 2
+        out["code"] = 2
+        return out
     kin = ToolKinematics()
     probe = Probe(int(env["ROS_DOMAIN_ID"]))
-    results = []
+    results = out["results"]
     code = 0
     try:
         time.sleep(1.0)  # discovery: is anyone else on this domain?
@@ -346,9 +383,17 @@ def main(argv: list[str] | None = None) -> int:
         if bringup.poll() is not None or not ready:
             print(f"{PROG}: error: the nodes did not come up (joint states and policy diagnostics) within 90 s",
                   file=sys.stderr)
-            return 1
-        print(f"[{PROG}] sim + policy up after {time.monotonic() - started:.1f} s; sending {len(targets)} targets "
-              f"from the {TASK} held-out distribution, {args.wait:g} s each"
+            out["code"] = 1
+            return out
+        if use_mpc:  # the MPC node builds its OCP and solver process: wait for its first plans
+            following = probe.wait_for(
+                lambda: bringup.poll() is not None
+                or int((probe.last_diagnostics() or (0, {}))[1].get("mpc_plans_accepted", 0)) > 0, timeout=120.0)
+            if not following:
+                print(f"[{PROG}] warning: no MPC plan reached the policy node within 120 s; it runs the policy meanwhile",
+                      flush=True)
+        print(f"{tag} sim + policy{' + MPC' if use_mpc else ''} up after {time.monotonic() - started:.1f} s; sending "
+              f"{len(targets)} targets from the {TASK} held-out distribution, {args.wait:g} s each"
               + (", the simulated UR5 reset to its initial posture before each" if args.reset
                  else f", switched while the arm moves, then the last held for {args.hold:g} s"), flush=True)
 
@@ -362,7 +407,7 @@ def main(argv: list[str] | None = None) -> int:
             results.append(r)
             settled = "did not stay within 1 cm" if np.isnan(r["settled_at"]) else f"within 1 cm from {r['settled_at']:.2f} s on"
             print(
-                f"[{PROG}] target {i}/{len(targets)} [{target[0]:.3f}, {target[1]:.3f}, {target[2]:.3f}] m, "
+                f"{tag} target {i}/{len(targets)} [{target[0]:.3f}, {target[1]:.3f}, {target[2]:.3f}] m, "
                 f"tool0 {100 * r['start_error']:.1f} cm away: error {100 * r['error_1s']:.2f} cm at 1 s, "
                 f"{100 * r['final_error']:.2f} cm at {args.wait:g} s (best {100 * r['best_error']:.2f} cm), {settled}; "
                 f"fastest joint now {r['max_joint_speed']:.2f} rad/s",
@@ -373,20 +418,27 @@ def main(argv: list[str] | None = None) -> int:
         hold = None
         if args.hold > 0 and results and bringup.poll() is None:
             hold = follow(probe, kin, targets[len(results) - 1], args.hold)
-            print(f"[{PROG}] held target {len(results)} for {args.hold:g} s more: error {100 * hold['final_error']:.2f} cm "
+            print(f"{tag} held target {len(results)} for {args.hold:g} s more: error {100 * hold['final_error']:.2f} cm "
                   f"at the end (best {100 * hold['best_error']:.2f} cm), fastest joint {hold['max_joint_speed']:.3f} rad/s",
                   flush=True)
+        out["hold"] = hold
         probe.wait_for(lambda: probe.last_diagnostics() is not None and probe.last_diagnostics()[0] > time.monotonic() - 0.5,
                        timeout=1.5)
         diag = probe.last_diagnostics()
         if diag is not None:
-            print(f"[{PROG}] policy_node /diagnostics:", flush=True)
+            out["diag"] = diag[1]
+            print(f"{tag} policy_node /diagnostics:", flush=True)
             for line in format_diagnostics(diag[1], diag[2]):
-                print(f"[{PROG}]   {line}", flush=True)
+                print(f"{tag}   {line}", flush=True)
+            if use_mpc:
+                mpc = probe.last_mpc_diagnostics()
+                out["mpc_diag"] = None if mpc is None else mpc[1]
+                for line in format_mpc_diagnostics(diag[1], out["mpc_diag"]):
+                    print(f"{tag}   {line}", flush=True)
         if results:
             at_1s = np.array([r["error_1s"] for r in results])
             final = np.array([r["final_error"] for r in results])
-            print(f"[{PROG}] tool0 error over {len(results)} targets: at 1 s mean {100 * at_1s.mean():.2f} cm "
+            print(f"{tag} tool0 error over {len(results)} targets: at 1 s mean {100 * at_1s.mean():.2f} cm "
                   f"(max {100 * at_1s.max():.2f}); at each switch ({args.wait:g} s) mean {100 * final.mean():.2f} cm "
                   f"(max {100 * final.max():.2f})"
                   + (f"; after the {args.hold:g} s hold {100 * hold['final_error']:.2f} cm" if hold else ""), flush=True)
@@ -403,8 +455,60 @@ def main(argv: list[str] | None = None) -> int:
         bringup.stop("demo finished")
         probe.close()
         stopped = bringup.summary()
-        code = code or stopped
-    return code
+        out["code"] = code or stopped
+    return out
+
+
+def print_comparison(alone: dict, with_mpc: dict, wait: float, hold: float) -> None:
+    """Policy alone vs the policy node following the MPC, on the same targets."""
+
+    def mm(values) -> str:
+        values = np.asarray(values, dtype=float)
+        return f"mean {1e3 * values.mean():.2f} mm (max {1e3 * values.max():.2f})" if values.size else "-"
+
+    print(f"[{PROG}] what the MPC buys (and costs), same targets, same machine:", flush=True)
+    for name, run in (("policy alone       ", alone), ("policy node + MPC  ", with_mpc)):
+        results = run["results"]
+        d = run["diag"] or {}
+        line = (f"{name}: tool0 error at 1 s {mm([r['error_1s'] for r in results])}, at each switch ({wait:g} s) "
+                f"{mm([r['final_error'] for r in results])}")
+        if run["hold"] is not None:
+            line += f", after the {hold:g} s hold {1e3 * run['hold']['final_error']:.2f} mm"
+        line += (f"; fast loop period p99 {d.get('loop_period_p99_ms', '?')} ms (max {d.get('loop_period_max_ms', '?')}), "
+                 f"step p99 {d.get('compute_p99_us', '?')} us")
+        print(f"[{PROG}]   {line}", flush=True)
+    m = with_mpc["mpc_diag"] or {}
+    d = with_mpc["diag"] or {}
+    print(f"[{PROG}]   MPC cost: a solver process of its own, solve time p50 {m.get('solve_time_p50_ms', '?')} ms / p99 "
+          f"{m.get('solve_time_p99_ms', '?')} ms every {1e3 / float(m.get('rate_hz', '100') or 100):g} ms; the fast loop "
+          f"ran on the plan for {d.get('mpc_plan_ticks', '?')} ticks and on the policy for {d.get('mpc_policy_ticks', '?')}",
+          flush=True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    apply_loopback_defaults()  # this process (the probe) and the nodes share the domain
+    env = loopback_ros_env()
+    print(f"[{PROG}] DDS: ROS_AUTOMATIC_DISCOVERY_RANGE={env['ROS_AUTOMATIC_DISCOVERY_RANGE']} "
+          f"ROS_DOMAIN_ID={env['ROS_DOMAIN_ID']}", flush=True)
+    try:
+        policy = args.policy if args.policy is not None else ensure_policy(args.out, args.iterations, args.retrain)
+        targets = demo_targets(args.targets, args.seed)
+    except (BringupError, RuntimeError) as exc:
+        print(f"{PROG}: error: {exc}", file=sys.stderr)
+        return 2
+    if not args.use_mpc:
+        return run_graph(args, env, policy, targets, use_mpc=False)["code"]
+    # --use-mpc: the policy alone, then the policy node following the MPC, on the same targets
+    print(f"[{PROG}] --use-mpc: run 1/2, the policy alone; run 2/2, the policy node following the MPC's plans "
+          f"(use_mpc:=true), the same targets", flush=True)
+    alone = run_graph(args, env, policy, targets, use_mpc=False, label=" [policy]")
+    if alone["code"] not in (0,):
+        return alone["code"]
+    with_mpc = run_graph(args, env, policy, targets, use_mpc=True, label=" [policy+MPC]")
+    if with_mpc["results"] and alone["results"]:
+        print_comparison(alone, with_mpc, args.wait, args.hold)
+    return with_mpc["code"]
 
 
 if __name__ == "__main__":

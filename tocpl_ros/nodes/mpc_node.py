@@ -5,7 +5,8 @@ layer over :class:`MPCLoop` and :class:`tocpl_ros.mpc.MPCWorker`, which runs
 Subscribes ``/joint_states`` (sensor_msgs/JointState, sensor-data QoS, taken by joint
 name) and ``/target`` (geometry_msgs/PointStamped, base frame). The OCP is solved in a solver
 process of the node's own (:class:`tocpl_ros.mpc.MPCWorker`; Crocoddyl keeps the GIL for whole
-iterations, so a thread would still hold up the timer), so a solve never delays a command. At
+iterations, so a thread would still hold up the timer), so a solve never delays a command (its
+priority: ``solver_nice``). At
 ``rate`` (default 100 Hz, steady-clock timer) the node hands the latest state to the solver
 when it is idle, waits for that solve at most until its deadline or the end of the period, and
 publishes, reliable QoS, on every tick (:class:`MPCLoop`):
@@ -22,6 +23,12 @@ publishes, reliable QoS, on every tick (:class:`MPCLoop`):
   Crocoddyl's law u = ū − K (x − x̄): data = [ū (nu), x̄ (nx = 2 nu: q then v),
   K row-major (nu × nx)], 90 values for the UR5 (the plan step the command came from); on a
   fallback ū is the policy's command, x̄ the current state and K = 0;
+- ``/mpc/plan`` (std_msgs/Float64MultiArray, layout of :mod:`tocpl_ros.plan_follower`), once per
+  solve, right when it is taken: what a fast loop (the policy node with ``use_mpc:=true``)
+  follows between solves. A converged solve: its stamp (the header stamp of the joint state it
+  started from), step dt, target, ū_k and K_k of the steps covering ``plan_duration`` and x̄ of
+  those steps + 1, whatever its age (the fast loop judges it by the joint-state stamps); a failed
+  one: its status only (steps = 0);
 - ``/diagnostics`` (diagnostic_msgs/DiagnosticArray) every ``diagnostics_period``: solve time
   and iteration statistics (measured in the solver process), warm starts used, fallback counts
   by reason ('late': converged, but after its deadline), ticks with the MPC's / the policy's
@@ -58,12 +65,14 @@ import numpy as np
 from ..config import ConfigError, FieldError, field_docs
 from ..controller import HOLD_MAX_KD_DT, HOLD_MAX_OMEGA_DT, ControllerConfig, PeriodStats, PolicyController
 from ..mpc import MPCConfig, MPCWorker, WorkerError
+from ..plan_follower import encode_result
 from ..policy_file import PolicyFileError
 from .runtime import PeriodMonitor, StartupError, ThrottledLog, declare_parameters, run_node, take_joint_state, take_target
 
 NODE_NAME = "mpc_node"
 COMMAND_TOPIC = "/mpc/command"
 FEEDBACK_TOPIC = "/mpc/feedback"
+PLAN_TOPIC = "/mpc/plan"
 JOINT_STATES_TOPIC = "/joint_states"
 TARGET_TOPIC = "/target"
 DIAGNOSTICS_TOPIC = "/diagnostics"
@@ -78,15 +87,31 @@ CONTROLLER_PARAMETERS = (
 )
 """ControllerConfig fields the node exposes (input checks; periods are MPC periods)."""
 
+NODE_DEFAULTS: dict[str, tuple[Any, str]] = {
+    "warm_start": ("hybrid", "the policy's rollout where a solve starts from scratch, the cheap shift in between"),
+    "deadline": (0.1, "a late solution is still a plan the policy node can follow (it judges the age, mpc_max_age 0.2 s)"),
+    "plan_duration": (0.3, "each plan outlasts the policy node's mpc_max_age, so a late MPC never leaves it without one"),
+    "solver_nice": (10, "on a busy CPU the fast loop and the robot's driver come first; the MPC gets late instead"),
+}
+"""Where the node's defaults differ from MPCConfig's (the ROS-free MPC's): it runs beside a fast loop
+that follows its plans (docs/mpc.md has the measurements behind each)."""
 NODE_PARAMETERS: dict[str, tuple[Any, str]] = {
     "policy_path": ("", "Policy file (.onnx written by tocpl-export): warm starts and fallback commands. Required."),
-    "task": ("ur5_reach", "Task whose OCP is solved (config/tasks/<name>.yaml, or a YAML path); the policy must fit it."),
+    "task": (
+        "ur5_reach_fixed_horizon",
+        "Task whose OCP is solved (config/tasks/<name>.yaml, or a YAML path); the policy must fit it (joints, dt, "
+        "observation). Default: ur5_reach without its posture term, whose running cost would hold the receding-horizon "
+        "MPC about 1 cm from the target (docs/mpc.md).",
+    ),
 }
 for _f in fields(MPCConfig):
     _default = _f.default
     _doc = _MPC_DOCS[_f.name]
     if _f.name == "horizon":
         _default, _doc = 0, _doc.replace("None (or 0)", "0")
+    if _f.name in NODE_DEFAULTS:
+        _default, _why = NODE_DEFAULTS[_f.name]
+        _doc += f" mpc_node default {_default!r} (MPCConfig's: {_f.default!r}): {_why}."
     NODE_PARAMETERS[_f.name] = (_default, _doc)
 for _name in CONTROLLER_PARAMETERS:
     _f = next(f for f in fields(ControllerConfig) if f.name == _name)
@@ -137,6 +162,12 @@ class MPCLoop:
         self.last_message = "no joint state received yet"
         self._reason = "no MPC solution yet"
         self._submitted_at: float | None = None
+        self._request: tuple[float, float | None, np.ndarray] | None = None
+        """(state_time, joint-state stamp, target) of the last request submitted."""
+        self.plans: list[np.ndarray] = []
+        """/mpc/plan messages to publish (tocpl_ros.plan_follower layout): one per result taken,
+        its plan if it converged (whatever its age: the fast loop judges that), else its failure."""
+        self.plan_sequence = 0
 
     def tick(self, now: float, budget: float | None = None) -> tuple[np.ndarray, np.ndarray] | None:
         """(command [nu], feedback [nu + nx + nu·nx]) to publish, or None (nothing). ``budget``:
@@ -182,6 +213,7 @@ class MPCLoop:
             if solver.submit(x, target, state_time, remaining):
                 self.counts["requests"] += 1
                 self._submitted_at = now
+                self._request = (state_time, self.controller.stamp, np.array(target, dtype=float))
                 limit = self.config.period - TICK_MARGIN if budget is None else budget
                 wait = max(0.0, min(limit, remaining))
                 t0 = time.perf_counter()
@@ -197,6 +229,7 @@ class MPCLoop:
         """Account for a result (None: nothing arrived) and keep it as the plan if usable."""
         if result is None:
             return
+        self._queue_plan(result)
         self.counts["solves"] += 1
         self.counts[f"warm_start.{result.warm_start or 'none'}"] += 1
         self.solve_times.add(result.solve_time)
@@ -216,6 +249,21 @@ class MPCLoop:
         else:
             self.counts[f"fallback.{result.status}"] += 1
             self._reason = result.message
+
+    def _queue_plan(self, result) -> None:
+        """The result as a /mpc/plan message, stamped with the joint state it was solved from."""
+        request = self._request
+        if request is None or request[1] is None or result.state_time != request[0]:
+            return
+        c = self.controller
+        try:
+            self.plan_sequence += 1
+            self.plans.append(encode_result(result, request[1], request[2], self.plan_sequence, c.nq, 2 * c.nq))
+            self.counts["plans_published"] += 1
+        except Exception:  # a plan that cannot be encoded is not published; the command still is
+            self.counts["plan_errors"] += 1
+        if len(self.plans) > 10:
+            del self.plans[:-10]
 
     def _command(self, x: np.ndarray, target: np.ndarray, t: float) -> tuple[np.ndarray, np.ndarray]:
         c = self.controller
@@ -296,7 +344,7 @@ class MPCLoop:
         }
         counters = ("ticks", "requests", "solves", "converged", "fallbacks", "mpc_ticks", "policy_ticks", "busy_ticks",
                     "solver_down_ticks", "short_budget_ticks", "stale_ticks", "no_state_ticks", "no_target_ticks",
-                    "brake_ticks", "tick_errors")
+                    "brake_ticks", "tick_errors", "plans_published", "plan_errors")
         for key in counters:
             out[key] = str(self.counts[key])
         for key, count in sorted(self.counts.items()):
@@ -366,6 +414,8 @@ def _make_node_class():
             qos = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE, history=HistoryPolicy.KEEP_LAST)
             self.command_pub = self.create_publisher(Float64MultiArray, COMMAND_TOPIC, qos)
             self.feedback_pub = self.create_publisher(Float64MultiArray, FEEDBACK_TOPIC, qos)
+            self.plan_pub = self.create_publisher(Float64MultiArray, PLAN_TOPIC, qos)
+            self._plan_msg = Float64MultiArray()
             self.diag_pub = self.create_publisher(DiagnosticArray, DIAGNOSTICS_TOPIC, 10)
             inputs = MutuallyExclusiveCallbackGroup()
             self.create_subscription(JointState, JOINT_STATES_TOPIC, self._on_joint_state, qos_profile_sensor_data, callback_group=inputs)
@@ -383,7 +433,7 @@ def _make_node_class():
             self.get_logger().info(
                 f"MPC on task {task.name} (horizon {solver.horizon} x {task.dt:g} s, solver process {solver.pid}) at {mpc_config.rate:g} Hz, warm start "
                 f"{mpc_config.warm_start}, max_iter {mpc_config.max_iter}, deadline {deadline}, policy {p['policy_path']} "
-                f"(fallback) -> {COMMAND_TOPIC}, {FEEDBACK_TOPIC}"
+                f"(fallback) -> {COMMAND_TOPIC}, {FEEDBACK_TOPIC}, {PLAN_TOPIC}"
             )
 
         def _warm_up(self, task) -> None:
@@ -426,6 +476,14 @@ def _make_node_class():
                     self.get_logger().error(f"MPC tick failed: {type(exc).__name__}: {exc}", throttle_duration_sec=1.0)
                     self.loop.counts["tick_errors"] += 1
                     out = None
+                plans, self.loop.plans = self.loop.plans, []
+            for plan in plans:  # first: the fast loop following the plan waits for it
+                try:
+                    self._plan_msg.data = array.array("d", plan.tobytes())
+                    self.plan_pub.publish(self._plan_msg)
+                except Exception as exc:
+                    self.publish_errors += 1
+                    self.get_logger().error(f"publishing the plan failed: {exc}", throttle_duration_sec=1.0)
             if out is None:
                 return
             command, feedback = out

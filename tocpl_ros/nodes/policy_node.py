@@ -11,6 +11,15 @@ stalls: calls the middleware held longer than PUBLISH_STALL, also logged as warn
 Services ``~/start`` and ``~/stop`` (std_srvs/Trigger): stop → safe command, start →
 fade-in to the policy.
 
+With ``use_mpc:=true`` it is the fast loop of the MPC: it subscribes ``mpc_plan_topic``
+(``/mpc/plan``, published by ``mpc_node`` once per solve) and, at its own rate, applies the
+newest usable plan with its feedback, u = ū_k − K_k (x − x̄(t)), k from the joint-state stamps
+(:class:`tocpl_ros.plan_follower.PlanFollower`); without a usable plan (none yet, older than
+``mpc_max_age``, the MPC's newest solve failed, another target, a malformed message) the
+policy's command, each switch blended over ``mpc_blend_periods`` periods, logged and counted on
+/diagnostics (``mpc_*`` keys). The torque goes through the same safety layer as the policy's
+(clamp, output mode, stale data, fade-in, safe command).
+
 Refuses to start (error on stderr, exit status 1) when the policy file is missing or
 corrupt, a parameter is invalid, or the policy's metadata does not match the robot.
 
@@ -33,6 +42,7 @@ from typing import Any
 
 from ..config import FieldError, field_docs
 from ..controller import ControllerConfig, PeriodStats, PolicyController
+from ..plan_follower import PlanFollowerConfig
 from ..policy_file import PolicyFileError
 from .runtime import PeriodMonitor, StartupError, ThrottledLog, declare_parameters, run_node, take_joint_state, take_target
 
@@ -45,6 +55,7 @@ COMMAND_TOPICS = {
 JOINT_STATES_TOPIC = "/joint_states"
 TARGET_TOPIC = "/target"
 DIAGNOSTICS_TOPIC = "/diagnostics"
+MPC_PLAN_TOPIC = "/mpc/plan"
 PUBLISH_STALL = 0.1
 """Seconds a publish() call may take before the node warns and counts a publish stall (scheduling
 hiccups on a loaded 2-core machine stay below ~20 ms; the middleware stalls seen are 1-4 s)."""
@@ -68,6 +79,13 @@ for _f in fields(ControllerConfig):
     else:
         _doc = _CONFIG_DOCS[_f.name]
     NODE_PARAMETERS[_f.name] = (_default, _doc)
+NODE_PARAMETERS["use_mpc"] = (
+    False, "Follow the MPC node's plans (mpc_plan_topic) with feedback, the policy as the fallback; false: the policy alone."
+)
+NODE_PARAMETERS["mpc_plan_topic"] = (MPC_PLAN_TOPIC, "Topic of the MPC plans (std_msgs/Float64MultiArray, tocpl_ros.plan_follower layout).")
+_FOLLOWER_DOCS = field_docs(PlanFollowerConfig)
+for _f in fields(PlanFollowerConfig):
+    NODE_PARAMETERS[f"mpc_{_f.name}"] = (_f.default, _FOLLOWER_DOCS[_f.name] + " (use_mpc)")
 
 
 def _make_node_class():
@@ -98,6 +116,13 @@ def _make_node_class():
                 raise StartupError(f"policy '{path}' rejected: {exc}") from exc
             self.config = config
             md = self.controller.metadata
+            self.follower = None
+            if self.params["use_mpc"]:
+                try:
+                    follower_config = PlanFollowerConfig(**{f.name: self.params[f"mpc_{f.name}"] for f in fields(PlanFollowerConfig)})
+                except FieldError as exc:
+                    raise StartupError(f"parameter 'mpc_{exc.field}': {exc.message}") from exc
+                self.follower = self.controller.follow_plans(follower_config)
             self.lock = threading.Lock()  # joint-state/target callbacks vs the control tick
             self.input_log = ThrottledLog(self.get_logger(), period=1.0)
 
@@ -109,6 +134,9 @@ def _make_node_class():
             inputs = MutuallyExclusiveCallbackGroup()
             self.create_subscription(JointState, JOINT_STATES_TOPIC, self._on_joint_state, qos_profile_sensor_data, callback_group=inputs)
             self.create_subscription(PointStamped, TARGET_TOPIC, self._on_target, 10, callback_group=inputs)
+            if self.follower is not None:
+                self.create_subscription(Float64MultiArray, self.params["mpc_plan_topic"], self._on_plan, command_qos,
+                                         callback_group=inputs)
             self.create_service(Trigger, "~/start", self._on_start, callback_group=inputs)
             self.create_service(Trigger, "~/stop", self._on_stop, callback_group=inputs)
 
@@ -128,8 +156,13 @@ def _make_node_class():
             if self.params["autostart"]:
                 self.controller.start()
             target = "end effector at the first joint state" if self.controller.target is None else self.controller.target.tolist()
+            mpc = ""
+            if self.follower is not None:
+                fc = self.follower.config
+                mpc = (f"following the MPC plans of {self.params['mpc_plan_topic']} (at most {fc.max_age * 1e3:g} ms old, "
+                       f"switches blended over {fc.blend_periods} periods; the policy as the fallback), ")
             self.get_logger().info(
-                f"policy {path} (task {md.task}, {len(md.joint_names)} joints, trained dt {md.dt:g} s) -> "
+                f"{mpc}policy {path} (task {md.task}, {len(md.joint_names)} joints, trained dt {md.dt:g} s) -> "
                 f"{self.command_topic} at {config.rate:g} Hz, output {config.output_mode}"
                 f"{' without gravity' if config.exclude_gravity and config.output_mode == 'effort' else ''}, "
                 f"safe mode {config.safe_mode}, stale after {config.stale_periods} periods, fade-in {config.fade_in:g} s, "
@@ -157,6 +190,13 @@ def _make_node_class():
         def _on_target(self, msg) -> None:
             take_target(self.controller, self.lock, self.input_log, msg)
 
+        def _on_plan(self, msg) -> None:
+            with self.lock:
+                reason = self.follower.offer(msg.data)
+            if reason:
+                key = reason.split("(", 1)[1].split(")", 1)[0] if "(" in reason else "rejected"
+                self.input_log.warning(f"mpc_plan.{key}", reason)
+
         def _on_start(self, request, response):
             with self.lock:
                 was = self.controller.running
@@ -181,23 +221,38 @@ def _make_node_class():
             with self.lock:
                 command = self.controller.compute(now)
                 state, reason = self.controller.state, self.controller.last_reason
+                events = None
+                if self.follower is not None and self.follower.events:
+                    events, self.follower.events = self.follower.events, []
             if state != self._logged_state:  # transitions only, safe ones rate-limited
                 if state == "safe":
                     self.input_log.warning("state.safe", f"safe command ({self.config.safe_mode}): {reason}")
                 else:
                     self.get_logger().info(f"state: {state}{f' ({reason})' if reason else ''}", throttle_duration_sec=1.0)
                 self._logged_state = state
-            if command.values is None:
-                return
+            if command.values is not None:
+                try:
+                    self._msg.data = array.array("d", command.values.tobytes())
+                    t_publish = time.monotonic()
+                    self.command_pub.publish(self._msg)
+                    self.published += 1
+                    self._check_publish_time(time.monotonic() - t_publish)
+                except Exception as exc:  # e.g. during shutdown
+                    self.publish_errors += 1
+                    self.get_logger().error(f"publishing the command failed: {exc}", throttle_duration_sec=1.0)
+            if events:  # after the command went out
+                self._log_switches(events)
+
+        def _log_switches(self, events: list[str]) -> None:
+            """Every plan/policy switch, rate-limited per direction (all counted on /diagnostics)."""
             try:
-                self._msg.data = array.array("d", command.values.tobytes())
-                t_publish = time.monotonic()
-                self.command_pub.publish(self._msg)
-                self.published += 1
-                self._check_publish_time(time.monotonic() - t_publish)
-            except Exception as exc:  # e.g. during shutdown
-                self.publish_errors += 1
-                self.get_logger().error(f"publishing the command failed: {exc}", throttle_duration_sec=1.0)
+                for line in events:
+                    if "to the policy" in line:
+                        self.input_log.warning("mpc.to_policy", line)
+                    else:
+                        self.input_log.info("mpc.to_plan", line)
+            except Exception as exc:  # logging must never stop the loop
+                self.get_logger().error(f"logging a plan switch failed: {exc}", throttle_duration_sec=1.0)
 
         def _check_publish_time(self, seconds: float) -> None:
             # Fast DDS 3.2 can hold publish() for 1-4 s after a subscriber of the topic was
@@ -234,9 +289,15 @@ def _make_node_class():
                     "publish_stalls": str(self.publish_stalls),
                     "rate_hz": f"{self.config.rate:g}",
                     "command_topic": self.command_topic,
+                    "use_mpc": str(self.follower is not None).lower(),
                 }
             )
-            if state == "running" or state == "fading_in":
+            if (state == "running" or state == "fading_in") and self.follower is not None:
+                if values.get("mpc_source") == "plan":
+                    level, message = DiagnosticStatus.OK, f"{state}: MPC plan"
+                else:
+                    level, message = DiagnosticStatus.WARN, f"{state}: policy fallback ({values.get('mpc_reason', '')})"
+            elif state == "running" or state == "fading_in":
                 level, message = DiagnosticStatus.OK, state
             elif state == "stopped":
                 level, message = DiagnosticStatus.OK, "stopped (safe command)"

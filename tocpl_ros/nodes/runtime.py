@@ -40,16 +40,31 @@ class ThrottledLog:
 
     def warning(self, key: str, message: str) -> bool:
         """Log ``message`` unless ``key`` was logged less than ``period`` ago; True if logged."""
+        suffix = self._due(key)
+        if suffix is None:
+            return False
+        self.logger.warning(message + suffix)
+        return True
+
+    def info(self, key: str, message: str) -> bool:
+        """As :meth:`warning`, at info level. (rclpy refuses two severities from one call site:
+        each level has its own call.)"""
+        suffix = self._due(key)
+        if suffix is None:
+            return False
+        self.logger.info(message + suffix)
+        return True
+
+    def _due(self, key: str) -> str | None:
+        """None if ``key`` was logged less than ``period`` ago (counted), else the suffix to add."""
         now = time.monotonic()
         last = self._last.get(key)
         if last is not None and now - last < self.period:
             self._suppressed[key] = self._suppressed.get(key, 0) + 1
-            return False
+            return None
         skipped = self._suppressed.pop(key, 0)
         self._last[key] = now
-        suffix = f" [{skipped} more '{key}' since the last report]" if skipped else ""
-        self.logger.warning(message + suffix)
-        return True
+        return f" [{skipped} more '{key}' since the last report]" if skipped else ""
 
 
 # ---------------------------------------------------------------------- parameters
