@@ -330,3 +330,36 @@ def test_a_control_a_hair_inside_the_bound_the_box_holds_gets_no_gain():
     assert box_held(quu, qu, np.array([-1.0, -1.0]), np.array([1e-4, 1e-4])).tolist() == [True, False]
     assert box_held(quu, qu, np.array([-1.0, -1e-4]), np.array([1e-4, 1.0])).tolist() == [True, True]
     assert box_held(quu, qu, np.array([-2.0, -2.0]), np.array([2.0, 2.0])).tolist() == [False, False]
+
+
+def test_target_posture_reaches_the_target_nearest_the_nominal_posture():
+    """q*(p̄) puts tool0 on the target and is the nearest such posture to q_nominal (no pull left in
+    the Jacobian's null space)."""
+    import pinocchio as pin
+
+    task = load_task("ur5_reach")
+    for target in task.sample(5, seed=4).target:
+        q = task.target_posture(target)
+        np.testing.assert_allclose(task.frame_position(q[None])[0], target, atol=1e-7)
+        J = pin.computeFrameJacobian(task.model, task.data, q, task.frame_id, pin.LOCAL_WORLD_ALIGNED)[:3]
+        null = np.eye(task.nq) - np.linalg.pinv(J) @ J
+        assert np.abs(null @ (task.q_nominal - q)).max() < 1e-6
+
+
+@pytest.mark.parametrize("term", ["posture", "target_posture"])
+def test_an_arm_at_rest_on_its_target_stays_there_only_with_the_target_posture(term):
+    """Receding-horizon re-planning at rest on the target (what holding is): with a posture term
+    around q_nominal the optimum moves the arm off the target; around q*(p̄) it stays."""
+    others = {"costs.running.posture": 0.0, "costs.running.target_posture": 0.0, f"costs.running.{term}": 0.1}
+    task = load_task("ur5_reach", others)
+    problem = task.sample(1, seed=9)
+    q_star = task.target_posture(problem.target[0])
+    at_rest = type(problem)(np.concatenate([q_star, np.zeros(task.nq)])[None], problem.target)
+    shooting = task.build_problem(at_rest)
+    sol = solve(shooting, task.config.solver)
+    # the middle of the horizon: where a receding-horizon controller always is (the terminal cost far)
+    middle = np.linalg.norm(task.frame_position(sol.xs[task.horizon // 2][None, :task.nq])[0] - problem.target[0])
+    if term == "target_posture":
+        assert middle < 1e-5, f"{middle * 1e3:.3f} mm off the target"
+    else:
+        assert middle > 1e-4, f"{middle * 1e3:.3f} mm: the nominal-posture term no longer pulls off the target"

@@ -29,18 +29,27 @@ def load_urdf(name: str) -> tuple[pin.Model, Path]:
     return pin.buildModelFromUrdf(str(path)), path
 
 
+IK_ITERATIONS = 200
+IK_DAMPING = 1e-8
+"""Damping of the least-squares IK (m²): a regularisation only, the targets are reachable."""
+IK_NULL_GAIN = 0.5
+"""Share of the null-space pull to q_nominal per IK step."""
+
+
 class RobotTask(Task):
     """A fully actuated arm with revolute joints, state x = (q, v), torque box.
 
     Cost terms (weights scalar or per entry):
       running: 'position' ½‖p(q) − p̄‖² of the configured frame, 'velocity' ½‖v‖²,
                'control' ½‖u‖², 'control_gravity' ½‖u − g(q)‖² (the torque beyond
-               gravity compensation), 'posture' ½‖q − q_nominal‖²;
-      terminal: 'position', 'velocity', 'posture'.
+               gravity compensation), 'posture' ½‖q − q_nominal‖², 'target_posture'
+               ½‖q − q*(p̄)‖² (reach: q* the posture on the target nearest q_nominal,
+               :meth:`ReachTask.target_posture`);
+      terminal: 'position', 'velocity', 'posture', 'target_posture'.
     """
 
-    running_terms = ("position", "velocity", "control", "control_gravity", "posture")
-    terminal_terms = ("position", "velocity", "posture")
+    running_terms = ("position", "velocity", "control", "control_gravity", "posture", "target_posture")
+    terminal_terms = ("position", "velocity", "posture", "target_posture")
 
     def __init__(self, name: str, config: TaskConfig):
         super().__init__(name, config)
@@ -75,7 +84,7 @@ class RobotTask(Task):
 
     # -- costs ------------------------------------------------------------
     def _term_size(self, term: str) -> int:
-        return {"position": 3, "velocity": self.nq, "posture": self.nq}.get(term, self.nu)
+        return {"position": 3, "velocity": self.nq, "posture": self.nq, "target_posture": self.nq}.get(term, self.nu)
 
     def _weight(self, phase: str, term: str, weight) -> np.ndarray:
         size = self._term_size(term)
@@ -90,8 +99,9 @@ class RobotTask(Task):
             return crocoddyl.ResidualModelFrameTranslation(self.state, self.frame_id, target, self.nu), None
         if term == "velocity":
             return crocoddyl.ResidualModelState(self.state, np.zeros(self.nx), self.nu), np.concatenate([zeros, np.ones(self.nq)])
-        if term == "posture":
-            xref = np.concatenate([self.q_nominal, zeros])
+        if term in ("posture", "target_posture"):
+            q_ref = self.q_nominal if term == "posture" else self.target_posture(target)
+            xref = np.concatenate([q_ref, zeros])
             return crocoddyl.ResidualModelState(self.state, xref, self.nu), np.concatenate([np.ones(self.nq), zeros])
         if term == "control":
             return crocoddyl.ResidualModelControl(self.state, self.nu), None
@@ -139,8 +149,11 @@ class RobotTask(Task):
         goal = self.goal_of(problem)
         for model in [*shooting.runningModels, shooting.terminalModel]:
             costs = model.differential.costs.costs
-            if "position" in costs.todict():
+            terms = costs.todict()
+            if "position" in terms:
                 costs["position"].cost.residual.reference = goal
+            if "target_posture" in terms:
+                costs["target_posture"].cost.residual.reference = np.concatenate([self.target_posture(goal), np.zeros(self.nq)])
 
     def nominal_problem(self) -> Problems:
         x0 = np.concatenate([self.q_nominal, np.zeros(self.nq)])[None]
@@ -157,6 +170,9 @@ class RobotTask(Task):
             x_next[i, :nq] = pin.integrate(self.model, q, dt * v_next)
             x_next[i, nq:] = v_next
         return x_next
+
+    def target_posture(self, target: np.ndarray) -> np.ndarray:
+        raise FieldError("costs", f"'target_posture' needs a reach task (a target position), not {type(self).__name__}")
 
     def frame_position(self, q: np.ndarray) -> np.ndarray:
         """Positions of the task frame for configurations [B, nq] -> [B, 3]."""
@@ -214,6 +230,7 @@ class ReachTask(RobotTask):
     target_dim = 3
 
     def __init__(self, name, config):
+        self._target_postures: dict[bytes, np.ndarray] = {}
         super().__init__(name, config)
         self.obs_layout = [("q", self.nq), ("v", self.nq), ("target", 3)]
 
@@ -226,3 +243,31 @@ class ReachTask(RobotTask):
 
     def final_error(self, x, target):
         return np.linalg.norm(self.frame_position(x[:, : self.nq]) - target, axis=1)
+
+    def target_posture(self, target: np.ndarray) -> np.ndarray:
+        """q*(p̄): the posture that puts the frame on ``target``, nearest q_nominal (inverse kinematics
+        by damped least squares with the pull to q_nominal projected on the Jacobian's null space),
+        within the joint limits. A function of the target alone, so a policy that sees the target can
+        learn where to rest; its posture term has no gradient at the target, unlike one around
+        q_nominal, which pulls the resting arm off the target."""
+        key = np.asarray(target, dtype=float).tobytes()
+        cached = self._target_postures.get(key)
+        if cached is not None:
+            return cached.copy()
+        target = np.asarray(target, dtype=float)
+        lo, hi = self.model.lowerPositionLimit, self.model.upperPositionLimit
+        q = self.q_nominal.copy()
+        eye = np.eye(self.nq)
+        for _ in range(IK_ITERATIONS):
+            pin.framesForwardKinematics(self.model, self.data, q)
+            error = target - self.data.oMf[self.frame_id].translation
+            J = pin.computeFrameJacobian(self.model, self.data, q, self.frame_id, pin.LOCAL_WORLD_ALIGNED)[:3]
+            J_pinv = J.T @ np.linalg.inv(J @ J.T + IK_DAMPING * np.eye(3))
+            step = J_pinv @ error + IK_NULL_GAIN * (eye - J_pinv @ J) @ (self.q_nominal - q)
+            q = np.clip(q + step, lo, hi)
+            if np.abs(step).max() < 1e-10:
+                break
+        if len(self._target_postures) >= 100_000:
+            self._target_postures.clear()
+        self._target_postures[key] = q
+        return q.copy()
