@@ -290,6 +290,10 @@ def test_select_best_delivers_the_iterate_best_on_validation_and_survives_resume
     delivered = trainer.final_policy()
     assert validation_score(trainer.task, delivered, trainer.validation) == {
         "validation_within": rows[best - 1]["validation_within"], "validation_cost": rows[best - 1]["validation_cost"]}
+    # its row reports the long hold too (computed at the end when it is not the last iterate's)
+    long_hold = "hold_60s_error_mean"
+    assert long_hold in rows[-1] and long_hold in rows[best - 1]
+    np.testing.assert_equal(rows[best - 1][long_hold], trainer.continuous_use_figures(delivered, final=True)[long_hold])
     # tocpl-export (load_policy) exports it too, while a resume continues from the last iterate
     from_file, _, _ = load_policy(tmp_path / "run" / CHECKPOINT)
     for a, b in zip(from_file.state_dict().values(), delivered.state_dict().values()):

@@ -16,6 +16,7 @@ checked for writability and free space before any work starts.
 from __future__ import annotations
 
 import copy
+import math
 import os
 import time
 from dataclasses import dataclass
@@ -33,7 +34,7 @@ from tocpl_ros.tasks import DynamicsCounter, Problems, Task, Trajectories, load_
 from .algorithms import make_algorithm
 from .checkpoint import CheckpointError, atomic_write_bytes, load_checkpoint, policy_payload, remove_stale_temps, save_checkpoint
 from .config import TrainConfig
-from .continuous import ContinuousUse, evaluate_continuous
+from .continuous import ContinuousUse, evaluate_continuous, seconds_label
 from .oc_phase import OCPhaseRunner
 from .policy import MLPPolicy, make_policy
 from .run_log import CURVE, METRICS, RunLog
@@ -270,15 +271,32 @@ class Trainer:
         """The held-out metrics row of the delivered policy."""
         return self.metrics[self.selected["iteration"] - 1] if self.selected is not None else self.metrics[-1]
 
-    def continuous_use_figures(self) -> dict[str, float]:
-        """Hold, sequence, moving-start and push figures of the current policy on the held-out problems."""
+    def continuous_use_figures(self, policy: MLPPolicy | None = None, final: bool | None = None) -> dict[str, float]:
+        """Hold, sequence, moving-start and push figures of ``policy`` (the current one) on the held-out
+        problems; ``final`` (default: at the last iteration) adds the long hold."""
         cfg = self.config
         if not cfg.eval_hold_seconds:
             return {}
-        last = self.algorithm.iteration >= cfg.iterations
-        hold = [*cfg.eval_hold_seconds, *([cfg.eval_final_hold_seconds] if last and cfg.eval_final_hold_seconds else [])]
-        return evaluate_continuous(self.task, self.policy.act, self.held_out.problems, success_tolerance(self.task)[1],
+        final = self.algorithm.iteration >= cfg.iterations if final is None else final
+        hold = [*cfg.eval_hold_seconds, *([cfg.eval_final_hold_seconds] if final and cfg.eval_final_hold_seconds else [])]
+        policy = self.policy if policy is None else policy
+        return evaluate_continuous(self.task, policy.act, self.held_out.problems, success_tolerance(self.task)[1],
                                    ContinuousUse(hold_seconds=tuple(hold)))
+
+    def _finish_selected_row(self) -> None:
+        """The delivered iterate's row gets the long hold the last iteration's has (select_best picked
+        an earlier one): the figures a run reports are all of the policy it exports."""
+        cfg = self.config
+        if (self.selected is None or not cfg.eval_hold_seconds or not cfg.eval_final_hold_seconds
+                or self.algorithm.iteration < cfg.iterations):
+            return
+        row = self.final_metrics()
+        key = f"hold_{seconds_label(cfg.eval_final_hold_seconds)}_error_mean"
+        if key in row and math.isfinite(row[key]) or row is self.metrics[-1]:
+            return
+        row.update(self.continuous_use_figures(self.final_policy(), final=True))
+        self.save()
+        self.log.write(self.metrics)
 
     # -- loop ---------------------------------------------------------------
     def run(self, on_iteration: Callable[[dict[str, float]], None] | None = None) -> list[dict[str, float]]:
@@ -320,6 +338,7 @@ class Trainer:
                     self.log.write(self.metrics)
                     if on_iteration is not None:
                         on_iteration(row)
+                self._finish_selected_row()
         finally:
             self.runner.close()
             self.log.close()
