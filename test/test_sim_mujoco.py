@@ -321,7 +321,7 @@ def test_ur5_sim_node_runs_on_mujoco(ros_loopback_env):
     base = {k: v for k, v in os.environ.items() if k != DISCOVERY_RANGE_VAR}
     env = loopback_ros_env(base, domain_id=domain)
     assert env[DISCOVERY_RANGE_VAR] == "LOCALHOST"
-    q_initial = np.array(load_sim_config().initial_positions)
+    q_initial = ArmSimulator(load_sim_config()).initial_q  # the robot's nominal posture
     names = ArmSimulator(SimConfig()).joint_names
 
     script = Path(sys.executable).parent / "ur5_sim"
