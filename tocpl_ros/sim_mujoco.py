@@ -51,7 +51,7 @@ friction constraint's force (without losses it is ``mj_fullM``·a_ref + ``qfrc_b
 checks both). As in the Pinocchio backend, an unsaturated step thus gives a = a_ref
 exactly, so the loops have the same bandwidths and zero steady-state error. (Feeding the
 smooth ``tanh`` friction model forward against MuJoCo's dry-friction constraint instead
-left a ~0.1 rad limit cycle on wrist 3 at friction 2 N·m: seen, hence mj_inverse.)
+left a ~0.1 rad limit cycle on the last wrist joint at friction 2 N·m: seen, hence mj_inverse.)
 """
 
 from __future__ import annotations
