@@ -297,7 +297,7 @@ def policy_robot(metadata: PolicyMetadata, robot: str | Path | None = None, urdf
     task_config = metadata.task_config if isinstance(metadata.task_config, dict) else {}
     named = robot if robot else task_config.get("robot")
     try:
-        if robot or named and _robot_file_exists(named):
+        if robot or (named and _robot_file_exists(named)):
             return load_robot(named, urdf=urdf)
         # no robot given, or the task's robot YAML is not on this machine (a path of the machine
         # that trained it, or a file written before the robot YAMLs): by its URDF and joints

@@ -70,13 +70,9 @@ PUBLISH_STALL = 0.1
 hiccups on a loaded 2-core machine stay below ~20 ms; the middleware stalls seen are 1-4 s)."""
 
 _CONFIG_DOCS = field_docs(ControllerConfig)
-ROBOT_DEFAULTS = {
-    "rate": RobotDefault(float, "control_rate"),
-    "output_mode": RobotDefault(str, "command_interface"),
-    "exclude_gravity": RobotDefault(bool, "compensates_gravity"),
-}
-"""Parameters the robot description gives unless they are set (config/robots/<robot>.yaml);
-target_limits too, as an unset array (its robot field: target_workspace)."""
+ROBOT_DEFAULTS = {"rate": RobotDefault(float), "output_mode": RobotDefault(str), "exclude_gravity": RobotDefault(bool)}
+"""Parameters the robot description gives unless they are set (its control_rate,
+command_interface, compensates_gravity); target_limits too, as an unset array (target_workspace)."""
 # name -> (default, description). ControllerConfig fields take their default and their
 # attribute docstring; optional ones (None) are unset array parameters / 0.0.
 NODE_PARAMETERS: dict[str, tuple[Any, str]] = {

@@ -73,12 +73,11 @@ class ThrottledLog:
 
 @dataclass(frozen=True)
 class RobotDefault:
-    """The default of a parameter that the robot description gives (``field`` of
-    config/robots/<robot>.yaml): declared unset, so a value is the user's and None means "the
-    robot's". ``kind`` is the type a value must have (float, str or bool)."""
+    """The default of a parameter that the robot description gives (config/robots/<robot>.yaml):
+    declared unset, so a value is the user's and None means "the robot's". ``kind`` is the type
+    a value must have (float, str or bool)."""
 
     kind: type
-    field: str
 
 
 _EXAMPLES = {float: 0.0, str: "", bool: False}
