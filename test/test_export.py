@@ -153,7 +153,7 @@ def test_metadata_round_trip(task, exported):
     assert meta.version == tocpl_ros.__version__
     assert meta.train_config == TRAIN_CONFIG
     assert meta.task_config == json.loads(json.dumps(to_dict(task.config)))
-    assert meta.urdf == ("" if task.config.urdf is None else Path(task.config.urdf).name)
+    assert meta.urdf == (task.robot.urdf_file.name if hasattr(task, "robot") else "")
     # the stored task config rebuilds the same task
     rebuilt = make_task(meta.task, load_dataclass(TaskConfig, meta.task_config, source="metadata"))
     assert rebuilt.obs_layout == task.obs_layout and rebuilt.joint_names == task.joint_names

@@ -238,7 +238,8 @@ def test_config_file_is_a_ros_params_file_with_every_field():
     config = load_sim_config()
     assert config == default_sim_config()
     assert config.physics_rate == 1000.0 and config.publish_rate == 500.0
-    assert config.initial_positions == Q0 and config.command_mode == "effort"
+    assert config.initial_positions is None and config.command_mode == "effort"  # posture: the robot's
+    assert ArmSimulator(config).initial_q.tolist() == Q0
     docs = field_docs(SimConfig)
     assert all(docs.get(f.name) for f in fields(SimConfig))
 

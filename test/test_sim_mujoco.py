@@ -30,6 +30,7 @@ from tocpl_ros.ros_env import DISCOVERY_RANGE_VAR, DOMAIN_ID_VAR, derive_domain_
 from tocpl_ros.sim import BACKENDS, ArmSimulator, SimConfig, load_sim_config, make_simulator
 from tocpl_ros.sim_mujoco import MujocoArmSimulator, build_mujoco_spec
 
+ROOT = Path(__file__).resolve().parents[1]
 Q0 = [0.0, -1.2, 1.6, -0.4, 1.57, 0.0]
 V0 = [0.5, -0.5, 1.0, 1.0, -1.0, 1.0]
 LIMITS = np.array([150.0, 150.0, 150.0, 28.0, 28.0, 28.0])
@@ -126,6 +127,40 @@ def test_the_model_comparison_can_fail():
     assert rel(b.gravity(q), a.gravity(q)) > 1e-3
     assert rel(b.mass_matrix(q), a.mass_matrix(q)) > 1e-4
     assert rel(mj(payload_mass=2.1).gravity(q), mj(payload_mass=2.0).gravity(q)) > 1e-3
+
+
+def test_locked_joints_are_fixed_where_the_reduced_model_locks_them(tmp_path):
+    """A robot whose description locks joints (a revolute one away from 0 here, the Panda's
+    fingers below): MuJoCo fixes them at those positions, as Pinocchio's reduced model does."""
+    import example_robot_data
+    import yaml
+
+    from tocpl_ros.config import read_yaml
+
+    data = read_yaml(ROOT / "config" / "robots" / "ur5.yaml")
+    data.update(urdf=str(urdf_path("ur5")), locked_positions={"elbow_joint": 1.1})
+    data["controlled_joints"].remove("elbow_joint")
+    del data["nominal_posture"]["elbow_joint"]
+    ur5 = tmp_path / "ur5_locked_elbow.yaml"
+    ur5.write_text(yaml.safe_dump(data))
+    arm = [f"panda_joint{i}" for i in range(1, 8)]
+    panda = tmp_path / "panda.yaml"
+    panda.write_text(yaml.safe_dump(dict(
+        urdf=example_robot_data.load("panda").urdf, controlled_joints=arm, end_effector_frame="panda_hand_tcp",
+        base_frame="panda_link0", nominal_posture=dict(zip(arm, [0.0, -0.785, 0.0, -2.356, 0.0, 1.571, 0.785])),
+        target_workspace=None, command_interface="effort", control_rate=1000.0, compensates_gravity=True,
+        locked_positions={"panda_finger_joint1": 0.03, "panda_finger_joint2": 0.03},
+    )))
+    rng = np.random.default_rng(5)
+    for robot, n in ((ur5, 5), (panda, 7)):
+        a = make_simulator(SimConfig(backend="pinocchio", robot=str(robot), payload_mass=1.5))
+        b = make_simulator(SimConfig(backend="mujoco", robot=str(robot), payload_mass=1.5))
+        assert a.joint_names == b.joint_names and a.nv == b.mj_model.nv == n
+        for _ in range(3):
+            q, v = a.initial_q + rng.uniform(-0.4, 0.4, n), rng.uniform(-1, 1, n)
+            assert rel(b.gravity(q), a.gravity(q)) < 1e-10
+            assert rel(b.mass_matrix(q), a.mass_matrix(q)) < 1e-10
+            assert rel(b.bias(q, v), a.bias(q, v)) < 1e-10
 
 
 def test_urdf_meshes_are_stripped(tmp_path):
@@ -321,7 +356,7 @@ def test_ur5_sim_node_runs_on_mujoco(ros_loopback_env):
     base = {k: v for k, v in os.environ.items() if k != DISCOVERY_RANGE_VAR}
     env = loopback_ros_env(base, domain_id=domain)
     assert env[DISCOVERY_RANGE_VAR] == "LOCALHOST"
-    q_initial = np.array(load_sim_config().initial_positions)
+    q_initial = ArmSimulator(load_sim_config()).initial_q  # the robot's nominal posture
     names = ArmSimulator(SimConfig()).joint_names
 
     script = Path(sys.executable).parent / "ur5_sim"

@@ -14,7 +14,7 @@ import pinocchio as pin
 import pytest
 
 from tocpl_ros.resources import urdf_path
-from tocpl_ros.sim import load_sim_config
+from tocpl_ros.sim import ArmSimulator, load_sim_config
 
 pytestmark = pytest.mark.ros
 
@@ -137,7 +137,7 @@ def test_ur5_sim_node_end_to_end(ros_node_env):
     model = pin.buildModelFromUrdf(str(urdf_path("ur5")))
     data = model.createData()
     names = list(model.names)[1:]
-    q_initial = np.array(load_sim_config().initial_positions)
+    q_initial = ArmSimulator(load_sim_config()).initial_q  # the robot's nominal posture
 
     node = NodeProcess(env, "command_mode:=effort", "payload_mass:=0.0", "damping:=0.0", "friction:=0.0")
     probe = None

@@ -124,7 +124,7 @@ LAUNCH_ARGUMENTS: tuple[LaunchArgument, ...] = (
     LaunchArgument(
         "target",
         "",
-        "Initial target of tool0 'x,y,z' (m, robot base frame) until one arrives on /target; "
+        "Initial target of the end effector 'x,y,z' (m, robot base frame) until one arrives on /target; "
         "empty: hold the end effector where it is at the first joint state.",
     ),
     LaunchArgument(

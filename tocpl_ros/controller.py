@@ -1,7 +1,8 @@
 """The policy controller: an ONNX policy made safe to drive a robot (ROS-free).
 
 :class:`PolicyController` is everything the ``policy_node`` does except ROS: it
-checks a policy file against the robot's URDF, takes joint states by joint *name*
+checks a policy file against the robot (:mod:`tocpl_ros.robot`: the robot YAML the policy's
+task names, its URDF and controlled joints), takes joint states by joint *name*
 (rejecting malformed ones), keeps the target inside a workspace box, and turns the
 policy's torque into the command of an output mode, with the safety layer around it:
 
@@ -16,8 +17,8 @@ policy's torque into the command of an output mode, with the safety layer around
   ``stale_periods`` periods the policy keeps running on the last accepted state (one bad
   message must not jerk the robot into the safe command), after that the safe command;
 - the effort safe commands are computed-torque laws (joint-space accelerations through
-  M(q)), so one pair of gains is well-damped on every joint, from the 2.6 kg·m² shoulder
-  to the 0.017 kg·m² wrist_3. While the data is stale they run on a *prediction* of the
+  M(q)), so one pair of gains is well-damped on every joint, from the heavy shoulder to the
+  light last wrist joint. While the data is stale they run on a *prediction* of the
   state: the last accepted state rolled forward through the model under the torques sent
   since, so a moving arm is still braked to rest instead of being left to coast on
   gravity compensation;
@@ -32,12 +33,16 @@ policy's torque into the command of an output mode, with the safety layer around
 Times (``stamp``, ``received``, ``now``) are seconds as floats; ``received`` and
 ``now`` must come from the same clock (the node uses ``time.monotonic()``).
 
-Only numpy, pinocchio and onnxruntime (through :mod:`tocpl_ros.policy_file`) are
-imported: no torch, no rclpy.
+The settings a robot implies (rate, output mode, gravity exclusion, target box) default to its
+robot YAML's (:meth:`ControllerConfig.for_robot`).
+
+Only numpy, pinocchio (through :mod:`tocpl_ros.robot`) and onnxruntime (through
+:mod:`tocpl_ros.policy_file`) are imported: no torch, no rclpy.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import time
 from collections import Counter
@@ -48,9 +53,9 @@ from typing import Sequence
 import numpy as np
 import pinocchio as pin
 
-from .config import FieldError
+from .config import ConfigError, FieldError
 from .policy_file import INPUT_NAME, OUTPUT_NAME, OnnxPolicy, PolicyFileError, PolicyMetadata
-from .resources import urdf_path
+from .robot import RobotModel, find_robot, load_robot, robot_config_file
 
 __all__ = [
     "OUTPUT_MODES",
@@ -62,6 +67,7 @@ __all__ = [
     "PeriodStats",
     "PolicyController",
     "PolicyFileError",
+    "policy_robot",
 ]
 
 OUTPUT_MODES = ("effort", "velocity", "position")
@@ -75,28 +81,25 @@ HOLD_MAX_KD_DT = 0.5
 """Upper bounds of hold_kp·period² (as ω·period) and hold_kd·period. With one period of delay
 between measurement and torque, a damping gain of kd·period ≥ 1 makes the discrete loop
 oscillate and ≥ 2 diverge (the old uniform PD had 10 N·m·s/rad / 0.017 kg·m² · 2 ms = 1.2 on
-wrist_3 at 500 Hz); these bounds keep it well inside."""
+the lightest wrist joint at 500 Hz); these bounds keep it well inside."""
 PREDICTION_MAX_STEPS = 50
 """Most integration steps (of at most one period) of the stale-state prediction per call."""
-
-DEFAULT_TARGET_LIMITS = [0.25, 0.85, -0.30, 0.50, -0.15, 0.80]
-"""ur5_reach's training targets span x 0.33..0.77, y −0.19..0.41, z −0.09..0.70 m
-(20 000 samples); the default box adds 5–10 cm: the policy knows nothing beyond."""
 
 
 @dataclass
 class ControllerConfig:
     """Settings of the policy controller (the ``policy_node`` parameters of the same names)."""
 
-    rate: float = 500.0
-    """Control rate (Hz): one command every 1/rate s (UR e-series: 500 Hz). 1/rate is also
-    the step used to turn torques into velocity/position commands."""
-    output_mode: str = "effort"
+    rate: float | None = None
+    """Control rate (Hz): one command every 1/rate s. 1/rate is also the step used to turn
+    torques into velocity/position commands. None: the robot's control_rate."""
+    output_mode: str | None = None
     """'effort' (torque for a forward effort controller), 'velocity' (v + dt·aba(q, v, u)) or
-    'position' (q + dt·that velocity), dt = 1/rate."""
-    exclude_gravity: bool = False
+    'position' (q + dt·that velocity), dt = 1/rate. None: the robot's command_interface."""
+    exclude_gravity: bool | None = None
     """effort mode: publish u − g(q) instead of u, for drivers that add gravity compensation
-    themselves (UR direct torque control). Limits still apply to the total torque u."""
+    themselves (UR direct torque control). Limits still apply to the total torque u.
+    None: the robot's compensates_gravity."""
     stale_periods: int = 5
     """No accepted joint state for more than stale_periods control periods → safe command.
     Counted both in time and in control steps: a step that runs late because this process was
@@ -112,8 +115,9 @@ class ControllerConfig:
     fade_in: float = 0.5
     """Seconds over which the command ramps linearly from the safe command to the policy's,
     after start and after every safe period. 0: no ramp."""
-    target_limits: list[float] = field(default_factory=lambda: list(DEFAULT_TARGET_LIMITS))
-    """Workspace box of the target, [x_min, x_max, y_min, y_max, z_min, z_max] (m, base frame)."""
+    target_limits: list[float] | None = None
+    """Workspace box of the target, [x_min, x_max, y_min, y_max, z_min, z_max] (m, base frame).
+    None: the robot's target_workspace."""
     target_out_of_limits: str = "clamp"
     """A target outside target_limits is 'clamp'ed into the box or 'reject'ed (kept the old one)."""
     initial_target: list[float] | None = None
@@ -146,12 +150,15 @@ class ControllerConfig:
             if hi is not None and value > hi:
                 raise FieldError(name, f"must be <= {hi}, got {value}")
 
-        number("rate", self.rate, 0.0, 10000.0, lo_open=True)
+        if self.rate is not None:
+            number("rate", self.rate, 0.0, 10000.0, lo_open=True)
         for name, options in (
             ("output_mode", OUTPUT_MODES),
             ("safe_mode", SAFE_MODES),
             ("target_out_of_limits", TARGET_POLICIES),
         ):
+            if name == "output_mode" and self.output_mode is None:
+                continue
             if getattr(self, name) not in options:
                 raise FieldError(name, f"must be one of {', '.join(options)}, got {getattr(self, name)!r}")
         if isinstance(self.stale_periods, bool) or not isinstance(self.stale_periods, int) or self.stale_periods < 1:
@@ -159,16 +166,18 @@ class ControllerConfig:
         number("fade_in", self.fade_in, 0.0, 60.0)
         number("max_joint_velocity", self.max_joint_velocity, 0.0, lo_open=True)
         number("joint_position_margin", self.joint_position_margin, 0.0)
-        number("hold_kp", self.hold_kp, 0.0, (HOLD_MAX_OMEGA_DT * self.rate) ** 2)
-        number("hold_kd", self.hold_kd, 0.0, HOLD_MAX_KD_DT * self.rate)
-        limits = list(self.target_limits)
-        if len(limits) != 6:
-            raise FieldError("target_limits", f"needs 6 values [x_min, x_max, y_min, y_max, z_min, z_max], got {len(limits)}")
-        for i, value in enumerate(limits):
-            number(f"target_limits[{i}]", value)
-        for axis, (lo, hi) in zip("xyz", zip(limits[0::2], limits[1::2])):
-            if lo > hi:
-                raise FieldError("target_limits", f"{axis}_min {lo} > {axis}_max {hi}")
+        # the gains' bounds depend on the rate: checked again once it is known (for_robot)
+        number("hold_kp", self.hold_kp, 0.0, None if self.rate is None else (HOLD_MAX_OMEGA_DT * self.rate) ** 2)
+        number("hold_kd", self.hold_kd, 0.0, None if self.rate is None else HOLD_MAX_KD_DT * self.rate)
+        if self.target_limits is not None:
+            limits = list(self.target_limits)
+            if len(limits) != 6:
+                raise FieldError("target_limits", f"needs 6 values [x_min, x_max, y_min, y_max, z_min, z_max], got {len(limits)}")
+            for i, value in enumerate(limits):
+                number(f"target_limits[{i}]", value)
+            for axis, (lo, hi) in zip("xyz", zip(limits[0::2], limits[1::2])):
+                if lo > hi:
+                    raise FieldError("target_limits", f"{axis}_min {lo} > {axis}_max {hi}")
         if self.initial_target is not None:
             if len(self.initial_target) != 3:
                 raise FieldError("initial_target", f"needs 3 values [x, y, z], got {len(self.initial_target)}")
@@ -180,7 +189,25 @@ class ControllerConfig:
     @property
     def period(self) -> float:
         """Control period 1/rate (s)."""
+        if self.rate is None:
+            raise ValueError("the control rate is not known yet (rate None: the robot's, see for_robot)")
         return 1.0 / self.rate
+
+    def for_robot(self, robot: RobotModel) -> ControllerConfig:
+        """This config with the settings left None taken from the robot's description (rate,
+        output_mode, exclude_gravity, target_limits), checked again. FieldError naming the field
+        if the robot does not say (a robot built from a URDF alone has no control rate)."""
+        rate = self.rate if self.rate is not None else robot.control_rate
+        if rate is None:
+            raise FieldError("rate", f"robot '{robot.name}' has no control_rate (built from {robot.urdf_file.name} "
+                                     "alone, no robot YAML): set the rate")
+        return dataclasses.replace(
+            self,
+            rate=rate,
+            output_mode=self.output_mode if self.output_mode is not None else robot.command_interface,
+            exclude_gravity=self.exclude_gravity if self.exclude_gravity is not None else robot.compensates_gravity,
+            target_limits=self.target_limits if self.target_limits is not None else robot.target_limits,
+        )
 
 
 @dataclass
@@ -260,53 +287,82 @@ class ControllerStats:
         return sum(self.rejected.values())
 
 
+def policy_robot(metadata: PolicyMetadata, robot: str | Path | None = None, urdf: str | Path | None = None,
+                 source: str = "") -> RobotModel:
+    """The robot a policy runs on: ``robot`` (a robot name or YAML path) if given, else the one its
+    task config names (``tocpl.task_config.robot``), else, for files written before the robot
+    YAMLs, the shipped robot YAML of its URDF file and joints, else its URDF alone (every movable
+    joint). ``urdf`` replaces the robot's URDF file. PolicyFileError if none can be loaded."""
+    where = f"{source}: " if source else ""
+    task_config = metadata.task_config if isinstance(metadata.task_config, dict) else {}
+    named = robot if robot else task_config.get("robot")
+    try:
+        if robot or (named and _robot_file_exists(named)):
+            return load_robot(named, urdf=urdf)
+        # no robot given, or the task's robot YAML is not on this machine (a path of the machine
+        # that trained it, or a file written before the robot YAMLs): by its URDF and joints
+        shipped = find_robot(metadata.urdf, metadata.joint_names) if metadata.urdf else None
+        if shipped is not None:
+            return load_robot(shipped, urdf=urdf)
+        name = str(urdf) if urdf else metadata.urdf
+        if not name:
+            raise PolicyFileError(f"{where}policy for task '{metadata.task}' names no robot and no URDF "
+                                  "(tocpl.urdf is empty); give one explicitly")
+        return RobotModel.from_urdf(name, task_config.get("frame"))
+    except (ConfigError, FileNotFoundError) as exc:
+        raise PolicyFileError(f"{where}cannot load the robot: {exc}") from exc
+
+
+def _robot_file_exists(name_or_path: str | Path) -> bool:
+    try:
+        robot_config_file(name_or_path)
+    except ConfigError:
+        return False
+    return True
+
+
 class PolicyController:
     """An ONNX policy plus the robot model, safety layer and output conversion.
 
-    ``policy``: a policy file path or an :class:`OnnxPolicy`; ``urdf``: a URDF path or
-    file name overriding the metadata's ``tocpl.urdf`` (found with
-    :func:`tocpl_ros.resources.urdf_path`). Raises :class:`PolicyFileError` when the
-    file is unusable or inconsistent with the URDF (joint names/order, bounds, obs
-    layout); :meth:`check_metadata` also compares it with an expected joint list and dt.
+    ``policy``: a policy file path or an :class:`OnnxPolicy`; ``robot``: a
+    :class:`~tocpl_ros.robot.RobotModel`, or a robot name / YAML path, overriding the one the
+    policy's metadata names (:func:`policy_robot`); ``urdf``: a URDF path or file name replacing
+    the robot's URDF file. ``config``'s settings left None come from the robot's description.
+    Raises :class:`PolicyFileError` when the file is unusable or inconsistent with the robot
+    (joint names/order, bounds, obs layout), FieldError when a setting the robot should give is
+    missing; :meth:`check_metadata` also compares it with an expected joint list and dt.
     Starts *stopped*: call :meth:`start`.
     """
 
-    def __init__(self, policy: str | Path | OnnxPolicy, config: ControllerConfig | None = None, urdf: str | Path | None = None):
-        self.config = config or ControllerConfig()
+    def __init__(self, policy: str | Path | OnnxPolicy, config: ControllerConfig | None = None,
+                 urdf: str | Path | None = None, robot: RobotModel | str | Path | None = None):
         self.policy = policy if isinstance(policy, OnnxPolicy) else OnnxPolicy(policy)
         self.metadata: PolicyMetadata = self.policy.metadata
         md = self.metadata
         source = self.policy.path.name
 
         # -- robot model -----------------------------------------------------
-        name = str(urdf) if urdf else md.urdf
-        if not name:
-            raise PolicyFileError(f"{source}: policy for task '{md.task}' names no URDF (tocpl.urdf is empty); give one explicitly")
-        try:
-            path = Path(name)
-            if not path.is_file():
-                path = urdf_path(name)
-            self.model = pin.buildModelFromUrdf(str(path))
-        except (FileNotFoundError, ValueError, RuntimeError) as exc:
-            raise PolicyFileError(f"{source}: cannot load URDF '{name}': {exc}") from exc
-        self.urdf_file = path
+        if isinstance(robot, RobotModel):
+            self.robot = robot
+        else:
+            self.robot = policy_robot(md, robot, urdf, source)
+        self.config = (config or ControllerConfig()).for_robot(self.robot)
+        self.model, self.urdf_file = self.robot.model, self.robot.urdf_file
         self.data = self.model.createData()
-        self.robot_joint_names = list(self.model.names)[1:]
+        self.robot_joint_names = list(self.robot.joint_names)
         self.nq = self.model.nq
         self._check_model()
 
         self.joint_names = list(md.joint_names)
         self._index = {n: i for i, n in enumerate(self.joint_names)}
-        effort = np.asarray(self.model.effortLimit, dtype=float)
+        effort = self.robot.effort_limit
         self.u_lo = np.maximum(md.u_min, -effort)
         self.u_hi = np.minimum(md.u_max, effort)
-        self.v_lim = np.minimum(np.asarray(self.model.velocityLimit, dtype=float), self.config.max_joint_velocity)
-        self.q_lo = np.asarray(self.model.lowerPositionLimit, dtype=float)
-        self.q_hi = np.asarray(self.model.upperPositionLimit, dtype=float)
+        self.v_lim = np.minimum(self.robot.velocity_limit, self.config.max_joint_velocity)
+        self.q_lo = self.robot.lower_position_limit.copy()
+        self.q_hi = self.robot.upper_position_limit.copy()
         margin = self.config.joint_position_margin
         self._q_ok_lo, self._q_ok_hi = self.q_lo - margin, self.q_hi + margin
-        self._tmin = np.array(self.config.target_limits[0::2], dtype=float)
-        self._tmax = np.array(self.config.target_limits[1::2], dtype=float)
 
         # -- observation assembly ----------------------------------------------
         self._obs = np.zeros((1, md.obs_dim), dtype=np.float32)
@@ -316,15 +372,23 @@ class PolicyController:
             self._slices.append((block, slice(start, start + size)))
             start += size
         self._needs_target = any(b == "target" for b, _ in md.obs_layout)
+        # the frame the policy was trained to move: its task's, else the robot's end effector
         frame = md.task_config.get("frame") if isinstance(md.task_config, dict) else None
+        frame = frame or self.robot.end_effector_frame
         self.frame_id: int | None = None
-        if frame and self.model.existFrame(frame):
+        if self.model.existFrame(frame):
             self.frame_id = self.model.getFrameId(frame)
         if self._needs_target and self.config.initial_target is None and self.frame_id is None:
             raise PolicyFileError(
-                f"{source}: the observation has a target but the task config names no end-effector frame "
-                f"of {path.name} (task_config.frame = {frame!r}): set initial_target explicitly"
+                f"{source}: the observation has a target but frame '{frame}' (the task's or the robot's end effector) "
+                f"is not in {self.urdf_file.name}: set initial_target explicitly"
             )
+        limits = self.config.target_limits
+        if limits is None and self._needs_target:
+            raise FieldError("target_limits", f"robot '{self.robot.name}' has no target_workspace: set target_limits")
+        unbounded = [-math.inf, math.inf] * 3  # no target in the observation: nothing to keep in a box
+        self._tmin = np.array((limits or unbounded)[0::2], dtype=float)
+        self._tmax = np.array((limits or unbounded)[1::2], dtype=float)
 
         # -- state ------------------------------------------------------------
         self.stats = ControllerStats()
@@ -374,7 +438,9 @@ class PolicyController:
         urdf = self.urdf_file.name
         if self.model.nq != self.model.nv:
             raise PolicyFileError(f"{urdf}: joints with nq != nv are not supported")
-        problem = _name_difference(md.joint_names, self.robot_joint_names, "policy (tocpl.joint_names)", f"URDF {urdf}")
+        problem = _name_difference(
+            md.joint_names, self.robot_joint_names, "policy (tocpl.joint_names)", f"robot {self.robot.name} ({urdf})"
+        )
         if problem:
             raise PolicyFileError(f"{source}: joint names differ from the robot's: {problem}")
         if md.nu != self.model.nv:
@@ -515,8 +581,7 @@ class PolicyController:
             return self._reject("malformed", f"malformed joint state ({type(exc).__name__}: {exc})")
 
     def _target_from_posture(self) -> None:
-        pin.framesForwardKinematics(self.model, self.data, self._q)
-        xyz = self.data.oMf[self.frame_id].translation.copy()
+        xyz = self.robot.frame_position(self._q, self.frame_id)
         self.target = np.clip(xyz, self._tmin, self._tmax)
 
     def update_target(self, xyz: Sequence[float]) -> str | None:
@@ -588,7 +653,7 @@ class PolicyController:
         return math.inf if self._received is None else now - self._received
 
     def gravity(self, q: np.ndarray) -> np.ndarray:
-        return np.asarray(pin.computeGeneralizedGravity(self.model, self.data, q), dtype=float).copy()
+        return self.robot.gravity(q)
 
     def output_limits(self, q: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
         """(low, high) of what this controller may publish in its output mode. Effort with
@@ -605,8 +670,7 @@ class PolicyController:
         return self.u_lo.copy(), self.u_hi.copy()
 
     def mass_matrix(self, q: np.ndarray) -> np.ndarray:
-        upper = pin.crba(self.model, self.data, q)
-        return np.triu(upper) + np.triu(upper, 1).T
+        return self.robot.mass_matrix(q)
 
     def _predicted_state(self, now: float | None) -> tuple[np.ndarray, np.ndarray]:
         """(q, v) rolled forward from the last accepted state (at its arrival) to ``now`` through

@@ -7,8 +7,8 @@
 3. Five targets from the ur5_reach task's held-out distribution (the trainer's held-out seed),
    one after the other on ``/target`` (geometry_msgs/PointStamped), 2 s each, switched while the
    arm moves (no reset, as in use; ``--reset`` starts each from rest), then the last held for
-   10 s; for each, how close tool0 got: forward kinematics (pinocchio, ``urdf/ur5.urdf``) of the
-   received ``/joint_states``.
+   10 s; for each, how close the end effector got: forward kinematics of the received
+   ``/joint_states`` on the task's robot (``config/robots/<robot>.yaml``, :mod:`tocpl_ros.robot`).
 4. The policy node's loop statistics from ``/diagnostics``.
 
 With ``--use-mpc`` it runs the targets twice, the policy alone and then the policy node following
@@ -46,36 +46,34 @@ HELD_OUT_SEED = 1_000_003
 __all__ = ["Probe", "ToolKinematics", "ensure_policy", "demo_targets", "main"]
 
 
+def demo_robot() -> str:
+    """The robot of the demo's task (its ``robot`` key: a name in config/robots/)."""
+    from .tasks import load_task_config
+
+    return load_task_config(TASK)[1].robot
+
+
 class ToolKinematics:
-    """Position of a frame (tool0) from joint states given by name (pinocchio, ROS-free)."""
+    """Position of the robot's end effector (in its base frame) from joint states given by name
+    (:class:`tocpl_ros.robot.RobotModel`, ROS-free). ``robot``: a robot name or YAML path; None:
+    the demo task's robot."""
 
-    def __init__(self, urdf: str = "ur5", frame: str = "tool0"):
-        import pinocchio as pin
+    def __init__(self, robot: str | None = None):
+        from .robot import load_robot
 
-        from .resources import urdf_path
-
-        self.pin = pin
-        self.model = pin.buildModelFromUrdf(str(urdf_path(urdf)))
-        self.data = self.model.createData()
-        self.frame_id = self.model.getFrameId(frame)
-        if self.frame_id >= len(self.model.frames):
-            raise ValueError(f"frame '{frame}' not in {urdf}")
-        self.joint_names = [n for n in self.model.names[1:]]
-        self.q_index = {n: self.model.joints[self.model.getJointId(n)].idx_q for n in self.joint_names}
+        self.robot = load_robot(robot or demo_robot())
+        self.frame = self.robot.end_effector_frame
+        self.joint_names = list(self.robot.joint_names)
 
     def q_of(self, names, positions) -> np.ndarray:
         by_name = dict(zip(names, positions))
-        q = np.zeros(self.model.nq)
-        for name, i in self.q_index.items():
-            q[i] = by_name[name]
-        return q
+        return np.array([by_name[name] for name in self.joint_names], dtype=float)
 
     def position(self, q: np.ndarray) -> np.ndarray:
-        self.pin.framesForwardKinematics(self.model, self.data, np.asarray(q, dtype=float))
-        return self.data.oMf[self.frame_id].translation.copy()
+        return self.robot.end_effector_position(np.asarray(q, dtype=float))
 
     def gravity(self, q: np.ndarray) -> np.ndarray:
-        return np.asarray(self.pin.computeGeneralizedGravity(self.model, self.data, np.asarray(q, dtype=float))).copy()
+        return self.robot.gravity(np.asarray(q, dtype=float))
 
 
 class Probe:
@@ -83,7 +81,8 @@ class Probe:
     /diagnostics of the policy node and (optionally) the effort commands, each with the
     ``time.monotonic()`` of reception; publishes targets. Spins in a background thread."""
 
-    def __init__(self, domain_id: int, record_commands: bool = False, name: str = "tocpl_demo_probe"):
+    def __init__(self, domain_id: int, record_commands: bool = False, name: str = "tocpl_demo_probe",
+                 base_frame: str | None = None):
         import rclpy
         from diagnostic_msgs.msg import DiagnosticArray
         from geometry_msgs.msg import PointStamped
@@ -96,6 +95,11 @@ class Probe:
         from std_srvs.srv import Trigger
 
         self.PointStamped, self.Trigger = PointStamped, Trigger
+        if base_frame is None:  # the frame the targets are in: the demo robot's base
+            from .robot import load_robot_config
+
+            base_frame = load_robot_config(demo_robot())[1].base_frame
+        self.base_frame = base_frame
         self._clients: dict[str, object] = {}
         self.context = rclpy.Context()
         rclpy.init(context=self.context, domain_id=domain_id, signal_handler_options=SignalHandlerOptions.NO)
@@ -171,12 +175,13 @@ class Probe:
             time.sleep(poll)
         return bool(predicate())
 
-    def send_target(self, xyz, frame_id: str = "base_link", timeout: float = 10.0) -> None:
-        """Publish a target once a subscriber (the policy node) is matched (reliable QoS)."""
+    def send_target(self, xyz, frame_id: str | None = None, timeout: float = 10.0) -> None:
+        """Publish a target (in ``frame_id``, default the robot's base frame) once a subscriber
+        (the policy node) is matched (reliable QoS)."""
         if not self.wait_for(lambda: self.target_pub.get_subscription_count() > 0, timeout):
             raise RuntimeError(f"no subscriber on {TARGET_TOPIC} after {timeout:g} s (is policy_node running?)")
         msg = self.PointStamped()
-        msg.header.frame_id = frame_id
+        msg.header.frame_id = frame_id or self.base_frame
         msg.header.stamp = self.node.get_clock().now().to_msg()
         msg.point.x, msg.point.y, msg.point.z = (float(v) for v in xyz)
         self.target_pub.publish(msg)
@@ -241,7 +246,7 @@ def tool_error(probe: Probe, kin: ToolKinematics, target: np.ndarray) -> float:
 
 
 def follow(probe: Probe, kin: ToolKinematics, target, duration: float, within: float = 0.01) -> dict[str, float]:
-    """Follow tool0's distance to ``target`` for ``duration`` s: the error at 1 s (the trained horizon)
+    """Follow the end effector's distance to ``target`` for ``duration`` s: the error at 1 s (the trained horizon)
     and at the end, the best error, the time after which it stayed within ``within`` m (nan if it did
     not), and the largest joint speed at the end."""
     target = np.asarray(target, dtype=float)
@@ -267,7 +272,7 @@ def follow(probe: Probe, kin: ToolKinematics, target, duration: float, within: f
 
 def reach(probe: Probe, kin: ToolKinematics, target, duration: float, within: float = 0.01,
           before=None, after=None) -> dict[str, float]:
-    """Send ``target`` and follow tool0 for ``duration`` s (see ``follow``; also the start error).
+    """Send ``target`` and follow the end effector for ``duration`` s (see ``follow``; also the start error).
     ``before()`` runs just before the target is sent (e.g. reset the simulator; the start error is
     measured after it), ``after()`` just after (e.g. start the policy)."""
     target = np.asarray(target, dtype=float)
@@ -353,7 +358,7 @@ def run_graph(args, env, policy: Path, targets: np.ndarray, use_mpc: bool, label
     tag = f"[{PROG}]{label}"
     out = {"code": 0, "results": [], "hold": None, "diag": None, "mpc_diag": None}
     try:
-        # the policy drives from the first joint state on: holding tool0 where it is until the first
+        # the policy drives from the first joint state on: holding the end effector where it is until the first
         # target, or with --reset towards the first target (the simulator is reset before it is measured)
         first = "" if not args.reset else ",".join(f"{x:.6f}" for x in targets[0])
         specs = graph_for("ur5_policy", policy=str(policy), use_mpc="true" if use_mpc else "false",
@@ -408,7 +413,7 @@ def run_graph(args, env, policy: Path, targets: np.ndarray, use_mpc: bool, label
             settled = "did not stay within 1 cm" if np.isnan(r["settled_at"]) else f"within 1 cm from {r['settled_at']:.2f} s on"
             print(
                 f"{tag} target {i}/{len(targets)} [{target[0]:.3f}, {target[1]:.3f}, {target[2]:.3f}] m, "
-                f"tool0 {100 * r['start_error']:.1f} cm away: error {100 * r['error_1s']:.2f} cm at 1 s, "
+                f"{kin.frame} {100 * r['start_error']:.1f} cm away: error {100 * r['error_1s']:.2f} cm at 1 s, "
                 f"{100 * r['final_error']:.2f} cm at {args.wait:g} s (best {100 * r['best_error']:.2f} cm), {settled}; "
                 f"fastest joint now {r['max_joint_speed']:.2f} rad/s",
                 flush=True,
@@ -438,7 +443,7 @@ def run_graph(args, env, policy: Path, targets: np.ndarray, use_mpc: bool, label
         if results:
             at_1s = np.array([r["error_1s"] for r in results])
             final = np.array([r["final_error"] for r in results])
-            print(f"{tag} tool0 error over {len(results)} targets: at 1 s mean {100 * at_1s.mean():.2f} cm "
+            print(f"{tag} {kin.frame} error over {len(results)} targets: at 1 s mean {100 * at_1s.mean():.2f} cm "
                   f"(max {100 * at_1s.max():.2f}); at each switch ({args.wait:g} s) mean {100 * final.mean():.2f} cm "
                   f"(max {100 * final.max():.2f})"
                   + (f"; after the {args.hold:g} s hold {100 * hold['final_error']:.2f} cm" if hold else ""), flush=True)
@@ -470,7 +475,7 @@ def print_comparison(alone: dict, with_mpc: dict, wait: float, hold: float) -> N
     for name, run in (("policy alone       ", alone), ("policy node + MPC  ", with_mpc)):
         results = run["results"]
         d = run["diag"] or {}
-        line = (f"{name}: tool0 error at 1 s {mm([r['error_1s'] for r in results])}, at each switch ({wait:g} s) "
+        line = (f"{name}: end-effector error at 1 s {mm([r['error_1s'] for r in results])}, at each switch ({wait:g} s) "
                 f"{mm([r['final_error'] for r in results])}")
         if run["hold"] is not None:
             line += f", after the {hold:g} s hold {1e3 * run['hold']['final_error']:.2f} mm"

@@ -8,7 +8,7 @@ the policy node following the MPC node's plans), one bring-up of ``ur5_policy`` 
 (:class:`tocpl_ros.bringup_cli.Bringup`, DDS on loopback), driven from this process:
 
 1. **hold**: ``--hold-targets`` held-out targets, each from the initial posture (simulator reset),
-   held ``--hold`` s: tool0's error at 10 s and at the end;
+   held ``--hold`` s: the end effector's error at 10 s and at the end;
 2. **sequence**: ``--sequence`` targets switched every ``--switch`` s while the arm moves: the error
    at the end of each segment;
 3. **loop**: the policy node's own loop periods (p99 of every /diagnostics window, the largest),

@@ -1,4 +1,8 @@
-"""A simulated arm for the ``ur5_sim`` node: forward dynamics of a URDF (ROS-free).
+"""A simulated arm for the ``ur5_sim`` node: forward dynamics of a robot description (ROS-free).
+
+The robot is ``config/robots/<robot>.yaml`` (:mod:`tocpl_ros.robot`): its URDF, the joints it
+controls (the others locked), its nominal posture (where the simulation starts) and end effector
+(where a payload goes by default).
 
 Two physics backends share one interface (:class:`SimulatorBase`: state, commands, modes,
 servo, saturation, step loop); :func:`make_simulator` picks one by ``SimConfig.backend``:
@@ -55,13 +59,14 @@ import numpy as np
 import pinocchio as pin
 
 from .config import ConfigError, FieldError, load_dataclass, read_yaml
-from .resources import config_path, urdf_path
+from .resources import config_path
+from .robot import RobotModel, load_robot, robot_config_file
 
 __all__ = [
     "ArmSimulator",
     "SimulatorBase",
     "make_simulator",
-    "resolve_urdf",
+    "load_sim_robot",
     "SimConfig",
     "CommandError",
     "COMMAND_MODES",
@@ -79,15 +84,19 @@ NODE_NAME = "ur5_sim"
 """Node name under which config/ur5_sim.yaml keeps its ``ros__parameters``."""
 
 Scalars = float | list[float]
-"""One value for every joint, or one value per joint (URDF order)."""
+"""One value for every joint, or one value per joint (the robot's joint order)."""
 
 
 @dataclass
 class SimConfig:
     """Simulated arm (``config/ur5_sim.yaml``, a ROS 2 params file of the ``ur5_sim`` node)."""
 
-    urdf: str = "ur5"
-    """Robot model: a file name in urdf/ (with or without .urdf) or a path."""
+    robot: str = "ur5"
+    """Robot description: a name in config/robots/ (or a robot YAML path): its URDF, the
+    joints simulated (the others locked), nominal posture and end effector."""
+    urdf: str = ""
+    """URDF replacing the robot description's (a file name in urdf/, with or without .urdf, or a
+    path), e.g. a copy of the same robot with meshes or calibrated; empty: the robot's."""
     backend: str = "pinocchio"
     """Physics backend: 'pinocchio' (ABA, the model the policies are trained on) or 'mujoco'
     (MuJoCo built from the same URDF: an independent simulator to test a policy against)."""
@@ -101,9 +110,11 @@ class SimConfig:
     command_mode: str = "effort"
     """Active command interface: 'effort' (N·m), 'velocity' (rad/s) or 'position' (rad)."""
     initial_positions: list[float] | None = None
-    """Initial (and reset) joint positions in URDF order (rad); None: the URDF's zero posture."""
+    """Initial (and reset) joint positions in the robot's joint order (rad); None (or an empty
+    list): the robot's nominal posture."""
     initial_velocities: list[float] | None = None
-    """Initial (and reset) joint velocities in URDF order (rad/s); None: zero."""
+    """Initial (and reset) joint velocities in the robot's joint order (rad/s); None (or an empty
+    list): zero."""
     damping: Scalars = 0.0
     """Viscous joint damping d (N·m·s/rad): torque −d·v; a scalar or one value per joint."""
     friction: Scalars = 0.0
@@ -112,8 +123,8 @@ class SimConfig:
     """ε of the smooth Coulomb friction (rad/s): the friction reaches 76 % of f_c at |v| = ε."""
     payload_mass: float = 0.0
     """Point mass (kg) rigidly attached at payload_frame (added to the inertia of its link)."""
-    payload_frame: str = "tool0"
-    """Frame of the URDF the payload is attached to."""
+    payload_frame: str = ""
+    """Frame of the URDF the payload is attached to; empty: the robot's end-effector frame."""
     payload_com: list[float] = field(default_factory=lambda: [0.0, 0.0, 0.0])
     """Position of the payload's centre of mass in payload_frame (m)."""
     velocity_kv: Scalars = 50.0
@@ -148,6 +159,8 @@ class SimConfig:
         for name in ("velocity_kv", "position_kp", "position_kd"):
             _check_values(name, getattr(self, name), lambda x: x > 0, "> 0")
         for name in ("initial_positions", "initial_velocities"):
+            if getattr(self, name) == []:  # a ROS params file cannot say None: [] means unset
+                setattr(self, name, None)
             values = getattr(self, name)
             if values is not None:
                 _check_values(name, values, lambda x: True, "finite")
@@ -203,35 +216,29 @@ class CommandError(ValueError):
     """A command the simulator refuses (wrong length, non-finite values, unknown mode)."""
 
 
-def resolve_urdf(name: str) -> Path:
-    """The URDF file of ``SimConfig.urdf``: a path, or a name in urdf/ (FieldError if absent)."""
-    path = Path(name)
-    if path.is_file():
-        return path
+def load_sim_robot(config: SimConfig) -> RobotModel:
+    """The robot of a SimConfig, a fresh model (the payload is added to it): FieldError naming
+    'robot' or 'urdf' if the file is missing; a wrong robot YAML raises its ConfigError."""
     try:
-        return urdf_path(name)
+        robot_config_file(config.robot)
+    except ConfigError as exc:
+        raise FieldError("robot", str(exc)) from exc
+    try:
+        return load_robot(config.robot, urdf=config.urdf or None)
     except FileNotFoundError as exc:
-        raise FieldError("urdf", f"URDF '{name}' not found ({exc})") from exc
-
-
-def _load_model(name: str) -> tuple[pin.Model, Path]:
-    path = resolve_urdf(name)
-    try:
-        return pin.buildModelFromUrdf(str(path)), path
-    except (ValueError, RuntimeError) as exc:
-        raise FieldError("urdf", f"cannot build a model from {path}: {exc}") from exc
+        raise FieldError("urdf", str(exc)) from exc
 
 
 class SimulatorBase:
     """What every physics backend shares: configuration, state, commands, the command
     modes with their computed-torque servo, saturation and the step loop.
 
-    A backend implements :meth:`_load` (model, joint names, limits, payload),
+    A backend implements :meth:`_load` (its model of ``robot``, limits, payload),
     :meth:`_advance` (one step of length h under a motor torque), :meth:`mass_matrix`,
     :meth:`bias` (Coriolis/centrifugal + gravity), :meth:`gravity` and :meth:`energy`;
     it may override :meth:`inverse_dynamics` and :meth:`_difference`.
 
-    State: ``q``, ``v`` (URDF joint order, ``joint_names``); ``effort`` is the motor
+    State: ``q``, ``v`` (the robot's joint order, ``joint_names``); ``effort`` is the motor
     torque applied during the last step; ``time`` the simulated time (s). See the module
     docstring for the command modes and the servo.
     """
@@ -246,7 +253,11 @@ class SimulatorBase:
         self.config = config = config if config is not None else SimConfig()
         self.dt = 1.0 / config.physics_rate
         self.payload_mass = config.payload_mass
-        neutral = self._load(config)
+        self.robot = load_sim_robot(config)
+        self.urdf_file = self.robot.urdf_file
+        self.joint_names = list(self.robot.joint_names)
+        self.payload_frame = config.payload_frame or self.robot.end_effector_frame
+        self._load(config)
         self.nq = self.nv = len(self.joint_names)
         self.effort_limit = np.asarray(self.effort_limit, dtype=float)
         if self.effort_limit.shape != (self.nv,) or not (self.effort_limit > 0).all():
@@ -259,16 +270,16 @@ class SimulatorBase:
         self.kp = self._per_joint("position_kp", config.position_kp)
         self.kd = self._per_joint("position_kd", config.position_kd)
         self.hold_until_command = config.hold_until_command
-        self.initial_q = self._vector("initial_positions", config.initial_positions, neutral)
+        self.initial_q = self._vector("initial_positions", config.initial_positions, self.robot.nominal_posture)
         self.initial_v = self._vector("initial_velocities", config.initial_velocities, np.zeros(self.nv))
         self._mode = config.command_mode
         self._configure_losses()
         self.reset()
 
     # -- backend hooks ---------------------------------------------------------------------
-    def _load(self, config: SimConfig) -> np.ndarray:
-        """Build the model (payload attached); set ``urdf_file``, ``joint_names``,
-        ``effort_limit``, ``velocity_limit``; return the neutral configuration."""
+    def _load(self, config: SimConfig) -> None:
+        """Build the model of ``robot`` (``joint_names``, the payload attached at
+        ``payload_frame``); set ``effort_limit``, ``velocity_limit``."""
         raise NotImplementedError
 
     def _configure_losses(self) -> None:
@@ -432,24 +443,19 @@ class SimulatorBase:
 
 
 class ArmSimulator(SimulatorBase):
-    """The Pinocchio backend (``backend: pinocchio``): a fully actuated arm with
-    revolute/prismatic joints, simulated from its URDF by ABA and semi-implicit Euler
+    """The Pinocchio backend (``backend: pinocchio``): the robot's controlled joints
+    (revolute/prismatic; the others locked), simulated by ABA and semi-implicit Euler
     (see the module docstring for the physics)."""
 
     backend = "pinocchio"
 
     # -- construction --------------------------------------------------------------------
-    def _load(self, config: SimConfig) -> np.ndarray:
-        self.model, self.urdf_file = _load_model(config.urdf)
-        model = self.model
-        if model.nq != model.nv:
-            raise FieldError("urdf", f"{self.urdf_file} has joints with nq != nv; only revolute/prismatic joints are supported")
-        self.joint_names = list(model.names)[1:]
-        self.effort_limit = np.array(model.effortLimit, dtype=float)
-        self.velocity_limit = np.array(model.velocityLimit, dtype=float)
-        self._attach_payload(config.payload_mass, config.payload_frame, np.array(config.payload_com, dtype=float))
-        self.data = model.createData()
-        return pin.neutral(model)
+    def _load(self, config: SimConfig) -> None:
+        self.model = self.robot.model  # the simulator's own copy (load_sim_robot): the payload goes into it
+        self.effort_limit = self.robot.effort_limit.copy()
+        self.velocity_limit = self.robot.velocity_limit.copy()
+        self._attach_payload(config.payload_mass, self.payload_frame, np.array(config.payload_com, dtype=float))
+        self.data = self.model.createData()
 
     def _attach_payload(self, mass: float, frame: str, com: np.ndarray) -> None:
         if not self.model.existFrame(frame):

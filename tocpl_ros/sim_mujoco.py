@@ -1,6 +1,7 @@
 """The MuJoCo physics backend of the ``ur5_sim`` node (``backend: mujoco``; ROS-free).
 
-An independent simulator built from the same URDF as the Pinocchio backend, so that a
+An independent simulator built from the same robot description (its URDF file and controlled
+joints, :mod:`tocpl_ros.robot`) as the Pinocchio backend, so that a
 policy trained on Pinocchio's dynamics can be tested against other rigid-body code. It has
 the interface of :class:`tocpl_ros.sim.SimulatorBase` (state, commands, modes, servo,
 saturation, ``step``/``reset``/``effort``); :func:`tocpl_ros.sim.make_simulator` builds it.
@@ -9,12 +10,13 @@ The model (:func:`build_mujoco_model`):
 
 - ``mujoco.MjSpec`` from the URDF with every ``<visual>``/``<collision>`` element removed
   first (MuJoCo cannot load a URDF whose meshes it cannot find; ``urdf/ur5.urdf`` has none
-  anyway, and nothing here collides). MuJoCo's URDF import keeps the link frames (body
-  frame = URDF child-link frame, joint at the body origin along the URDF axis), diagonalises
-  every inertia tensor (``body_iquat``: same tensor, principal axes) and fuses the
-  massless fixed links (``tool0``, ``ee_link``, ``base``) and ``base_link`` into their
-  parents: none of that changes the dynamics, M(q) and b(q, v) equal Pinocchio's to
-  ~1e-14 relative (test/test_sim_mujoco.py);
+  anyway, and nothing here collides), and the joints the robot does not control turned into
+  fixed joints at their locked positions (as Pinocchio's reduced model locks them). MuJoCo's
+  URDF import keeps the link frames (body frame = URDF child-link frame, joint at the body
+  origin along the URDF axis), diagonalises every inertia tensor (``body_iquat``: same
+  tensor, principal axes) and fuses the links attached by fixed joints into their parents:
+  none of that changes the dynamics, M(q) and b(q, v) equal Pinocchio's to ~1e-14 relative
+  (test/test_sim_mujoco.py);
 - one ``motor`` actuator per joint (gear 1, gain 1, no bias), ``ctrlrange`` and
   ``forcerange`` = ± the URDF effort limit (the importer also sets the joint's
   ``actfrcrange`` to it); the torque is also saturated before it reaches MuJoCo, so
@@ -26,8 +28,7 @@ The model (:func:`build_mujoco_model`):
   (``friction_smoothing`` does not apply to the plant, only to the servo's feed-forward);
 - the payload: a body (point mass ``payload_mass`` at ``payload_com`` in
   ``payload_frame``, zero rotational inertia) attached to that frame's body; MuJoCo fuses
-  it into the link that carries it (``wrist_3_link`` for ``tool0``), as Pinocchio adds it
-  to that joint's inertia;
+  it into the link that carries it, as Pinocchio adds it to that joint's inertia;
 - ``timestep`` = 1/physics_rate, gravity (0, 0, −9.81), no contacts
   (``mjDSBL_CONTACT``; the model has no geoms anyway) and no joint-limit constraints
   (``mjDSBL_LIMIT``: the Pinocchio backend does not enforce the URDF position limits
@@ -50,7 +51,7 @@ friction constraint's force (without losses it is ``mj_fullM``·a_ref + ``qfrc_b
 checks both). As in the Pinocchio backend, an unsaturated step thus gives a = a_ref
 exactly, so the loops have the same bandwidths and zero steady-state error. (Feeding the
 smooth ``tanh`` friction model forward against MuJoCo's dry-friction constraint instead
-left a ~0.1 rad limit cycle on wrist 3 at friction 2 N·m: seen, hence mj_inverse.)
+left a ~0.1 rad limit cycle on the last wrist joint at friction 2 N·m: seen, hence mj_inverse.)
 """
 
 from __future__ import annotations
@@ -61,9 +62,11 @@ from pathlib import Path
 
 import mujoco
 import numpy as np
+import pinocchio as pin
 
 from .config import FieldError
-from .sim import SimConfig, SimulatorBase, resolve_urdf
+from .robot import find_urdf
+from .sim import SimConfig, SimulatorBase
 
 __all__ = ["MujocoArmSimulator", "build_mujoco_spec", "urdf_joint_limits", "INTEGRATORS", "GRAVITY"]
 
@@ -94,6 +97,35 @@ def _stripped_urdf(path: Path) -> ET.Element:
     return root
 
 
+def _lock_joints(root: ET.Element, locked: dict[str, float]) -> None:
+    """Turn the joints of ``locked`` (name -> position) into fixed joints at that position: the
+    joint's motion at the position goes into its origin."""
+    for joint in root.iter("joint"):
+        name = joint.get("name")
+        if name not in locked:
+            continue
+        value, kind = locked[name], joint.get("type")
+        if value != 0.0:
+            origin = joint.find("origin")
+            if origin is None:
+                origin = ET.SubElement(joint, "origin")
+            xyz = np.array([float(x) for x in origin.get("xyz", "0 0 0").split()])
+            rpy = np.array([float(x) for x in origin.get("rpy", "0 0 0").split()])
+            axis_element = joint.find("axis")
+            axis = np.array([float(x) for x in (axis_element.get("xyz") if axis_element is not None else "1 0 0").split()])
+            axis = axis / np.linalg.norm(axis)
+            if kind == "prismatic":
+                motion = pin.SE3(np.eye(3), value * axis)
+            else:  # revolute / continuous
+                motion = pin.SE3(pin.AngleAxis(value, axis).matrix(), np.zeros(3))
+            placement = pin.SE3(pin.rpy.rpyToMatrix(*rpy), xyz) * motion
+            origin.set("xyz", " ".join(repr(float(v)) for v in placement.translation))
+            origin.set("rpy", " ".join(repr(float(v)) for v in pin.rpy.matrixToRpy(placement.rotation)))
+        joint.set("type", "fixed")
+        for child in [c for c in joint if c.tag in ("axis", "limit", "dynamics", "mimic", "safety_controller")]:
+            joint.remove(child)
+
+
 def urdf_joint_limits(root: ET.Element) -> dict[str, tuple[float, float]]:
     """``{joint name: (effort limit, velocity limit)}`` of a URDF tree (0 where absent)."""
     limits = {}
@@ -105,11 +137,16 @@ def urdf_joint_limits(root: ET.Element) -> dict[str, tuple[float, float]]:
     return limits
 
 
-def build_mujoco_spec(urdf: str | Path) -> tuple[mujoco.MjSpec, ET.Element, Path]:
-    """An ``MjSpec`` of a URDF (a path or a name in urdf/), meshes stripped, nothing added;
-    also the stripped XML tree and the file."""
-    path = resolve_urdf(str(urdf))
+def build_mujoco_spec(urdf: str | Path, locked: dict[str, float] | None = None) -> tuple[mujoco.MjSpec, ET.Element, Path]:
+    """An ``MjSpec`` of a URDF (a path or a name in urdf/), meshes stripped, the joints of
+    ``locked`` (name -> position) fixed there, nothing added; also the stripped XML tree and
+    the file."""
+    try:
+        path = find_urdf(urdf)
+    except FileNotFoundError as exc:
+        raise FieldError("urdf", str(exc)) from exc
     root = _stripped_urdf(path)
+    _lock_joints(root, locked or {})
     try:
         spec = mujoco.MjSpec.from_string(ET.tostring(root, encoding="unicode"))
     except ValueError as exc:
@@ -134,14 +171,16 @@ class MujocoArmSimulator(SimulatorBase):
         super().__init__(config)
 
     # -- construction --------------------------------------------------------------------
-    def _load(self, config: SimConfig) -> np.ndarray:
-        self.spec, root, self.urdf_file = build_mujoco_spec(config.urdf)
+    def _load(self, config: SimConfig) -> None:
+        self.spec, root, _ = build_mujoco_spec(self.urdf_file, self.robot.locked_joints)
         spec = self.spec
         joints = list(spec.joints)
         bad = [j.name for j in joints if j.type not in _MOVABLE.values()]
         if bad:
             raise FieldError("urdf", f"{self.urdf_file}: only revolute/prismatic joints are supported, not {bad}")
-        self.joint_names = [j.name for j in joints]
+        if [j.name for j in joints] != self.joint_names:
+            raise FieldError("robot", f"MuJoCo's joints of {self.urdf_file.name} are {[j.name for j in joints]}, "
+                                      f"the robot's {self.joint_names}")
         limits = urdf_joint_limits(root)
         self.effort_limit = np.array([limits[name][0] for name in self.joint_names])
         self.velocity_limit = np.array([limits[name][1] for name in self.joint_names])
@@ -154,10 +193,9 @@ class MujocoArmSimulator(SimulatorBase):
         option.disableflags |= mujoco.mjtDisableBit.mjDSBL_CONTACT | mujoco.mjtDisableBit.mjDSBL_LIMIT
         # energy for energy(); discrete-time inverse dynamics for the servo (see the docstring)
         option.enableflags |= mujoco.mjtEnableBit.mjENBL_ENERGY | mujoco.mjtEnableBit.mjENBL_INVDISCRETE
-        return np.zeros(len(self.joint_names))
 
     def _attach_payload(self, config: SimConfig) -> None:
-        frame = config.payload_frame
+        frame = self.payload_frame
         body = self.spec.body(frame)
         if body is None:  # a joint's frame is the frame of the body it moves
             joint = self.spec.joint(frame)

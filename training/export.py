@@ -63,7 +63,7 @@ class _Exported(nn.Module):
 
 def policy_metadata(task: Task, train_config: dict | None = None) -> PolicyMetadata:
     """The metadata of a policy for ``task``."""
-    urdf = task.config.urdf
+    robot = getattr(task, "robot", None)  # robot tasks; lqr has none
     return PolicyMetadata(
         task=task.name,
         joint_names=list(task.joint_names),
@@ -72,7 +72,7 @@ def policy_metadata(task: Task, train_config: dict | None = None) -> PolicyMetad
         u_max=np.asarray(task.u_max, dtype=np.float64),
         dt=float(task.dt),
         horizon=int(task.horizon),
-        urdf=Path(urdf).name if urdf else "",
+        urdf=robot.urdf_file.name if robot is not None else "",
         version=tocpl_ros.__version__,
         train_config=_jsonable(train_config or {}),
         task_config=_jsonable(to_dict(task.config)),

@@ -116,7 +116,7 @@ for _f in fields(MPCConfig):
 for _name in CONTROLLER_PARAMETERS:
     _f = next(f for f in fields(ControllerConfig) if f.name == _name)
     _default = _f.default_factory() if callable(_f.default_factory) else _f.default  # type: ignore[misc]
-    _doc = _CONTROLLER_DOCS[_name]
+    _doc = _CONTROLLER_DOCS[_name].replace("None: the robot's", "Unset: the robot's")
     if _name == "stale_periods":
         _doc = "No accepted joint state for more than stale_periods MPC periods → no solve, nothing published."
     NODE_PARAMETERS[_name] = (_default, _doc)
@@ -379,7 +379,7 @@ def _make_node_class():
                 mpc_config = MPCConfig(**{f.name: p[f.name] for f in fields(MPCConfig)})
                 # braking gains of the last-resort command, kept within the bounds for this rate
                 controller_config = ControllerConfig(
-                    rate=mpc_config.rate, output_mode="effort", fade_in=0.0, safe_mode="zero_velocity",
+                    rate=mpc_config.rate, output_mode="effort", exclude_gravity=False, fade_in=0.0, safe_mode="zero_velocity",
                     hold_kp=min(ControllerConfig.hold_kp, (HOLD_MAX_OMEGA_DT * mpc_config.rate) ** 2),
                     hold_kd=min(ControllerConfig.hold_kd, HOLD_MAX_KD_DT * mpc_config.rate),
                     **{name: p[name] for name in CONTROLLER_PARAMETERS},
@@ -391,11 +391,14 @@ def _make_node_class():
             except (ConfigError, OSError, ValueError) as exc:
                 raise StartupError(f"task '{p['task']}': {exc}") from exc
             try:
-                controller = PolicyController(p["policy_path"], controller_config, urdf=getattr(task, "urdf_file", None))
+                # the task's robot (its description gives the target box unless target_limits is set)
+                controller = PolicyController(p["policy_path"], controller_config, robot=getattr(task, "robot", None))
                 controller.check_metadata(dt=task.dt)
                 # the solves run in a process of their own (MPCWorker: Crocoddyl keeps the GIL for
                 # whole iterations); this process keeps the policy for the fallback command
                 solver = MPCWorker(p["task"], p["policy_path"], mpc_config, task_object=task, policy=controller.policy)
+            except FieldError as exc:  # a setting the robot description does not give
+                raise StartupError(f"parameter '{exc.field}': {exc.message}") from exc
             except (PolicyFileError, ValueError, OSError) as exc:
                 raise StartupError(f"policy '{p['policy_path']}' rejected: {exc}") from exc
             self.solver = solver
@@ -455,8 +458,6 @@ def _make_node_class():
             values = declare_parameters(self, NODE_PARAMETERS)
             if not values["initial_target"]:
                 values["initial_target"] = None
-            if values["target_limits"] is None:
-                raise StartupError("parameter 'target_limits': needs 6 values [x_min, x_max, y_min, y_max, z_min, z_max]")
             return values
 
         def _on_joint_state(self, msg) -> None:

@@ -44,7 +44,16 @@ from ..config import FieldError, field_docs
 from ..controller import ControllerConfig, PeriodStats, PolicyController
 from ..plan_follower import PlanFollowerConfig
 from ..policy_file import PolicyFileError
-from .runtime import PeriodMonitor, StartupError, ThrottledLog, declare_parameters, run_node, take_joint_state, take_target
+from .runtime import (
+    PeriodMonitor,
+    RobotDefault,
+    StartupError,
+    ThrottledLog,
+    declare_parameters,
+    run_node,
+    take_joint_state,
+    take_target,
+)
 
 NODE_NAME = "policy_node"
 COMMAND_TOPICS = {
@@ -61,11 +70,17 @@ PUBLISH_STALL = 0.1
 hiccups on a loaded 2-core machine stay below ~20 ms; the middleware stalls seen are 1-4 s)."""
 
 _CONFIG_DOCS = field_docs(ControllerConfig)
+ROBOT_DEFAULTS = {"rate": RobotDefault(float), "output_mode": RobotDefault(str), "exclude_gravity": RobotDefault(bool)}
+"""Parameters the robot description gives unless they are set (its control_rate,
+command_interface, compensates_gravity); target_limits too, as an unset array (target_workspace)."""
 # name -> (default, description). ControllerConfig fields take their default and their
 # attribute docstring; optional ones (None) are unset array parameters / 0.0.
 NODE_PARAMETERS: dict[str, tuple[Any, str]] = {
     "policy_path": ("", "Policy file (.onnx written by tocpl-export). Required."),
-    "urdf_path": ("", "Robot URDF (path or file name in the package's urdf/); empty: the one named in the policy's metadata."),
+    "robot": ("", "Robot description (a name in the package's config/robots/, or a robot YAML path); empty: the one "
+                  "the policy's task names (for older policy files: the shipped one of its URDF and joints)."),
+    "urdf_path": ("", "Robot URDF (path or file name in the package's urdf/) replacing the robot description's; "
+                      "empty: the robot's."),
     "joint_names": (None, "Expected joints in order; empty/unset: take the policy's (checked against the URDF either way)."),
     "autostart": (True, "Start driving with the policy (after fade_in) as soon as joint states arrive; false: wait for ~/start."),
     "diagnostics_period": (1.0, "Seconds between /diagnostics messages."),
@@ -77,7 +92,8 @@ for _f in fields(ControllerConfig):
         _default = 0.0
         _doc = _CONFIG_DOCS[_f.name] + " 0: not checked."
     else:
-        _doc = _CONFIG_DOCS[_f.name]
+        _doc = _CONFIG_DOCS[_f.name].replace("None: the robot's", "Unset: the robot's")
+    _default = ROBOT_DEFAULTS.get(_f.name, _default)
     NODE_PARAMETERS[_f.name] = (_default, _doc)
 NODE_PARAMETERS["use_mpc"] = (
     False, "Follow the MPC node's plans (mpc_plan_topic) with feedback, the policy as the fallback; false: the policy alone."
@@ -110,11 +126,15 @@ def _make_node_class():
             if not path:
                 raise StartupError("parameter 'policy_path' is not set (the .onnx policy file to run)")
             try:
-                self.controller = PolicyController(path, config, urdf=self.params["urdf_path"] or None)
+                self.controller = PolicyController(
+                    path, config, urdf=self.params["urdf_path"] or None, robot=self.params["robot"] or None
+                )
                 self.controller.check_metadata(self.params["joint_names"] or None, config.expected_dt)
+            except FieldError as exc:  # a setting the robot description does not give
+                raise StartupError(f"parameter '{exc.field}': {exc.message}") from exc
             except (PolicyFileError, ValueError, OSError) as exc:
                 raise StartupError(f"policy '{path}' rejected: {exc}") from exc
-            self.config = config
+            self.config = config = self.controller.config  # the robot's settings filled in
             md = self.controller.metadata
             self.follower = None
             if self.params["use_mpc"]:
@@ -162,7 +182,7 @@ def _make_node_class():
                 mpc = (f"following the MPC plans of {self.params['mpc_plan_topic']} (at most {fc.max_age * 1e3:g} ms old, "
                        f"switches blended over {fc.blend_periods} periods; the policy as the fallback), ")
             self.get_logger().info(
-                f"{mpc}policy {path} (task {md.task}, {len(md.joint_names)} joints, trained dt {md.dt:g} s) -> "
+                f"{mpc}policy {path} (task {md.task}, robot {self.controller.robot.name}, {len(md.joint_names)} joints, trained dt {md.dt:g} s) -> "
                 f"{self.command_topic} at {config.rate:g} Hz, output {config.output_mode}"
                 f"{' without gravity' if config.exclude_gravity and config.output_mode == 'effort' else ''}, "
                 f"safe mode {config.safe_mode}, stale after {config.stale_periods} periods, fade-in {config.fade_in:g} s, "

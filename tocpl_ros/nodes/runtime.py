@@ -17,6 +17,7 @@ import sys
 import threading
 import time
 import traceback
+from dataclasses import dataclass
 from typing import Any, Callable
 
 from ..ros_env import apply_loopback_defaults
@@ -70,9 +71,24 @@ class ThrottledLog:
 # ---------------------------------------------------------------------- parameters
 
 
+@dataclass(frozen=True)
+class RobotDefault:
+    """The default of a parameter that the robot description gives (config/robots/<robot>.yaml):
+    declared unset, so a value is the user's and None means "the robot's". ``kind`` is the type
+    a value must have (float, str or bool)."""
+
+    kind: type
+
+
+_EXAMPLES = {float: 0.0, str: "", bool: False}
+
+
 def check_type(name: str, value: Any, default: Any) -> Any:
     """``value`` of parameter ``name`` converted to the type of its default; StartupError if it
-    cannot be (ints are accepted for floats; an unset/empty array is None)."""
+    cannot be (ints are accepted for floats; an unset/empty array is None; an unset
+    :class:`RobotDefault` parameter is None)."""
+    if isinstance(default, RobotDefault):
+        return None if value is None else check_type(name, value, _EXAMPLES[default.kind])
 
     def bad(expected: str) -> StartupError:
         return StartupError(f"parameter '{name}': expected {expected}, got {value!r} ({type(value).__name__})")
@@ -121,7 +137,8 @@ def declare_parameters(node, specs: dict[str, tuple[Any, str]]) -> dict[str, Any
     for name, (default, doc) in specs.items():
         descriptor = ParameterDescriptor(description=doc, read_only=True, dynamic_typing=True)
         try:
-            value = node.declare_parameter(name, default, descriptor).value
+            initial = None if isinstance(default, RobotDefault) else default
+            value = node.declare_parameter(name, initial, descriptor).value
         except Exception as exc:
             raise StartupError(f"parameter '{name}': {exc}") from exc
         values[name] = check_type(name, value, default)

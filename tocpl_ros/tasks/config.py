@@ -30,7 +30,9 @@ class SamplingConfig:
     """The distribution P over the problem parameters β = (x0, target)."""
 
     q_nominal: list[float] | None = None
-    """Centre of the sampled initial posture (and of the target posture for reach); None: q = 0."""
+    """Centre of the sampled initial posture (and of the target posture for reach), one value per
+    joint; None: the robot's nominal posture (config/robots/<robot>.yaml; q = 0 for a task given
+    by a urdf alone)."""
     q0_halfwidth: float = 0.0
     """q0 = q_nominal + U(-h, h) per joint (robots); x0 = U(-h, h) per state entry (lqr)."""
     v0_halfwidth: float = 0.0
@@ -102,10 +104,15 @@ class TaskConfig:
     """Distribution P of the problem parameters."""
     constrained: bool = True
     """Keep the control box in the OCP (False drops it: the paper's '-C' ablation)."""
+    robot: str | None = None
+    """Robot: a name in config/robots/ (or a robot YAML path): its URDF, controlled joints,
+    end-effector frame and nominal posture; robots only."""
     urdf: str | None = None
-    """Robot model: a file name in urdf/ (or a path); robots only."""
+    """Instead of ``robot``: a URDF (a file name in urdf/, or a path) whose every movable joint is
+    actuated, with ``frame`` (task configs written before config/robots/ are of this form)."""
     frame: str | None = None
-    """Frame whose position p(x) enters the 'position' cost and the final error; robots only."""
+    """Frame whose position p(x) enters the 'position' cost and the final error; None: the
+    robot's end-effector frame. Robots only."""
     u_limit: list[float] | None = None
     """Per-joint torque bound overriding the URDF effort limits (N·m); robots only."""
     lqr: LQRConfig = field(default_factory=LQRConfig)
@@ -120,7 +127,9 @@ class TaskConfig:
             raise FieldError("dt", f"must be > 0, got {self.dt}")
         if self.horizon < 1:
             raise FieldError("horizon", f"must be >= 1, got {self.horizon}")
-        if self.kind != "lqr" and (self.urdf is None or self.frame is None):
-            raise FieldError("urdf", f"a '{self.kind}' task needs both a urdf and a frame")
+        if self.robot is not None and self.urdf is not None:
+            raise FieldError("urdf", f"give a robot or a urdf, not both (robot '{self.robot}', urdf '{self.urdf}')")
+        if self.kind != "lqr" and self.robot is None and (self.urdf is None or self.frame is None):
+            raise FieldError("robot", f"a '{self.kind}' task needs a robot (or a urdf and a frame)")
         if self.u_limit is not None and any(u <= 0 for u in self.u_limit):
             raise FieldError("u_limit", f"every bound must be > 0, got {self.u_limit}")

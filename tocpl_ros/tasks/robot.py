@@ -1,4 +1,8 @@
-"""Robot tasks from a URDF: inverted (double) pendulum and end-effector reaching.
+"""Robot tasks: inverted (double) pendulum and end-effector reaching.
+
+The robot (model, joints, end-effector frame, nominal posture) comes from its description,
+``config/robots/<robot>.yaml`` (:func:`tocpl_ros.robot.load_robot`), or, for a task config that
+names a URDF alone, from that URDF with every movable joint actuated.
 
 The dynamics are Pinocchio's forward dynamics integrated like Crocoddyl's
 ``IntegratedActionModelEuler`` (semi-implicit: v' = v + dt·a, q' = q ⊕ dt·v'),
@@ -7,26 +11,27 @@ so a policy rollout and the OCP see the same discrete system.
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import crocoddyl
 import numpy as np
 import pinocchio as pin
 
 from ..config import FieldError
-from ..resources import urdf_path
+from ..robot import RobotModel, load_robot
 from .base import Problems, Task
 from .config import TaskConfig
 
 
-def load_urdf(name: str) -> tuple[pin.Model, Path]:
-    """A Pinocchio model from a file name in urdf/ or a path."""
-    path = Path(name)
-    if not path.is_file():
-        path = urdf_path(name)
-    if not path.is_file():
-        raise FileNotFoundError(f"URDF '{name}' not found (looked at {path})")
-    return pin.buildModelFromUrdf(str(path)), path
+def task_robot(config: TaskConfig) -> RobotModel:
+    """The robot of a task config: its ``robot`` description, else its ``urdf`` (every movable
+    joint actuated). A missing file is a FieldError of that key; a wrong robot YAML raises the
+    ConfigError naming that file."""
+    key = "robot" if config.robot is not None else "urdf"
+    try:
+        if config.robot is not None:
+            return load_robot(config.robot)
+        return RobotModel.from_urdf(config.urdf, config.frame)
+    except FileNotFoundError as exc:
+        raise FieldError(key, str(exc)) from exc
 
 
 IK_ITERATIONS = 200
@@ -37,7 +42,7 @@ IK_NULL_GAIN = 0.5
 
 
 class RobotTask(Task):
-    """A fully actuated arm with revolute joints, state x = (q, v), torque box.
+    """A robot's controlled joints (revolute/prismatic), state x = (q, v), torque box.
 
     Cost terms (weights scalar or per entry):
       running: 'position' ½‖p(q) − p̄‖² of the configured frame, 'velocity' ½‖v‖²,
@@ -53,25 +58,22 @@ class RobotTask(Task):
 
     def __init__(self, name: str, config: TaskConfig):
         super().__init__(name, config)
-        try:
-            self.model, self.urdf_file = load_urdf(config.urdf)
-        except (FileNotFoundError, ValueError) as exc:
-            raise FieldError("urdf", str(exc)) from exc
-        self.data = self.model.createData()
-        if self.model.nq != self.model.nv:
-            raise FieldError("urdf", f"{config.urdf} has joints with nq != nv; only revolute/prismatic joints are supported")
-        if not self.model.existFrame(config.frame):
-            raise FieldError("frame", f"frame '{config.frame}' is not in {config.urdf}")
-        self.frame_id = self.model.getFrameId(config.frame)
+        self.robot = task_robot(config)
+        self.model, self.data, self.urdf_file = self.robot.model, self.robot.data, self.robot.urdf_file
+        frame = config.frame if config.frame is not None else self.robot.end_effector_frame
+        if not self.model.existFrame(frame):
+            raise FieldError("frame", f"frame '{frame}' is not in {self.urdf_file.name}")
+        self.frame = frame
+        self.frame_id = self.model.getFrameId(frame)
         self.nq = self.model.nq
         self.nx, self.nu = 2 * self.nq, self.model.nv
-        self.joint_names = list(self.model.names)[1:]
-        u_max = np.array(config.u_limit if config.u_limit is not None else self.model.effortLimit, dtype=float)
+        self.joint_names = list(self.robot.joint_names)
+        u_max = np.array(config.u_limit if config.u_limit is not None else self.robot.effort_limit, dtype=float)
         if u_max.shape != (self.nu,) or (u_max <= 0).any():
             raise FieldError("u_limit", f"torque bounds must be {self.nu} positive values, got {u_max} (u_limit or the URDF effort limits)")
         self.u_max, self.u_min = u_max, -u_max
         q_nominal = config.sampling.q_nominal
-        self.q_nominal = np.zeros(self.nq) if q_nominal is None else np.array(q_nominal, dtype=float)
+        self.q_nominal = self.robot.nominal_posture.copy() if q_nominal is None else np.array(q_nominal, dtype=float)
         if self.q_nominal.shape != (self.nq,):
             raise FieldError("sampling.q_nominal", f"needs {self.nq} values, got {len(self.q_nominal)}")
         self.obs_layout = [("q", self.nq), ("v", self.nq)]
@@ -178,8 +180,7 @@ class RobotTask(Task):
         """Positions of the task frame for configurations [B, nq] -> [B, 3]."""
         out = np.empty((len(q), 3))
         for i, qi in enumerate(q):
-            pin.framesForwardKinematics(self.model, self.data, qi)
-            out[i] = self.data.oMf[self.frame_id].translation
+            out[i] = self.robot.frame_position(qi, self.frame_id)
         return out
 
     def sample_x0(self, n: int, rng: np.random.Generator) -> np.ndarray:
@@ -191,7 +192,7 @@ class RobotTask(Task):
 
     def gravity(self, q: np.ndarray) -> np.ndarray:
         """Gravity torques g(q) for configurations [B, nq] -> [B, nq]."""
-        return np.stack([pin.computeGeneralizedGravity(self.model, self.data, qi) for qi in q])
+        return np.stack([self.robot.gravity(qi) for qi in q])
 
 
 class UprightTask(RobotTask):

@@ -1,0 +1,360 @@
+"""The robot description: ``config/robots/<name>.yaml`` and the Pinocchio model built from it.
+
+A robot YAML (:class:`RobotConfig`) says which URDF, which of its joints the policy controls
+(the others are locked), the end-effector and base frames, the nominal posture, the box the
+targets live in, and how the robot is driven (command interface, control rate, whether its
+effort interface adds gravity compensation itself). :func:`load_robot` turns it into a
+:class:`RobotModel`: the Pinocchio model of the controlled joints with their limits, frame ids,
+gravity, mass matrix and end-effector forward kinematics.
+
+This module is the one place that loads URDFs: the tasks, the simulators, the policy
+controller, the MPC and the demo take their model from here. It imports numpy, yaml and
+Pinocchio only (no rclpy, no Crocoddyl, no torch).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pinocchio as pin
+
+from .config import ConfigError, FieldError, load_dataclass, read_yaml
+from .resources import config_path, urdf_path
+
+__all__ = [
+    "COMMAND_INTERFACES",
+    "RobotConfig",
+    "RobotModel",
+    "WorkspaceBox",
+    "available_robots",
+    "find_robot",
+    "find_urdf",
+    "load_robot",
+    "load_robot_config",
+    "robot_config_file",
+]
+
+COMMAND_INTERFACES = ("effort", "velocity", "position")
+"""Command interfaces, as the ros2_control forward controllers name them."""
+
+
+@dataclass
+class WorkspaceBox:
+    """An axis-aligned box in the base frame: [min, max] per axis (m)."""
+
+    x: list[float]
+    """[x_min, x_max] (m)."""
+    y: list[float]
+    """[y_min, y_max] (m)."""
+    z: list[float]
+    """[z_min, z_max] (m)."""
+
+    def __post_init__(self) -> None:
+        for axis in ("x", "y", "z"):
+            bounds = getattr(self, axis)
+            if len(bounds) != 2:
+                raise FieldError(axis, f"needs 2 values [{axis}_min, {axis}_max], got {len(bounds)}")
+            if bounds[0] > bounds[1]:
+                raise FieldError(axis, f"{axis}_min {bounds[0]} > {axis}_max {bounds[1]}")
+
+    @property
+    def limits(self) -> list[float]:
+        """[x_min, x_max, y_min, y_max, z_min, z_max], the layout of the nodes' ``target_limits``."""
+        return [*self.x, *self.y, *self.z]
+
+
+@dataclass
+class RobotConfig:
+    """One robot (``config/robots/<name>.yaml``)."""
+
+    urdf: str
+    """Robot model: a file name in urdf/ (with or without .urdf), or a path (absolute, or
+    relative to the robot YAML's folder)."""
+    controlled_joints: list[str]
+    """The joints the policy drives, in the URDF's order: the state is (q, v) of these, the
+    control one torque each. Every other movable joint is locked at ``locked_positions``."""
+    end_effector_frame: str
+    """Frame whose position the reach tasks control and the nodes report (the tool)."""
+    base_frame: str
+    """Frame targets are expressed in (a frame fixed to the world, e.g. the robot's base link)."""
+    nominal_posture: dict[str, float]
+    """Rest posture by joint name (rad or m), one value per controlled joint: where the
+    simulator starts, around which the tasks sample."""
+    target_workspace: WorkspaceBox | None
+    """Box the end-effector targets must stay in (base frame); a target outside is clamped or
+    rejected by the nodes. null: the robot takes no position targets."""
+    command_interface: str
+    """Default command interface: 'effort' (N·m), 'velocity' (rad/s) or 'position' (rad)."""
+    control_rate: float | None
+    """Default control rate (Hz): one command every 1/control_rate s. null: none known (then
+    whoever drives the robot must be given a rate)."""
+    compensates_gravity: bool
+    """The robot's effort interface adds gravity compensation g(q) itself, so effort commands
+    must exclude it (the policy node's exclude_gravity default)."""
+    locked_positions: dict[str, float] = field(default_factory=dict)
+    """Positions (rad or m) at which the movable joints that are not controlled are locked;
+    one not listed is locked at 0."""
+
+    def __post_init__(self) -> None:
+        if not self.controlled_joints:
+            raise FieldError("controlled_joints", "needs at least one joint")
+        duplicates = sorted({n for n in self.controlled_joints if self.controlled_joints.count(n) > 1})
+        if duplicates:
+            raise FieldError("controlled_joints", f"duplicate joints {duplicates}")
+        missing = [n for n in self.controlled_joints if n not in self.nominal_posture]
+        extra = [n for n in self.nominal_posture if n not in self.controlled_joints]
+        if missing or extra:
+            raise FieldError(
+                "nominal_posture",
+                f"needs one value per controlled joint (missing: {missing}, not controlled: {extra})",
+            )
+        both = [n for n in self.locked_positions if n in self.controlled_joints]
+        if both:
+            raise FieldError("locked_positions", f"joints {both} are controlled, they cannot be locked")
+        if self.command_interface not in COMMAND_INTERFACES:
+            raise FieldError(
+                "command_interface",
+                f"unknown command interface '{self.command_interface}' (known: {', '.join(COMMAND_INTERFACES)})",
+            )
+        if self.control_rate is not None and not (math.isfinite(self.control_rate) and self.control_rate > 0):
+            raise FieldError("control_rate", f"must be a finite value > 0, got {self.control_rate}")
+
+
+# ----------------------------------------------------------------------------- files
+
+
+def available_robots() -> list[str]:
+    """Names of the robot YAMLs shipped in config/robots/."""
+    return sorted(p.stem for p in config_path("robots").glob("*.yaml"))
+
+
+def robot_config_file(name_or_path: str | Path) -> Path:
+    """config/robots/<name>.yaml, or the YAML path given (ConfigError if neither exists)."""
+    path = Path(name_or_path)
+    if path.suffix in (".yaml", ".yml"):
+        if not path.is_file():
+            raise ConfigError(str(path), "", "robot file not found")
+        return path
+    try:
+        path = config_path("robots") / f"{name_or_path}.yaml"
+    except FileNotFoundError as exc:
+        raise ConfigError(str(name_or_path), "robot", f"no robot descriptions found ({exc})") from exc
+    if not path.is_file():
+        raise ConfigError(
+            str(path), "robot", f"unknown robot '{name_or_path}' (available: {', '.join(available_robots())})"
+        )
+    return path
+
+
+def load_robot_config(name_or_path: str | Path) -> tuple[str, RobotConfig, Path]:
+    """(robot name, validated config, its file) of config/robots/<name>.yaml or a YAML path."""
+    path = robot_config_file(name_or_path)
+    return path.stem, load_dataclass(RobotConfig, read_yaml(path), source=str(path)), path
+
+
+def find_urdf(name: str | Path, folder: Path | None = None) -> Path:
+    """A URDF file: ``name`` as a path, else relative to ``folder``, else in the package's urdf/
+    (with or without .urdf). Raises FileNotFoundError naming where it looked."""
+    path = Path(name)
+    if path.is_file():
+        return path
+    if folder is not None and not path.is_absolute() and (folder / path).is_file():
+        return folder / path
+    try:
+        return urdf_path(str(name))
+    except FileNotFoundError as exc:
+        where = f" or {folder / path}" if folder is not None and not path.is_absolute() else ""
+        raise FileNotFoundError(f"URDF '{name}' not found (looked at {path}{where}; {exc})") from exc
+
+
+def find_robot(urdf: str, joint_names: list[str]) -> str | None:
+    """The name of the shipped robot YAML whose URDF file is named ``urdf`` and whose controlled
+    joints are ``joint_names``, or None: how a policy file written before the robot YAMLs finds
+    its robot (its metadata names the URDF file and the joints)."""
+    try:
+        names = available_robots()
+    except FileNotFoundError:
+        return None
+    for name in names:
+        try:
+            _, config, path = load_robot_config(name)
+            urdf_file = find_urdf(config.urdf, path.parent)
+        except (ConfigError, FileNotFoundError):
+            continue
+        if urdf_file.name == Path(urdf).name and config.controlled_joints == list(joint_names):
+            return name
+    return None
+
+
+# ----------------------------------------------------------------------------- the model
+
+
+class RobotModel:
+    """The Pinocchio model of a robot's controlled joints, from its :class:`RobotConfig`.
+
+    ``model`` has the controlled joints only (the other movable joints locked at
+    ``locked_positions`` with ``pin.buildReducedModel``); ``joint_names`` are its joints in order
+    (= ``config.controlled_joints``). Limits are the URDF's. Positions are in the base frame.
+    ``urdf``, if given, replaces the config's URDF file (e.g. a calibrated copy of the same
+    robot). Errors name the robot file and the key (:class:`ConfigError`); a URDF that cannot be
+    found raises FileNotFoundError.
+    """
+
+    def __init__(self, config: RobotConfig, name: str = "", source: str = "", urdf: str | Path | None = None,
+                 folder: Path | None = None):
+        self.config = config
+        self.name = name
+        self.source = source
+        """Where the description comes from (the robot YAML, or the URDF of :meth:`from_urdf`)."""
+
+        def fail(key: str, message: str) -> ConfigError:
+            return ConfigError(source, key, message)
+
+        if urdf is None:  # the description's own URDF: a missing one is an error of the robot file
+            try:
+                self.urdf_file = find_urdf(config.urdf, folder)
+            except FileNotFoundError as exc:
+                raise fail("urdf", str(exc)) from exc
+        else:
+            self.urdf_file = find_urdf(urdf, folder)
+        try:
+            full = pin.buildModelFromUrdf(str(self.urdf_file))
+        except (ValueError, RuntimeError) as exc:
+            raise fail("urdf", f"cannot build a model from {self.urdf_file}: {exc}") from exc
+        self.full_model = full
+        """The model of every URDF joint (nothing locked)."""
+        urdf_joints = [n for n, j in zip(full.names[1:], full.joints[1:]) if j.nq > 0]
+        unknown = [n for n in config.controlled_joints if n not in urdf_joints]
+        if unknown:
+            raise fail("controlled_joints", f"joints {unknown} are not movable joints of {self.urdf_file.name} "
+                                            f"(it has: {urdf_joints})")
+        in_urdf_order = [n for n in urdf_joints if n in config.controlled_joints]
+        if in_urdf_order != list(config.controlled_joints):
+            raise fail("controlled_joints", f"must follow the URDF's joint order {in_urdf_order}, "
+                                            f"got {config.controlled_joints}")
+        unknown = [n for n in config.locked_positions if n not in urdf_joints]
+        if unknown:
+            raise fail("locked_positions", f"joints {unknown} are not movable joints of {self.urdf_file.name}")
+        self.locked_joints = {n: float(config.locked_positions.get(n, 0.0)) for n in urdf_joints
+                              if n not in config.controlled_joints}
+        """Locked joint name -> position (rad or m)."""
+        self.model = self._reduced(full) if self.locked_joints else full
+        model = self.model
+        self.data = model.createData()
+        if model.nq != model.nv:
+            raise fail("controlled_joints", f"{self.urdf_file.name}: joints with nq != nv (continuous or "
+                                            "multi-DoF); only revolute/prismatic joints are supported")
+        self.joint_names = list(model.names)[1:]
+        self.nq, self.nv = model.nq, model.nv
+        self.effort_limit = np.array(model.effortLimit, dtype=float)
+        self.velocity_limit = np.array(model.velocityLimit, dtype=float)
+        self.lower_position_limit = np.array(model.lowerPositionLimit, dtype=float)
+        self.upper_position_limit = np.array(model.upperPositionLimit, dtype=float)
+        self.end_effector_id = self.frame_id(config.end_effector_frame, "end_effector_frame")
+        self.base_frame_id = self.frame_id(config.base_frame, "base_frame")
+        base = model.frames[self.base_frame_id]
+        if base.parentJoint != 0:
+            raise fail("base_frame", f"frame '{config.base_frame}' moves with joint "
+                                     f"'{model.names[base.parentJoint]}'; the base frame must be fixed to the world")
+        # positions are expressed in the base frame; at the world origin (the usual root link)
+        # there is nothing to transform, which keeps them the model's own numbers
+        placement = base.placement
+        at_origin = np.array_equal(placement.rotation, np.eye(3)) and not placement.translation.any()
+        self._world_to_base = None if at_origin else placement.inverse()
+        self.nominal_posture = np.array([config.nominal_posture[n] for n in self.joint_names], dtype=float)
+        self.target_limits = None if config.target_workspace is None else list(config.target_workspace.limits)
+        """[x_min, x_max, y_min, y_max, z_min, z_max] of the target workspace (m), or None."""
+
+    @classmethod
+    def from_urdf(cls, urdf: str | Path, end_effector_frame: str | None = None) -> RobotModel:
+        """A robot of every movable joint of a URDF, without a robot YAML (a task config or a
+        policy file that names a URDF only): nominal posture 0, no target workspace, effort
+        commands that do not exclude gravity, no known control rate; the base frame is the root
+        link. FileNotFoundError if the URDF is missing, ConfigError naming 'urdf' if it is not
+        usable."""
+        path = find_urdf(urdf)
+        try:
+            full = pin.buildModelFromUrdf(str(path))
+        except (ValueError, RuntimeError) as exc:
+            raise ConfigError(str(path), "urdf", f"cannot build a model from {path}: {exc}") from exc
+        joints = [n for n, j in zip(full.names[1:], full.joints[1:]) if j.nq > 0]
+        root = next(f.name for f in full.frames if f.type == pin.FrameType.BODY)
+        config = RobotConfig(
+            urdf=str(path), controlled_joints=joints, end_effector_frame=end_effector_frame or root,
+            base_frame=root, nominal_posture={n: 0.0 for n in joints}, target_workspace=None,
+            command_interface="effort", control_rate=None, compensates_gravity=False,
+        )
+        return cls(config, name=path.stem, source=str(path))
+
+    def _reduced(self, full: pin.Model) -> pin.Model:
+        q_ref = pin.neutral(full)
+        for name, value in self.locked_joints.items():
+            q_ref[full.joints[full.getJointId(name)].idx_q] = value
+        ids = [full.getJointId(name) for name in self.locked_joints]
+        return pin.buildReducedModel(full, ids, q_ref)
+
+    def frame_id(self, name: str, key: str = "frame") -> int:
+        """Id of a frame of the model; ConfigError naming ``key`` if there is none of that name."""
+        if not self.model.existFrame(name):
+            raise ConfigError(self.source, key, f"frame '{name}' is not in {self.urdf_file.name}")
+        return self.model.getFrameId(name)
+
+    # -- properties of the description ---------------------------------------------------
+    @property
+    def end_effector_frame(self) -> str:
+        return self.config.end_effector_frame
+
+    @property
+    def base_frame(self) -> str:
+        return self.config.base_frame
+
+    @property
+    def command_interface(self) -> str:
+        return self.config.command_interface
+
+    @property
+    def control_rate(self) -> float | None:
+        """Hz; None for a robot built from a URDF alone."""
+        return self.config.control_rate
+
+    @property
+    def compensates_gravity(self) -> bool:
+        return self.config.compensates_gravity
+
+    # -- kinematics and dynamics (one configuration, joint order of joint_names) ----------
+    def frame_position(self, q: np.ndarray, frame_id: int | None = None) -> np.ndarray:
+        """Position [3] of a frame (default: the end effector) in the base frame at q."""
+        pin.framesForwardKinematics(self.model, self.data, q)
+        placement = self.data.oMf[self.end_effector_id if frame_id is None else frame_id]
+        if self._world_to_base is not None:
+            placement = self._world_to_base * placement
+        return placement.translation.copy()
+
+    def end_effector_position(self, q: np.ndarray) -> np.ndarray:
+        """Position [3] of the end-effector frame in the base frame at q."""
+        return self.frame_position(q)
+
+    def gravity(self, q: np.ndarray) -> np.ndarray:
+        """Gravity torques g(q) [nv]."""
+        return np.asarray(pin.computeGeneralizedGravity(self.model, self.data, q), dtype=float).copy()
+
+    def mass_matrix(self, q: np.ndarray) -> np.ndarray:
+        """Joint-space mass matrix M(q) [nv, nv] (symmetric)."""
+        upper = pin.crba(self.model, self.data, q)
+        return np.triu(upper) + np.triu(upper, 1).T
+
+    def __repr__(self) -> str:
+        locked = f", locked {list(self.locked_joints)}" if self.locked_joints else ""
+        return f"RobotModel({self.name!r}: {self.urdf_file.name}, joints {self.joint_names}{locked})"
+
+
+def load_robot(name_or_path: str | Path, urdf: str | Path | None = None) -> RobotModel:
+    """The robot of config/robots/<name>.yaml (or of a robot YAML path); ``urdf`` replaces its
+    URDF file. ConfigError naming the file and the key if the description is wrong;
+    FileNotFoundError if the URDF is missing."""
+    name, config, path = load_robot_config(name_or_path)
+    return RobotModel(config, name=name, source=str(path), urdf=urdf, folder=path.parent)
+
