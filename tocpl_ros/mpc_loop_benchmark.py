@@ -46,15 +46,6 @@ from .ros_env import apply_loopback_defaults, loopback_ros_env
 PROG = "tocpl-mpc-loop-bench"
 
 
-def _wait(predicate, timeout: float, poll: float = 0.02) -> bool:
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        if predicate():
-            return True
-        time.sleep(poll)
-    return bool(predicate())
-
-
 def _diag_windows(probe: Probe, since: float) -> list[dict[str, str]]:
     with probe.lock:
         return [d for t, d, _ in probe.diagnostics if t >= since]
@@ -73,11 +64,11 @@ def run_mode(args, env, policy: Path, backend: str, use_mpc: bool, hold_targets:
     out: dict = {"backend": backend, "mpc": use_mpc}
     try:
         bringup.start()
-        up = _wait(lambda: bringup.poll() is not None or (probe.last_joint_state() is not None
+        up = probe.wait_for(lambda: bringup.poll() is not None or (probe.last_joint_state() is not None
                                                           and probe.last_diagnostics() is not None), 120)
         if not up or bringup.poll() is not None:
             raise RuntimeError(f"{label}: the nodes did not come up")
-        if use_mpc and not _wait(lambda: int(probe.last_diagnostics()[1].get("mpc_plans_accepted", 0)) > 0, 180):
+        if use_mpc and not probe.wait_for(lambda: int(probe.last_diagnostics()[1].get("mpc_plans_accepted", 0)) > 0, 180):
             print(f"[{PROG}] {label}: warning: no MPC plan followed yet", flush=True)
         t_start = time.monotonic()
 
@@ -86,7 +77,7 @@ def run_mode(args, env, policy: Path, backend: str, use_mpc: bool, hold_targets:
             if not ok:
                 raise RuntimeError(f"/ur5_sim/reset failed: {message}")
             done = time.monotonic()
-            _wait(lambda: probe.last_joint_state()[0] > done + 0.003, 2.0, poll=0.002)
+            probe.wait_for(lambda: probe.last_joint_state()[0] > done + 0.003, 2.0, poll=0.002)
 
         # 1. hold
         at_10, at_end = [], []
@@ -149,8 +140,8 @@ def fallback(probe: Probe, label: str, period: float) -> dict:
     before = probe.last_diagnostics()[1]
     t_kill = time.monotonic()
     os.kill(int(mpc[1]["solver_pid"]), signal.SIGKILL)
-    switched = _wait(lambda: int(probe.last_diagnostics()[1]["mpc_switches_to_policy"]) > int(before["mpc_switches_to_policy"]), 10)
-    back = _wait(lambda: probe.last_diagnostics()[0] > t_kill + 1 and probe.last_diagnostics()[1]["mpc_source"] == "plan"
+    switched = probe.wait_for(lambda: int(probe.last_diagnostics()[1]["mpc_switches_to_policy"]) > int(before["mpc_switches_to_policy"]), 10)
+    back = probe.wait_for(lambda: probe.last_diagnostics()[0] > t_kill + 1 and probe.last_diagnostics()[1]["mpc_source"] == "plan"
                  and int(probe.last_diagnostics()[1]["mpc_switches_to_plan"]) > int(before["mpc_switches_to_plan"]), 60)
     t_back = time.monotonic()
     diag = probe.last_diagnostics()[1]
