@@ -65,6 +65,7 @@ setup(
             "tocpl-export = tocpl_training.export:main",
             "tocpl-train = tocpl_training.cli:main",
             "tocpl-train-bench = tocpl_training.benchmark:main",
+            "tocpl-train-profile = tocpl_training.profile:main",
             "tocpl-bench = tocpl_training.compare:main",
             "tocpl-oc-bench = tocpl_training.oc_benchmark:main",
             "tocpl-inspect = tocpl_training.inspect:main",

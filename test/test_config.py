@@ -15,6 +15,12 @@ from tocpl_ros.tasks import load_task, load_task_config
 from tocpl_ros.tasks.config import CostConfig, LQRConfig, SamplingConfig, SolverConfig, TaskConfig
 
 
+def torch_cuda_available() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
 def write_variant(tmp_path: Path, base: str, edit) -> Path:
     data = read_yaml(config_path("tasks", f"{base}.yaml"))
     edit(data)
@@ -151,6 +157,12 @@ def refused(capsys, argv, out: Path, *words: str) -> str:
     (["--oc-th-stop", "0"], "oc_th_stop", ["> 0"]),
     (["--warm-start", "lukewarm"], "warm_start", ["unknown warm start"]),
     (["--multiple-shooting"], "multiple_shooting", ["plal"]),
+    (["--eval-every", "0"], "eval_every", [">= 1"]),
+    (["--supervised-steps", "-3"], "supervised_steps", [">= 0"]),
+    (["--sobolev-direction", "diagonal"], "sobolev_direction", ["'control' or 'state'"]),
+    (["--device", "gpu0"], "device", ["not a torch device"]),
+    (["--device", "meta"], "device", ["only 'cpu' and 'cuda'"]),
+    *([] if torch_cuda_available() else [(["--device", "cuda"], "device", ["CUDA is not available"])]),
 ])
 def test_train_cli_out_of_range_values_name_the_flag_and_key(capsys, tmp_path, flags, key, words):
     err = refused(capsys, TRAIN_SMALL + flags, tmp_path / "run", f"'{key}'", *words)

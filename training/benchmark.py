@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import yaml
 
 from tocpl_ros.config import ConfigError, to_dict
 
@@ -35,7 +36,8 @@ def run_one(task: str, seed: int, out: Path, overrides: dict) -> dict:
     delivered = trainer.final_metrics()  # the last iterate, or the one select_best chose on validation
     return {"task": task, "seed": seed, "variant": config.variant, "iterations": len(rows),
             "delivered": int(delivered["iteration"]), **delivered,
-            "dynamics_evaluations": rows[-1]["dynamics_evaluations"], "wall_time": total}  # what the run spent
+            "dynamics_evaluations": rows[-1]["dynamics_evaluations"], "wall_time": total,  # what the run spent
+            "oc_total_seconds": float(sum(r["oc_seconds"] for r in rows))}
 
 
 def format_row(r: dict, unit: str) -> str:
@@ -44,7 +46,8 @@ def format_row(r: dict, unit: str) -> str:
             f"err mean {scale * r['final_error_mean']:8.3g} {shown:<3} p95 {scale * r['final_error_p95']:8.3g} "
             f"hold p95 {scale * r['hold_error_p95']:8.3g}  within {100 * r['within_tolerance']:5.1f}%  "
             f"gap {100 * r['cost_gap_median']:8.3g}%  it {r['delivered']}/{r['iterations']}  bound viol {r['max_bound_violation']:.2g}  "
-            f"evals {r['dynamics_evaluations']:9.3g}  {r['wall_time']:6.0f} s")
+            f"evals {r['dynamics_evaluations']:9.3g}  {r['wall_time']:6.0f} s "
+            f"(OC phase {r['oc_total_seconds']:.1f} s, the rest {(r['wall_time'] - r['oc_total_seconds']) / r['oc_total_seconds']:.1f}x it)")
     return line + continuous_lines(r, scale, shown)
 
 
@@ -76,8 +79,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=Path("runs/bench"))
     parser.add_argument("--iterations", type=int, help="override the default iteration budget")
     parser.add_argument("--workers", type=int, help="override the OC-phase worker count")
+    parser.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
+                        help="override a TrainConfig field of every run (YAML value), e.g. --set supervised_steps=200")
     args = parser.parse_args(argv)
     overrides = {k: v for k, v in (("iterations", args.iterations), ("workers", args.workers)) if v is not None}
+    for item in args.set:
+        field, sep, value = item.partition("=")
+        if not sep or not field:
+            parser.error(f"--set {item}: expected FIELD=VALUE")
+        overrides[field] = yaml.safe_load(value)
     from tocpl_ros.tasks import load_task
 
     try:

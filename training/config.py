@@ -26,6 +26,14 @@ class TrainConfig:
     """'+S': also match the policy's state Jacobian to the DDP feedback gains (stochastic Sobolev term)."""
     sobolev_full: bool = False
     """Match the full Jacobian (eq. 8, nu backward passes) instead of the stochastic projection (dpl's way)."""
+    sobolev_direction: str = "control"
+    """Stochastic Sobolev term's random projection. 'control': the paper's, a direction v in control space,
+    ½‖vᵀJ − ∂x(vᵀπ)‖² (a second backward pass through the first); 'state': a direction d in state space,
+    ½‖(J − ∂π/∂x) d‖², carried by the forward pass (forward mode, one backward pass). Both have eq. (8)'s
+    full term as expectation; the speed and precision of each: docs/training_speed.md."""
+    sobolev_batch: int = 0
+    """Samples of each mini-batch that the Sobolev term is computed on (0: all of it). Its gradient costs
+    2-3x the regression's per sample, and a few samples of a state-space direction each carry it."""
     sobolev_weight: float = 1e-3
     """Weight of the Sobolev term relative to the control regression. Small by default: the DDP gains
     near the end of the horizon are stiff (large terminal weights) and would swamp the regression."""
@@ -109,8 +117,14 @@ class TrainConfig:
     """bcl: upper bound on μ."""
     epochs: int = 20
     """Passes over the supervised data per iteration."""
+    supervised_steps: int = 0
+    """Adam steps per supervised phase on mini-batches drawn uniformly from the replay buffer; 0: `epochs`
+    full passes over it (the paper's setup), whose cost grows with the buffer."""
     batch_size: int = 256
     """Mini-batch size of the supervised phase."""
+    device: str = "cpu"
+    """Torch device of the supervised phase ('cpu', 'cuda', 'cuda:1', ...); the OC phase and every rollout
+    stay on the CPU, and so does the policy between supervised phases."""
     learning_rate: float = 1e-3
     """Adam learning rate at the first iteration."""
     learning_rate_final: float | None = None
@@ -126,6 +140,10 @@ class TrainConfig:
     """Continuous-use evaluation (training/continuous.py, robot tasks) after every iteration: times after the
     start (s) at which the held-out hold error is read, besides T; plus a sequence of targets, moving starts
     and a push. Empty: none of it."""
+    eval_every: int = 1
+    """Held-out, continuous-use and validation evaluation every this many iterations and at the last (the
+    evaluations cost more than a small OC phase); the rows in between carry the training figures only, and
+    select_best chooses among the evaluated iterates."""
     eval_final_hold_seconds: float = 60.0
     """The last iteration also reads the hold at this time (s; 0: not): too long a rollout for every iteration."""
     select_best: bool = False
@@ -147,6 +165,18 @@ class TrainConfig:
     ray_address: str = ""
     """backend 'ray': address of a running Ray cluster (head 'IP:6379', or 'auto' on a cluster node); empty:
     start a local Ray instance on loopback for the run and shut it down at the end."""
+
+    def _check_device(self) -> None:
+        import torch  # only here: the rest of the config needs no torch
+
+        try:
+            device = torch.device(self.device)
+        except RuntimeError as exc:
+            raise FieldError("device", f"not a torch device: '{self.device}' ({exc})") from exc
+        if device.type == "cuda" and not torch.cuda.is_available():
+            raise FieldError("device", f"'{self.device}': CUDA is not available on this machine (use 'cpu')")
+        if device.type not in ("cpu", "cuda"):
+            raise FieldError("device", f"'{self.device}': only 'cpu' and 'cuda' devices are supported")
 
     def __post_init__(self) -> None:
         if self.algo not in ALGORITHMS:
@@ -188,7 +218,7 @@ class TrainConfig:
             raise FieldError("policy_states", f"unknown source '{self.policy_states}' (known: {', '.join(POLICY_STATES)})")
         if self.multiple_shooting and self.algo != "plal":
             raise FieldError("multiple_shooting", "multiple shooting (+M) is a variant of plal")
-        for name in ("iterations", "problems", "replay", "oc_max_iter", "epochs", "batch_size", "eval_problems",
+        for name in ("iterations", "problems", "replay", "oc_max_iter", "epochs", "batch_size", "eval_problems", "eval_every",
                      "validation_problems"):
             if getattr(self, name) < 1:
                 raise FieldError(name, f"must be >= 1, got {getattr(self, name)}")
@@ -199,6 +229,13 @@ class TrainConfig:
             raise FieldError("learning_rate_final", f"must be > 0, got {self.learning_rate_final}")
         if self.sobolev_weight < 0:
             raise FieldError("sobolev_weight", f"must be >= 0, got {self.sobolev_weight}")
+        if self.sobolev_direction not in ("control", "state"):
+            raise FieldError("sobolev_direction", f"'control' or 'state', got '{self.sobolev_direction}'")
+        self._check_device()
+        if self.sobolev_batch < 0:
+            raise FieldError("sobolev_batch", f"must be >= 0 (0: the whole mini-batch), got {self.sobolev_batch}")
+        if self.supervised_steps < 0:
+            raise FieldError("supervised_steps", f"must be >= 0 (0: full epochs), got {self.supervised_steps}")
         if self.sobolev_gains not in ("solver", "solution", "task"):
             raise FieldError("sobolev_gains", f"'solver', 'solution' or 'task', got '{self.sobolev_gains}'")
         for name in ("seed", "eval_seed", "validation_seed"):

@@ -23,11 +23,13 @@ class RunLog:
         self.scale, self.unit = {"m": (100.0, "cm"), "rad": (float(np.rad2deg(1.0)), "deg")}.get(error_unit, (1.0, error_unit))
         self._writer = None
 
-    def write(self, rows: list[dict[str, float]]) -> None:
-        """Rewrite the CSV and the curve from all rows; append the newest row to TensorBoard."""
-        self._write_csv(rows)
+    def write(self, rows: list[dict[str, float]], curve: bool = True) -> None:
+        """Rewrite the CSV (and the curve: drawing it costs more than the rest) from all rows; append
+        the newest row to TensorBoard."""
+        self.write_csv(rows)
         self._write_tensorboard(rows[-1:])
-        self._write_curve(rows)
+        if curve:
+            self._write_curve(rows)
 
     def restart(self, rows: list[dict[str, float]]) -> None:
         """On resume: make every record equal to the checkpoint's ``rows``.
@@ -39,11 +41,11 @@ class RunLog:
         """
         if not rows:
             return
-        self._write_csv(rows)
+        self.write_csv(rows)
         self._write_tensorboard(rows, purge_from=1)
         self._write_curve(rows)
 
-    def _write_csv(self, rows):
+    def write_csv(self, rows: list[dict[str, float]]) -> None:
         keys = list(dict.fromkeys(k for row in rows for k in row))
         text = io.StringIO()
         writer = csv.DictWriter(text, fieldnames=keys)
@@ -72,6 +74,7 @@ class RunLog:
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
 
+        rows = [r for r in rows if "final_error_mean" in r]  # the evaluated iterations (TrainConfig.eval_every)
         evals = np.array([r["dynamics_evaluations"] for r in rows])
         wall = np.array([r["wall_time"] for r in rows])
         mean = self.scale * np.array([r["final_error_mean"] for r in rows])

@@ -50,7 +50,11 @@ def regression_loss(policy: MLPPolicy, obs: torch.Tensor, u: torch.Tensor) -> to
     no gradient to come back with, so the weights could only grow (seen: NaN weights after 25
     good pendulum iterations). It is zero wherever the policy aims inside the box.
     """
-    z = policy.preactivation(obs)
+    return regression_loss_of(policy, policy.preactivation(obs), u)
+
+
+def regression_loss_of(policy: MLPPolicy, z: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+    """``regression_loss`` from the pre-activations z = policy.preactivation(obs)."""
     error = (u - (policy.u_mid + policy.u_half * torch.tanh(z))) / policy.u_half
     excess = torch.relu(z.abs() - PREACTIVATION_LIMIT)
     return 0.5 * (error**2).sum(dim=1).mean() + 0.5 * (excess**2).sum(dim=1).mean()
@@ -64,7 +68,8 @@ def sobolev_loss_stochastic(
     generator: torch.Generator,
     sample_weight: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Stochastic Sobolev term: ½‖vᵀJ − ∂x(vᵀπ(x))‖² with v uniform on the unit sphere.
+    """The paper's stochastic Sobolev term: ½‖vᵀJ − ∂x(vᵀπ(x))‖² with v uniform on the unit sphere
+    of control directions.
 
     One extra backward pass instead of nu. Multiplied by nu so that its
     expectation over v equals the full-Jacobian term of eq. (8) (E[v vᵀ] = I/nu).
@@ -72,7 +77,7 @@ def sobolev_loss_stochastic(
     """
     obs = obs.detach().requires_grad_(True)
     nu = jacobian.shape[1]
-    v = torch.randn(len(obs), nu, generator=generator, dtype=obs.dtype)
+    v = torch.randn(len(obs), nu, generator=generator, dtype=obs.dtype).to(obs.device)
     v = v / v.norm(dim=1, keepdim=True)
     w = v / policy.u_half  # the same per-joint scaling as the regression
     projected = (w * policy(obs)).sum()
@@ -80,6 +85,34 @@ def sobolev_loss_stochastic(
     target = torch.einsum("bi,bij->bj", w, jacobian)
     per_sample = ((target - grad) ** 2).sum(dim=1)
     return 0.5 * nu * (per_sample if sample_weight is None else sample_weight * per_sample).mean()
+
+
+def losses_state_direction(
+    policy: MLPPolicy,
+    obs: torch.Tensor,
+    u: torch.Tensor,
+    jacobian: torch.Tensor,
+    nx: int,
+    generator: torch.Generator,
+    sample_weight: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The regression loss and a stochastic Sobolev term ½‖(J − ∂π/∂x) d‖² with d uniform on the unit
+    sphere of state directions, from one forward pass carrying the tangent d (forward mode).
+
+    Multiplied by nx so that its expectation over d equals the full-Jacobian term of eq. (8)
+    (E[d dᵀ] = I/nx), as the paper's control-direction projection does; the step then needs one
+    backward pass instead of a backward pass and a second one through it.
+    """
+    d = torch.randn(len(obs), nx, generator=generator, dtype=obs.dtype).to(obs.device)
+    d = d / d.norm(dim=1, keepdim=True)
+    tangent = torch.nn.functional.pad(d, (0, obs.shape[1] - nx))  # the target part of obs does not move
+    z, dz = policy.preactivation_with_tangent(obs, tangent)
+    t = torch.tanh(z)
+    directional = (1 - t * t) * dz  # (∂π/∂x · d) / u_half
+    target = torch.einsum("bij,bj->bi", jacobian, d) / policy.u_half
+    per_sample = ((target - directional) ** 2).sum(dim=1)
+    sobolev = 0.5 * nx * (per_sample if sample_weight is None else sample_weight * per_sample).mean()
+    return regression_loss_of(policy, z, u), sobolev
 
 
 def sobolev_loss_full(
@@ -119,6 +152,11 @@ def torch_threads(count: int):
         torch.set_num_threads(previous)
 
 
+SOBOLEV_DIRECTIONS = ("control", "state")
+"""Stochastic Sobolev projections: the paper's control directions (a second backward pass) or state
+directions (forward mode, one backward pass); see sobolev_loss_stochastic and losses_state_direction."""
+
+
 def fit(
     policy: MLPPolicy,
     optimizer: torch.optim.Optimizer,
@@ -130,37 +168,92 @@ def fit(
     sobolev_weight: float,
     generator: torch.Generator,
     full_jacobian: bool = False,
+    sobolev_direction: str = "control",
+    steps: int = 0,
+    sobolev_batch: int = 0,
+    device: str = "cpu",
 ) -> dict[str, float]:
-    """Adam mini-batches over ``data``; returns the last epoch's mean losses."""
-    obs = torch.as_tensor(data.obs, dtype=torch.float32)
+    """Adam mini-batches over ``data``: ``epochs`` passes in shuffled order, or (``steps`` > 0) that many
+    mini-batches drawn uniformly with replacement. Returns the mean losses of the last pass (of all
+    the steps). ``sobolev_batch`` > 0: the Sobolev term on only that many samples of each mini-batch
+    (it costs 2-3x the regression per sample). On another ``device`` (e.g. 'cuda') the policy and Adam's moments go there for the
+    fit and come back to the CPU after it, where the rollouts run."""
+    if sobolev_direction not in SOBOLEV_DIRECTIONS:
+        raise ValueError(f"sobolev_direction: 'control' or 'state', got '{sobolev_direction}'")
+    if device == "cpu":
+        return _fit(policy, optimizer, data, epochs, batch_size, nx, sobolev_weight, generator, full_jacobian,
+                    sobolev_direction, steps, sobolev_batch)
+    policy.to(device)
+    move_optimizer_state(optimizer, device)
+    try:
+        return _fit(policy, optimizer, data, epochs, batch_size, nx, sobolev_weight, generator, full_jacobian,
+                    sobolev_direction, steps, sobolev_batch)
+    finally:
+        policy.to("cpu")
+        move_optimizer_state(optimizer, "cpu")
+
+
+def move_optimizer_state(optimizer: torch.optim.Optimizer, device: str) -> None:
+    """Adam's moments live where the parameters are."""
+    for state in optimizer.state.values():
+        for key, value in state.items():
+            if torch.is_tensor(value) and key != "step":  # Adam keeps its step count on the CPU
+                state[key] = value.to(device)
+
+
+def _fit(policy, optimizer, data, epochs, batch_size, nx, sobolev_weight, generator, full_jacobian,
+         sobolev_direction, steps, sobolev_batch) -> dict[str, float]:
+    """fit() on the device the policy is on."""
+    device = policy.u_half.device
+    on_device = lambda array: torch.as_tensor(array, dtype=torch.float32).to(device)  # noqa: E731
+    obs = on_device(data.obs)
     # Targets on the box (common: the OC phase keeps the constraints) would ask tanh for ±1,
     # i.e. unbounded pre-activations; the weights then grow until float32 overflows (seen:
     # NaN weights after 25 good pendulum iterations). Aim just inside the box instead.
     margin = (1.0 - TARGET_MARGIN) * policy.u_half
-    u = torch.clamp(torch.as_tensor(data.u, dtype=torch.float32), policy.u_mid - margin, policy.u_mid + margin)
-    jac = None if data.jacobian is None or sobolev_weight == 0 else torch.as_tensor(data.jacobian, dtype=torch.float32)
+    u = torch.clamp(on_device(data.u), policy.u_mid - margin, policy.u_mid + margin)
+    jac = None if data.jacobian is None or sobolev_weight == 0 else on_device(data.jacobian)
     if jac is not None:
-        jac_weight = torch.as_tensor(gain_weights(data.jacobian, policy.u_half.double().numpy()), dtype=torch.float32)
+        jac_weight = on_device(gain_weights(data.jacobian, policy.u_half.double().cpu().numpy()))
     n = len(obs)
+
+    def passes():
+        """Index batches, grouped by what one reported mean covers (an epoch, or all the steps)."""
+        if steps:
+            yield [torch.randint(n, (min(batch_size, n),), generator=generator) for _ in range(steps)]
+            return
+        for _ in range(epochs):
+            order = torch.randperm(n, generator=generator)
+            yield [order[start:start + batch_size] for start in range(0, n, batch_size)]
+
+    def losses(idx):
+        if jac is None:
+            return regression_loss(policy, obs[idx], u[idx]), None
+        sub = idx[:sobolev_batch] if sobolev_batch else idx
+        if sobolev_direction == "state" and not full_jacobian and len(sub) == len(idx):
+            return losses_state_direction(policy, obs[idx], u[idx], jac[idx], nx, generator, jac_weight[idx])
+        regression = regression_loss(policy, obs[idx], u[idx])
+        if full_jacobian:
+            return regression, sobolev_loss_full(policy, obs[sub], jac[sub], nx, jac_weight[sub])
+        if sobolev_direction == "state":
+            return regression, losses_state_direction(policy, obs[sub], u[sub], jac[sub], nx, generator, jac_weight[sub])[1]
+        return regression, sobolev_loss_stochastic(policy, obs[sub], jac[sub], nx, generator, jac_weight[sub])
+
     policy.train()
     skipped = 0
     # One intra-op thread: the MLP is small, and with one thread per core OpenMP's spin-waits
     # collapse as soon as another process shares a core (measured 6x slower median step).
     with torch_threads(1):
-        for _ in range(epochs):
-            order = torch.randperm(n, generator=generator)
+        for batches in passes():
             totals = {"regression_loss": 0.0, "sobolev_loss": 0.0}
-            for start in range(0, n, batch_size):
-                idx = order[start:start + batch_size]
-                loss = regression_loss(policy, obs[idx], u[idx])
+            count = 0
+            for idx in batches:
+                loss, sob = losses(idx)
                 totals["regression_loss"] += loss.item() * len(idx)
-                if jac is not None:
-                    if full_jacobian:
-                        sob = sobolev_loss_full(policy, obs[idx], jac[idx], nx, jac_weight[idx])
-                    else:
-                        sob = sobolev_loss_stochastic(policy, obs[idx], jac[idx], nx, generator, jac_weight[idx])
+                if sob is not None:
                     totals["sobolev_loss"] += sob.item() * len(idx)
                     loss = loss + sobolev_weight * sob
+                count += len(idx)
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 if not all(torch.isfinite(p.grad).all() for p in policy.parameters() if p.grad is not None):
@@ -168,4 +261,4 @@ def fit(
                     continue
                 optimizer.step()
     policy.eval()
-    return {**{k: v / n for k, v in totals.items()}, "skipped_steps": float(skipped)}
+    return {**{k: v / count for k, v in totals.items()}, "skipped_steps": float(skipped)}

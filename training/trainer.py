@@ -35,7 +35,7 @@ from .algorithms import make_algorithm
 from .checkpoint import CheckpointError, atomic_write_bytes, load_checkpoint, policy_payload, remove_stale_temps, save_checkpoint
 from .config import TrainConfig
 from .continuous import ContinuousUse, evaluate_continuous, seconds_label
-from .oc_phase import OCPhaseRunner
+from .oc_phase import OCJob, OCPhaseRunner, OCRequest
 from .policy import MLPPolicy, make_policy
 from .run_log import CURVE, METRICS, RunLog
 from .supervised import torch_threads
@@ -74,8 +74,13 @@ class HeldOut:
     to_cost: np.ndarray
 
     @staticmethod
-    def make(task: Task, n: int, seed: int) -> HeldOut:
+    def make(task: Task, n: int, seed: int, runner: OCPhaseRunner | None = None) -> HeldOut:
+        """Sample the problems and solve each cold with the task's solver settings (on the runner's
+        workers when given: the references are the run's largest one-off cost)."""
         problems = task.sample(n, seed)
+        if runner is not None:
+            jobs = [OCJob(problems.x0[i], problems.target[i]) for i in range(n)]
+            return HeldOut(problems, np.array([sol.cost for sol in runner.solve(OCRequest(jobs, task.config.solver))]))
         shooting = task.build_problem(problems[0])
         costs = np.empty(n)
         for i in range(n):
@@ -299,6 +304,41 @@ class Trainer:
         self.log.write(self.metrics)
 
     # -- loop ---------------------------------------------------------------
+    def evaluates(self) -> bool:
+        """Whether the iteration just done is evaluated: every ``eval_every``-th and the last."""
+        done = self.algorithm.iteration
+        return done % self.config.eval_every == 0 or done >= self.config.iterations
+
+    def evaluation(self, stats: dict[str, float]) -> dict[str, float]:
+        """The held-out, continuous-use and validation figures of the current policy (select_best's
+        candidate), each phase's time added to ``stats``."""
+        started = time.perf_counter()
+        row = evaluate_policy(self.task, self.policy, self.held_out)
+        stats["eval_seconds"] = time.perf_counter() - started
+        started = time.perf_counter()
+        row |= self.continuous_use_figures()
+        stats["continuous_eval_seconds"] = time.perf_counter() - started
+        if self.validation is not None:
+            started = time.perf_counter()
+            score = validation_score(self.task, self.policy, self.validation)
+            row |= score
+            if better(score, self.selected and self.selected["score"]):
+                self.selected = {"iteration": self.algorithm.iteration, "score": score,
+                                 "policy_state": copy.deepcopy(self.policy.state_dict())}
+            row["selected_iteration"] = float(self.selected["iteration"])
+            stats["validation_seconds"] = time.perf_counter() - started
+        return row
+
+    def _record(self, row: dict[str, float]) -> None:
+        """Checkpoint first (it is what a resume trusts), then the logs; the row keeps what each took
+        (outside wall_time, which ends before them). The curve is redrawn with the evaluations."""
+        started = time.perf_counter()
+        self.save()
+        row["checkpoint_seconds"] = time.perf_counter() - started
+        started = time.perf_counter()
+        self.log.write(self.metrics, curve=self.evaluates())
+        row["log_seconds"] = time.perf_counter() - started
+
     def run(self, on_iteration: Callable[[dict[str, float]], None] | None = None) -> list[dict[str, float]]:
         try:
             self._prepare_out_dir()
@@ -312,33 +352,24 @@ class Trainer:
             with torch_threads(1):
                 self.log.restart(self.metrics)  # a resumed run: logs equal to the checkpoint again
                 if self.held_out is None:
-                    self.held_out = HeldOut.make(self.task, self.config.eval_problems, self.config.eval_seed)
+                    self.held_out = HeldOut.make(self.task, self.config.eval_problems, self.config.eval_seed, self.runner)
                 while self.algorithm.iteration < self.config.iterations:
                     # wall time covers everything a run spends, evaluation and checkpoint included
                     start = time.perf_counter()
                     stats = self.algorithm.step()
-                    row = {
-                        "iteration": float(self.algorithm.iteration),
-                        **evaluate_policy(self.task, self.policy, self.held_out),
-                        **self.continuous_use_figures(),
-                        "dynamics_evaluations": float(self.counter.steps),
-                        **stats,
-                    }
-                    if self.validation is not None:
-                        score = validation_score(self.task, self.policy, self.validation)
-                        row.update(score)
-                        if better(score, self.selected and self.selected["score"]):
-                            self.selected = {"iteration": self.algorithm.iteration, "score": score,
-                                             "policy_state": copy.deepcopy(self.policy.state_dict())}
-                        row["selected_iteration"] = float(self.selected["iteration"])
+                    row = {"iteration": float(self.algorithm.iteration)}
+                    if self.evaluates():
+                        row |= self.evaluation(stats)
+                    row |= {"dynamics_evaluations": float(self.counter.steps), **stats}
                     self.wall_time += time.perf_counter() - start
                     row["wall_time"] = self.wall_time
                     self.metrics.append(row)
-                    self.save()  # the checkpoint first: it is what a resume trusts
-                    self.log.write(self.metrics)
+                    self._record(row)
                     if on_iteration is not None:
                         on_iteration(row)
                 self._finish_selected_row()
+                if self.metrics:
+                    self.log.write_csv(self.metrics)  # with the last row's checkpoint and log times
         finally:
             self.runner.close()
             self.log.close()

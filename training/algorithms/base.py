@@ -61,6 +61,7 @@ class Algorithm(ABC):
         self.generator = torch.Generator().manual_seed(config.seed)
         self.solver = SolverConfig(max_iter=config.oc_max_iter, th_stop=config.oc_th_stop)
         self.iteration = 0
+        self.solve_seconds = 0.0  # OC solves of the current step
         self.history: list[SupervisedData] = []
         self.previous: OCBatch | None = None
 
@@ -90,6 +91,10 @@ class Algorithm(ABC):
             sobolev_weight=self.config.sobolev_weight if self.config.sobolev else 0.0,
             generator=self.generator,
             full_jacobian=self.config.sobolev_full,
+            sobolev_direction=self.config.sobolev_direction,
+            steps=self.config.supervised_steps,
+            sobolev_batch=self.config.sobolev_batch,
+            device=self.config.device,
         )
 
     def learning_rate(self) -> float:
@@ -107,14 +112,18 @@ class Algorithm(ABC):
     def step(self) -> dict[str, float]:
         """One outer iteration."""
         started = time.perf_counter()
+        self.solve_seconds = 0.0
         batch = self.oc_phase()
         stats = {
             "oc_seconds": time.perf_counter() - started,  # the paper's +M claim is about this phase's time
+            "oc_solve_seconds": self.solve_seconds,  # of which the solves (the rest: rollouts for warm starts and states)
             "oc_iterations": float(batch.iterations.sum()),
             "oc_iterations_median": float(np.median(batch.iterations)) if len(batch.iterations) else 0.0,
             "warm_start_fallbacks": float(batch.fallbacks),
         }
+        started = time.perf_counter()
         stats |= self.supervised_phase(batch)
+        stats["supervised_seconds"] = time.perf_counter() - started
         stats |= self.dual_update(batch)
         self.previous = batch
         self.iteration += 1
@@ -160,7 +169,9 @@ class Algorithm(ABC):
         gains = self.config.sobolev_gains if self.config.sobolev else "solver"  # only Sobolev reads K
         request = OCRequest(jobs, self.solver, mode, shared or {}, self.config.oc_warm_start_probe,
                             self.config.oc_feasible_warm_start, gains)
+        started = time.perf_counter()
         sols = self.runner.solve(request, self.counter)
+        self.solve_seconds += time.perf_counter() - started
         return OCBatch.from_solutions(problems, sols, fallbacks)
 
     # -- checkpointing ----------------------------------------------------
