@@ -159,7 +159,6 @@ def refused(capsys, argv, out: Path, *words: str) -> str:
     (["--multiple-shooting"], "multiple_shooting", ["plal"]),
     (["--eval-every", "0"], "eval_every", [">= 1"]),
     (["--supervised-steps", "-3"], "supervised_steps", [">= 0"]),
-    (["--sobolev-direction", "diagonal"], "sobolev_direction", ["'control' or 'state'"]),
     (["--device", "gpu0"], "device", ["not a torch device"]),
     (["--device", "meta"], "device", ["only 'cpu' and 'cuda'"]),
     *([] if torch_cuda_available() else [(["--device", "cuda"], "device", ["CUDA is not available"])]),

@@ -12,8 +12,7 @@ from tocpl_training.cli import build_parser, main as train_main
 from tocpl_training.config import TrainConfig
 from tocpl_training.oc_phase import OCJob, OCPhaseRunner, OCRequest
 from tocpl_training.policy import make_policy
-from tocpl_training.supervised import (SupervisedData, fit, losses_state_direction, regression_loss, sobolev_loss_full,
-                                      sobolev_loss_stochastic)
+from tocpl_training.supervised import SupervisedData, fit, regression_loss, sobolev_loss_full, sobolev_loss_stochastic
 from tocpl_ros.tasks.config import SolverConfig
 from tocpl_training.trainer import CHECKPOINT, Trainer
 
@@ -47,44 +46,6 @@ def test_sobolev_term_is_zero_when_the_policy_jacobian_matches():
     assert sobolev_loss_full(policy, obs, jac, task.nx).item() < 1e-10
 
 
-def test_state_direction_sobolev_term_has_the_full_jacobian_term_as_expectation():
-    task = load_task("ur5_reach")  # obs = [state, target]: only the state part is differentiated
-    policy = make_policy(task, seed=0)
-    rng = np.random.default_rng(1)
-    problems = task.sample(8, 1)
-    obs = torch.as_tensor(task.observation(problems.x0, problems.target), dtype=torch.float32)
-    u = torch.as_tensor(rng.uniform(-1, 1, (8, task.nu)), dtype=torch.float32) * policy.u_half
-    jac = torch.as_tensor(rng.normal(0, 50, (8, task.nu, task.nx)), dtype=torch.float32)
-    weight = torch.as_tensor(rng.uniform(0.5, 2.0, 8), dtype=torch.float32)
-    full = sobolev_loss_full(policy, obs, jac, task.nx, weight).item()
-    gen = torch.Generator().manual_seed(0)
-    draws = []
-    for _ in range(3000):
-        regression, sobolev = losses_state_direction(policy, obs, u, jac, task.nx, gen, weight)
-        draws.append(sobolev.item())
-    assert np.mean(draws) == pytest.approx(full, rel=0.05)
-    assert np.std(draws) > 0.05 * full  # a random estimate, not the full term in disguise
-    assert regression.item() == pytest.approx(regression_loss(policy, obs, u).item(), rel=1e-6)
-
-
-def test_forward_mode_tangent_is_the_policy_jacobian_times_the_direction():
-    task = load_task("double_pendulum")
-    policy = make_policy(task, seed=2)
-    obs = torch.as_tensor(task.observation(task.sample(6, 0).x0, task.sample(6, 0).target), dtype=torch.float32)
-    tangent = torch.as_tensor(np.random.default_rng(0).normal(size=obs.shape), dtype=torch.float32)
-    z, dz = policy.preactivation_with_tangent(obs, tangent)
-    z_ref, dz_ref = torch.func.jvp(policy.preactivation, (obs,), (tangent,))
-    torch.testing.assert_close(z, z_ref)
-    torch.testing.assert_close(dz, dz_ref, rtol=1e-4, atol=1e-5)
-    # and so the state-direction term vanishes where the target Jacobian is the policy's own
-    obs = obs.requires_grad_(True)
-    out = policy(obs)
-    jac = torch.stack([torch.autograd.grad(out[:, i].sum(), obs, retain_graph=True)[0][:, :task.nx]
-                       for i in range(task.nu)], dim=1).detach()
-    _, sobolev = losses_state_direction(policy, obs.detach(), out.detach(), jac, task.nx, torch.Generator().manual_seed(0))
-    assert sobolev.item() < 1e-9
-
-
 def test_fit_with_a_step_budget_takes_that_many_adam_steps_on_sampled_batches():
     task = load_task("pendulum")
     policy = make_policy(task, seed=0)
@@ -96,20 +57,17 @@ def test_fit_with_a_step_budget_takes_that_many_adam_steps_on_sampled_batches():
     optimizer = torch.optim.Adam(policy.parameters(), lr=1e-3)
     before = regression_loss(policy, torch.as_tensor(obs), torch.as_tensor(u)).item()
     stats = fit(policy, optimizer, data, epochs=99, batch_size=64, nx=task.nx, sobolev_weight=1e-2,
-                generator=torch.Generator().manual_seed(0), sobolev_direction="state", steps=40)
+                generator=torch.Generator().manual_seed(0), steps=40)
     assert optimizer.state[next(policy.parameters())]["step"].item() == 40  # steps, not 99 epochs
     assert stats["skipped_steps"] == 0 and stats["sobolev_loss"] > 0
     assert regression_loss(policy, torch.as_tensor(obs), torch.as_tensor(u)).item() < 0.5 * before
-    with pytest.raises(ValueError, match="sobolev_direction"):
-        fit(policy, optimizer, data, epochs=1, batch_size=64, nx=task.nx, sobolev_weight=1e-2,
-            generator=torch.Generator(), sobolev_direction="diagonal")
 
 
 def test_evaluation_every_k_iterations_and_at_the_last_with_each_phase_timed(tmp_path):
     import csv
 
     config = small(task="pendulum", iterations=5, problems=6, eval_problems=8, eval_every=2, select_best=True,
-                   validation_problems=8, supervised_steps=20, sobolev=True, sobolev_direction="state")
+                   validation_problems=8, supervised_steps=20, sobolev=True)
     trainer = Trainer(config, tmp_path / "run")
     rows = trainer.run()
     evaluated = [int(r["iteration"]) for r in rows if "final_error_mean" in r]

@@ -26,14 +26,6 @@ class TrainConfig:
     """'+S': also match the policy's state Jacobian to the DDP feedback gains (stochastic Sobolev term)."""
     sobolev_full: bool = False
     """Match the full Jacobian (eq. 8, nu backward passes) instead of the stochastic projection (dpl's way)."""
-    sobolev_direction: str = "control"
-    """Stochastic Sobolev term's random projection. 'control': the paper's, a direction v in control space,
-    ½‖vᵀJ − ∂x(vᵀπ)‖² (a second backward pass through the first); 'state': a direction d in state space,
-    ½‖(J − ∂π/∂x) d‖², carried by the forward pass (forward mode, one backward pass). Both have eq. (8)'s
-    full term as expectation; the speed and precision of each: docs/training_speed.md."""
-    sobolev_batch: int = 0
-    """Samples of each mini-batch that the Sobolev term is computed on (0: all of it). Its gradient costs
-    2-3x the regression's per sample, and a few samples of a state-space direction each carry it."""
     sobolev_weight: float = 1e-3
     """Weight of the Sobolev term relative to the control regression. Small by default: the DDP gains
     near the end of the horizon are stiff (large terminal weights) and would swamp the regression."""
@@ -229,11 +221,7 @@ class TrainConfig:
             raise FieldError("learning_rate_final", f"must be > 0, got {self.learning_rate_final}")
         if self.sobolev_weight < 0:
             raise FieldError("sobolev_weight", f"must be >= 0, got {self.sobolev_weight}")
-        if self.sobolev_direction not in ("control", "state"):
-            raise FieldError("sobolev_direction", f"'control' or 'state', got '{self.sobolev_direction}'")
         self._check_device()
-        if self.sobolev_batch < 0:
-            raise FieldError("sobolev_batch", f"must be >= 0 (0: the whole mini-batch), got {self.sobolev_batch}")
         if self.supervised_steps < 0:
             raise FieldError("supervised_steps", f"must be >= 0 (0: full epochs), got {self.supervised_steps}")
         if self.sobolev_gains not in ("solver", "solution", "task"):

@@ -55,22 +55,6 @@ class MLPPolicy(nn.Module):
     def forward(self, obs: torch.Tensor) -> torch.Tensor:
         return self.u_mid + self.u_half * torch.tanh(self.preactivation(obs))
 
-    def preactivation_with_tangent(self, obs: torch.Tensor, tangent: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """The pre-activation z(obs) and its directional derivative (∂z/∂obs)·tangent, both [B, nu].
-
-        Forward-mode by hand (the network is Linear and ReLU layers): the tangent goes through each
-        layer beside the activations, so a Sobolev term built on it needs one backward pass, not two.
-        ∂π·tangent = u_half · (1 − tanh² z) · that derivative.
-        """
-        h, dh = (obs - self.obs_mean) / self.obs_scale, tangent / self.obs_scale
-        for layer in self.net:
-            if isinstance(layer, nn.Linear):
-                h, dh = layer(h), dh @ layer.weight.T
-            else:  # ReLU: the tangent passes where the unit is active
-                active = h > 0
-                h, dh = h * active, dh * active
-        return h, dh
-
     def act(self, obs: np.ndarray) -> np.ndarray:
         """Numpy in, numpy out, no gradient: the form rollouts use."""
         with torch.no_grad():

@@ -5,7 +5,7 @@
 
 The per-iteration table reads the run's metrics.csv (every row records the time of each phase).
 ``--steps`` re-measures on the run's checkpoint: Adam steps on its replay buffer with the regression
-term alone and with each stochastic Sobolev projection, the held-out TO references, and the ONNX export.
+term alone and with each Sobolev term, the held-out TO references, and the ONNX export.
 The figures in docs/training_speed.md come from this command.
 """
 
@@ -81,8 +81,9 @@ def time_supervised_terms(data: dict, steps: int) -> list[tuple[str, float]]:
     nx = replay.jacobian.shape[2] if replay.jacobian is not None else 0
     variants = [("regression only", dict(sobolev_weight=0.0, data=SupervisedData(replay.obs, replay.u)))]
     if replay.jacobian is not None:
-        variants += [(f"+ Sobolev, {d} directions", dict(sobolev_weight=config["sobolev_weight"], data=replay,
-                                                         sobolev_direction=d)) for d in ("control", "state")]
+        variants.append(("+ stochastic Sobolev term", dict(sobolev_weight=config["sobolev_weight"], data=replay)))
+        variants.append(("+ full-Jacobian Sobolev term (sobolev_full)",
+                         dict(sobolev_weight=config["sobolev_weight"], data=replay, full_jacobian=True)))
     results = []
     with torch_threads(1):
         for label, kwargs in variants:

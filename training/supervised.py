@@ -50,11 +50,7 @@ def regression_loss(policy: MLPPolicy, obs: torch.Tensor, u: torch.Tensor) -> to
     no gradient to come back with, so the weights could only grow (seen: NaN weights after 25
     good pendulum iterations). It is zero wherever the policy aims inside the box.
     """
-    return regression_loss_of(policy, policy.preactivation(obs), u)
-
-
-def regression_loss_of(policy: MLPPolicy, z: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
-    """``regression_loss`` from the pre-activations z = policy.preactivation(obs)."""
+    z = policy.preactivation(obs)
     error = (u - (policy.u_mid + policy.u_half * torch.tanh(z))) / policy.u_half
     excess = torch.relu(z.abs() - PREACTIVATION_LIMIT)
     return 0.5 * (error**2).sum(dim=1).mean() + 0.5 * (excess**2).sum(dim=1).mean()
@@ -68,8 +64,7 @@ def sobolev_loss_stochastic(
     generator: torch.Generator,
     sample_weight: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """The paper's stochastic Sobolev term: ½‖vᵀJ − ∂x(vᵀπ(x))‖² with v uniform on the unit sphere
-    of control directions.
+    """Stochastic Sobolev term: ½‖vᵀJ − ∂x(vᵀπ(x))‖² with v uniform on the unit sphere.
 
     One extra backward pass instead of nu. Multiplied by nu so that its
     expectation over v equals the full-Jacobian term of eq. (8) (E[v vᵀ] = I/nu).
@@ -85,34 +80,6 @@ def sobolev_loss_stochastic(
     target = torch.einsum("bi,bij->bj", w, jacobian)
     per_sample = ((target - grad) ** 2).sum(dim=1)
     return 0.5 * nu * (per_sample if sample_weight is None else sample_weight * per_sample).mean()
-
-
-def losses_state_direction(
-    policy: MLPPolicy,
-    obs: torch.Tensor,
-    u: torch.Tensor,
-    jacobian: torch.Tensor,
-    nx: int,
-    generator: torch.Generator,
-    sample_weight: torch.Tensor | None = None,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """The regression loss and a stochastic Sobolev term ½‖(J − ∂π/∂x) d‖² with d uniform on the unit
-    sphere of state directions, from one forward pass carrying the tangent d (forward mode).
-
-    Multiplied by nx so that its expectation over d equals the full-Jacobian term of eq. (8)
-    (E[d dᵀ] = I/nx), as the paper's control-direction projection does; the step then needs one
-    backward pass instead of a backward pass and a second one through it.
-    """
-    d = torch.randn(len(obs), nx, generator=generator, dtype=obs.dtype).to(obs.device)
-    d = d / d.norm(dim=1, keepdim=True)
-    tangent = torch.nn.functional.pad(d, (0, obs.shape[1] - nx))  # the target part of obs does not move
-    z, dz = policy.preactivation_with_tangent(obs, tangent)
-    t = torch.tanh(z)
-    directional = (1 - t * t) * dz  # (∂π/∂x · d) / u_half
-    target = torch.einsum("bij,bj->bi", jacobian, d) / policy.u_half
-    per_sample = ((target - directional) ** 2).sum(dim=1)
-    sobolev = 0.5 * nx * (per_sample if sample_weight is None else sample_weight * per_sample).mean()
-    return regression_loss_of(policy, z, u), sobolev
 
 
 def sobolev_loss_full(
@@ -152,11 +119,6 @@ def torch_threads(count: int):
         torch.set_num_threads(previous)
 
 
-SOBOLEV_DIRECTIONS = ("control", "state")
-"""Stochastic Sobolev projections: the paper's control directions (a second backward pass) or state
-directions (forward mode, one backward pass); see sobolev_loss_stochastic and losses_state_direction."""
-
-
 def fit(
     policy: MLPPolicy,
     optimizer: torch.optim.Optimizer,
@@ -168,26 +130,19 @@ def fit(
     sobolev_weight: float,
     generator: torch.Generator,
     full_jacobian: bool = False,
-    sobolev_direction: str = "control",
     steps: int = 0,
-    sobolev_batch: int = 0,
     device: str = "cpu",
 ) -> dict[str, float]:
     """Adam mini-batches over ``data``: ``epochs`` passes in shuffled order, or (``steps`` > 0) that many
     mini-batches drawn uniformly with replacement. Returns the mean losses of the last pass (of all
-    the steps). ``sobolev_batch`` > 0: the Sobolev term on only that many samples of each mini-batch
-    (it costs 2-3x the regression per sample). On another ``device`` (e.g. 'cuda') the policy and Adam's moments go there for the
+    the steps). On another ``device`` (e.g. 'cuda') the policy and Adam's moments go there for the
     fit and come back to the CPU after it, where the rollouts run."""
-    if sobolev_direction not in SOBOLEV_DIRECTIONS:
-        raise ValueError(f"sobolev_direction: 'control' or 'state', got '{sobolev_direction}'")
     if device == "cpu":
-        return _fit(policy, optimizer, data, epochs, batch_size, nx, sobolev_weight, generator, full_jacobian,
-                    sobolev_direction, steps, sobolev_batch)
+        return _fit(policy, optimizer, data, epochs, batch_size, nx, sobolev_weight, generator, full_jacobian, steps)
     policy.to(device)
     move_optimizer_state(optimizer, device)
     try:
-        return _fit(policy, optimizer, data, epochs, batch_size, nx, sobolev_weight, generator, full_jacobian,
-                    sobolev_direction, steps, sobolev_batch)
+        return _fit(policy, optimizer, data, epochs, batch_size, nx, sobolev_weight, generator, full_jacobian, steps)
     finally:
         policy.to("cpu")
         move_optimizer_state(optimizer, "cpu")
@@ -201,8 +156,7 @@ def move_optimizer_state(optimizer: torch.optim.Optimizer, device: str) -> None:
                 state[key] = value.to(device)
 
 
-def _fit(policy, optimizer, data, epochs, batch_size, nx, sobolev_weight, generator, full_jacobian,
-         sobolev_direction, steps, sobolev_batch) -> dict[str, float]:
+def _fit(policy, optimizer, data, epochs, batch_size, nx, sobolev_weight, generator, full_jacobian, steps) -> dict[str, float]:
     """fit() on the device the policy is on."""
     device = policy.u_half.device
     on_device = lambda array: torch.as_tensor(array, dtype=torch.float32).to(device)  # noqa: E731
@@ -227,17 +181,12 @@ def _fit(policy, optimizer, data, epochs, batch_size, nx, sobolev_weight, genera
             yield [order[start:start + batch_size] for start in range(0, n, batch_size)]
 
     def losses(idx):
-        if jac is None:
-            return regression_loss(policy, obs[idx], u[idx]), None
-        sub = idx[:sobolev_batch] if sobolev_batch else idx
-        if sobolev_direction == "state" and not full_jacobian and len(sub) == len(idx):
-            return losses_state_direction(policy, obs[idx], u[idx], jac[idx], nx, generator, jac_weight[idx])
         regression = regression_loss(policy, obs[idx], u[idx])
+        if jac is None:
+            return regression, None
         if full_jacobian:
-            return regression, sobolev_loss_full(policy, obs[sub], jac[sub], nx, jac_weight[sub])
-        if sobolev_direction == "state":
-            return regression, losses_state_direction(policy, obs[sub], u[sub], jac[sub], nx, generator, jac_weight[sub])[1]
-        return regression, sobolev_loss_stochastic(policy, obs[sub], jac[sub], nx, generator, jac_weight[sub])
+            return regression, sobolev_loss_full(policy, obs[idx], jac[idx], nx, jac_weight[idx])
+        return regression, sobolev_loss_stochastic(policy, obs[idx], jac[idx], nx, generator, jac_weight[idx])
 
     policy.train()
     skipped = 0

@@ -91,9 +91,7 @@ class Algorithm(ABC):
             sobolev_weight=self.config.sobolev_weight if self.config.sobolev else 0.0,
             generator=self.generator,
             full_jacobian=self.config.sobolev_full,
-            sobolev_direction=self.config.sobolev_direction,
             steps=self.config.supervised_steps,
-            sobolev_batch=self.config.sobolev_batch,
             device=self.config.device,
         )
 
