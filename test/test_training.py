@@ -83,6 +83,9 @@ def test_evaluation_every_k_iterations_and_at_the_last_with_each_phase_timed(tmp
         written = list(csv.DictReader(f))
     assert [w["final_error_mean"] == "" for w in written] == [True, False, True, False, False]
     assert written[-1]["log_seconds"] != ""  # the last row's own times reach the CSV too
+    from tocpl_training.cli import progress_line
+
+    assert "supervised" in progress_line(rows[0], config, "rad") and "at T" in progress_line(rows[1], config, "rad")
     # a resumed run keeps the cadence
     resumed = Trainer.resume(tmp_path / "run", iterations=6).run()
     assert "final_error_mean" in resumed[-1] and len(resumed) == 6

@@ -117,8 +117,11 @@ def progress_line(row: dict, config: TrainConfig, unit: str) -> str:
     def error(key: str) -> str:
         return f"mean {scale * row[key + '_error_mean']:.3g} p95 {scale * row[key + '_error_p95']:.3g}"
 
-    line = (f"[{config.variant} {int(row['iteration'])}/{config.iterations}] "
-            f"at T: mean {scale * row['final_error_mean']:.3g} {shown} p95 {scale * row['final_error_p95']:.3g} | ")
+    line = f"[{config.variant} {int(row['iteration'])}/{config.iterations}] "
+    if "final_error_mean" not in row:  # not an evaluated iteration (eval_every)
+        return (line + f"regression {row['regression_loss']:.3g} | OC {row['oc_seconds']:.2f}s supervised "
+                f"{row['supervised_seconds']:.2f}s | evals {row['dynamics_evaluations']:.3g} | {row['wall_time']:.0f}s")
+    line += f"at T: mean {scale * row['final_error_mean']:.3g} {shown} p95 {scale * row['final_error_p95']:.3g} | "
     holds = [label for label in hold_labels(row) if label != "T"]
     if holds:  # continuous use: the longest hold, the sequence, the push
         line += f"hold {holds[-1]}: {error('hold_' + holds[-1])} | "

@@ -50,7 +50,11 @@ def regression_loss(policy: MLPPolicy, obs: torch.Tensor, u: torch.Tensor) -> to
     no gradient to come back with, so the weights could only grow (seen: NaN weights after 25
     good pendulum iterations). It is zero wherever the policy aims inside the box.
     """
-    z = policy.preactivation(obs)
+    return regression_loss_from(policy, policy.preactivation(obs), u)
+
+
+def regression_loss_from(policy: MLPPolicy, z: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+    """``regression_loss`` from the pre-activations z = policy.preactivation(obs)."""
     error = (u - (policy.u_mid + policy.u_half * torch.tanh(z))) / policy.u_half
     excess = torch.relu(z.abs() - PREACTIVATION_LIMIT)
     return 0.5 * (error**2).sum(dim=1).mean() + 0.5 * (excess**2).sum(dim=1).mean()
@@ -70,16 +74,30 @@ def sobolev_loss_stochastic(
     expectation over v equals the full-Jacobian term of eq. (8) (E[v vᵀ] = I/nu).
     ``sample_weight`` [B] scales each sample's term (see ``gain_weights``).
     """
+    return sobolev_term_and_preactivation(policy, obs, jacobian, nx, generator, sample_weight)[0]
+
+
+def sobolev_term_and_preactivation(
+    policy: MLPPolicy,
+    obs: torch.Tensor,
+    jacobian: torch.Tensor,
+    nx: int,
+    generator: torch.Generator,
+    sample_weight: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``sobolev_loss_stochastic`` and the pre-activations of its forward pass, which the regression
+    can share (one forward pass less per step)."""
     obs = obs.detach().requires_grad_(True)
     nu = jacobian.shape[1]
     v = torch.randn(len(obs), nu, generator=generator, dtype=obs.dtype).to(obs.device)
     v = v / v.norm(dim=1, keepdim=True)
     w = v / policy.u_half  # the same per-joint scaling as the regression
-    projected = (w * policy(obs)).sum()
+    z = policy.preactivation(obs)
+    projected = (w * (policy.u_mid + policy.u_half * torch.tanh(z))).sum()
     grad = torch.autograd.grad(projected, obs, create_graph=True)[0][:, :nx]
     target = torch.einsum("bi,bij->bj", w, jacobian)
     per_sample = ((target - grad) ** 2).sum(dim=1)
-    return 0.5 * nu * (per_sample if sample_weight is None else sample_weight * per_sample).mean()
+    return 0.5 * nu * (per_sample if sample_weight is None else sample_weight * per_sample).mean(), z
 
 
 def sobolev_loss_full(
@@ -181,12 +199,12 @@ def _fit(policy, optimizer, data, epochs, batch_size, nx, sobolev_weight, genera
             yield [order[start:start + batch_size] for start in range(0, n, batch_size)]
 
     def losses(idx):
-        regression = regression_loss(policy, obs[idx], u[idx])
         if jac is None:
-            return regression, None
+            return regression_loss(policy, obs[idx], u[idx]), None
         if full_jacobian:
-            return regression, sobolev_loss_full(policy, obs[idx], jac[idx], nx, jac_weight[idx])
-        return regression, sobolev_loss_stochastic(policy, obs[idx], jac[idx], nx, generator, jac_weight[idx])
+            return regression_loss(policy, obs[idx], u[idx]), sobolev_loss_full(policy, obs[idx], jac[idx], nx, jac_weight[idx])
+        sobolev, z = sobolev_term_and_preactivation(policy, obs[idx], jac[idx], nx, generator, jac_weight[idx])
+        return regression_loss_from(policy, z, u[idx]), sobolev
 
     policy.train()
     skipped = 0
