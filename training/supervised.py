@@ -67,26 +67,14 @@ def sobolev_loss_stochastic(
     nx: int,
     generator: torch.Generator,
     sample_weight: torch.Tensor | None = None,
-) -> torch.Tensor:
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Stochastic Sobolev term: ½‖vᵀJ − ∂x(vᵀπ(x))‖² with v uniform on the unit sphere.
 
     One extra backward pass instead of nu. Multiplied by nu so that its
     expectation over v equals the full-Jacobian term of eq. (8) (E[v vᵀ] = I/nu).
-    ``sample_weight`` [B] scales each sample's term (see ``gain_weights``).
+    ``sample_weight`` [B] scales each sample's term (see ``gain_weights``). Returns the term and
+    the pre-activations of its forward pass, which the regression shares (a forward pass less per step).
     """
-    return sobolev_term_and_preactivation(policy, obs, jacobian, nx, generator, sample_weight)[0]
-
-
-def sobolev_term_and_preactivation(
-    policy: MLPPolicy,
-    obs: torch.Tensor,
-    jacobian: torch.Tensor,
-    nx: int,
-    generator: torch.Generator,
-    sample_weight: torch.Tensor | None = None,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """``sobolev_loss_stochastic`` and the pre-activations of its forward pass, which the regression
-    can share (one forward pass less per step)."""
     obs = obs.detach().requires_grad_(True)
     nu = jacobian.shape[1]
     v = torch.randn(len(obs), nu, generator=generator, dtype=obs.dtype).to(obs.device)
@@ -203,7 +191,7 @@ def _fit(policy, optimizer, data, epochs, batch_size, nx, sobolev_weight, genera
             return regression_loss(policy, obs[idx], u[idx]), None
         if full_jacobian:
             return regression_loss(policy, obs[idx], u[idx]), sobolev_loss_full(policy, obs[idx], jac[idx], nx, jac_weight[idx])
-        sobolev, z = sobolev_term_and_preactivation(policy, obs[idx], jac[idx], nx, generator, jac_weight[idx])
+        sobolev, z = sobolev_loss_stochastic(policy, obs[idx], jac[idx], nx, generator, jac_weight[idx])
         return regression_loss_from(policy, z, u[idx]), sobolev
 
     policy.train()
