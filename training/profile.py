@@ -143,7 +143,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"\none supervised Adam step (batch {data['train_config']['batch_size']}, "
                   f"replay buffer {sum(len(d['obs']) for d in data['algorithm']['history'])} samples), median of 3 x {args.steps}:")
             for label, ms in time_supervised_terms(data, args.steps):
-                print(f"  {label:<38} {ms:7.2f} ms")
+                print(f"  {label:<46} {ms:7.2f} ms")
             print("\none-off costs of a run:")
             for label, seconds in time_one_offs(args.run, data):
                 print(f"  {label:<60} {seconds:6.2f} s")
