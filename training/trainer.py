@@ -330,14 +330,15 @@ class Trainer:
         return row
 
     def _record(self, row: dict[str, float]) -> None:
-        """Checkpoint first (it is what a resume trusts), then the logs; the row keeps what each took
-        (outside wall_time, which ends before them). The curve is redrawn with the evaluations."""
+        """Checkpoint first (it is what a resume trusts), then the logs; the curve is redrawn with the
+        evaluations. What each took goes in the row afterwards (outside wall_time, which ends before
+        them): the next iteration's checkpoint and CSV hold it, so both always show the same rows."""
         started = time.perf_counter()
         self.save()
-        row["checkpoint_seconds"] = time.perf_counter() - started
+        checkpoint_seconds = time.perf_counter() - started
         started = time.perf_counter()
         self.log.write(self.metrics, curve=self.evaluates())
-        row["log_seconds"] = time.perf_counter() - started
+        row |= {"checkpoint_seconds": checkpoint_seconds, "log_seconds": time.perf_counter() - started}
 
     def run(self, on_iteration: Callable[[dict[str, float]], None] | None = None) -> list[dict[str, float]]:
         try:
@@ -368,8 +369,9 @@ class Trainer:
                     if on_iteration is not None:
                         on_iteration(row)
                 self._finish_selected_row()
-                if self.metrics:
-                    self.log.write_csv(self.metrics)  # with the last row's checkpoint and log times
+                if self.metrics:  # the last row's checkpoint and log times
+                    self.save()
+                    self.log.write_csv(self.metrics)
         finally:
             self.runner.close()
             self.log.close()
