@@ -57,6 +57,22 @@ def test_continuation_problems_start_on_the_policy_rollouts_and_moving(ur5):
     assert 0 < retargeted.sum() <= 20
 
 
+def test_kicked_continuation_problems_are_pushed_while_in_use(ur5):
+    """A kicked chained state is the same state of use with U(-h, h) added to every joint's velocity
+    (a push); positions and targets stay those drawn without the kick."""
+    problems = ur5.sample(40, 3)
+    args = dict(share=0.5, chain=3, retarget=0.5, moving_share=0.25, start_speed=0.5)
+    calm = with_continuation(ur5, braking_policy(ur5), problems, np.random.default_rng(0), **args)
+    pushed = with_continuation(ur5, braking_policy(ur5), problems, np.random.default_rng(0), kick=1.0, **args)
+    np.testing.assert_array_equal(pushed.x0[:, : ur5.nq], calm.x0[:, : ur5.nq])
+    np.testing.assert_array_equal(pushed.target, calm.target)
+    chained = ~np.isclose(calm.x0[:, : ur5.nq], problems.x0[:, : ur5.nq]).all(axis=1)
+    assert chained.sum() == 20
+    dv = np.abs(pushed.x0[chained, ur5.nq:] - calm.x0[chained, ur5.nq:])
+    assert (dv.max(axis=1) > 0).all() and (dv <= 0.5).all()  # every chained state pushed, within the kick's size
+    assert np.abs(pushed.x0[chained, ur5.nq:]).max() > 0.3  # moving, not at rest as the braking policy left them
+
+
 def test_chains_that_leave_the_joint_limits_give_no_continuation_problems(ur5):
     """An early policy spinning the arm past its velocity limits (3.15 rad/s on the UR5): its states
     are not states of use, so those problems stay the task's own, at rest."""

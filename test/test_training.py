@@ -10,6 +10,7 @@ from tocpl_ros.tasks import load_task
 from tocpl_training.checkpoint import load_checkpoint, load_policy
 from tocpl_training.cli import build_parser, main as train_main
 from tocpl_training.config import TrainConfig
+from tocpl_ros.config import FieldError
 from tocpl_training.oc_phase import OCJob, OCPhaseRunner, OCRequest
 from tocpl_training.policy import make_policy
 from tocpl_training.supervised import SupervisedData, fit, regression_loss, sobolev_loss_full, sobolev_loss_stochastic
@@ -61,6 +62,28 @@ def test_fit_with_a_step_budget_takes_that_many_adam_steps_on_sampled_batches():
     assert optimizer.state[next(policy.parameters())]["step"].item() == 40  # steps, not 99 epochs
     assert stats["skipped_steps"] == 0 and stats["sobolev_loss"] > 0
     assert regression_loss(policy, torch.as_tensor(obs), torch.as_tensor(u)).item() < 0.5 * before
+
+
+def test_weight_averaging_ends_nearer_the_law_behind_noisy_labels():
+    """Adam at a high rate on noisy labels ends on a noisy iterate; the average of its steps is nearer
+    the law the labels scatter around (what a delivered policy should have learnt)."""
+    task = load_task("pendulum")
+    problems = task.sample(400, 0)
+    obs = task.observation(problems.x0, problems.target).astype(np.float32)
+    u_half = float(task.u_max[0])
+    law = 0.5 * u_half * np.clip(-obs[:, :1] * 2.0, -1, 1).astype(np.float32)
+    for seed in (0, 1):
+        noisy = law + np.random.default_rng(seed).normal(0, 0.3 * u_half, law.shape).astype(np.float32)
+        errors = {}
+        for decay in (0.0, 0.95):
+            policy = make_policy(task, seed=seed)
+            optimizer = torch.optim.Adam(policy.parameters(), lr=1e-2)
+            fit(policy, optimizer, SupervisedData(obs, noisy), epochs=1, batch_size=16, nx=task.nx, sobolev_weight=0.0,
+                generator=torch.Generator().manual_seed(seed), steps=300, weight_average=decay)
+            errors[decay] = regression_loss(policy, torch.as_tensor(obs), torch.as_tensor(law)).item()
+        assert errors[0.95] < 0.8 * errors[0.0]
+    with pytest.raises(FieldError, match="weight_average"):
+        TrainConfig(weight_average=1.0)
 
 
 def test_evaluation_every_k_iterations_and_at_the_last_with_each_phase_timed(tmp_path):

@@ -84,6 +84,9 @@ class TrainConfig:
     continuous_retarget: float = 0.5
     """continuous_share: share of the chained problems given a fresh target (a new target while moving);
     the others keep the chain's current target (keep reaching, keep holding)."""
+    continuous_kick: float = 0.0
+    """continuous_share: share of the chained problems whose drawn state also gets a velocity kick
+    U(-h, h) per joint, h = moving_start_speed: a push (a bump, a contact) while moving or holding."""
     moving_start_share: float = 0.0
     """pddp: share of each OC phase's problems whose x0 gets joint velocities U(-h, h), h = moving_start_speed."""
     moving_start_speed: float = 0.5
@@ -114,6 +117,10 @@ class TrainConfig:
     full passes over it (the paper's setup), whose cost grows with the buffer."""
     batch_size: int = 256
     """Mini-batch size of the supervised phase."""
+    weight_average: float = 0.0
+    """Supervised phase: decay of an exponential moving average of the weights over its Adam steps;
+    the phase ends on the averaged weights, which damps the step-to-step noise the delivered and the
+    next iteration's policy would otherwise inherit (0: off, the last step's weights)."""
     device: str = "cpu"
     """Torch device of the supervised phase ('cpu', 'cuda', 'cuda:1', ...); the OC phase and every rollout
     stay on the CPU, and so does the policy between supervised phases."""
@@ -184,9 +191,11 @@ class TrainConfig:
             raise FieldError("learning_rate_final", f"must be a finite number, got {self.learning_rate_final}")
         if not 0.0 <= self.dual_decay <= 1.0:
             raise FieldError("dual_decay", f"must be in [0, 1], got {self.dual_decay}")
+        if not 0.0 <= self.weight_average < 1.0:
+            raise FieldError("weight_average", f"must be in [0, 1) (a decay per Adam step), got {self.weight_average}")
         if not 0.0 <= self.problem_refresh <= 1.0:
             raise FieldError("problem_refresh", f"must be in [0, 1] (a share of the problems), got {self.problem_refresh}")
-        for name in ("continuous_share", "continuous_retarget", "moving_start_share"):
+        for name in ("continuous_share", "continuous_retarget", "continuous_kick", "moving_start_share"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise FieldError(name, f"must be in [0, 1] (a share of the problems), got {getattr(self, name)}")
         if self.continuous_share + self.moving_start_share > 1.0:

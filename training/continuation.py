@@ -6,7 +6,8 @@ where an earlier motion left the arm, holding at a target, after drifting. A sha
 phase's problems is therefore started from the policy's own rollouts (as in DAgger): the
 current policy runs through a chain of targets switched every T, one state is drawn on that
 chain, and the problem asks to reach either the chain's current target from there (keep going,
-keep holding) or a fresh one (a new target while moving). A chain that leaves the joint limits is
+keep holding) or a fresh one (a new target while moving); some of those states get a velocity
+kick (a push while in use). A chain that leaves the joint limits is
 not used (its problem stays one of P). Another share starts from P with
 random joint velocities. The OC solution from such a state over the full horizon T is a
 receding-horizon label: what an MPC of horizon T would do there, which a policy of the state
@@ -34,9 +35,10 @@ def in_use_range(task: RobotTask, x: np.ndarray) -> np.ndarray:
 
 def with_continuation(task: Task, policy, problems: Problems, rng: np.random.Generator, *,
                       share: float, chain: int, retarget: float, moving_share: float, start_speed: float,
-                      counter: DynamicsCounter | None = None) -> Problems:
-    """``problems`` with a ``share`` re-started on the policy's rollouts and a ``moving_share`` with
-    U(−start_speed, start_speed) joint velocities (robot tasks; others are returned as they are)."""
+                      kick: float = 0.0, counter: DynamicsCounter | None = None) -> Problems:
+    """``problems`` with a ``share`` re-started on the policy's rollouts (a ``kick`` share of them with
+    U(−start_speed, start_speed) added to the joint velocities) and a ``moving_share`` started with
+    such velocities (robot tasks; others are returned as they are)."""
     if not isinstance(task, RobotTask) or len(problems) == 0:
         return problems
     n = len(problems)
@@ -62,6 +64,9 @@ def with_continuation(task: Task, policy, problems: Problems, rng: np.random.Gen
         # a fresh target for a share: the policy must take new targets while moving
         fresh = rng.random(n_chain) < retarget
         goal[fresh] = task.sample(int(fresh.sum()), rng).target if task.target_dim else goal[fresh]
+        if kick > 0 and start_speed > 0:  # drawn only when asked: the default runs keep their random stream
+            kicked = rng.random(n_chain) < kick
+            state[kicked, task.nq:] += rng.uniform(-start_speed, start_speed, (int(kicked.sum()), task.nq))
         x0[chained], target[chained] = state, goal
 
     if n_moving and start_speed > 0:

@@ -138,17 +138,21 @@ def fit(
     full_jacobian: bool = False,
     steps: int = 0,
     device: str = "cpu",
+    weight_average: float = 0.0,
 ) -> dict[str, float]:
     """Adam mini-batches over ``data``: ``epochs`` passes in shuffled order, or (``steps`` > 0) that many
     mini-batches drawn uniformly with replacement. Returns the mean losses of the last pass (of all
-    the steps). On another ``device`` (e.g. 'cuda') the policy and Adam's moments go there for the
+    the steps). ``weight_average`` > 0: the policy ends on an exponential moving average of its weights
+    over the steps (that decay per step), started from its weights before the fit. On another ``device`` (e.g. 'cuda') the policy and Adam's moments go there for the
     fit and come back to the CPU after it, where the rollouts run."""
     if device == "cpu":
-        return _fit(policy, optimizer, data, epochs, batch_size, nx, sobolev_weight, generator, full_jacobian, steps)
+        return _fit(policy, optimizer, data, epochs, batch_size, nx, sobolev_weight, generator, full_jacobian, steps,
+                    weight_average)
     policy.to(device)
     move_optimizer_state(optimizer, device)
     try:
-        return _fit(policy, optimizer, data, epochs, batch_size, nx, sobolev_weight, generator, full_jacobian, steps)
+        return _fit(policy, optimizer, data, epochs, batch_size, nx, sobolev_weight, generator, full_jacobian, steps,
+                    weight_average)
     finally:
         policy.to("cpu")
         move_optimizer_state(optimizer, "cpu")
@@ -162,7 +166,8 @@ def move_optimizer_state(optimizer: torch.optim.Optimizer, device: str) -> None:
                 state[key] = value.to(device)
 
 
-def _fit(policy, optimizer, data, epochs, batch_size, nx, sobolev_weight, generator, full_jacobian, steps) -> dict[str, float]:
+def _fit(policy, optimizer, data, epochs, batch_size, nx, sobolev_weight, generator, full_jacobian, steps,
+         weight_average) -> dict[str, float]:
     """fit() on the device the policy is on."""
     device = policy.u_half.device
     on_device = lambda array: torch.as_tensor(array, dtype=torch.float32).to(device)  # noqa: E731
@@ -196,6 +201,8 @@ def _fit(policy, optimizer, data, epochs, batch_size, nx, sobolev_weight, genera
 
     policy.train()
     skipped = 0
+    params = [p for p in policy.parameters() if p.requires_grad]
+    averaged = [p.detach().clone() for p in params] if weight_average > 0 else None
     # One intra-op thread: the MLP is small, and with one thread per core OpenMP's spin-waits
     # collapse as soon as another process shares a core (measured 6x slower median step).
     with torch_threads(1):
@@ -215,5 +222,12 @@ def _fit(policy, optimizer, data, epochs, batch_size, nx, sobolev_weight, genera
                     skipped += 1  # a non-finite step would poison Adam's moments and every weight
                     continue
                 optimizer.step()
+                if averaged is not None:
+                    with torch.no_grad():
+                        torch._foreach_lerp_(averaged, [p.detach() for p in params], 1.0 - weight_average)
+    if averaged is not None:
+        with torch.no_grad():
+            for p, a in zip(params, averaged):
+                p.copy_(a)
     policy.eval()
     return {**{k: v / count for k, v in totals.items()}, "skipped_steps": float(skipped)}

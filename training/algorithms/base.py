@@ -93,6 +93,7 @@ class Algorithm(ABC):
             full_jacobian=self.config.sobolev_full,
             steps=self.config.supervised_steps,
             device=self.config.device,
+            weight_average=self.config.weight_average,
         )
 
     def learning_rate(self) -> float:

@@ -23,7 +23,7 @@ class PDDP(Algorithm):
             problems = with_continuation(
                 self.task, self.policy.act, problems, rng, share=cfg.continuous_share, chain=cfg.continuous_chain,
                 retarget=cfg.continuous_retarget, moving_share=cfg.moving_start_share,
-                start_speed=cfg.moving_start_speed, counter=self.counter)
+                start_speed=cfg.moving_start_speed, kick=cfg.continuous_kick, counter=self.counter)
         jobs, fallbacks = self.initial_guesses(problems, same_problems=same)
         return self.solve(problems, jobs, fallbacks)
 
