@@ -6,6 +6,8 @@
 
 With ``use_mpc:=true`` the MPC node runs too and the policy node follows its plans (/mpc/plan)
 at its own rate, the policy as the fallback (the policy node's ``use_mpc`` parameter).
+The policy node and the simulated UR5 run under SCHED_FIFO ``realtime_priority:=50`` by default
+(as ros2_control's controller_manager; a warning and normal priority where not permitted; 0: off).
 
 The node graph (nodes, params files from config/, parameters) comes from
 ``tocpl_ros.bringup.graph_for``, the same description ``tocpl-bringup ur5_policy`` starts

@@ -86,6 +86,7 @@ def test_launch_arguments_table():
     assert defaults["sim_backend"] == "pinocchio"
     assert defaults["rate"] == "500"
     assert defaults["output_mode"] == "effort"
+    assert defaults["realtime_priority"] == "50"  # ros2_control's controller_manager default
     for arg in LAUNCH_ARGUMENTS:
         assert isinstance(arg.default, str), arg  # launch arguments are strings
         assert len(arg.description) > 20, arg
@@ -109,12 +110,13 @@ def test_default_graph(policy_file):
     assert (policy.package, policy.executable) == ("tocpl_ros", "policy_node")
     assert sim.params_files == [config_path("ur5_sim.yaml")]
     assert policy.params_files == [config_path("policy_node.yaml")]
-    assert sim.parameters == {"backend": "pinocchio", "command_mode": "effort", "publish_rate": 500.0}
+    assert sim.parameters == {"backend": "pinocchio", "command_mode": "effort", "publish_rate": 500.0, "realtime_priority": 50}
     assert policy.parameters == {
         "policy_path": str(policy_file.resolve()),
         "rate": 500.0,
         "output_mode": "effort",
         "autostart": True,
+        "realtime_priority": 50,
     }
     for spec in specs:
         assert spec.remappings == [] and spec.arguments == []
@@ -147,14 +149,26 @@ def test_arguments_become_parameters(policy_file):
         "rate": 1000.0,
         "output_mode": "velocity",
         "autostart": False,
+        "realtime_priority": 50,
         "initial_target": [0.4, 0.1, 0.5],
     }
-    assert nodes["ur5_sim"].parameters == {"backend": "pinocchio", "command_mode": "velocity", "publish_rate": 1000.0}
+    assert nodes["ur5_sim"].parameters == {"backend": "pinocchio", "command_mode": "velocity", "publish_rate": 1000.0,
+                                           "realtime_priority": 50}
     assert all(s.ros_arguments == ["--log-level", "debug"] for s in nodes.values())
     # Python values work as well as the launch strings
     same = graph_for(policy=policy_file, target=(0.4, 0.1, 0.5), rate=1000, output_mode="velocity",
                      autostart=False, log_level="debug")
     assert by_name(same) == nodes
+
+
+def test_realtime_priority_goes_to_the_policy_node_and_the_simulator(policy_file):
+    default = by_name(graph_for(policy=str(policy_file), use_mpc="true"))
+    for value, want in (("0", 0), (" 10 ", 10), (99, 99)):
+        nodes = by_name(graph_for(policy=str(policy_file), use_mpc="true", realtime_priority=value))
+        for name in ("policy_node", "ur5_sim"):
+            assert nodes[name].parameters == {**default[name].parameters, "realtime_priority": want}
+        assert nodes["mpc_node"] == default["mpc_node"]  # the MPC stays at normal priority
+    assert "realtime_priority" not in default["mpc_node"].parameters
 
 
 def test_use_sim_false_drives_an_external_robot(policy_file):
@@ -201,6 +215,10 @@ def test_use_mpc_adds_the_mpc_node(policy_file):
         ({"output_mode": "torque"}, r"argument 'output_mode': must be one of effort, velocity, position, got 'torque'"),
         ({"sim_backend": "bullet"}, r"argument 'sim_backend': must be one of pinocchio, mujoco, got 'bullet'"),
         ({"log_level": "loud"}, r"argument 'log_level': must be one of debug, info"),
+        ({"realtime_priority": "100"}, r"argument 'realtime_priority': must be in 0\.\.99"),
+        ({"realtime_priority": "-1"}, r"argument 'realtime_priority': must be in 0\.\.99"),
+        ({"realtime_priority": "high"}, r"argument 'realtime_priority': expected an integer in 0\.\.99, got 'high'"),
+        ({"realtime_priority": "2.5"}, r"argument 'realtime_priority': expected an integer"),
     ],
 )
 def test_invalid_arguments(policy_file, args, message):

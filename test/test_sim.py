@@ -277,6 +277,8 @@ def _variant(tmp_path, **params):
         ({"payload_com": [0.0, 0.1]}, "payload_com", ["3"]),
         ({"position_kp": 0.0}, "position_kp", ["> 0"]),
         ({"initial_positions": [0.0, float("nan")]}, "initial_positions[1]", ["finite"]),
+        ({"realtime_priority": 100}, "realtime_priority", ["0..99"]),
+        ({"realtime_priority": 2.5}, "realtime_priority", ["expected int"]),
     ],
 )
 def test_config_errors_name_the_key(tmp_path, params, key, words):

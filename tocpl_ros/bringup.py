@@ -153,6 +153,14 @@ LAUNCH_ARGUMENTS: tuple[LaunchArgument, ...] = (
         OUTPUT_MODES,
     ),
     LaunchArgument("autostart", "true", "Drive with the policy as soon as joint states arrive; false: wait for ~/start."),
+    LaunchArgument(
+        "realtime_priority",
+        "50",
+        "SCHED_FIFO priority (1-99) of the policy node's and the simulated UR5's processes (their realtime_priority "
+        "parameter; the MPC node stays at normal priority, so it is what gets late under CPU contention); 0: normal "
+        "scheduling. 50 is ros2_control's default for its control loop. Needs CAP_SYS_NICE or an RLIMIT_RTPRIO that "
+        "high, else each node warns and runs at normal priority.",
+    ),
     LaunchArgument("log_level", "info", "Log level of every node.", LOG_LEVELS),
 )
 
@@ -209,6 +217,17 @@ def _parse_rate(value: Any) -> float:
     return rate
 
 
+def _parse_priority(value: Any) -> int:
+    text = str(value).strip()
+    try:
+        priority = int(text)
+    except ValueError:
+        raise BringupError(f"argument 'realtime_priority': expected an integer in 0..99, got {value!r}") from None
+    if isinstance(value, bool) or not 0 <= priority <= 99:
+        raise BringupError(f"argument 'realtime_priority': must be in 0..99 (0: normal scheduling), got {value!r}")
+    return priority
+
+
 def _parse_choice(arg: LaunchArgument, value: Any) -> str:
     text = str(value).strip()
     if arg.choices and text not in arg.choices:
@@ -236,6 +255,7 @@ def _ur5_policy(args: dict[str, Any]) -> list[NodeSpec]:
     use_sim = parse_bool("use_sim", args["use_sim"])
     autostart = parse_bool("autostart", args["autostart"])
     rate = _parse_rate(args["rate"])
+    realtime = {"realtime_priority": _parse_priority(args["realtime_priority"])}
     by_name = {a.name: a for a in LAUNCH_ARGUMENTS}
     backend = _parse_choice(by_name["sim_backend"], args["sim_backend"])
     output_mode = _parse_choice(by_name["output_mode"], args["output_mode"])
@@ -249,7 +269,7 @@ def _ur5_policy(args: dict[str, Any]) -> list[NodeSpec]:
                 package=PACKAGE_NAME,
                 executable="ur5_sim",
                 name="ur5_sim",
-                parameters={"backend": backend, "command_mode": output_mode, "publish_rate": rate},
+                parameters={"backend": backend, "command_mode": output_mode, "publish_rate": rate, **realtime},
                 params_files=[config_path("ur5_sim.yaml")],
                 ros_arguments=list(ros_arguments),
                 description="simulated UR5: /joint_states, /forward_*_controller/commands, ~/reset",
@@ -260,6 +280,7 @@ def _ur5_policy(args: dict[str, Any]) -> list[NodeSpec]:
         "rate": rate,
         "output_mode": output_mode,
         "autostart": autostart,
+        **realtime,
     }
     if target is not None:
         policy_parameters["initial_target"] = target

@@ -12,7 +12,8 @@ the policy node following the MPC node's plans), one bring-up of ``ur5_policy`` 
 2. **sequence**: ``--sequence`` targets switched every ``--switch`` s while the arm moves: the error
    at the end of each segment;
 3. **loop**: the policy node's own loop periods (p99 of every /diagnostics window, the largest),
-   its overruns (> 1.5 periods), the gaps between the commands received here (> 2 periods);
+   its overruns (> 1.5 periods), the gaps (> 2 periods) between the commands it sent (its
+   /diagnostics) and between those received here;
 4. (MPC only) **fallback**: the MPC's solver process is SIGKILLed (the node restarts it): the policy
    node's switches, how far past the plan's staleness bound (joint-state time) it switched, the
    largest plan/policy difference at a switch and the largest step of a blend (its /diagnostics),
@@ -24,6 +25,10 @@ The issue's targets are printed next to the figures (with MPC: ≤ 1 mm mean at 
 p99 within 10 % of its period on an idle machine, no gap over 2 periods; fallback within 3 fast-loop
 periods of the plan going stale, no step larger than the policy/plan difference at the switch).
 Timings depend on the machine's load (the load average is printed): compare runs on one machine.
+``--realtime-priority N`` runs the policy node and the simulator under SCHED_FIFO (the graph's
+``realtime_priority``); ``--probe-realtime-priority N`` this process's ROS threads too (not the
+thread that starts the nodes, so the MPC node is not affected), so that gaps seen here are the
+nodes' rather than the probe's own.
 """
 
 from __future__ import annotations
@@ -34,6 +39,7 @@ import math
 import os
 import signal
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -56,9 +62,12 @@ def run_mode(args, env, policy: Path, backend: str, use_mpc: bool, hold_targets:
 
     label = f"{backend}, {'policy + MPC' if use_mpc else 'policy alone'}"
     specs = graph_for("ur5_policy", policy=str(policy), use_mpc="true" if use_mpc else "false", rate=args.rate,
-                      sim_backend=backend, target=",".join(f"{x:.6f}" for x in hold_targets[0]))
+                      sim_backend=backend, target=",".join(f"{x:.6f}" for x in hold_targets[0]),
+                      **({} if args.realtime_priority is None else {"realtime_priority": args.realtime_priority}))
     bringup = Bringup(specs, env=env, out=sys.stdout if args.show_nodes else None)
     probe = Probe(int(env["ROS_DOMAIN_ID"]), record_commands=True, name="mpc_loop_bench_probe")
+    if args.probe_realtime_priority:
+        _probe_realtime(args.probe_realtime_priority)
     kin = ToolKinematics()
     period = 1.0 / float(args.rate)
     out: dict = {"backend": backend, "mpc": use_mpc}
@@ -109,6 +118,9 @@ def run_mode(args, env, policy: Path, backend: str, use_mpc: bool, hold_targets:
         gaps = np.diff(times) if len(times) > 1 else np.array([0.0])
         last = probe.last_diagnostics()[1]
         first = _diag_windows(probe, t_start)
+        sent_gaps = int(last.get("command_gaps_over_2_periods", 0)) - (int(first[0].get("command_gaps_over_2_periods", 0)) if first else 0)
+        out.update(sent_gaps_over_2=sent_gaps,
+                   sent_gap_max_ms=max((float(d.get("command_gap_max_ms", "nan")) for d in windows), default=math.nan))
         out["safe_ticks"] = int(last.get("safe_ticks", 0)) - (int(first[0].get("safe_ticks", 0)) if first else 0)
         out.update(period_p99_ms_median=float(np.median(p99)) if p99 else math.nan,
                    period_p99_ms_max=float(np.max(p99)) if p99 else math.nan,
@@ -129,6 +141,21 @@ def run_mode(args, env, policy: Path, backend: str, use_mpc: bool, hold_targets:
         probe.close()
         bringup.summary()
     return out
+
+
+def _probe_realtime(priority: int) -> None:
+    """SCHED_FIFO for every thread of this process but the main one (which starts the nodes: they
+    would inherit it)."""
+    main = threading.main_thread().native_id
+    for tid in os.listdir("/proc/self/task"):
+        if int(tid) != main:
+            try:
+                os.sched_setscheduler(int(tid), os.SCHED_FIFO, os.sched_param(priority))
+            except ProcessLookupError:
+                pass
+            except OSError as exc:
+                print(f"[{PROG}] probe: SCHED_FIFO {priority} refused ({exc}); the probe runs at normal priority", flush=True)
+                return
 
 
 def fallback(probe: Probe, label: str, period: float) -> dict:
@@ -181,6 +208,8 @@ def report(runs: list[dict], args) -> None:
             (f"sequence: mean error at the switches (mm)", lambda r: f"{_mean(r['sequence_mm']):.3f}", "<= 2"),
             ("loop period p99 (ms): median / largest window", lambda r: f"{r['period_p99_ms_median']:.3f} / {r['period_p99_ms_max']:.3f}",
              f"<= {1.1 * period_ms:.2f} (idle machine)"),
+            ("commands sent (node's /diagnostics): gaps > 2 periods / largest (ms)",
+             lambda r: f"{r.get('sent_gaps_over_2', '?')} / {r.get('sent_gap_max_ms', math.nan):.1f}", "0"),
             ("commands received: gaps > 2 periods / largest (ms)", lambda r: f"{r['gaps_over_2']} / {r['gap_max_ms']:.1f}", "0"),
             ("overruns (> 1.5 periods)", lambda r: str(r["overruns"]), ""),
             ("safe ticks (joint states late by > 5 periods: the safe command, then a fade-in)",
@@ -212,6 +241,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--switch", type=float, default=2.0, help="seconds per target of the sequence (default 2)")
     parser.add_argument("--rate", default="500", help="policy node rate, Hz (default 500)")
     parser.add_argument("--seed", type=int, default=HELD_OUT_SEED + 17, help="seed of the targets")
+    parser.add_argument("--realtime-priority", type=int, default=None,
+                        help="the graph's realtime_priority (SCHED_FIFO of the policy node and the simulator; 0: off); "
+                             "default: the graph's default")
+    parser.add_argument("--probe-realtime-priority", type=int, default=0,
+                        help="SCHED_FIFO priority of this process's ROS threads (default 0: normal scheduling)")
     parser.add_argument("--json", type=Path, help="write the figures here")
     parser.add_argument("--show-nodes", action="store_true", help="print the nodes' output")
     return parser

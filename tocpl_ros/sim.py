@@ -136,6 +136,10 @@ class SimConfig:
     hold_until_command: bool = True
     """Before the first command (and after a reset) hold the posture with the position servo;
     False: zero torque (effort), zero velocity (velocity) or the reset posture (position)."""
+    realtime_priority: int = 0
+    """The node process's SCHED_FIFO priority (1-99), as a real arm's driver runs real-time;
+    0: normal scheduling. Not permitted (no CAP_SYS_NICE, RLIMIT_RTPRIO too low): a warning, normal
+    priority (tocpl_ros.nodes.runtime.apply_realtime_priority). Not used by the simulation itself."""
 
     def __post_init__(self) -> None:
         if self.backend not in BACKENDS:
@@ -164,6 +168,8 @@ class SimConfig:
             values = getattr(self, name)
             if values is not None:
                 _check_values(name, values, lambda x: True, "finite")
+        if not 0 <= self.realtime_priority <= 99:
+            raise FieldError("realtime_priority", f"must be in 0..99 (0: normal scheduling), got {self.realtime_priority}")
 
 
 def _check_values(name: str, value, ok, what: str) -> None:

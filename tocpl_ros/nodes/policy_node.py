@@ -7,7 +7,9 @@ std_msgs/Float64MultiArray on the output mode's forward-controller topic
 (``/forward_{effort,velocity,position}_controller/commands``, reliable QoS) at ``rate``
 from a steady-clock timer, and diagnostic_msgs/DiagnosticArray on ``/diagnostics``
 (loop period p50/p99/max, inference time, safety state, rejected-input counters, publish()
-stalls: calls the middleware held longer than PUBLISH_STALL, also logged as warnings).
+stalls: calls the middleware held longer than PUBLISH_STALL, also logged as warnings; commands
+sent more than 2 periods after the previous one, ``command_gaps_over_2_periods``).
+``realtime_priority`` > 0 puts the process under SCHED_FIFO (:func:`runtime.apply_realtime_priority`).
 Services ``~/start`` and ``~/stop`` (std_srvs/Trigger): stop → safe command, start →
 fade-in to the policy.
 
@@ -45,6 +47,7 @@ from ..controller import ControllerConfig, PeriodStats, PolicyController
 from ..plan_follower import PlanFollowerConfig
 from ..policy_file import PolicyFileError
 from .runtime import (
+    REALTIME_PRIORITY_DOC,
     PeriodMonitor,
     RobotDefault,
     StartupError,
@@ -85,6 +88,7 @@ NODE_PARAMETERS: dict[str, tuple[Any, str]] = {
     "autostart": (True, "Start driving with the policy (after fade_in) as soon as joint states arrive; false: wait for ~/start."),
     "diagnostics_period": (1.0, "Seconds between /diagnostics messages."),
     "executor": ("events", "rclpy executor: 'events' (rclpy.experimental.EventsExecutor, lowest overhead) or 'single' (SingleThreadedExecutor)."),
+    "realtime_priority": (0, REALTIME_PRIORITY_DOC),
 }
 for _f in fields(ControllerConfig):
     _default = _f.default_factory() if callable(_f.default_factory) else _f.default  # type: ignore[misc]
@@ -121,6 +125,7 @@ def _make_node_class():
             super().__init__(NODE_NAME, **kwargs)
             self.params = declare_parameters(self, NODE_PARAMETERS)
             self.executor_kind = self.params["executor"]
+            self.realtime_priority = self.params["realtime_priority"]  # applied by run_node
             config = self._controller_config()
             path = self.params["policy_path"]
             if not path:
@@ -165,6 +170,9 @@ def _make_node_class():
             self.published = 0
             self.publish_stalls = 0  # publish() calls that took longer than PUBLISH_STALL
             self.publish_max = 0.0  # longest publish() call (s) since the last diagnostics
+            self._last_publish: float | None = None
+            self.command_gaps = 0  # commands published more than 2 periods after the previous one
+            self.command_gap_max = 0.0  # longest time between two commands (s) since the last diagnostics
             self._logged_state = self.controller.state
             self._msg = Float64MultiArray()
             self.control_timer = self.create_timer(
@@ -256,6 +264,7 @@ def _make_node_class():
                     t_publish = time.monotonic()
                     self.command_pub.publish(self._msg)
                     self.published += 1
+                    self._count_gap(t_publish)
                     self._check_publish_time(time.monotonic() - t_publish)
                 except Exception as exc:  # e.g. during shutdown
                     self.publish_errors += 1
@@ -273,6 +282,15 @@ def _make_node_class():
                         self.input_log.info("mpc.to_plan", line)
             except Exception as exc:  # logging must never stop the loop
                 self.get_logger().error(f"logging a plan switch failed: {exc}", throttle_duration_sec=1.0)
+
+        def _count_gap(self, t_publish: float) -> None:
+            """The time since the previous command, as sent (what a subscriber can get at best)."""
+            if self._last_publish is not None:
+                gap = t_publish - self._last_publish
+                self.command_gap_max = max(self.command_gap_max, gap)
+                if gap > 2.0 * self.config.period:
+                    self.command_gaps += 1
+            self._last_publish = t_publish
 
         def _check_publish_time(self, seconds: float) -> None:
             # Fast DDS 3.2 can hold publish() for 1-4 s after a subscriber of the topic was
@@ -296,6 +314,7 @@ def _make_node_class():
             loop = self.periods.stats.summary()
             self.periods.stats.clear()
             publish_max, self.publish_max = self.publish_max, 0.0
+            gap_max, self.command_gap_max = self.command_gap_max, 0.0
             values.update(
                 {
                     "loop_period_p50_ms": f"{loop['p50'] * 1e3:.3f}",
@@ -305,6 +324,8 @@ def _make_node_class():
                     "loop_period_max_ever_ms": f"{self.periods.stats.max_ever * 1e3:.3f}",
                     "overruns": str(self.periods.overruns),
                     "commands_published": str(self.published),
+                    "command_gaps_over_2_periods": str(self.command_gaps),
+                    "command_gap_max_ms": f"{gap_max * 1e3:.3f}",
                     "publish_max_ms": f"{publish_max * 1e3:.3f}",
                     "publish_stalls": str(self.publish_stalls),
                     "rate_hz": f"{self.config.rate:g}",

@@ -12,6 +12,7 @@ rclpy is imported inside the functions, so importing this module needs no ROS.
 
 from __future__ import annotations
 
+import os
 import signal
 import sys
 import threading
@@ -23,6 +24,14 @@ from typing import Any, Callable
 from ..ros_env import apply_loopback_defaults
 
 EXECUTORS = ("events", "single")
+REALTIME_PRIORITY_MAX = 99
+"""Highest SCHED_FIFO priority (Linux: 1..99)."""
+REALTIME_PRIORITY_DOC = (
+    "SCHED_FIFO priority (1-99) of every thread of the node's process (executor, timers, DDS), set at start-up, "
+    "as ros2_control's controller_manager does for its control loop (its thread_priority, 50); 0: normal "
+    "scheduling. Needs CAP_SYS_NICE or an RLIMIT_RTPRIO at least this high (ulimit -r): otherwise a warning and "
+    "the node runs at normal priority. The kernel's RT throttling (sched_rt_runtime_us) bounds what it may take."
+)
 
 
 class StartupError(RuntimeError):
@@ -153,7 +162,68 @@ def declare_parameters(node, specs: dict[str, tuple[Any, str]]) -> dict[str, Any
         raise StartupError(f"parameter 'executor': must be one of {', '.join(EXECUTORS)}, got {values['executor']!r}")
     if "diagnostics_period" in values and not values["diagnostics_period"] > 0:
         raise StartupError(f"parameter 'diagnostics_period': must be > 0, got {values['diagnostics_period']}")
+    if "realtime_priority" in values:
+        check_realtime_priority(values["realtime_priority"])
     return values
+
+
+# ---------------------------------------------------------------------- real-time priority
+
+
+def check_realtime_priority(priority: Any, name: str = "realtime_priority") -> int:
+    """``priority`` if it is an integer in 0..99 (0: off), else StartupError naming the parameter."""
+    if isinstance(priority, bool) or not isinstance(priority, int) or not 0 <= priority <= REALTIME_PRIORITY_MAX:
+        raise StartupError(
+            f"parameter '{name}': must be an integer in 0..{REALTIME_PRIORITY_MAX} "
+            f"(0: normal scheduling, 1-{REALTIME_PRIORITY_MAX}: SCHED_FIFO priority), got {priority!r}"
+        )
+    return priority
+
+
+def apply_realtime_priority(priority: int, logger=None) -> bool:
+    """Put every thread of this process under SCHED_FIFO at ``priority`` (threads started later
+    inherit it from their creator); 0 does nothing. Not permitted (no CAP_SYS_NICE, RLIMIT_RTPRIO
+    too low) or not supported: a warning on ``logger`` and the process stays at normal priority,
+    never an exception. True if applied."""
+    priority = check_realtime_priority(priority)
+    if priority == 0:
+        return False
+
+    def warn(message: str) -> bool:
+        if logger is not None:
+            logger.warning(f"realtime_priority {priority}: {message}; running at normal priority")
+        return False
+
+    if not hasattr(os, "sched_setscheduler") or not hasattr(os, "SCHED_FIFO"):
+        return warn("SCHED_FIFO is not available on this system")
+    param = os.sched_param(priority)
+    try:  # this thread first: if it is refused, nothing was changed
+        os.sched_setscheduler(0, os.SCHED_FIFO, param)
+    except PermissionError as exc:
+        return warn(
+            f"not permitted to use SCHED_FIFO ({exc.strerror or exc}): give the process CAP_SYS_NICE or an "
+            f"RLIMIT_RTPRIO >= {priority} (ulimit -r, limits.conf 'rtprio', docker --ulimit rtprio=99)"
+        )
+    except OSError as exc:
+        return warn(f"SCHED_FIFO refused ({exc.strerror or exc})")
+    me = threading.get_native_id()
+    try:
+        others = [int(tid) for tid in os.listdir("/proc/self/task") if int(tid) != me]
+    except OSError:
+        others = []
+    changed = 1
+    for tid in others:  # threads started before (DDS, rclpy)
+        try:
+            os.sched_setscheduler(tid, os.SCHED_FIFO, param)
+            changed += 1
+        except ProcessLookupError:  # ended meanwhile
+            pass
+        except OSError as exc:
+            if logger is not None:
+                logger.warning(f"realtime_priority {priority}: thread {tid} left at normal priority ({exc.strerror or exc})")
+    if logger is not None:
+        logger.info(f"real-time scheduling: SCHED_FIFO priority {priority} on the {changed} threads of process {os.getpid()}")
+    return True
 
 
 # ---------------------------------------------------------------------- input callbacks
@@ -237,8 +307,10 @@ def run_node(
     ``make_node()`` builds the node after ``rclpy.init``; an exception of ``startup_errors``
     → "refusing to start: <message>" and ``startup_exit_code`` (any other exception: the same
     plus its traceback, exit 1). The node may define ``executor_kind`` ('events' | 'single',
-    default 'single'), ``on_shutdown(executor)`` (called after the stop signal, the executor
-    still spinnable) and ``exit_summary()`` (a line logged after the node is destroyed)."""
+    default 'single'), ``realtime_priority`` (SCHED_FIFO priority of the process, applied once the
+    node is built, before the executor exists: :func:`apply_realtime_priority`; default 0, off),
+    ``on_shutdown(executor)`` (called after the stop signal, the executor still spinnable) and
+    ``exit_summary()`` (a line logged after the node is destroyed)."""
     apply_loopback_defaults()  # before rclpy.init: the middleware reads them there
     import rclpy
     from rclpy.executors import ExternalShutdownException
@@ -269,6 +341,7 @@ def run_node(
         except Exception as exc:
             logger.fatal(f"refusing to start: {type(exc).__name__}: {exc}\n{traceback.format_exc()}")
             return 1
+        apply_realtime_priority(getattr(node, "realtime_priority", 0), node.get_logger())
         executor = make_executor(getattr(node, "executor_kind", "single"))
         executor.add_node(node)
         callback_errors = 0

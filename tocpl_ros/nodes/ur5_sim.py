@@ -20,7 +20,8 @@ over), then publishes, so simulated time follows real time at the physics rate. 
 
 Parameters: every field of :class:`tocpl_ros.sim.SimConfig` (descriptions from its field
 docs), defaults from ``config/ur5_sim.yaml``; override with ``--ros-args -p k:=v`` or
-``--params-file``. They are read-only (restart the node to change them). DDS stays on
+``--params-file``. They are read-only (restart the node to change them). A ``realtime_priority``
+above 0 puts the process under SCHED_FIFO, as a real arm's driver runs. DDS stays on
 loopback unless the environment says otherwise (:mod:`tocpl_ros.ros_env`).
 """
 
@@ -75,6 +76,7 @@ class Ur5SimNode(Node):
     def __init__(self, **node_kwargs):
         super().__init__(NODE_NAME, **node_kwargs)
         self.config = self._read_parameters()
+        self.realtime_priority = self.config.realtime_priority  # applied by run_node
         try:
             self.sim = make_simulator(self.config)  # backend 'pinocchio' or 'mujoco'
         except FieldError as exc:
