@@ -312,7 +312,7 @@ def test_budget_column_names_the_consensus_penalty(tmp_path):
 
 def test_warm_start_study_problems_are_neither_held_out_nor_validation_problems():
     """The study (Fig. 7) scores a policy on problems no part of training saw or chose it on."""
-    from tocpl_ros.mpc_benchmark import DEFAULT_SEED
+    from tocpl_ros.bench.mpc import DEFAULT_SEED
     from tocpl_training.config import TrainConfig
 
     defaults = TrainConfig(task="ur5_reach")

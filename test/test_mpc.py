@@ -1,4 +1,4 @@
-"""RecedingHorizonMPC (tocpl_ros.mpc): warm starts, deadline/failure fallback, Crocoddyl's
+"""RecedingHorizonMPC (tocpl_ros.mpc.solver): warm starts, deadline/failure fallback, Crocoddyl's
 feedback convention and the closed loop on the task's own model. ROS-free.
 
 The policy-dependent tests use a small UR5 policy trained in a module fixture (~1 min);
@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from tocpl_ros.config import FieldError
-from tocpl_ros.mpc import MPCConfig, MPCResult, RecedingHorizonMPC, TaskPolicy, run_closed_loop
+from tocpl_ros.mpc.solver import MPCConfig, MPCResult, RecedingHorizonMPC, TaskPolicy, run_closed_loop
 from tocpl_ros.policy_file import OnnxPolicy, PolicyFileError
 from tocpl_ros.tasks import load_task
 from tocpl_training.config import TrainConfig
@@ -274,7 +274,7 @@ def test_benchmark_cli_smoke(untrained, tmp_path, capsys):
     """tocpl-mpc-bench end to end on a tiny budget (numbers meaningless with an untrained policy)."""
     import json
 
-    from tocpl_ros.mpc_benchmark import main
+    from tocpl_ros.bench.mpc import main
 
     out = tmp_path / "bench.json"
     code = main(["--policy", str(untrained.path), "--problems", "2", "--episode", "0.03", "--max-iter", "50",
@@ -309,7 +309,7 @@ def test_deadline_stops_an_infeasible_solve_at_the_first_iteration(task, untrain
 
     import crocoddyl
 
-    from tocpl_ros.mpc import _DeadlineExceeded
+    from tocpl_ros.mpc.solver import _DeadlineExceeded
     from tocpl_ros.tasks import Problems
 
     mpc = RecedingHorizonMPC(task, untrained, MPCConfig(deadline=0.5))
@@ -377,7 +377,7 @@ def test_worker_keeps_the_caller_free_during_long_iterations(untrained):
     process it does not hold up a 100 Hz loop in the caller, which polls for the result."""
     import time
 
-    from tocpl_ros.mpc import MPCWorker
+    from tocpl_ros.mpc.solver import MPCWorker
 
     config = MPCConfig(warm_start="cold", horizon=1000, max_iter=1000, deadline=1.0)
     worker = MPCWorker("ur5_reach", str(untrained.path), config, warm_up=0)
@@ -416,7 +416,7 @@ def test_worker_restarts_after_being_killed(untrained):
     import signal
     import time
 
-    from tocpl_ros.mpc import MPCWorker
+    from tocpl_ros.mpc.solver import MPCWorker
 
     worker = MPCWorker("ur5_reach", str(untrained.path), exact(warm_start="cold"), warm_up=1,
                        restart_backoff=0.2)
@@ -445,7 +445,7 @@ def test_worker_restarts_after_being_killed(untrained):
 
 
 def test_worker_refuses_a_policy_for_another_task(untrained):
-    from tocpl_ros.mpc import MPCWorker, WorkerError
+    from tocpl_ros.mpc.solver import MPCWorker, WorkerError
 
     with pytest.raises(PolicyFileError):
         MPCWorker("pendulum", str(untrained.path), MPCConfig())
@@ -463,7 +463,7 @@ def test_gain_check_flags_a_gain_on_a_control_the_box_holds():
     result with a gain put on that row is counted, with its size."""
     import dataclasses
 
-    from tocpl_ros.mpc_benchmark import GainCheck
+    from tocpl_ros.bench.mpc import GainCheck
 
     pendulum = load_task("pendulum")
     mpc = RecedingHorizonMPC(pendulum, None, MPCConfig(warm_start="cold", max_iter=500, deadline=math.inf))

@@ -13,7 +13,7 @@ import yaml
 
 from tocpl_ros.config import ConfigError, FieldError, field_docs, read_yaml
 from tocpl_ros.resources import config_path, urdf_path
-from tocpl_ros.sim import ArmSimulator, CommandError, SimConfig, default_sim_config, load_sim_config
+from tocpl_ros.sim.base import ArmSimulator, CommandError, SimConfig, default_sim_config, load_sim_config
 
 Q0 = [0.0, -1.2, 1.6, -0.4, 1.57, 0.0]
 V0 = [0.5, -0.5, 1.0, 1.0, -1.0, 1.0]
@@ -314,7 +314,7 @@ def test_params_file_section_without_ros__parameters(tmp_path):
 
 def test_sim_module_is_ros_free():
     code = (
-        "import sys, tocpl_ros.sim; "
+        "import sys, tocpl_ros.sim.base; "
         "bad = [m for m in sys.modules if m.split('.')[0] in ('rclpy', 'rcl', 'rmw', 'crocoddyl')]; "
         "sys.exit(1 if bad else 0)"
     )

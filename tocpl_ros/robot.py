@@ -21,8 +21,8 @@ from pathlib import Path
 import numpy as np
 import pinocchio as pin
 
-from .config import ConfigError, FieldError, load_dataclass, read_yaml
-from .resources import config_path, urdf_path
+from tocpl_ros.config import ConfigError, FieldError, load_dataclass, read_yaml
+from tocpl_ros.resources import config_path, urdf_path
 
 __all__ = [
     "COMMAND_INTERFACES",

@@ -27,7 +27,7 @@ the trainer's :func:`evaluate_policy`. Then, under ``--out``:
   ur5_reach, 2° on the pendulums, 1 % cost gap on lqr: the trainer's ``success_tolerance``), and
   the final precision, medians over seeds.
 
-``--warm-start-study POLICY.onnx`` runs :func:`tocpl_ros.mpc_benchmark.open_loop` (SolverBoxFDDP
+``--warm-start-study POLICY.onnx`` runs :func:`tocpl_ros.bench.mpc.open_loop` (SolverBoxFDDP
 to the task's th_stop from the policy's rollout vs Crocoddyl's cold start) on held-out problems
 and writes ``warm_start_<task>.png`` (histogram of iterations), ``.json`` and ``.md``.
 """
@@ -595,14 +595,14 @@ convex lqr's differ by up to 3e-6: solver tolerance; another local optimum of th
 def warm_start_study(policy_path: str | Path, task_name: str, out: Path, problems: int = 100, seed: int | None = None,
                      max_iter: int = 500) -> dict:
     """Iterations of SolverBoxFDDP to the task's th_stop, from the policy's rollout and cold, on held-out problems
-    (:func:`tocpl_ros.mpc_benchmark.open_loop`); writes warm_start_<task>.{png,json,md} into ``out``."""
+    (:func:`tocpl_ros.bench.mpc.open_loop`); writes warm_start_<task>.{png,json,md} into ``out``."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from tocpl_ros.mpc import TaskPolicy
-    from tocpl_ros.mpc_benchmark import DEFAULT_SEED, LONG_TAIL, open_loop, policy_vs_cold_costs
+    from tocpl_ros.mpc.solver import TaskPolicy
+    from tocpl_ros.bench.mpc import DEFAULT_SEED, LONG_TAIL, open_loop, policy_vs_cold_costs
     from tocpl_ros.policy_file import OnnxPolicy
     from tocpl_ros.tasks import load_task
     from tocpl_ros.tasks.config import SolverConfig

@@ -68,9 +68,9 @@ from dataclasses import dataclass, field
 import crocoddyl
 import numpy as np
 
-from .config import FieldError
-from .policy_file import INPUT_NAME, OUTPUT_NAME, OnnxPolicy, PolicyFileError
-from .tasks import Problems, Task, make_task
+from tocpl_ros.config import FieldError
+from tocpl_ros.policy_file import INPUT_NAME, OUTPUT_NAME, OnnxPolicy, PolicyFileError
+from tocpl_ros.tasks import Problems, Task, make_task
 
 __all__ = [
     "WARM_STARTS",
@@ -675,7 +675,7 @@ class WorkerError(RuntimeError):
     """The solver process could not start (its message says why)."""
 
 
-_WORKER_CODE = "import sys; from tocpl_ros.mpc import worker_main; sys.exit(worker_main(int(sys.argv[1])))"
+_WORKER_CODE = "import sys; from tocpl_ros.mpc.solver import worker_main; sys.exit(worker_main(int(sys.argv[1])))"
 
 
 class MPCWorker:
@@ -717,7 +717,7 @@ class MPCWorker:
         """``task``: name or YAML path (``load_task``), loaded again in the process; ``task_object``
         / ``policy``: already loaded copies for this process (the fallback command), else loaded
         here. A policy that does not fit the task raises PolicyFileError before any process starts."""
-        from .tasks import load_task
+        from tocpl_ros.tasks import load_task
 
         self.task_spec = str(task)
         self.policy_path = str(policy_path)
@@ -898,7 +898,7 @@ def worker_main(fd: int) -> int:
     import traceback
     from multiprocessing.connection import Connection
 
-    from .tasks import load_task
+    from tocpl_ros.tasks import load_task
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C in a terminal: the parent decides
     conn = Connection(fd)

@@ -20,7 +20,7 @@ import traceback
 from dataclasses import dataclass
 from typing import Any, Callable
 
-from ..ros_env import apply_loopback_defaults
+from tocpl_ros.ros.environment import apply_loopback_defaults
 
 EXECUTORS = ("events", "single")
 

@@ -1,5 +1,5 @@
 """``policy_node``: runs an ONNX policy on a robot through ROS 2 (thin layer over
-:class:`tocpl_ros.controller.PolicyController`).
+:class:`tocpl_ros.control.controller.PolicyController`).
 
 Subscribes ``/joint_states`` (sensor_msgs/JointState, sensor-data QoS, taken by joint
 name) and ``/target`` (geometry_msgs/PointStamped, in the robot's base frame); publishes
@@ -14,7 +14,7 @@ fade-in to the policy.
 With ``use_mpc:=true`` it is the fast loop of the MPC: it subscribes ``mpc_plan_topic``
 (``/mpc/plan``, published by ``mpc_node`` once per solve) and, at its own rate, applies the
 newest usable plan with its feedback, u = ū_k − K_k (x − x̄(t)), k from the joint-state stamps
-(:class:`tocpl_ros.plan_follower.PlanFollower`); without a usable plan (none yet, older than
+(:class:`tocpl_ros.control.plan_follower.PlanFollower`); without a usable plan (none yet, older than
 ``mpc_max_age``, the MPC's newest solve failed, another target, a malformed message) the
 policy's command, each switch blended over ``mpc_blend_periods`` periods, logged and counted on
 /diagnostics (``mpc_*`` keys). The torque goes through the same safety layer as the policy's
@@ -28,7 +28,7 @@ Run::
     policy_node --ros-args --params-file config/policy_node.yaml -p policy_path:=policy.onnx
 
 DDS stays on loopback unless ``ROS_AUTOMATIC_DISCOVERY_RANGE`` is set explicitly
-(:func:`tocpl_ros.ros_env.apply_loopback_defaults`).
+(:func:`tocpl_ros.ros.environment.apply_loopback_defaults`).
 """
 
 from __future__ import annotations
@@ -40,11 +40,11 @@ import time
 from dataclasses import fields
 from typing import Any
 
-from ..config import FieldError, field_docs
-from ..controller import ControllerConfig, PeriodStats, PolicyController
-from ..plan_follower import PlanFollowerConfig
-from ..policy_file import PolicyFileError
-from .runtime import (
+from tocpl_ros.config import FieldError, field_docs
+from tocpl_ros.control.controller import ControllerConfig, PeriodStats, PolicyController
+from tocpl_ros.control.plan_follower import PlanFollowerConfig
+from tocpl_ros.policy_file import PolicyFileError
+from tocpl_ros.ros.runtime import (
     PeriodMonitor,
     RobotDefault,
     StartupError,
@@ -98,7 +98,7 @@ for _f in fields(ControllerConfig):
 NODE_PARAMETERS["use_mpc"] = (
     False, "Follow the MPC node's plans (mpc_plan_topic) with feedback, the policy as the fallback; false: the policy alone."
 )
-NODE_PARAMETERS["mpc_plan_topic"] = (MPC_PLAN_TOPIC, "Topic of the MPC plans (std_msgs/Float64MultiArray, tocpl_ros.plan_follower layout).")
+NODE_PARAMETERS["mpc_plan_topic"] = (MPC_PLAN_TOPIC, "Topic of the MPC plans (std_msgs/Float64MultiArray, tocpl_ros.control.plan_follower layout).")
 _FOLLOWER_DOCS = field_docs(PlanFollowerConfig)
 for _f in fields(PlanFollowerConfig):
     NODE_PARAMETERS[f"mpc_{_f.name}"] = (_f.default, _FOLLOWER_DOCS[_f.name] + " (use_mpc)")

@@ -12,9 +12,9 @@ import time
 
 import numpy as np
 
-from .config import ConfigError, parse_key_values
-from .ocp import solve
-from .tasks import DynamicsCounter, Trajectories, available_tasks, load_task
+from tocpl_ros.config import ConfigError, parse_key_values
+from tocpl_ros.ocp import solve
+from tocpl_ros.tasks import DynamicsCounter, Trajectories, available_tasks, load_task
 
 
 def main(argv: list[str] | None = None) -> int:

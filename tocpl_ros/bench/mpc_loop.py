@@ -1,11 +1,11 @@
 """MPC in the loop on the simulated UR5, against the policy alone (issue 23's figures).
 
-    python -m tocpl_ros.mpc_loop_benchmark --policy runs/demo/policy.onnx
-    python -m tocpl_ros.mpc_loop_benchmark --policy p.onnx --backends mujoco --hold 20 --json out.json
+    python -m tocpl_ros.bench.mpc_loop --policy runs/demo/policy.onnx
+    python -m tocpl_ros.bench.mpc_loop --policy p.onnx --backends mujoco --hold 20 --json out.json
 
 For each simulator backend (Pinocchio, MuJoCo) and each mode (the policy alone; ``use_mpc:=true``:
 the policy node following the MPC node's plans), one bring-up of ``ur5_policy`` as processes
-(:class:`tocpl_ros.bringup_cli.Bringup`, DDS on loopback), driven from this process:
+(:class:`tocpl_ros.bringup.cli.Bringup`, DDS on loopback), driven from this process:
 
 1. **hold**: ``--hold-targets`` held-out targets, each from the initial posture (simulator reset),
    held ``--hold`` s: the end effector's error at 10 s and at the end;
@@ -39,9 +39,9 @@ from pathlib import Path
 
 import numpy as np
 
-from .bringup import graph_for
-from .demo import HELD_OUT_SEED, Probe, ToolKinematics, demo_targets, follow, tool_error
-from .ros_env import apply_loopback_defaults, loopback_ros_env
+from tocpl_ros.bringup.graph import graph_for
+from tocpl_ros.tools.demo import HELD_OUT_SEED, Probe, ToolKinematics, demo_targets, follow, tool_error
+from tocpl_ros.ros.environment import apply_loopback_defaults, loopback_ros_env
 
 PROG = "tocpl-mpc-loop-bench"
 
@@ -52,7 +52,7 @@ def _diag_windows(probe: Probe, since: float) -> list[dict[str, str]]:
 
 
 def run_mode(args, env, policy: Path, backend: str, use_mpc: bool, hold_targets: np.ndarray, sequence: np.ndarray) -> dict:
-    from .bringup_cli import Bringup
+    from tocpl_ros.bringup.cli import Bringup
 
     label = f"{backend}, {'policy + MPC' if use_mpc else 'policy alone'}"
     specs = graph_for("ur5_policy", policy=str(policy), use_mpc="true" if use_mpc else "false", rate=args.rate,

@@ -4,7 +4,7 @@
     tocpl-bringup ur5_policy --show-args
     tocpl-bringup ur5_policy policy:=p.onnx --dry-run
 
-The graph and its parameters come from :func:`tocpl_ros.bringup.graph_for`, like
+The graph and its parameters come from :func:`tocpl_ros.bringup.graph.graph_for`, like
 ``launch/ur5_policy.launch.py``. Each node runs as
 ``<executable> --ros-args --log-level L -r __node:=<name> --params-file <config/...yaml> -p k:=v ...``;
 the executable is looked for next to this Python (a venv's bin/), in a colcon install
@@ -36,8 +36,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
 
-from .bringup import GRAPHS, BringupError, NodeSpec, graph_for, launch_arguments
-from .ros_env import loopback_ros_env
+from tocpl_ros.bringup.graph import GRAPHS, BringupError, NodeSpec, graph_for, launch_arguments
+from tocpl_ros.ros.environment import loopback_ros_env
 
 PROG = "tocpl-bringup"
 

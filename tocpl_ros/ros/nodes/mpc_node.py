@@ -1,10 +1,10 @@
 """``mpc_node``: receding-horizon Crocoddyl MPC warm-started from the ONNX policy (thin rclpy
-layer over :class:`MPCLoop` and :class:`tocpl_ros.mpc.MPCWorker`, which runs
-:class:`tocpl_ros.mpc.RecedingHorizonMPC` in a solver process).
+layer over :class:`MPCLoop` and :class:`tocpl_ros.mpc.solver.MPCWorker`, which runs
+:class:`tocpl_ros.mpc.solver.RecedingHorizonMPC` in a solver process).
 
 Subscribes ``/joint_states`` (sensor_msgs/JointState, sensor-data QoS, taken by joint
 name) and ``/target`` (geometry_msgs/PointStamped, base frame). The OCP is solved in a solver
-process of the node's own (:class:`tocpl_ros.mpc.MPCWorker`; Crocoddyl keeps the GIL for whole
+process of the node's own (:class:`tocpl_ros.mpc.solver.MPCWorker`; Crocoddyl keeps the GIL for whole
 iterations, so a thread would still hold up the timer), so a solve never delays a command (its
 priority: ``solver_nice``). At
 ``rate`` (default 100 Hz, steady-clock timer) the node hands the latest state to the solver
@@ -23,7 +23,7 @@ publishes, reliable QoS, on every tick (:class:`MPCLoop`):
   Crocoddyl's law u = ū − K (x − x̄): data = [ū (nu), x̄ (nx = 2 nu: q then v),
   K row-major (nu × nx)], 90 values for the UR5 (the plan step the command came from); on a
   fallback ū is the policy's command, x̄ the current state and K = 0;
-- ``/mpc/plan`` (std_msgs/Float64MultiArray, layout of :mod:`tocpl_ros.plan_follower`), once per
+- ``/mpc/plan`` (std_msgs/Float64MultiArray, layout of :mod:`tocpl_ros.control.plan_follower`), once per
   solve, right when it is taken: what a fast loop (the policy node with ``use_mpc:=true``)
   follows between solves. A converged solve: its stamp (the header stamp of the joint state it
   started from), step dt, target, ū_k and K_k of the steps covering ``plan_duration`` and x̄ of
@@ -35,7 +35,7 @@ publishes, reliable QoS, on every tick (:class:`MPCLoop`):
   command, ticks while the solver was busy or down, the solver process (status, pid, deaths,
   restarts), stale ticks, loop period and rejected inputs.
 
-Inputs go through :class:`tocpl_ros.controller.PolicyController`'s checks (joint names,
+Inputs go through :class:`tocpl_ros.control.controller.PolicyController`'s checks (joint names,
 NaN/Inf, sanity bounds, target box): a rejected joint state is ignored. No accepted joint
 state for ``stale_periods`` periods → no solve and nothing published (counted) until fresh
 data arrives.
@@ -45,7 +45,7 @@ Run::
     mpc_node --ros-args --params-file config/mpc_node.yaml -p policy_path:=policy.onnx
 
 DDS stays on loopback unless ``ROS_AUTOMATIC_DISCOVERY_RANGE`` is set explicitly
-(:func:`tocpl_ros.ros_env.apply_loopback_defaults`).
+(:func:`tocpl_ros.ros.environment.apply_loopback_defaults`).
 """
 
 from __future__ import annotations
@@ -62,12 +62,26 @@ from typing import Any
 
 import numpy as np
 
-from ..config import ConfigError, FieldError, field_docs
-from ..controller import HOLD_MAX_KD_DT, HOLD_MAX_OMEGA_DT, ControllerConfig, PeriodStats, PolicyController
-from ..mpc import MPCConfig, MPCWorker, WorkerError
-from ..plan_follower import encode_result
-from ..policy_file import PolicyFileError
-from .runtime import PeriodMonitor, StartupError, ThrottledLog, declare_parameters, run_node, take_joint_state, take_target
+from tocpl_ros.config import ConfigError, FieldError, field_docs
+from tocpl_ros.control.controller import (
+    HOLD_MAX_KD_DT,
+    HOLD_MAX_OMEGA_DT,
+    ControllerConfig,
+    PeriodStats,
+    PolicyController,
+)
+from tocpl_ros.mpc.solver import MPCConfig, MPCWorker, WorkerError
+from tocpl_ros.control.plan_follower import encode_result
+from tocpl_ros.policy_file import PolicyFileError
+from tocpl_ros.ros.runtime import (
+    PeriodMonitor,
+    StartupError,
+    ThrottledLog,
+    declare_parameters,
+    run_node,
+    take_joint_state,
+    take_target,
+)
 
 NODE_NAME = "mpc_node"
 COMMAND_TOPIC = "/mpc/command"
@@ -130,8 +144,8 @@ class MPCLoop:
     """The node's per-tick logic without ROS: input checks (PolicyController), freshness, the
     exchange with the solver, the command/feedback to publish and the counters.
 
-    ``solver`` is an :class:`~tocpl_ros.mpc.MPCWorker` (the node: solves in a process of their
-    own) or an :class:`~tocpl_ros.mpc.InlineSolver` (solves inside ``submit``: deterministic
+    ``solver`` is an :class:`~tocpl_ros.mpc.solver.MPCWorker` (the node: solves in a process of their
+    own) or an :class:`~tocpl_ros.mpc.solver.InlineSolver` (solves inside ``submit``: deterministic
     tests). Every tick with a fresh joint state and a target publishes, never waiting for more
     than ``budget`` (the rest of its period):
 
@@ -165,7 +179,7 @@ class MPCLoop:
         self._request: tuple[float, float | None, np.ndarray] | None = None
         """(state_time, joint-state stamp, target) of the last request submitted."""
         self.plans: list[np.ndarray] = []
-        """/mpc/plan messages to publish (tocpl_ros.plan_follower layout): one per result taken,
+        """/mpc/plan messages to publish (tocpl_ros.control.plan_follower layout): one per result taken,
         its plan if it converged (whatever its age: the fast loop judges that), else its failure."""
         self.plan_sequence = 0
 
@@ -366,7 +380,7 @@ def _make_node_class():
     from sensor_msgs.msg import JointState
     from std_msgs.msg import Float64MultiArray
 
-    from ..tasks import load_task
+    from tocpl_ros.tasks import load_task
 
     class MPCNode(Node):
         def __init__(self, **kwargs):

@@ -3,8 +3,8 @@
 An independent simulator built from the same robot description (its URDF file and controlled
 joints, :mod:`tocpl_ros.robot`) as the Pinocchio backend, so that a
 policy trained on Pinocchio's dynamics can be tested against other rigid-body code. It has
-the interface of :class:`tocpl_ros.sim.SimulatorBase` (state, commands, modes, servo,
-saturation, ``step``/``reset``/``effort``); :func:`tocpl_ros.sim.make_simulator` builds it.
+the interface of :class:`tocpl_ros.sim.base.SimulatorBase` (state, commands, modes, servo,
+saturation, ``step``/``reset``/``effort``); :func:`tocpl_ros.sim.base.make_simulator` builds it.
 
 The model (:func:`build_mujoco_model`):
 
@@ -43,7 +43,7 @@ an integration error. ``implicitfast`` would give the same steps here (motors ha
 velocity-dependent force, damping is already implicit); ``implicit`` and ``RK4`` are
 available through the ``integrator`` argument for experiments.
 
-Velocity / position modes: the computed-torque servo of :class:`~tocpl_ros.sim.SimulatorBase`
+Velocity / position modes: the computed-torque servo of :class:`~tocpl_ros.sim.base.SimulatorBase`
 (same a_ref, gains and saturation) with MuJoCo's own model for the inverse dynamics: the
 torque is ``mj_inverse`` at (q, v, a_ref) with ``mjENBL_INVDISCRETE``, i.e. the exact inverse
 of the next Euler step, ``M(q)·a_ref + qfrc_bias(q, v) + D·(v + h·a_ref)`` plus the
@@ -64,9 +64,9 @@ import mujoco
 import numpy as np
 import pinocchio as pin
 
-from .config import FieldError
-from .robot import find_urdf
-from .sim import SimConfig, SimulatorBase
+from tocpl_ros.config import FieldError
+from tocpl_ros.robot import find_urdf
+from tocpl_ros.sim.base import SimConfig, SimulatorBase
 
 __all__ = ["MujocoArmSimulator", "build_mujoco_spec", "urdf_joint_limits", "INTEGRATORS", "GRAVITY"]
 

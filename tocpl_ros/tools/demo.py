@@ -3,7 +3,7 @@
 1. Policy: ``runs/demo/policy.onnx`` if it exists, else ``tocpl-train --task ur5_reach
    --out runs/demo`` (the default configuration) (resumed from its checkpoint if a previous run was cut short).
 2. Bring-up of ``ur5_policy`` (simulated UR5 + policy node, + MPC node with ``--use-mpc``) as
-   processes, by :class:`tocpl_ros.bringup_cli.Bringup`, like ``tocpl-bringup ur5_policy``.
+   processes, by :class:`tocpl_ros.bringup.cli.Bringup`, like ``tocpl-bringup ur5_policy``.
 3. Five targets from the ur5_reach task's held-out distribution (the trainer's held-out seed),
    one after the other on ``/target`` (geometry_msgs/PointStamped), 2 s each, switched while the
    arm moves (no reset, as in use; ``--reset`` starts each from rest), then the last held for
@@ -30,9 +30,9 @@ from pathlib import Path
 
 import numpy as np
 
-from .bringup import BringupError, graph_for
-from .resources import console_command
-from .ros_env import apply_loopback_defaults, loopback_ros_env
+from tocpl_ros.bringup.graph import BringupError, graph_for
+from tocpl_ros.resources import console_command
+from tocpl_ros.ros.environment import apply_loopback_defaults, loopback_ros_env
 
 PROG = "tocpl-demo"
 TASK = "ur5_reach"
@@ -48,7 +48,7 @@ __all__ = ["Probe", "ToolKinematics", "ensure_policy", "demo_targets", "main"]
 
 def demo_robot() -> str:
     """The robot of the demo's task (its ``robot`` key: a name in config/robots/)."""
-    from .tasks import load_task_config
+    from tocpl_ros.tasks import load_task_config
 
     return load_task_config(TASK)[1].robot
 
@@ -59,7 +59,7 @@ class ToolKinematics:
     the demo task's robot."""
 
     def __init__(self, robot: str | None = None):
-        from .robot import load_robot
+        from tocpl_ros.robot import load_robot
 
         self.robot = load_robot(robot or demo_robot())
         self.frame = self.robot.end_effector_frame
@@ -96,7 +96,7 @@ class Probe:
 
         self.PointStamped, self.Trigger = PointStamped, Trigger
         if base_frame is None:  # the frame the targets are in: the demo robot's base
-            from .robot import load_robot_config
+            from tocpl_ros.robot import load_robot_config
 
             base_frame = load_robot_config(demo_robot())[1].base_frame
         self.base_frame = base_frame
@@ -235,7 +235,7 @@ def ensure_policy(out: Path, iterations: int | None, retrain: bool = False) -> P
 
 def demo_targets(n: int, seed: int = HELD_OUT_SEED) -> np.ndarray:
     """``n`` targets of the ur5_reach task's distribution, [n, 3] (m, base frame)."""
-    from .tasks import load_task
+    from tocpl_ros.tasks import load_task
 
     return load_task(TASK).sample(n, seed).target
 
@@ -353,7 +353,7 @@ def run_graph(args, env, policy: Path, targets: np.ndarray, use_mpc: bool, label
     """One bring-up of ``ur5_policy`` (with the MPC if ``use_mpc``) driven through ``targets``:
     the per-target lines, the hold and the diagnostics printed; returns the figures and an exit
     ``code`` (2: the graph could not be built)."""
-    from .bringup_cli import Bringup
+    from tocpl_ros.bringup.cli import Bringup
 
     tag = f"[{PROG}]{label}"
     out = {"code": 0, "results": [], "hold": None, "diag": None, "mpc_diag": None}

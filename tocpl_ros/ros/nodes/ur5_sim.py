@@ -1,4 +1,4 @@
-"""``ur5_sim``: a simulated UR5 behind ros2_control-like topics (thin layer over tocpl_ros.sim).
+"""``ur5_sim``: a simulated UR5 behind ros2_control-like topics (thin layer over tocpl_ros.sim.base).
 
 Interfaces (as a UR driven through ros2_control's forward controllers):
 
@@ -18,10 +18,10 @@ the previous tick in fixed physics steps of 1/``physics_rate`` (the remainder ca
 over), then publishes, so simulated time follows real time at the physics rate. At most
 ``max_catchup`` seconds are integrated per tick; a longer stall is dropped and counted.
 
-Parameters: every field of :class:`tocpl_ros.sim.SimConfig` (descriptions from its field
+Parameters: every field of :class:`tocpl_ros.sim.base.SimConfig` (descriptions from its field
 docs), defaults from ``config/ur5_sim.yaml``; override with ``--ros-args -p k:=v`` or
 ``--params-file``. They are read-only (restart the node to change them). DDS stays on
-loopback unless the environment says otherwise (:mod:`tocpl_ros.ros_env`).
+loopback unless the environment says otherwise (:mod:`tocpl_ros.ros.environment`).
 """
 
 from __future__ import annotations
@@ -42,8 +42,16 @@ from std_msgs.msg import Float64MultiArray
 from std_srvs.srv import Trigger
 
 from tocpl_ros.config import ConfigError, FieldError, field_docs, load_dataclass
-from tocpl_ros.nodes.runtime import run_node
-from tocpl_ros.sim import BACKENDS, COMMAND_MODES, NODE_NAME, CommandError, SimConfig, default_sim_config, make_simulator
+from tocpl_ros.ros.runtime import run_node
+from tocpl_ros.sim.base import (
+    BACKENDS,
+    COMMAND_MODES,
+    NODE_NAME,
+    CommandError,
+    SimConfig,
+    default_sim_config,
+    make_simulator,
+)
 
 COMMAND_TOPICS = {mode: f"/forward_{mode}_controller/commands" for mode in COMMAND_MODES}
 JOINT_STATES_TOPIC = "/joint_states"

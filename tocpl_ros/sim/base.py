@@ -9,7 +9,7 @@ servo, saturation, step loop); :func:`make_simulator` picks one by ``SimConfig.b
 
 - ``pinocchio`` (:class:`ArmSimulator`, default): Pinocchio's ABA, described below; it is
   the model the OCPs and the policies are built on;
-- ``mujoco`` (:class:`tocpl_ros.sim_mujoco.MujocoArmSimulator`): MuJoCo built from the
+- ``mujoco`` (:class:`tocpl_ros.sim.mujoco_backend.MujocoArmSimulator`): MuJoCo built from the
   same URDF, an independent implementation to test a policy against a simulator it was
   not trained on (its own rigid-body code, MuJoCo's dry-friction constraint instead of the
   smooth Coulomb model below; see that module). Imported only when selected.
@@ -58,9 +58,9 @@ from pathlib import Path
 import numpy as np
 import pinocchio as pin
 
-from .config import ConfigError, FieldError, load_dataclass, read_yaml
-from .resources import config_path
-from .robot import RobotModel, load_robot, robot_config_file
+from tocpl_ros.config import ConfigError, FieldError, load_dataclass, read_yaml
+from tocpl_ros.resources import config_path
+from tocpl_ros.robot import RobotModel, load_robot, robot_config_file
 
 __all__ = [
     "ArmSimulator",
@@ -510,11 +510,11 @@ class ArmSimulator(SimulatorBase):
 
 def make_simulator(config: SimConfig | None = None) -> SimulatorBase:
     """The simulator of ``config.backend``: :class:`ArmSimulator` ('pinocchio') or
-    :class:`tocpl_ros.sim_mujoco.MujocoArmSimulator` ('mujoco', imported only then)."""
+    :class:`tocpl_ros.sim.mujoco_backend.MujocoArmSimulator` ('mujoco', imported only then)."""
     config = config if config is not None else SimConfig()
     if config.backend == "mujoco":
         try:
-            from .sim_mujoco import MujocoArmSimulator
+            from tocpl_ros.sim.mujoco_backend import MujocoArmSimulator
         except ImportError as exc:
             raise FieldError("backend", f"'mujoco' needs the mujoco package (requirements.txt): {exc}") from exc
         return MujocoArmSimulator(config)

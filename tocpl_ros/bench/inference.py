@@ -29,7 +29,7 @@ import time
 
 import numpy as np
 
-from .policy_file import INPUT_NAME, OUTPUT_NAME, OnnxPolicy, PolicyFileError
+from tocpl_ros.policy_file import INPUT_NAME, OUTPUT_NAME, OnnxPolicy, PolicyFileError
 
 
 def time_calls(policy: OnnxPolicy, calls: int, pause: float = 0.0, sleep: bool = False) -> np.ndarray:

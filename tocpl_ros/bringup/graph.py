@@ -4,7 +4,7 @@ One description, two ways to start it:
 
 - ``launch/ur5_policy.launch.py`` turns it into ``launch_ros.actions.Node`` actions
   (``ros2 launch tocpl_ros ur5_policy.launch.py policy:=/path/policy.onnx``);
-- ``tocpl-bringup ur5_policy policy:=/path/policy.onnx`` (:mod:`tocpl_ros.bringup_cli`)
+- ``tocpl-bringup ur5_policy policy:=/path/policy.onnx`` (:mod:`tocpl_ros.bringup.cli`)
   starts the same nodes as processes, with the same parameters, where ``launch`` is not
   installed.
 
@@ -19,7 +19,7 @@ robot's ros2_control), the ONNX policy (``policy_node``) and, with ``use_mpc:=tr
 node (``mpc_node``, 100 Hz, publishing each solve's plan on ``/mpc/plan``), the policy node then
 being the MPC's fast loop: it follows the newest plan with its feedback gains at its own rate
 and falls back to the policy when no fresh plan exists (``use_mpc`` parameter of the policy node,
-:mod:`tocpl_ros.plan_follower`). ``/mpc/command`` (the MPC's own 100 Hz command) is published for
+:mod:`tocpl_ros.control.plan_follower`). ``/mpc/command`` (the MPC's own 100 Hz command) is published for
 monitoring only: nothing in the graph applies it.
 """
 
@@ -35,8 +35,8 @@ from typing import Any
 
 import yaml
 
-from .resources import PACKAGE_NAME, config_path
-from .ros_env import DISCOVERY_RANGE_VAR, DOMAIN_ID_VAR, loopback_ros_env
+from tocpl_ros.resources import PACKAGE_NAME, config_path
+from tocpl_ros.ros.environment import DISCOVERY_RANGE_VAR, DOMAIN_ID_VAR, loopback_ros_env
 
 __all__ = [
     "BringupError",
@@ -57,9 +57,9 @@ __all__ = [
 ]
 
 OUTPUT_MODES = ("effort", "velocity", "position")
-"""policy_node output modes = ur5_sim command modes (tocpl_ros.controller / tocpl_ros.sim)."""
+"""policy_node output modes = ur5_sim command modes (tocpl_ros.control.controller / tocpl_ros.sim.base)."""
 SIM_BACKENDS = ("pinocchio", "mujoco")
-"""ur5_sim physics backends (tocpl_ros.sim.BACKENDS; a test keeps the two equal)."""
+"""ur5_sim physics backends (tocpl_ros.sim.base.BACKENDS; a test keeps the two equal)."""
 LOG_LEVELS = ("debug", "info", "warn", "error", "fatal")
 MPC_COMMAND_TOPIC = "/mpc/command"
 """Where the MPC node publishes its own torque command (std_msgs/Float64MultiArray; monitoring)."""
@@ -365,6 +365,6 @@ def format_param_value(value: Any) -> str:
 def node_environment(base: Mapping[str, str] | None = None) -> dict[str, str]:
     """The DDS variables every node of a graph gets: ``ROS_AUTOMATIC_DISCOVERY_RANGE``
     (LOCALHOST unless set) and one ``ROS_DOMAIN_ID`` shared by all nodes (the one set, else
-    one derived for this run), see :func:`tocpl_ros.ros_env.loopback_ros_env`."""
+    one derived for this run), see :func:`tocpl_ros.ros.environment.loopback_ros_env`."""
     env = loopback_ros_env(base)
     return {DISCOVERY_RANGE_VAR: env[DISCOVERY_RANGE_VAR], DOMAIN_ID_VAR: env[DOMAIN_ID_VAR]}

@@ -43,7 +43,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .config import FieldError
+from tocpl_ros.config import FieldError
 
 __all__ = [
     "PLAN_HEADER",
@@ -65,7 +65,7 @@ PLAN_HEADER = ("version", "status", "stamp", "dt", "steps", "nu", "nx", "target_
 """The first values of a ``/mpc/plan`` message, in order. Then: target [target_dim], ū [steps, nu],
 K [steps, nu, nx] (row-major), x̄ [steps + 1, nx]. A failure report has steps = 0."""
 PLAN_STATUSES = ("converged", "max_iter", "stalled", "deadline", "nonfinite", "error", "invalid_input")
-"""Status codes (index = code) = ``tocpl_ros.mpc.STATUSES``; 0 is the only usable plan."""
+"""Status codes (index = code) = ``tocpl_ros.mpc.solver.STATUSES``; 0 is the only usable plan."""
 WARM_START_CODES = ("", "policy", "shifted", "cold")
 """Warm start actually used by a solve (a 'hybrid' MPC's solves are 'policy' or 'shifted')."""
 _LATE = PLAN_STATUSES.index("deadline")
@@ -124,7 +124,7 @@ def encode_plan(plan: Plan) -> np.ndarray:
 
 
 def encode_result(result, stamp: float, target: np.ndarray, sequence: int, nu: int, nx: int) -> np.ndarray:
-    """The ``/mpc/plan`` array of a :class:`tocpl_ros.mpc.MPCResult` solved from the joint state
+    """The ``/mpc/plan`` array of a :class:`tocpl_ros.mpc.solver.MPCResult` solved from the joint state
     stamped ``stamp`` towards ``target``: its steps with a gain when it converged (ū_0 is the
     result's clipped ``u_bar``), else a failure report with its status."""
     target = np.asarray(target, dtype=float).reshape(-1)

@@ -27,7 +27,7 @@ policy's torque into the command of an output mode, with the safety layer around
 - every command returned is finite and inside the output mode's limits;
 - with :meth:`PolicyController.follow_plans` (the policy node's ``use_mpc``), the torque of a
   running tick is the newest usable MPC plan's u = ū_k − K_k (x − x̄(t)) instead of the policy's
-  (:mod:`tocpl_ros.plan_follower`: the policy as its fallback, blended at each switch), through
+  (:mod:`tocpl_ros.control.plan_follower`: the policy as its fallback, blended at each switch), through
   the same clamp, output conversion, fade-in and safe command.
 
 Times (``stamp``, ``received``, ``now``) are seconds as floats; ``received`` and
@@ -53,9 +53,9 @@ from typing import Sequence
 import numpy as np
 import pinocchio as pin
 
-from .config import ConfigError, FieldError
-from .policy_file import INPUT_NAME, OUTPUT_NAME, OnnxPolicy, PolicyFileError, PolicyMetadata
-from .robot import RobotModel, find_robot, load_robot, robot_config_file
+from tocpl_ros.config import ConfigError, FieldError
+from tocpl_ros.policy_file import INPUT_NAME, OUTPUT_NAME, OnnxPolicy, PolicyFileError, PolicyMetadata
+from tocpl_ros.robot import RobotModel, find_robot, load_robot, robot_config_file
 
 __all__ = [
     "OUTPUT_MODES",
@@ -416,15 +416,15 @@ class PolicyController:
         """'stopped', 'waiting' (no joint state yet), 'safe', 'fading_in' or 'running'."""
         self.last_reason = "stopped"
         self.follower = None
-        """A :class:`tocpl_ros.plan_follower.PlanFollower` once :meth:`follow_plans` was called:
+        """A :class:`tocpl_ros.control.plan_follower.PlanFollower` once :meth:`follow_plans` was called:
         the policy's torque is then replaced by the MPC plan's while one is usable."""
 
     def follow_plans(self, config=None):
-        """Follow MPC plans (``tocpl_ros.plan_follower``): from now on the torque of a running tick
+        """Follow MPC plans (``tocpl_ros.control.plan_follower``): from now on the torque of a running tick
         is the newest usable plan's u = ū_k − K_k (x − x̄(t)), else the policy's, blended at each
         switch; everything else (clamp, output mode, fade-in, stale data, safe command) is unchanged.
-        Returns the :class:`~tocpl_ros.plan_follower.PlanFollower` (feed it with ``offer``)."""
-        from .plan_follower import PlanFollower
+        Returns the :class:`~tocpl_ros.control.plan_follower.PlanFollower` (feed it with ``offer``)."""
+        from tocpl_ros.control.plan_follower import PlanFollower
 
         target_dim = 3 if self._needs_target else 0
         self.follower = PlanFollower(self.nq, 2 * self.nq, target_dim, config, self.u_lo, self.u_hi)

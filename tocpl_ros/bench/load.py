@@ -37,8 +37,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .resources import console_command
-from .ros_env import apply_loopback_defaults, derive_domain_id, loopback_ros_env
+from tocpl_ros.resources import console_command
+from tocpl_ros.ros.environment import apply_loopback_defaults, derive_domain_id, loopback_ros_env
 
 DEFAULT_TARGET = (0.5, 0.1, 0.4)
 
@@ -84,12 +84,12 @@ def run_once(args: argparse.Namespace, load: int, domain: int, log_dir: Path) ->
     from rclpy.executors import SingleThreadedExecutor
     from rclpy.parameter import Parameter
 
-    from .nodes.policy_node import _make_node_class
+    from tocpl_ros.ros.nodes.policy_node import _make_node_class
 
     env = loopback_ros_env({k: v for k, v in os.environ.items()}, domain_id=domain)
     label = f"load{load}"
     sim_log = open(log_dir / f"ur5_sim_{label}.log", "w")
-    sim_cmd = console_command("ur5_sim", "tocpl_ros.nodes.ur5_sim") + ["--ros-args", "-p", f"publish_rate:={args.js_rate}"]
+    sim_cmd = console_command("ur5_sim", "tocpl_ros.ros.nodes.ur5_sim") + ["--ros-args", "-p", f"publish_rate:={args.js_rate}"]
     for p in args.sim_param:
         sim_cmd += ["-p", p]
     sim = subprocess.Popen(sim_cmd, env=env, stdout=sim_log, stderr=subprocess.STDOUT)

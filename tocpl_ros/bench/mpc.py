@@ -6,9 +6,9 @@ nor by the trainer's evaluation set):
 1. **Open loop** (the paper's Fig. 7): each problem's OCP solved once from its x0 with
    :func:`tocpl_ros.ocp.solve` (SolverBoxFDDP, max_iter 500, the task's th_stop: iterations
    to converge), warm-started from (a) the policy's rollout (``task.rollout`` through
-   :class:`tocpl_ros.mpc.TaskPolicy`) and (b) Crocoddyl's cold start.
+   :class:`tocpl_ros.mpc.solver.TaskPolicy`) and (b) Crocoddyl's cold start.
 2. **Closed loop**: a short MPC episode per problem at the MPC's default rate on the MPC's
-   own model (:func:`tocpl_ros.mpc.run_closed_loop`), one episode per warm start 'policy',
+   own model (:func:`tocpl_ros.mpc.solver.run_closed_loop`), one episode per warm start 'policy',
    'shifted', 'cold'; every solve runs to convergence (max_iter 500, no deadline), so the
    iteration counts are comparable. 'shifted' has no previous solution at the first solve
    of an episode: that solve starts cold and is reported apart.
@@ -40,11 +40,17 @@ from pathlib import Path
 
 import numpy as np
 
-from .mpc import MPCConfig, RecedingHorizonMPC, TaskPolicy, has_continuous_dynamics, run_closed_loop
-from .ocp import at_bounds, solution_gains, solve
-from .policy_file import OnnxPolicy, PolicyFileError
-from .tasks import Problems, load_task
-from .tasks.config import SolverConfig
+from tocpl_ros.mpc.solver import (
+    MPCConfig,
+    RecedingHorizonMPC,
+    TaskPolicy,
+    has_continuous_dynamics,
+    run_closed_loop,
+)
+from tocpl_ros.ocp import at_bounds, solution_gains, solve
+from tocpl_ros.policy_file import OnnxPolicy, PolicyFileError
+from tocpl_ros.tasks import Problems, load_task
+from tocpl_ros.tasks.config import SolverConfig
 
 DEFAULT_SEED = 3_000_017
 """Held-out problems: training samples use seeds [seed, iteration], the trainer's evaluation 1_000_003 and

@@ -1,0 +1,1 @@
+"""ROS-free simulated arm: Pinocchio ABA or MuJoCo, from the same robot description."""
