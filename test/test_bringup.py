@@ -40,8 +40,6 @@ import yaml
 from tocpl_ros.bringup import cli as bringup_cli, graph as bringup
 from tocpl_ros.bringup.graph import (
     LAUNCH_ARGUMENTS,
-    MPC_COMMAND_TOPIC,
-    MPC_PLAN_TOPIC,
     BringupError,
     NodeSpec,
     format_param_value,
@@ -49,6 +47,7 @@ from tocpl_ros.bringup.graph import (
     parse_target,
 )
 from tocpl_ros.bringup.cli import Bringup, find_executable, parse_launch_args
+from tocpl_ros.interfaces import MPC_PLAN_TOPIC
 from tocpl_ros.resources import config_path
 from tocpl_ros.ros.environment import DISCOVERY_RANGE_VAR, DOMAIN_ID_VAR, derive_domain_id, loopback_ros_env
 
@@ -93,14 +92,6 @@ def test_launch_arguments_table():
             assert arg.default in arg.choices, arg
 
 
-def test_choices_match_the_nodes():
-    from tocpl_ros.control.controller import OUTPUT_MODES
-    from tocpl_ros.sim.base import BACKENDS, COMMAND_MODES
-
-    assert bringup.SIM_BACKENDS == BACKENDS
-    assert bringup.OUTPUT_MODES == OUTPUT_MODES == COMMAND_MODES
-
-
 def test_default_graph(policy_file):
     specs = graph_for("ur5_policy", policy=str(policy_file))
     assert [s.name for s in specs] == ["ur5_sim", "policy_node"]
@@ -124,11 +115,10 @@ def test_default_graph(policy_file):
 def test_params_files_and_parameters_belong_to_the_nodes(policy_file):
     """Each node's section of its params file is its name; every parameter set is declared by the node."""
     from tocpl_ros.ros.nodes import mpc_node, policy_node
-    from tocpl_ros.sim.base import SimConfig
+    from tocpl_ros.sim.config import SimConfig
 
     declared = {"ur5_sim": {f.name for f in dataclasses.fields(SimConfig)},
                 "policy_node": set(policy_node.NODE_PARAMETERS), "mpc_node": set(mpc_node.NODE_PARAMETERS)}
-    assert mpc_node.COMMAND_TOPIC == MPC_COMMAND_TOPIC
     specs = graph_for(policy=str(policy_file), target="0.5,0.1,0.4", rate="1000", output_mode="velocity", use_mpc="true")
     assert [s.name for s in specs] == ["ur5_sim", "policy_node", "mpc_node"]
     for spec in specs:
@@ -178,9 +168,9 @@ def test_use_mpc_adds_the_mpc_node(policy_file):
     assert "use_mpc" not in without["policy_node"].parameters
     assert MPC_PLAN_TOPIC in nodes["policy_node"].description
     assert nodes["ur5_sim"] == without["ur5_sim"]
-    from tocpl_ros.ros.nodes import mpc_node, policy_node
+    from tocpl_ros.ros.nodes import policy_node
 
-    assert mpc_node.PLAN_TOPIC == MPC_PLAN_TOPIC == policy_node.NODE_PARAMETERS["mpc_plan_topic"][0]
+    assert MPC_PLAN_TOPIC == policy_node.NODE_PARAMETERS["mpc_plan_topic"][0]
     assert "does not consume" not in (bringup.__doc__ or "") + mpc.description
 
 

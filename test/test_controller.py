@@ -19,7 +19,8 @@ import torch
 from tocpl_ros.config import FieldError
 from tocpl_ros.control.controller import Command, ControllerConfig, PolicyController
 from tocpl_ros.policy_file import OnnxPolicy, PolicyFileError, read_onnx_metadata
-from tocpl_ros.sim.base import ArmSimulator, SimConfig
+from tocpl_ros.sim.pinocchio_backend import ArmSimulator
+from tocpl_ros.sim.config import SimConfig
 from tocpl_ros.tasks import load_task
 from tocpl_training.export import export_onnx
 from tocpl_training.policy import make_policy

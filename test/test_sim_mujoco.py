@@ -27,7 +27,10 @@ import pytest
 from tocpl_ros.config import FieldError
 from tocpl_ros.resources import urdf_path
 from tocpl_ros.ros.environment import DISCOVERY_RANGE_VAR, DOMAIN_ID_VAR, derive_domain_id, loopback_ros_env
-from tocpl_ros.sim.base import BACKENDS, ArmSimulator, SimConfig, load_sim_config, make_simulator
+from tocpl_ros.interfaces import SIM_BACKENDS
+from tocpl_ros.sim.pinocchio_backend import ArmSimulator
+from tocpl_ros.sim.config import SimConfig, load_sim_config
+from tocpl_ros.sim import make_simulator
 from tocpl_ros.sim.mujoco_backend import MujocoArmSimulator, build_mujoco_spec
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -313,7 +316,7 @@ def test_hold_until_first_command_reset_and_commands():
 
 
 def test_config_selects_the_backend_and_names_errors():
-    assert BACKENDS == ("pinocchio", "mujoco")
+    assert SIM_BACKENDS == ("pinocchio", "mujoco")
     assert type(make_simulator(SimConfig())) is ArmSimulator
     with pytest.raises(FieldError) as info:
         mj(payload_mass=1.0, payload_frame="gripper")

@@ -35,6 +35,7 @@ from typing import Any
 
 import yaml
 
+from tocpl_ros.interfaces import MPC_COMMAND_TOPIC, MPC_NODE, MPC_PLAN_TOPIC, OUTPUT_MODES, POLICY_NODE, SIM_BACKENDS, SIM_NODE
 from tocpl_ros.resources import PACKAGE_NAME, config_path
 from tocpl_ros.ros.environment import DISCOVERY_RANGE_VAR, DOMAIN_ID_VAR, loopback_ros_env
 
@@ -44,10 +45,6 @@ __all__ = [
     "NodeSpec",
     "GRAPHS",
     "LAUNCH_ARGUMENTS",
-    "MPC_COMMAND_TOPIC",
-    "MPC_PLAN_TOPIC",
-    "SIM_BACKENDS",
-    "OUTPUT_MODES",
     "graph_for",
     "launch_arguments",
     "parse_bool",
@@ -56,15 +53,7 @@ __all__ = [
     "node_environment",
 ]
 
-OUTPUT_MODES = ("effort", "velocity", "position")
-"""policy_node output modes = ur5_sim command modes (tocpl_ros.control.controller / tocpl_ros.sim.base)."""
-SIM_BACKENDS = ("pinocchio", "mujoco")
-"""ur5_sim physics backends (tocpl_ros.sim.base.BACKENDS; a test keeps the two equal)."""
 LOG_LEVELS = ("debug", "info", "warn", "error", "fatal")
-MPC_COMMAND_TOPIC = "/mpc/command"
-"""Where the MPC node publishes its own torque command (std_msgs/Float64MultiArray; monitoring)."""
-MPC_PLAN_TOPIC = "/mpc/plan"
-"""Where the MPC node publishes its plans, which the policy node follows with use_mpc:=true."""
 _TRUE = ("true", "1", "yes", "on")
 _FALSE = ("false", "0", "no", "off")
 
@@ -247,8 +236,8 @@ def _ur5_policy(args: dict[str, Any]) -> list[NodeSpec]:
         nodes.append(
             NodeSpec(
                 package=PACKAGE_NAME,
-                executable="ur5_sim",
-                name="ur5_sim",
+                executable=SIM_NODE,
+                name=SIM_NODE,
                 parameters={"backend": backend, "command_mode": output_mode, "publish_rate": rate},
                 params_files=[config_path("ur5_sim.yaml")],
                 ros_arguments=list(ros_arguments),
@@ -268,8 +257,8 @@ def _ur5_policy(args: dict[str, Any]) -> list[NodeSpec]:
     nodes.append(
         NodeSpec(
             package=PACKAGE_NAME,
-            executable="policy_node",
-            name="policy_node",
+            executable=POLICY_NODE,
+            name=POLICY_NODE,
             parameters=policy_parameters,
             params_files=[config_path("policy_node.yaml")],
             ros_arguments=list(ros_arguments),
@@ -287,13 +276,13 @@ def _ur5_policy(args: dict[str, Any]) -> list[NodeSpec]:
         nodes.append(
             NodeSpec(
                 package=PACKAGE_NAME,
-                executable="mpc_node",
-                name="mpc_node",
+                executable=MPC_NODE,
+                name=MPC_NODE,
                 parameters=mpc_parameters,
                 params_files=mpc_yaml,
                 ros_arguments=list(ros_arguments),
                 description=f"MPC (Crocoddyl, policy warm start) -> {MPC_PLAN_TOPIC} (followed by policy_node), {MPC_COMMAND_TOPIC}",
-                missing_hint="use_mpc:=true needs the MPC node (tocpl_ros/nodes/mpc_node.py, console script "
+                missing_hint="use_mpc:=true needs the MPC node (tocpl_ros/ros/nodes/mpc_node.py, console script "
                 "'mpc_node'), which is not installed here; run without use_mpc, or install it "
                 "(pip install -e . / colcon build) once it exists",
             )

@@ -54,11 +54,11 @@ import numpy as np
 import pinocchio as pin
 
 from tocpl_ros.config import ConfigError, FieldError
+from tocpl_ros.interfaces import OUTPUT_MODES
 from tocpl_ros.policy_file import INPUT_NAME, OUTPUT_NAME, OnnxPolicy, PolicyFileError, PolicyMetadata
 from tocpl_ros.robot import RobotModel, find_robot, load_robot, robot_config_file
 
 __all__ = [
-    "OUTPUT_MODES",
     "SAFE_MODES",
     "TARGET_POLICIES",
     "Command",
@@ -70,7 +70,6 @@ __all__ = [
     "policy_robot",
 ]
 
-OUTPUT_MODES = ("effort", "velocity", "position")
 SAFE_MODES = ("hold", "gravity", "zero_velocity")
 TARGET_POLICIES = ("clamp", "reject")
 OBS_BLOCKS = ("q", "v", "target")

@@ -1,31 +1,5 @@
-"""A simulated arm for the ``ur5_sim`` node: forward dynamics of a robot description (ROS-free).
-
-The robot is ``config/robots/<robot>.yaml`` (:mod:`tocpl_ros.robot`): its URDF, the joints it
-controls (the others locked), its nominal posture (where the simulation starts) and end effector
-(where a payload goes by default).
-
-Two physics backends share one interface (:class:`SimulatorBase`: state, commands, modes,
-servo, saturation, step loop); :func:`make_simulator` picks one by ``SimConfig.backend``:
-
-- ``pinocchio`` (:class:`ArmSimulator`, default): Pinocchio's ABA, described below; it is
-  the model the OCPs and the policies are built on;
-- ``mujoco`` (:class:`tocpl_ros.sim.mujoco_backend.MujocoArmSimulator`): MuJoCo built from the
-  same URDF, an independent implementation to test a policy against a simulator it was
-  not trained on (its own rigid-body code, MuJoCo's dry-friction constraint instead of the
-  smooth Coulomb model below; see that module). Imported only when selected.
-
-Physics of the Pinocchio backend (one step of length h):
-
-- motor torque τ: the command of the active mode (see below), saturated at the URDF
-  effort limits; this is what a JointState reports as ``effort``;
-- joint losses: viscous damping ``d·v`` and smooth Coulomb friction ``f_c·tanh(v/ε)``
-  (both per joint, both always opposing v, so they never inject energy);
-- semi-implicit Euler like Crocoddyl's ``IntegratedActionModelEuler``:
-  ``v' = v + h·a``, ``q' = q ⊕ h·v'``. Without losses ``a = aba(q, v, τ)`` exactly; with
-  losses the dissipative terms are taken linearly implicit,
-  ``a = (M + h·D(v))⁻¹ (τ − b(q, v) − d·v − f_c·tanh(v/ε))`` with
-  ``D(v) = diag(d + f_c/ε·sech²(v/ε))``, which stays stable for any damping, friction,
-  link inertia and step (an explicit treatment blows up once h·d/M > 2).
+"""What every physics backend of the simulated arm shares (ROS-free): state, commands, the
+command modes with their computed-torque servo, saturation and the step loop.
 
 Command modes, like the ros2_control forward controllers of a UR:
 
@@ -33,7 +7,7 @@ Command modes, like the ros2_control forward controllers of a UR:
 - ``velocity`` / ``position``: a joint servo inside the simulator turns the held command
   into torques. It is a model-based (computed-torque) servo, the model being the
   simulator's own (payload included):
-  ``τ = rnea(q, v, a_ref) + losses(v + h·a_ref)`` (losses linearised as above, so that
+  ``τ = rnea(q, v, a_ref) + losses(v + h·a_ref)`` (losses linearised as in the Pinocchio backend, so that
   the unsaturated step gives exactly a = a_ref) saturated at the effort limits, with
   ``a_ref = kv·(v_cmd − v)`` (velocity) or ``a_ref = kp·(q_cmd ⊖ q) − kd·v`` (position).
   Every joint thus behaves like a first-order velocity loop with bandwidth kv (default
@@ -50,171 +24,18 @@ velocity instead.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-import pinocchio as pin
 
-from tocpl_ros.config import ConfigError, FieldError, load_dataclass, read_yaml
-from tocpl_ros.resources import config_path
+from tocpl_ros.config import ConfigError, FieldError
+from tocpl_ros.interfaces import OUTPUT_MODES
 from tocpl_ros.robot import RobotModel, load_robot, robot_config_file
-
-__all__ = [
-    "ArmSimulator",
-    "SimulatorBase",
-    "make_simulator",
-    "load_sim_robot",
-    "SimConfig",
-    "CommandError",
-    "COMMAND_MODES",
-    "BACKENDS",
-    "NODE_NAME",
-    "load_sim_config",
-    "default_sim_config",
-]
-
-COMMAND_MODES = ("effort", "velocity", "position")
-"""Command interfaces, as the ros2_control forward controllers name them."""
-BACKENDS = ("pinocchio", "mujoco")
-"""Physics backends (:func:`make_simulator`): Pinocchio (ABA) or MuJoCo, from the same URDF."""
-NODE_NAME = "ur5_sim"
-"""Node name under which config/ur5_sim.yaml keeps its ``ros__parameters``."""
-
-Scalars = float | list[float]
-"""One value for every joint, or one value per joint (the robot's joint order)."""
-
-
-@dataclass
-class SimConfig:
-    """Simulated arm (``config/ur5_sim.yaml``, a ROS 2 params file of the ``ur5_sim`` node)."""
-
-    robot: str = "ur5"
-    """Robot description: a name in config/robots/ (or a robot YAML path): its URDF, the
-    joints simulated (the others locked), nominal posture and end effector."""
-    urdf: str = ""
-    """URDF replacing the robot description's (a file name in urdf/, with or without .urdf, or a
-    path), e.g. a copy of the same robot with meshes or calibrated; empty: the robot's."""
-    backend: str = "pinocchio"
-    """Physics backend: 'pinocchio' (ABA, the model the policies are trained on) or 'mujoco'
-    (MuJoCo built from the same URDF: an independent simulator to test a policy against)."""
-    physics_rate: float = 1000.0
-    """Physics steps per simulated second (Hz); the step is h = 1/physics_rate."""
-    publish_rate: float = 500.0
-    """Rate of /joint_states (Hz); the node also advances the physics at each publication."""
-    max_catchup: float = 0.05
-    """Most simulated time (s) the node integrates in one timer tick; a longer stall of the
-    process is dropped (simulated time then lags real time) instead of being caught up in a burst."""
-    command_mode: str = "effort"
-    """Active command interface: 'effort' (N·m), 'velocity' (rad/s) or 'position' (rad)."""
-    initial_positions: list[float] | None = None
-    """Initial (and reset) joint positions in the robot's joint order (rad); None (or an empty
-    list): the robot's nominal posture."""
-    initial_velocities: list[float] | None = None
-    """Initial (and reset) joint velocities in the robot's joint order (rad/s); None (or an empty
-    list): zero."""
-    damping: Scalars = 0.0
-    """Viscous joint damping d (N·m·s/rad): torque −d·v; a scalar or one value per joint."""
-    friction: Scalars = 0.0
-    """Coulomb friction f_c (N·m): torque −f_c·tanh(v/ε); a scalar or one value per joint."""
-    friction_smoothing: float = 0.01
-    """ε of the smooth Coulomb friction (rad/s): the friction reaches 76 % of f_c at |v| = ε."""
-    payload_mass: float = 0.0
-    """Point mass (kg) rigidly attached at payload_frame (added to the inertia of its link)."""
-    payload_frame: str = ""
-    """Frame of the URDF the payload is attached to; empty: the robot's end-effector frame."""
-    payload_com: list[float] = field(default_factory=lambda: [0.0, 0.0, 0.0])
-    """Position of the payload's centre of mass in payload_frame (m)."""
-    velocity_kv: Scalars = 50.0
-    """Velocity servo gain kv (1/s): a_ref = kv·(v_cmd − v); also the velocity loop's bandwidth (rad/s)."""
-    position_kp: Scalars = 900.0
-    """Position servo stiffness kp (1/s²): a_ref = kp·(q_cmd − q) − kd·v; natural frequency √kp."""
-    position_kd: Scalars = 60.0
-    """Position servo damping kd (1/s); kd = 2·√kp is critically damped."""
-    hold_until_command: bool = True
-    """Before the first command (and after a reset) hold the posture with the position servo;
-    False: zero torque (effort), zero velocity (velocity) or the reset posture (position)."""
-
-    def __post_init__(self) -> None:
-        if self.backend not in BACKENDS:
-            raise FieldError(
-                "backend", f"unknown physics backend '{self.backend}' (available: {', '.join(BACKENDS)})"
-            )
-        if self.command_mode not in COMMAND_MODES:
-            raise FieldError(
-                "command_mode", f"unknown command mode '{self.command_mode}' (known: {', '.join(COMMAND_MODES)})"
-            )
-        for name in ("physics_rate", "publish_rate", "max_catchup", "friction_smoothing"):
-            value = getattr(self, name)
-            if not (math.isfinite(value) and value > 0):
-                raise FieldError(name, f"must be a finite value > 0, got {value}")
-        if not (math.isfinite(self.payload_mass) and self.payload_mass >= 0):
-            raise FieldError("payload_mass", f"must be a finite value >= 0, got {self.payload_mass}")
-        if len(self.payload_com) != 3 or not all(math.isfinite(x) for x in self.payload_com):
-            raise FieldError("payload_com", f"needs 3 finite values (x, y, z in m), got {self.payload_com}")
-        for name in ("damping", "friction"):
-            _check_values(name, getattr(self, name), lambda x: x >= 0, ">= 0")
-        for name in ("velocity_kv", "position_kp", "position_kd"):
-            _check_values(name, getattr(self, name), lambda x: x > 0, "> 0")
-        for name in ("initial_positions", "initial_velocities"):
-            if getattr(self, name) == []:  # a ROS params file cannot say None: [] means unset
-                setattr(self, name, None)
-            values = getattr(self, name)
-            if values is not None:
-                _check_values(name, values, lambda x: True, "finite")
-
-
-def _check_values(name: str, value, ok, what: str) -> None:
-    values = value if isinstance(value, (list, tuple)) else [value]
-    if isinstance(value, (list, tuple)) and not values:
-        raise FieldError(name, "needs at least one value")
-    for x in values:
-        if not (math.isfinite(x) and ok(x)):
-            raise FieldError(name, f"every value must be finite and {what}, got {value}")
-
-
-def _params_of(data: dict, node_name: str, source: str) -> dict | None:
-    """The ``ros__parameters`` of ``node_name`` in a ROS 2 params file (``/**`` first,
-    then the node's own section), or None if ``data`` is not in that format."""
-    sections = [key for key in ("/**", node_name, f"/{node_name}") if key in data]
-    if not sections:
-        return None
-    params: dict = {}
-    for key in sections:
-        section = data[key]
-        if not isinstance(section, dict) or not isinstance(section.get("ros__parameters"), dict):
-            raise ConfigError(source, key, "a ROS 2 params file section needs a 'ros__parameters' mapping")
-        params.update(section["ros__parameters"])
-    return params
-
-
-def load_sim_config(path: str | Path | None = None, node_name: str = NODE_NAME) -> SimConfig:
-    """A :class:`SimConfig` from a YAML file (default ``config/ur5_sim.yaml``).
-
-    The file is either a ROS 2 params file (``ur5_sim: ros__parameters: {...}``, also
-    ``/**``) or a plain mapping of the fields. Errors are :class:`ConfigError`\\ s naming
-    the file and the key.
-    """
-    path = Path(path) if path is not None else config_path(f"{NODE_NAME}.yaml")
-    data = read_yaml(path)
-    params = _params_of(data, node_name, str(path))
-    return load_dataclass(SimConfig, data if params is None else params, source=str(path))
-
-
-def default_sim_config() -> SimConfig:
-    """``config/ur5_sim.yaml`` if the package's share files are found, else ``SimConfig()``."""
-    try:
-        path = config_path(f"{NODE_NAME}.yaml")
-    except FileNotFoundError:
-        return SimConfig()
-    return load_sim_config(path)
-
+from tocpl_ros.sim.config import SimConfig
 
 class CommandError(ValueError):
     """A command the simulator refuses (wrong length, non-finite values, unknown mode)."""
-
 
 def load_sim_robot(config: SimConfig) -> RobotModel:
     """The robot of a SimConfig, a fresh model (the payload is added to it): FieldError naming
@@ -356,8 +177,8 @@ class SimulatorBase:
     def set_mode(self, mode: str) -> None:
         """Switch the command interface (like switching forward controllers): the held
         command is cleared, the arm holds its current posture until the next command."""
-        if mode not in COMMAND_MODES:
-            raise CommandError(f"unknown command mode '{mode}' (known: {', '.join(COMMAND_MODES)})")
+        if mode not in OUTPUT_MODES:
+            raise CommandError(f"unknown command mode '{mode}' (known: {', '.join(OUTPUT_MODES)})")
         self._mode = mode
         self.command = None
         self.hold_q = self.q.copy()
@@ -440,82 +261,3 @@ class SimulatorBase:
             self.effort = tau
             self.time += h
             self.steps += 1
-
-
-class ArmSimulator(SimulatorBase):
-    """The Pinocchio backend (``backend: pinocchio``): the robot's controlled joints
-    (revolute/prismatic; the others locked), simulated by ABA and semi-implicit Euler
-    (see the module docstring for the physics)."""
-
-    backend = "pinocchio"
-
-    # -- construction --------------------------------------------------------------------
-    def _load(self, config: SimConfig) -> None:
-        self.model = self.robot.model  # the simulator's own copy (load_sim_robot): the payload goes into it
-        self.effort_limit = self.robot.effort_limit.copy()
-        self.velocity_limit = self.robot.velocity_limit.copy()
-        self._attach_payload(config.payload_mass, self.payload_frame, np.array(config.payload_com, dtype=float))
-        self.data = self.model.createData()
-
-    def _attach_payload(self, mass: float, frame: str, com: np.ndarray) -> None:
-        if not self.model.existFrame(frame):
-            raise FieldError("payload_frame", f"frame '{frame}' is not in {self.urdf_file}")
-        if mass == 0:
-            return
-        f = self.model.frames[self.model.getFrameId(frame)]
-        payload = pin.Inertia(mass, com, np.zeros((3, 3)))  # point mass, in the frame
-        joint = f.parentJoint
-        self.model.inertias[joint] = self.model.inertias[joint] + f.placement.act(payload)
-
-    # -- dynamics --------------------------------------------------------------------------
-    def acceleration(self, q: np.ndarray, v: np.ndarray, tau: np.ndarray, h: float | None = None) -> np.ndarray:
-        """Joint acceleration for motor torque ``tau`` (losses linearly implicit over ``h``)."""
-        if not self.has_losses:
-            return pin.aba(self.model, self.data, q, v, tau).copy()
-        h = self.dt if h is None else h
-        mass = self.mass_matrix(q)
-        bias = pin.nonLinearEffects(self.model, self.data, q, v)
-        return np.linalg.solve(mass + h * np.diag(self._loss_slope(v)), tau - bias - self.losses(v))
-
-    def mass_matrix(self, q: Sequence[float] | None = None) -> np.ndarray:
-        q = self.q if q is None else np.asarray(q, dtype=float)
-        mass = pin.crba(self.model, self.data, q)
-        return np.triu(mass) + np.triu(mass, 1).T
-
-    def bias(self, q: Sequence[float] | None = None, v: Sequence[float] | None = None) -> np.ndarray:
-        q = self.q if q is None else np.asarray(q, dtype=float)
-        v = self.v if v is None else np.asarray(v, dtype=float)
-        return pin.nonLinearEffects(self.model, self.data, q, v).copy()
-
-    def gravity(self, q: Sequence[float] | None = None) -> np.ndarray:
-        q = self.q if q is None else np.asarray(q, dtype=float)
-        return pin.computeGeneralizedGravity(self.model, self.data, q).copy()
-
-    def energy(self) -> float:
-        kinetic = pin.computeKineticEnergy(self.model, self.data, self.q, self.v)
-        return float(kinetic + pin.computePotentialEnergy(self.model, self.data, self.q))
-
-    def inverse_dynamics(self, q: np.ndarray, v: np.ndarray, a: np.ndarray) -> np.ndarray:
-        return pin.rnea(self.model, self.data, q, v, a).copy()
-
-    def _difference(self, q0: np.ndarray, q1: np.ndarray) -> np.ndarray:
-        return pin.difference(self.model, q0, q1)
-
-    def _advance(self, tau: np.ndarray, h: float) -> None:
-        """Semi-implicit Euler: v' = v + h·a, q' = q ⊕ h·v'."""
-        a = self.acceleration(self.q, self.v, tau, h)
-        self.v = self.v + h * a
-        self.q = pin.integrate(self.model, self.q, h * self.v)
-
-
-def make_simulator(config: SimConfig | None = None) -> SimulatorBase:
-    """The simulator of ``config.backend``: :class:`ArmSimulator` ('pinocchio') or
-    :class:`tocpl_ros.sim.mujoco_backend.MujocoArmSimulator` ('mujoco', imported only then)."""
-    config = config if config is not None else SimConfig()
-    if config.backend == "mujoco":
-        try:
-            from tocpl_ros.sim.mujoco_backend import MujocoArmSimulator
-        except ImportError as exc:
-            raise FieldError("backend", f"'mujoco' needs the mujoco package (requirements.txt): {exc}") from exc
-        return MujocoArmSimulator(config)
-    return ArmSimulator(config)

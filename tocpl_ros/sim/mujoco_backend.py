@@ -4,7 +4,7 @@ An independent simulator built from the same robot description (its URDF file an
 joints, :mod:`tocpl_ros.robot`) as the Pinocchio backend, so that a
 policy trained on Pinocchio's dynamics can be tested against other rigid-body code. It has
 the interface of :class:`tocpl_ros.sim.base.SimulatorBase` (state, commands, modes, servo,
-saturation, ``step``/``reset``/``effort``); :func:`tocpl_ros.sim.base.make_simulator` builds it.
+saturation, ``step``/``reset``/``effort``); :func:`tocpl_ros.sim.make_simulator` builds it.
 
 The model (:func:`build_mujoco_model`):
 
@@ -66,7 +66,8 @@ import pinocchio as pin
 
 from tocpl_ros.config import FieldError
 from tocpl_ros.robot import find_urdf
-from tocpl_ros.sim.base import SimConfig, SimulatorBase
+from tocpl_ros.sim.base import SimulatorBase
+from tocpl_ros.sim.config import SimConfig
 
 __all__ = ["MujocoArmSimulator", "build_mujoco_spec", "urdf_joint_limits", "INTEGRATORS", "GRAVITY"]
 

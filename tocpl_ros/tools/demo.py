@@ -30,16 +30,13 @@ from pathlib import Path
 
 import numpy as np
 
+from tocpl_ros.interfaces import COMMAND_TOPICS, DIAGNOSTICS_TOPIC, JOINT_STATES_TOPIC, TARGET_TOPIC
 from tocpl_ros.bringup.graph import BringupError, graph_for
 from tocpl_ros.resources import console_command
 from tocpl_ros.ros.environment import apply_loopback_defaults, loopback_ros_env
 
 PROG = "tocpl-demo"
 TASK = "ur5_reach"
-JOINT_STATES_TOPIC = "/joint_states"
-TARGET_TOPIC = "/target"
-DIAGNOSTICS_TOPIC = "/diagnostics"
-EFFORT_TOPIC = "/forward_effort_controller/commands"
 HELD_OUT_SEED = 1_000_003
 """TrainConfig.eval_seed: the trainer's held-out problems come from this seed, never its training ones."""
 
@@ -113,7 +110,7 @@ class Probe:
         self.node.create_subscription(DiagnosticArray, DIAGNOSTICS_TOPIC, self._on_diagnostics, 10)
         if record_commands:
             self.node.create_subscription(
-                Float64MultiArray, EFFORT_TOPIC, self._on_command,
+                Float64MultiArray, COMMAND_TOPICS["effort"], self._on_command,
                 QoSProfile(depth=1000, reliability=ReliabilityPolicy.RELIABLE),
             )
         self.target_pub = self.node.create_publisher(PointStamped, TARGET_TOPIC, 10)

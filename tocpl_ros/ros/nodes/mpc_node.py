@@ -62,6 +62,15 @@ from typing import Any
 
 import numpy as np
 
+from tocpl_ros.interfaces import (
+    DIAGNOSTICS_TOPIC,
+    JOINT_STATES_TOPIC,
+    MPC_COMMAND_TOPIC,
+    MPC_FEEDBACK_TOPIC,
+    MPC_NODE,
+    MPC_PLAN_TOPIC,
+    TARGET_TOPIC,
+)
 from tocpl_ros.config import ConfigError, FieldError, field_docs
 from tocpl_ros.control.controller import (
     HOLD_MAX_KD_DT,
@@ -83,13 +92,6 @@ from tocpl_ros.ros.runtime import (
     take_target,
 )
 
-NODE_NAME = "mpc_node"
-COMMAND_TOPIC = "/mpc/command"
-FEEDBACK_TOPIC = "/mpc/feedback"
-PLAN_TOPIC = "/mpc/plan"
-JOINT_STATES_TOPIC = "/joint_states"
-TARGET_TOPIC = "/target"
-DIAGNOSTICS_TOPIC = "/diagnostics"
 TICK_MARGIN = 0.001
 """Seconds of each period a tick never spends waiting for the solver (publishing, callbacks)."""
 
@@ -384,7 +386,7 @@ def _make_node_class():
 
     class MPCNode(Node):
         def __init__(self, **kwargs):
-            super().__init__(NODE_NAME, **kwargs)
+            super().__init__(MPC_NODE, **kwargs)
             self.params = p = self._declare_parameters()
             self.executor_kind = p["executor"]
             if not p["policy_path"]:
@@ -429,9 +431,9 @@ def _make_node_class():
 
             steady = Clock(clock_type=ClockType.STEADY_TIME)
             qos = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE, history=HistoryPolicy.KEEP_LAST)
-            self.command_pub = self.create_publisher(Float64MultiArray, COMMAND_TOPIC, qos)
-            self.feedback_pub = self.create_publisher(Float64MultiArray, FEEDBACK_TOPIC, qos)
-            self.plan_pub = self.create_publisher(Float64MultiArray, PLAN_TOPIC, qos)
+            self.command_pub = self.create_publisher(Float64MultiArray, MPC_COMMAND_TOPIC, qos)
+            self.feedback_pub = self.create_publisher(Float64MultiArray, MPC_FEEDBACK_TOPIC, qos)
+            self.plan_pub = self.create_publisher(Float64MultiArray, MPC_PLAN_TOPIC, qos)
             self._plan_msg = Float64MultiArray()
             self.diag_pub = self.create_publisher(DiagnosticArray, DIAGNOSTICS_TOPIC, 10)
             inputs = MutuallyExclusiveCallbackGroup()
@@ -450,7 +452,7 @@ def _make_node_class():
             self.get_logger().info(
                 f"MPC on task {task.name} (horizon {solver.horizon} x {task.dt:g} s, solver process {solver.pid}) at {mpc_config.rate:g} Hz, warm start "
                 f"{mpc_config.warm_start}, max_iter {mpc_config.max_iter}, deadline {deadline}, policy {p['policy_path']} "
-                f"(fallback) -> {COMMAND_TOPIC}, {FEEDBACK_TOPIC}, {PLAN_TOPIC}"
+                f"(fallback) -> {MPC_COMMAND_TOPIC}, {MPC_FEEDBACK_TOPIC}, {MPC_PLAN_TOPIC}"
             )
 
         def _warm_up(self, task) -> None:
@@ -561,7 +563,7 @@ def _make_node_class():
 
 
 def main(args: list[str] | None = None) -> int:
-    return run_node(NODE_NAME, lambda: _make_node_class()(), args)
+    return run_node(MPC_NODE, lambda: _make_node_class()(), args)
 
 
 if __name__ == "__main__":

@@ -40,6 +40,7 @@ import time
 from dataclasses import fields
 from typing import Any
 
+from tocpl_ros.interfaces import COMMAND_TOPICS, DIAGNOSTICS_TOPIC, JOINT_STATES_TOPIC, MPC_PLAN_TOPIC, POLICY_NODE, TARGET_TOPIC
 from tocpl_ros.config import FieldError, field_docs
 from tocpl_ros.control.controller import ControllerConfig, PeriodStats, PolicyController
 from tocpl_ros.control.plan_follower import PlanFollowerConfig
@@ -55,16 +56,6 @@ from tocpl_ros.ros.runtime import (
     take_target,
 )
 
-NODE_NAME = "policy_node"
-COMMAND_TOPICS = {
-    "effort": "/forward_effort_controller/commands",
-    "velocity": "/forward_velocity_controller/commands",
-    "position": "/forward_position_controller/commands",
-}
-JOINT_STATES_TOPIC = "/joint_states"
-TARGET_TOPIC = "/target"
-DIAGNOSTICS_TOPIC = "/diagnostics"
-MPC_PLAN_TOPIC = "/mpc/plan"
 PUBLISH_STALL = 0.1
 """Seconds a publish() call may take before the node warns and counts a publish stall (scheduling
 hiccups on a loaded 2-core machine stay below ~20 ms; the middleware stalls seen are 1-4 s)."""
@@ -118,7 +109,7 @@ def _make_node_class():
 
     class PolicyNode(Node):
         def __init__(self, **kwargs):
-            super().__init__(NODE_NAME, **kwargs)
+            super().__init__(POLICY_NODE, **kwargs)
             self.params = declare_parameters(self, NODE_PARAMETERS)
             self.executor_kind = self.params["executor"]
             config = self._controller_config()
@@ -348,7 +339,7 @@ def _make_node_class():
 
 
 def main(args: list[str] | None = None) -> int:
-    return run_node(NODE_NAME, lambda: _make_node_class()(), args)
+    return run_node(POLICY_NODE, lambda: _make_node_class()(), args)
 
 
 if __name__ == "__main__":

@@ -18,7 +18,7 @@ the previous tick in fixed physics steps of 1/``physics_rate`` (the remainder ca
 over), then publishes, so simulated time follows real time at the physics rate. At most
 ``max_catchup`` seconds are integrated per tick; a longer stall is dropped and counted.
 
-Parameters: every field of :class:`tocpl_ros.sim.base.SimConfig` (descriptions from its field
+Parameters: every field of :class:`tocpl_ros.sim.config.SimConfig` (descriptions from its field
 docs), defaults from ``config/ur5_sim.yaml``; override with ``--ros-args -p k:=v`` or
 ``--params-file``. They are read-only (restart the node to change them). DDS stays on
 loopback unless the environment says otherwise (:mod:`tocpl_ros.ros.environment`).
@@ -43,18 +43,11 @@ from std_srvs.srv import Trigger
 
 from tocpl_ros.config import ConfigError, FieldError, field_docs, load_dataclass
 from tocpl_ros.ros.runtime import run_node
-from tocpl_ros.sim.base import (
-    BACKENDS,
-    COMMAND_MODES,
-    NODE_NAME,
-    CommandError,
-    SimConfig,
-    default_sim_config,
-    make_simulator,
-)
+from tocpl_ros.interfaces import COMMAND_TOPICS, JOINT_STATES_TOPIC, OUTPUT_MODES, SIM_BACKENDS, SIM_NODE
+from tocpl_ros.sim.base import CommandError
+from tocpl_ros.sim.config import SimConfig, default_sim_config
+from tocpl_ros.sim import make_simulator
 
-COMMAND_TOPICS = {mode: f"/forward_{mode}_controller/commands" for mode in COMMAND_MODES}
-JOINT_STATES_TOPIC = "/joint_states"
 COMMAND_QOS = QoSProfile(
     history=HistoryPolicy.KEEP_LAST,
     depth=10,
@@ -81,12 +74,12 @@ class Ur5SimNode(Node):
     for the same 500 Hz timer (docs/ros.md), which the policy and MPC nodes need on 2 cores."""
 
     def __init__(self, **node_kwargs):
-        super().__init__(NODE_NAME, **node_kwargs)
+        super().__init__(SIM_NODE, **node_kwargs)
         self.config = self._read_parameters()
         try:
             self.sim = make_simulator(self.config)  # backend 'pinocchio' or 'mujoco'
         except FieldError as exc:
-            raise ConfigError(f"{NODE_NAME} parameters", exc.field, exc.message) from exc
+            raise ConfigError(f"{SIM_NODE} parameters", exc.field, exc.message) from exc
         sim, config = self.sim, self.config
 
         self._state_msg = JointState()
@@ -124,15 +117,15 @@ class Ur5SimNode(Node):
                 description=docs.get(f.name, ""), read_only=True, dynamic_typing=not static
             )
             if f.name == "command_mode":
-                descriptor.additional_constraints = "one of: " + ", ".join(COMMAND_MODES)
+                descriptor.additional_constraints = "one of: " + ", ".join(OUTPUT_MODES)
             elif f.name == "backend":
-                descriptor.additional_constraints = "one of: " + ", ".join(BACKENDS)
+                descriptor.additional_constraints = "one of: " + ", ".join(SIM_BACKENDS)
             try:
                 param = self.declare_parameter(f.name, default, descriptor)
             except (InvalidParameterTypeException, TypeError, ValueError) as exc:
-                raise ConfigError(f"{NODE_NAME} parameters", f.name, str(exc)) from exc
+                raise ConfigError(f"{SIM_NODE} parameters", f.name, str(exc)) from exc
             values[f.name] = _plain(param.value)
-        return load_dataclass(SimConfig, values, source=f"{NODE_NAME} parameters")
+        return load_dataclass(SimConfig, values, source=f"{SIM_NODE} parameters")
 
     # -- callbacks -------------------------------------------------------------------------
     def _on_command(self, mode: str, msg: Float64MultiArray) -> None:
@@ -222,7 +215,7 @@ def main(args: list[str] | None = None) -> int:
     """Entry point of ``ur5_sim`` (``ros2 run tocpl_ros ur5_sim``). SIGINT / SIGTERM stop
     it cleanly (exit 0, with a rate summary); bad parameters exit with 2 and an error naming
     the parameter."""
-    return run_node(NODE_NAME, Ur5SimNode, args, startup_errors=(ConfigError,), startup_exit_code=2)
+    return run_node(SIM_NODE, Ur5SimNode, args, startup_errors=(ConfigError,), startup_exit_code=2)
 
 
 if __name__ == "__main__":
