@@ -107,7 +107,7 @@ def commands_at_rate(harness: Harness, proc: subprocess.Popen, log: Path, label:
 
 
 def test_params_file_matches_node_parameters():
-    from tocpl_ros.mpc.solver import MPCConfig
+    from tocpl_ros.mpc.config import MPCConfig
     from tocpl_ros.ros.nodes.mpc_node import NODE_PARAMETERS
 
     data = yaml.safe_load((ROOT / "config" / "mpc_node.yaml").read_text())
@@ -145,8 +145,9 @@ def make_loop(policy_path: Path, **mpc_config):
     """The node's ROS-free tick logic with the real controller, Crocoddyl MPC and ONNX policy,
     solving inline (deterministic: every tick gets the result of its own solve)."""
     from tocpl_ros.control.controller import ControllerConfig, PolicyController
-    from tocpl_ros.mpc.solver import InlineSolver, MPCConfig, RecedingHorizonMPC
-    from tocpl_ros.ros.nodes.mpc_node import MPCLoop
+    from tocpl_ros.mpc.solver import InlineSolver, RecedingHorizonMPC
+    from tocpl_ros.mpc.config import MPCConfig
+    from tocpl_ros.mpc.loop import MPCLoop
 
     task = load_task("ur5_reach")
     config = MPCConfig(**mpc_config)

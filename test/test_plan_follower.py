@@ -147,7 +147,8 @@ def test_plan_step_from_the_stamps_and_interpolated_reference():
 @pytest.fixture(scope="module")
 def solved():
     """A converged Crocoddyl MPC solve on ur5_reach (cold start, no deadline), away from the box."""
-    from tocpl_ros.mpc.solver import MPCConfig, RecedingHorizonMPC
+    from tocpl_ros.mpc.config import MPCConfig
+    from tocpl_ros.mpc.solver import RecedingHorizonMPC
     from tocpl_ros.tasks import load_task
 
     task = load_task("ur5_reach")
@@ -207,7 +208,8 @@ def test_mpc_and_fast_loop_reach_the_target_on_the_model():
     command is the plan's once the first one arrived."""
     import crocoddyl
 
-    from tocpl_ros.mpc.solver import MPCConfig, RecedingHorizonMPC
+    from tocpl_ros.mpc.config import MPCConfig
+    from tocpl_ros.mpc.solver import RecedingHorizonMPC
     from tocpl_ros.tasks import load_task
 
     task = load_task(MPC_TASK)

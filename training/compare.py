@@ -601,7 +601,7 @@ def warm_start_study(policy_path: str | Path, task_name: str, out: Path, problem
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from tocpl_ros.mpc.solver import TaskPolicy
+    from tocpl_ros.mpc.task_policy import TaskPolicy
     from tocpl_ros.bench.mpc import DEFAULT_SEED, LONG_TAIL, open_loop, policy_vs_cold_costs
     from tocpl_ros.policy_file import OnnxPolicy
     from tocpl_ros.tasks import load_task

@@ -25,7 +25,7 @@ from typing import Any, Callable
 import numpy as np
 
 from tocpl_ros.config import ConfigError, load_dataclass
-from tocpl_ros.mpc.solver import TaskPolicy
+from tocpl_ros.mpc.task_policy import TaskPolicy
 from tocpl_ros.ocp import solve
 from tocpl_ros.policy_file import OnnxPolicy, PolicyFileError
 from tocpl_ros.tasks import Problems, ReachTask, RobotTask, Task, TaskConfig, load_task, make_task

@@ -6,9 +6,9 @@ nor by the trainer's evaluation set):
 1. **Open loop** (the paper's Fig. 7): each problem's OCP solved once from its x0 with
    :func:`tocpl_ros.ocp.solve` (SolverBoxFDDP, max_iter 500, the task's th_stop: iterations
    to converge), warm-started from (a) the policy's rollout (``task.rollout`` through
-   :class:`tocpl_ros.mpc.solver.TaskPolicy`) and (b) Crocoddyl's cold start.
+   :class:`tocpl_ros.mpc.task_policy.TaskPolicy`) and (b) Crocoddyl's cold start.
 2. **Closed loop**: a short MPC episode per problem at the MPC's default rate on the MPC's
-   own model (:func:`tocpl_ros.mpc.solver.run_closed_loop`), one episode per warm start 'policy',
+   own model (:func:`tocpl_ros.mpc.closed_loop.run_closed_loop`), one episode per warm start 'policy',
    'shifted', 'cold'; every solve runs to convergence (max_iter 500, no deadline), so the
    iteration counts are comparable. 'shifted' has no previous solution at the first solve
    of an episode: that solve starts cold and is reported apart.
@@ -40,13 +40,10 @@ from pathlib import Path
 
 import numpy as np
 
-from tocpl_ros.mpc.solver import (
-    MPCConfig,
-    RecedingHorizonMPC,
-    TaskPolicy,
-    has_continuous_dynamics,
-    run_closed_loop,
-)
+from tocpl_ros.mpc.config import MPCConfig
+from tocpl_ros.mpc.solver import RecedingHorizonMPC
+from tocpl_ros.mpc.task_policy import TaskPolicy
+from tocpl_ros.mpc.closed_loop import has_continuous_dynamics, run_closed_loop
 from tocpl_ros.ocp import at_bounds, solution_gains, solve
 from tocpl_ros.policy_file import OnnxPolicy, PolicyFileError
 from tocpl_ros.tasks import Problems, load_task
