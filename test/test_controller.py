@@ -17,7 +17,8 @@ import pytest
 import torch
 
 from tocpl_ros.config import FieldError
-from tocpl_ros.control.controller import Command, ControllerConfig, PolicyController
+from tocpl_ros.control.config import Command, ControllerConfig
+from tocpl_ros.control.controller import PolicyController
 from tocpl_ros.policy_file import OnnxPolicy, PolicyFileError, read_onnx_metadata
 from tocpl_ros.sim.pinocchio_backend import ArmSimulator
 from tocpl_ros.sim.config import SimConfig

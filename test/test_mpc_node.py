@@ -144,7 +144,8 @@ def nan_policy_file(policy_file, tmp_path_factory) -> Path:
 def make_loop(policy_path: Path, **mpc_config):
     """The node's ROS-free tick logic with the real controller, Crocoddyl MPC and ONNX policy,
     solving inline (deterministic: every tick gets the result of its own solve)."""
-    from tocpl_ros.control.controller import ControllerConfig, PolicyController
+    from tocpl_ros.control.config import ControllerConfig
+    from tocpl_ros.control.controller import PolicyController
     from tocpl_ros.mpc.solver import InlineSolver, RecedingHorizonMPC
     from tocpl_ros.mpc.config import MPCConfig
     from tocpl_ros.mpc.loop import MPCLoop
@@ -247,10 +248,10 @@ def test_mpc_loop_follows_a_fresh_plan_and_drops_it_after_a_failure(policy_file)
 
 
 def test_mpc_loop_queues_a_plan_per_solve(policy_file):
-    """Every result taken becomes one /mpc/plan message (tocpl_ros.control.plan_follower layout): a converged
+    """Every result taken becomes one /mpc/plan message (tocpl_ros.control.plan layout): a converged
     solve with the joint state's stamp, the target, the steps covering plan_duration (ū_0 = the
     command of its own tick, x̄_0 = its state); a failed one as a failure report."""
-    from tocpl_ros.control.plan_follower import decode_plan
+    from tocpl_ros.control.plan import decode_plan
 
     loop = make_loop(policy_file, warm_start="cold", max_iter=500, deadline=0.5)
     c = loop.controller
@@ -295,7 +296,7 @@ def test_mpc_node_commands_feedback_and_diagnostics(policy_file, ros_node_env, t
         x_bar = feedback[-1][6:18]
         assert np.allclose(x_bar, np.concatenate([Q0, np.zeros(6)]))
         # one /mpc/plan per solve, in the plan follower's layout, stamped with the joint states' clock
-        from tocpl_ros.control.plan_follower import PlanError, decode_plan
+        from tocpl_ros.control.plan import PlanError, decode_plan
 
         with harness.lock:
             plans = [v for _, v in harness.plans[-50:]]

@@ -16,15 +16,8 @@ import numpy as np
 import pytest
 
 from tocpl_ros.config import FieldError
-from tocpl_ros.control.plan_follower import (
-    PLAN_HEADER,
-    Plan,
-    PlanFollower,
-    PlanFollowerConfig,
-    decode_plan,
-    encode_plan,
-    encode_result,
-)
+from tocpl_ros.control.plan import PLAN_HEADER, Plan, decode_plan, encode_plan, encode_result
+from tocpl_ros.control.plan_follower import PlanFollower, PlanFollowerConfig
 
 ROOT = Path(__file__).resolve().parents[1]
 NU, NX, NT = 6, 12, 3
@@ -436,7 +429,8 @@ def policy_file(tmp_path_factory) -> Path:
 
 
 def make_controller(policy_file, **config):
-    from tocpl_ros.control.controller import ControllerConfig, PolicyController
+    from tocpl_ros.control.config import ControllerConfig
+    from tocpl_ros.control.controller import PolicyController
 
     c = PolicyController(policy_file, ControllerConfig(initial_target=TARGET.tolist(), fade_in=0.0, **config))
     c.start()

@@ -105,7 +105,7 @@ class Harness(JointStateFeed):
 
 
 def test_params_file_matches_node_parameters():
-    from tocpl_ros.control.controller import ControllerConfig
+    from tocpl_ros.control.config import ControllerConfig
     from tocpl_ros.ros.nodes.policy_node import NODE_PARAMETERS, ROBOT_DEFAULTS
     from tocpl_ros.robot import load_robot
 
@@ -357,7 +357,7 @@ class PlanHarness(Harness):
         super().start_spinning()
 
     def plan(self, u: np.ndarray, status: str = "converged", target=TARGET) -> np.ndarray:
-        from tocpl_ros.control.plan_follower import Plan, encode_plan
+        from tocpl_ros.control.plan import Plan, encode_plan
 
         stamp = self.node.get_clock().now().nanoseconds * 1e-9
         self._sequence += 1
@@ -385,7 +385,7 @@ def test_node_follows_mpc_plans_and_rejects_bad_ones(policies, ros_node_env, tmp
     commands; NaN / wrong-size plans rejected (counted, logged) without disturbing the plan held;
     plans stop → the policy's command through the same blend; a failure report → the policy at
     once; every command finite and inside the limits."""
-    from tocpl_ros.control.plan_follower import PLAN_HEADER
+    from tocpl_ros.control.plan import PLAN_HEADER
 
     domain, env = ros_node_env(63)
     md = read_onnx_metadata(policies["good"])

@@ -15,7 +15,8 @@ import pytest
 import yaml
 
 from tocpl_ros.config import ConfigError, FieldError, field_docs, load_dataclass, read_yaml, to_dict
-from tocpl_ros.control.controller import ControllerConfig, policy_robot
+from tocpl_ros.control.config import ControllerConfig
+from tocpl_ros.control.policy_check import policy_robot
 from tocpl_ros.policy_file import PolicyMetadata
 from tocpl_ros.robot import RobotConfig, RobotModel, WorkspaceBox, available_robots, find_robot, load_robot
 from tocpl_ros.tasks import load_task, make_task

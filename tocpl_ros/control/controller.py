@@ -42,282 +42,23 @@ Only numpy, pinocchio (through :mod:`tocpl_ros.robot`) and onnxruntime (through
 
 from __future__ import annotations
 
-import dataclasses
 import math
 import time
-from collections import Counter
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 import pinocchio as pin
 
-from tocpl_ros.config import ConfigError, FieldError
-from tocpl_ros.interfaces import OUTPUT_MODES
+from tocpl_ros.config import FieldError
+from tocpl_ros.control.config import Command, ControllerConfig
+from tocpl_ros.control.policy_check import check_policy_model, name_difference, policy_robot
+from tocpl_ros.control.stats import ControllerStats
 from tocpl_ros.policy_file import INPUT_NAME, OUTPUT_NAME, OnnxPolicy, PolicyFileError, PolicyMetadata
-from tocpl_ros.robot import RobotModel, find_robot, load_robot, robot_config_file
+from tocpl_ros.robot import RobotModel
 
-__all__ = [
-    "SAFE_MODES",
-    "TARGET_POLICIES",
-    "Command",
-    "ControllerConfig",
-    "ControllerStats",
-    "PeriodStats",
-    "PolicyController",
-    "PolicyFileError",
-    "policy_robot",
-]
-
-SAFE_MODES = ("hold", "gravity", "zero_velocity")
-TARGET_POLICIES = ("clamp", "reject")
-OBS_BLOCKS = ("q", "v", "target")
-"""Observation blocks this controller can assemble (``tocpl.obs_layout`` names)."""
-
-HOLD_MAX_OMEGA_DT = 0.25
-HOLD_MAX_KD_DT = 0.5
-"""Upper bounds of hold_kp·period² (as ω·period) and hold_kd·period. With one period of delay
-between measurement and torque, a damping gain of kd·period ≥ 1 makes the discrete loop
-oscillate and ≥ 2 diverge (the old uniform PD had 10 N·m·s/rad / 0.017 kg·m² · 2 ms = 1.2 on
-the lightest wrist joint at 500 Hz); these bounds keep it well inside."""
 PREDICTION_MAX_STEPS = 50
 """Most integration steps (of at most one period) of the stale-state prediction per call."""
-
-
-@dataclass
-class ControllerConfig:
-    """Settings of the policy controller (the ``policy_node`` parameters of the same names)."""
-
-    rate: float | None = None
-    """Control rate (Hz): one command every 1/rate s. 1/rate is also the step used to turn
-    torques into velocity/position commands. None: the robot's control_rate."""
-    output_mode: str | None = None
-    """'effort' (torque for a forward effort controller), 'velocity' (v + dt·aba(q, v, u)) or
-    'position' (q + dt·that velocity), dt = 1/rate. None: the robot's command_interface."""
-    exclude_gravity: bool | None = None
-    """effort mode: publish u − g(q) instead of u, for drivers that add gravity compensation
-    themselves (UR direct torque control). Limits still apply to the total torque u.
-    None: the robot's compensates_gravity."""
-    stale_periods: int = 5
-    """No accepted joint state for more than stale_periods control periods → safe command.
-    Counted both in time and in control steps: a step that runs late because this process was
-    held up (its joint states still queued) does not count as missing data."""
-    safe_mode: str = "hold"
-    """Command sent while unsafe (stopped, stale/invalid data, bad policy output).
-    effort mode: 'hold' → g(q) + M(q)·(hold_kp·(q_hold − q) − hold_kd·v), to the posture held
-    when the controller went safe; 'zero_velocity' → g(q) − M(q)·hold_kd·v (brake to rest where
-    the arm stops); 'gravity' → g(q) only (passive: a moving arm keeps moving). With stale data,
-    hold/zero_velocity use the state predicted from the last accepted one, gravity the last
-    accepted posture. Always clamped to the torque limits. velocity mode: zeros (every
-    safe_mode). position mode: the held posture."""
-    fade_in: float = 0.5
-    """Seconds over which the command ramps linearly from the safe command to the policy's,
-    after start and after every safe period. 0: no ramp."""
-    target_limits: list[float] | None = None
-    """Workspace box of the target, [x_min, x_max, y_min, y_max, z_min, z_max] (m, base frame).
-    None: the robot's target_workspace."""
-    target_out_of_limits: str = "clamp"
-    """A target outside target_limits is 'clamp'ed into the box or 'reject'ed (kept the old one)."""
-    initial_target: list[float] | None = None
-    """Target [x, y, z] until one arrives; None: the end-effector position at the first
-    accepted joint state (hold where the robot is). Clamped/rejected like any target."""
-    max_joint_velocity: float = 10.0
-    """Sanity bound (rad/s): joint states with |v| above it are rejected; velocity commands are
-    also clamped to it (besides the URDF velocity limits)."""
-    joint_position_margin: float = 0.1
-    """Joint states with a position beyond the URDF limits by more than this (rad) are rejected."""
-    hold_kp: float = 400.0
-    """'hold' safe mode, effort output: stiffness as an acceleration gain (1/s², = ω²; 400:
-    ω = 20 rad/s), multiplied by M(q), so the same on every joint whatever its inertia.
-    At most (0.25·rate)² (ω·period ≤ 0.25: well-damped in discrete time)."""
-    hold_kd: float = 40.0
-    """'hold'/'zero_velocity' safe modes, effort output: damping as an acceleration gain (1/s,
-    = 2ζω; 40 with hold_kp 400: critically damped), multiplied by M(q). At most 0.5·rate."""
-    allow_extra_joints: bool = False
-    """Accept joint states that also name joints the policy does not use (e.g. a gripper's);
-    False rejects them as unknown joints."""
-    expected_dt: float | None = None
-    """If set, the policy's tocpl.dt must equal it (s), else the metadata check fails."""
-
-    def __post_init__(self) -> None:
-        def number(name: str, value, lo=None, hi=None, lo_open=False) -> None:
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-                raise FieldError(name, f"must be a finite number, got {value!r}")
-            if lo is not None and (value <= lo if lo_open else value < lo):
-                raise FieldError(name, f"must be {'>' if lo_open else '>='} {lo}, got {value}")
-            if hi is not None and value > hi:
-                raise FieldError(name, f"must be <= {hi}, got {value}")
-
-        if self.rate is not None:
-            number("rate", self.rate, 0.0, 10000.0, lo_open=True)
-        for name, options in (
-            ("output_mode", OUTPUT_MODES),
-            ("safe_mode", SAFE_MODES),
-            ("target_out_of_limits", TARGET_POLICIES),
-        ):
-            if name == "output_mode" and self.output_mode is None:
-                continue
-            if getattr(self, name) not in options:
-                raise FieldError(name, f"must be one of {', '.join(options)}, got {getattr(self, name)!r}")
-        if isinstance(self.stale_periods, bool) or not isinstance(self.stale_periods, int) or self.stale_periods < 1:
-            raise FieldError("stale_periods", f"must be an integer >= 1, got {self.stale_periods!r}")
-        number("fade_in", self.fade_in, 0.0, 60.0)
-        number("max_joint_velocity", self.max_joint_velocity, 0.0, lo_open=True)
-        number("joint_position_margin", self.joint_position_margin, 0.0)
-        # the gains' bounds depend on the rate: checked again once it is known (for_robot)
-        number("hold_kp", self.hold_kp, 0.0, None if self.rate is None else (HOLD_MAX_OMEGA_DT * self.rate) ** 2)
-        number("hold_kd", self.hold_kd, 0.0, None if self.rate is None else HOLD_MAX_KD_DT * self.rate)
-        if self.target_limits is not None:
-            limits = list(self.target_limits)
-            if len(limits) != 6:
-                raise FieldError("target_limits", f"needs 6 values [x_min, x_max, y_min, y_max, z_min, z_max], got {len(limits)}")
-            for i, value in enumerate(limits):
-                number(f"target_limits[{i}]", value)
-            for axis, (lo, hi) in zip("xyz", zip(limits[0::2], limits[1::2])):
-                if lo > hi:
-                    raise FieldError("target_limits", f"{axis}_min {lo} > {axis}_max {hi}")
-        if self.initial_target is not None:
-            if len(self.initial_target) != 3:
-                raise FieldError("initial_target", f"needs 3 values [x, y, z], got {len(self.initial_target)}")
-            for i, value in enumerate(self.initial_target):
-                number(f"initial_target[{i}]", value)
-        if self.expected_dt is not None:
-            number("expected_dt", self.expected_dt, 0.0, lo_open=True)
-
-    @property
-    def period(self) -> float:
-        """Control period 1/rate (s)."""
-        if self.rate is None:
-            raise ValueError("the control rate is not known yet (rate None: the robot's, see for_robot)")
-        return 1.0 / self.rate
-
-    def for_robot(self, robot: RobotModel) -> ControllerConfig:
-        """This config with the settings left None taken from the robot's description (rate,
-        output_mode, exclude_gravity, target_limits), checked again. FieldError naming the field
-        if the robot does not say (a robot built from a URDF alone has no control rate)."""
-        rate = self.rate if self.rate is not None else robot.control_rate
-        if rate is None:
-            raise FieldError("rate", f"robot '{robot.name}' has no control_rate (built from {robot.urdf_file.name} "
-                                     "alone, no robot YAML): set the rate")
-        return dataclasses.replace(
-            self,
-            rate=rate,
-            output_mode=self.output_mode if self.output_mode is not None else robot.command_interface,
-            exclude_gravity=self.exclude_gravity if self.exclude_gravity is not None else robot.compensates_gravity,
-            target_limits=self.target_limits if self.target_limits is not None else robot.target_limits,
-        )
-
-
-@dataclass
-class Command:
-    """One control step's output."""
-
-    values: np.ndarray | None
-    """The command to publish (joint order of the policy), or None: nothing to publish yet
-    (no joint state ever accepted: even a 'hold' posture is unknown)."""
-    safe: bool
-    """True when this is the safe command (not the policy's)."""
-    reason: str
-    """Why the command is safe ('' for a policy command; 'fading in' while ramping)."""
-
-
-class PeriodStats:
-    """A ring buffer of durations (s) with percentile summaries (loop periods, inference times)."""
-
-    def __init__(self, capacity: int = 20000):
-        self._buf = np.zeros(int(capacity))
-        self._n = 0
-        self.count = 0
-        self.max_ever = 0.0
-
-    def add(self, value: float) -> None:
-        self._buf[self._n % len(self._buf)] = value
-        self._n += 1
-        self.count += 1
-        if value > self.max_ever:
-            self.max_ever = value
-
-    def values(self) -> np.ndarray:
-        return self._buf[: min(self._n, len(self._buf))].copy()
-
-    def clear(self) -> None:
-        """Forget the window (count and max_ever are kept)."""
-        self._n = 0
-
-    def summary(self) -> dict[str, float]:
-        """{'n', 'p50', 'p99', 'max', 'mean'} of the window (NaN when empty)."""
-        v = self.values()
-        if not len(v):
-            return {"n": 0, "p50": math.nan, "p99": math.nan, "max": math.nan, "mean": math.nan}
-        p50, p99 = np.percentile(v, [50, 99])
-        return {"n": len(v), "p50": float(p50), "p99": float(p99), "max": float(v.max()), "mean": float(v.mean())}
-
-
-@dataclass
-class ControllerStats:
-    """Counters of a controller (all cumulative since construction)."""
-
-    ticks: int = 0
-    """compute() calls."""
-    policy_ticks: int = 0
-    """Commands from the policy (fading in or not)."""
-    safe_ticks: int = 0
-    """Safe commands (including the None 'nothing to publish' ones)."""
-    clamped_ticks: int = 0
-    """Policy torques that had to be clamped to the limits (by this controller, after the ONNX graph)."""
-    accepted_states: int = 0
-    """Joint states accepted."""
-    rejected: Counter = field(default_factory=Counter)
-    """Rejected inputs by reason key (joint states and targets)."""
-    safe_reasons: Counter = field(default_factory=Counter)
-    """Safe commands by reason key."""
-    targets_clamped: int = 0
-    """Targets moved into target_limits."""
-    stamp_resets: int = 0
-    """Publisher restarts accepted: the stream had gone stale, then two older stamps in order."""
-    inference: PeriodStats = field(default_factory=lambda: PeriodStats(5000))
-    """Policy inference times (s), last 5000."""
-    compute: PeriodStats = field(default_factory=lambda: PeriodStats(5000))
-    """Whole compute() times (s), last 5000."""
-
-    @property
-    def rejected_total(self) -> int:
-        return sum(self.rejected.values())
-
-
-def policy_robot(metadata: PolicyMetadata, robot: str | Path | None = None, urdf: str | Path | None = None,
-                 source: str = "") -> RobotModel:
-    """The robot a policy runs on: ``robot`` (a robot name or YAML path) if given, else the one its
-    task config names (``tocpl.task_config.robot``), else, for files written before the robot
-    YAMLs, the shipped robot YAML of its URDF file and joints, else its URDF alone (every movable
-    joint). ``urdf`` replaces the robot's URDF file. PolicyFileError if none can be loaded."""
-    where = f"{source}: " if source else ""
-    task_config = metadata.task_config if isinstance(metadata.task_config, dict) else {}
-    named = robot if robot else task_config.get("robot")
-    try:
-        if robot or (named and _robot_file_exists(named)):
-            return load_robot(named, urdf=urdf)
-        # no robot given, or the task's robot YAML is not on this machine (a path of the machine
-        # that trained it, or a file written before the robot YAMLs): by its URDF and joints
-        shipped = find_robot(metadata.urdf, metadata.joint_names) if metadata.urdf else None
-        if shipped is not None:
-            return load_robot(shipped, urdf=urdf)
-        name = str(urdf) if urdf else metadata.urdf
-        if not name:
-            raise PolicyFileError(f"{where}policy for task '{metadata.task}' names no robot and no URDF "
-                                  "(tocpl.urdf is empty); give one explicitly")
-        return RobotModel.from_urdf(name, task_config.get("frame"))
-    except (ConfigError, FileNotFoundError) as exc:
-        raise PolicyFileError(f"{where}cannot load the robot: {exc}") from exc
-
-
-def _robot_file_exists(name_or_path: str | Path) -> bool:
-    try:
-        robot_config_file(name_or_path)
-    except ConfigError:
-        return False
-    return True
 
 
 class PolicyController:
@@ -430,39 +171,8 @@ class PolicyController:
         return self.follower
 
     # ------------------------------------------------------------------ metadata
-
     def _check_model(self) -> None:
-        """The policy file is consistent with the URDF and with this controller."""
-        md, source = self.metadata, self.policy.path.name
-        urdf = self.urdf_file.name
-        if self.model.nq != self.model.nv:
-            raise PolicyFileError(f"{urdf}: joints with nq != nv are not supported")
-        problem = _name_difference(
-            md.joint_names, self.robot_joint_names, "policy (tocpl.joint_names)", f"robot {self.robot.name} ({urdf})"
-        )
-        if problem:
-            raise PolicyFileError(f"{source}: joint names differ from the robot's: {problem}")
-        if md.nu != self.model.nv:
-            raise PolicyFileError(f"{source}: policy outputs {md.nu} torques but {urdf} has {self.model.nv} joints")
-        effort = np.asarray(self.model.effortLimit, dtype=float)
-        tol = 1e-6 * np.maximum(1.0, effort)
-        over = [
-            f"{n}: policy [{lo:g}, {hi:g}] vs URDF effort limit {e:g}"
-            for n, lo, hi, e, t in zip(md.joint_names, md.u_min, md.u_max, effort, tol)
-            if hi > e + t or lo < -e - t
-        ]
-        if over:
-            raise PolicyFileError(
-                f"{source}: torque bounds (tocpl.u_min/u_max) exceed the URDF effort limits of {urdf}: " + "; ".join(over)
-            )
-        sizes = {"q": self.nq, "v": self.model.nv, "target": 3}
-        for block, size in md.obs_layout:
-            if block not in sizes:
-                raise PolicyFileError(
-                    f"{source}: observation block '{block}' (tocpl.obs_layout) is not supported (known: {', '.join(OBS_BLOCKS)})"
-                )
-            if size != sizes[block]:
-                raise PolicyFileError(f"{source}: observation block '{block}' has size {size}, expected {sizes[block]}")
+        check_policy_model(self.metadata, self.policy.path.name, self.robot)
 
     def check_metadata(self, joint_names: Sequence[str] | None = None, dt: float | None = None) -> None:
         """Raise :class:`PolicyFileError` (a ValueError) saying exactly what differs between the
@@ -472,7 +182,7 @@ class PolicyController:
         self._check_model()
         source = self.policy.path.name
         if joint_names is not None:
-            problem = _name_difference(self.metadata.joint_names, list(joint_names), "policy (tocpl.joint_names)", "expected joint_names")
+            problem = name_difference(self.metadata.joint_names, list(joint_names), "policy (tocpl.joint_names)", "expected joint_names")
             if problem:
                 raise PolicyFileError(f"{source}: joint names differ: {problem}")
         if dt is None:
@@ -899,23 +609,3 @@ class PolicyController:
         if self.follower is not None:
             out.update(self.follower.diagnostics())
         return out
-
-
-def _name_difference(got: Sequence[str], want: Sequence[str], got_label: str, want_label: str) -> str:
-    """'' if equal, else a message saying exactly how two joint name lists differ."""
-    got, want = list(got), list(want)
-    if got == want:
-        return ""
-    parts = []
-    if len(got) != len(want):
-        parts.append(f"{got_label} has {len(got)} joints, {want_label} has {len(want)}")
-    missing = [n for n in want if n not in got]
-    extra = [n for n in got if n not in want]
-    if missing:
-        parts.append(f"missing from {got_label}: {missing}")
-    if extra:
-        parts.append(f"not in {want_label}: {extra}")
-    if not missing and not extra:
-        where = [f"#{i}: {a!r} vs {b!r}" for i, (a, b) in enumerate(zip(got, want)) if a != b]
-        parts.append(f"same joints in a different order ({'; '.join(where)})")
-    return "; ".join(parts) + f" [{got_label}: {got}; {want_label}: {want}]"

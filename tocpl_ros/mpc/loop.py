@@ -9,8 +9,9 @@ from collections import Counter
 
 import numpy as np
 
-from tocpl_ros.control.controller import PeriodStats, PolicyController
-from tocpl_ros.control.plan_follower import encode_result
+from tocpl_ros.control.stats import PeriodStats
+from tocpl_ros.control.controller import PolicyController
+from tocpl_ros.control.plan import encode_result
 
 TICK_MARGIN = 0.001
 """Seconds of each period a tick never spends waiting for the solver (publishing, callbacks)."""
@@ -55,7 +56,7 @@ class MPCLoop:
         self._request: tuple[float, float | None, np.ndarray] | None = None
         """(state_time, joint-state stamp, target) of the last request submitted."""
         self.plans: list[np.ndarray] = []
-        """/mpc/plan messages to publish (tocpl_ros.control.plan_follower layout): one per result taken,
+        """/mpc/plan messages to publish (tocpl_ros.control.plan layout): one per result taken,
         its plan if it converged (whatever its age: the fast loop judges that), else its failure."""
         self.plan_sequence = 0
 

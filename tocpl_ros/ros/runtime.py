@@ -192,7 +192,7 @@ def take_target(controller, lock: threading.Lock, log: ThrottledLog, msg) -> Non
 
 class PeriodMonitor:
     """The periods of a node's control timer: each tick's time since the previous tick goes
-    into ``stats`` (a controller.PeriodStats, passed in so that this module does not import the
+    into ``stats`` (a tocpl_ros.control.stats.PeriodStats, passed in so that this module does not import the
     controller), and one longer than 1.5 nominal periods counts as an overrun."""
 
     def __init__(self, period: float, stats):

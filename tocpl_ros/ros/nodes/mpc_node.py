@@ -23,7 +23,7 @@ publishes, reliable QoS, on every tick (:class:`tocpl_ros.mpc.loop.MPCLoop`):
   Crocoddyl's law u = ū − K (x − x̄): data = [ū (nu), x̄ (nx = 2 nu: q then v),
   K row-major (nu × nx)], 90 values for the UR5 (the plan step the command came from); on a
   fallback ū is the policy's command, x̄ the current state and K = 0;
-- ``/mpc/plan`` (std_msgs/Float64MultiArray, layout of :mod:`tocpl_ros.control.plan_follower`), once per
+- ``/mpc/plan`` (std_msgs/Float64MultiArray, layout of :mod:`tocpl_ros.control.plan`), once per
   solve, right when it is taken: what a fast loop (the policy node with ``use_mpc:=true``)
   follows between solves. A converged solve: its stamp (the header stamp of the joint state it
   started from), step dt, target, ū_k and K_k of the steps covering ``plan_duration`` and x̄ of
@@ -68,13 +68,9 @@ from tocpl_ros.interfaces import (
     TARGET_TOPIC,
 )
 from tocpl_ros.config import ConfigError, FieldError, field_docs
-from tocpl_ros.control.controller import (
-    HOLD_MAX_KD_DT,
-    HOLD_MAX_OMEGA_DT,
-    ControllerConfig,
-    PeriodStats,
-    PolicyController,
-)
+from tocpl_ros.control.config import HOLD_MAX_KD_DT, HOLD_MAX_OMEGA_DT, ControllerConfig
+from tocpl_ros.control.stats import PeriodStats
+from tocpl_ros.control.controller import PolicyController
 from tocpl_ros.mpc.config import MPCConfig
 from tocpl_ros.mpc.worker import MPCWorker, WorkerError
 from tocpl_ros.policy_file import PolicyFileError

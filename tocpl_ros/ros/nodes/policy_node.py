@@ -42,7 +42,9 @@ from typing import Any
 
 from tocpl_ros.interfaces import COMMAND_TOPICS, DIAGNOSTICS_TOPIC, JOINT_STATES_TOPIC, MPC_PLAN_TOPIC, POLICY_NODE, TARGET_TOPIC
 from tocpl_ros.config import FieldError, field_docs
-from tocpl_ros.control.controller import ControllerConfig, PeriodStats, PolicyController
+from tocpl_ros.control.config import ControllerConfig
+from tocpl_ros.control.stats import PeriodStats
+from tocpl_ros.control.controller import PolicyController
 from tocpl_ros.control.plan_follower import PlanFollowerConfig
 from tocpl_ros.policy_file import PolicyFileError
 from tocpl_ros.ros.runtime import (
@@ -89,7 +91,7 @@ for _f in fields(ControllerConfig):
 NODE_PARAMETERS["use_mpc"] = (
     False, "Follow the MPC node's plans (mpc_plan_topic) with feedback, the policy as the fallback; false: the policy alone."
 )
-NODE_PARAMETERS["mpc_plan_topic"] = (MPC_PLAN_TOPIC, "Topic of the MPC plans (std_msgs/Float64MultiArray, tocpl_ros.control.plan_follower layout).")
+NODE_PARAMETERS["mpc_plan_topic"] = (MPC_PLAN_TOPIC, "Topic of the MPC plans (std_msgs/Float64MultiArray, tocpl_ros.control.plan layout).")
 _FOLLOWER_DOCS = field_docs(PlanFollowerConfig)
 for _f in fields(PlanFollowerConfig):
     NODE_PARAMETERS[f"mpc_{_f.name}"] = (_f.default, _FOLLOWER_DOCS[_f.name] + " (use_mpc)")
