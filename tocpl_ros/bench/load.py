@@ -84,7 +84,7 @@ def run_once(args: argparse.Namespace, load: int, domain: int, log_dir: Path) ->
     from rclpy.executors import SingleThreadedExecutor
     from rclpy.parameter import Parameter
 
-    from tocpl_ros.ros.nodes.policy_node import _make_node_class
+    from tocpl_ros.ros.nodes.policy_node import PolicyNode
 
     env = loopback_ros_env({k: v for k, v in os.environ.items()}, domain_id=domain)
     label = f"load{load}"
@@ -98,10 +98,9 @@ def run_once(args: argparse.Namespace, load: int, domain: int, log_dir: Path) ->
     rclpy.init(context=context, domain_id=domain)
     node = executor = None
     try:
-        base = _make_node_class()
         capacity = int(args.rate * (args.duration + 30)) + 1000
 
-        class InstrumentedPolicyNode(base):  # the real node; each tick's start time and duration recorded
+        class InstrumentedPolicyNode(PolicyNode):  # the real node; each tick's start time and duration recorded
             def __init__(self, **kwargs):
                 self.tick_start = np.zeros(capacity)
                 self.tick_time = np.zeros(capacity)

@@ -1,7 +1,8 @@
 """What the ROS nodes share: start-up, the spin loop, parameter declaration, input callbacks.
 
 :func:`run_node` is every node's ``main``: loopback DDS defaults, ``rclpy.init``, the node
-built (a start-up error → one clear fatal line and a non-zero exit status, no traceback), an
+built (a start-up error: a bad parameter or an unusable policy file → one clear fatal line and
+exit status 2 in every node, no traceback; an unexpected exception → its traceback, exit 1), an
 executor spun until SIGINT/SIGTERM, the node's own shutdown step (the policy node publishes
 its safe command), clean teardown, exit status 0. A callback that raises is logged and the
 loop goes on: a robot-facing node that dies leaves the forward controller holding its last
@@ -20,6 +21,7 @@ import traceback
 from dataclasses import dataclass
 from typing import Any, Callable
 
+from tocpl_ros.config import ConfigError
 from tocpl_ros.ros.environment import apply_loopback_defaults
 
 EXECUTORS = ("events", "single")
@@ -229,8 +231,8 @@ def run_node(
     make_node: Callable[[], Any],
     args: list[str] | None = None,
     *,
-    startup_errors: tuple[type[BaseException], ...] = (StartupError,),
-    startup_exit_code: int = 1,
+    startup_errors: tuple[type[BaseException], ...] = (StartupError, ConfigError),
+    startup_exit_code: int = 2,
 ) -> int:
     """Run a node until SIGINT/SIGTERM; returns the process exit status.
 

@@ -58,6 +58,15 @@ import time
 from dataclasses import fields
 from typing import Any
 
+from geometry_msgs.msg import PointStamped
+from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
+from rclpy.clock import Clock, ClockType
+from rclpy.node import Node
+from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
+from sensor_msgs.msg import JointState
+from std_msgs.msg import Float64MultiArray
+
+from tocpl_ros.tasks import load_task
 from tocpl_ros.interfaces import (
     DIAGNOSTICS_TOPIC,
     JOINT_STATES_TOPIC,
@@ -75,6 +84,7 @@ from tocpl_ros.mpc.config import MPCConfig
 from tocpl_ros.mpc.worker import MPCWorker, WorkerError
 from tocpl_ros.policy_file import PolicyFileError
 from tocpl_ros.mpc.loop import TICK_MARGIN, MPCLoop
+from tocpl_ros.ros import diagnostics
 from tocpl_ros.ros.runtime import (
     PeriodMonitor,
     StartupError,
@@ -132,199 +142,171 @@ NODE_PARAMETERS["executor"] = (
 )
 
 
-def _make_node_class():
-    """The Node subclass (built lazily so that importing this module needs no rclpy)."""
-    from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
-    from geometry_msgs.msg import PointStamped
-    from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
-    from rclpy.clock import Clock, ClockType
-    from rclpy.node import Node
-    from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
-    from sensor_msgs.msg import JointState
-    from std_msgs.msg import Float64MultiArray
+class MPCNode(Node):
+    """The ``mpc_node``. Raises StartupError on a bad parameter or an unusable policy file."""
 
-    from tocpl_ros.tasks import load_task
-
-    class MPCNode(Node):
-        def __init__(self, **kwargs):
-            super().__init__(MPC_NODE, **kwargs)
-            self.params = p = self._declare_parameters()
-            self.executor_kind = p["executor"]
-            if not p["policy_path"]:
-                raise StartupError("parameter 'policy_path' is not set (the .onnx policy file)")
-            try:
-                mpc_config = MPCConfig(**{f.name: p[f.name] for f in fields(MPCConfig)})
-                # braking gains of the last-resort command, kept within the bounds for this rate
-                controller_config = ControllerConfig(
-                    rate=mpc_config.rate, output_mode="effort", exclude_gravity=False, fade_in=0.0, safe_mode="zero_velocity",
-                    hold_kp=min(ControllerConfig.hold_kp, (HOLD_MAX_OMEGA_DT * mpc_config.rate) ** 2),
-                    hold_kd=min(ControllerConfig.hold_kd, HOLD_MAX_KD_DT * mpc_config.rate),
-                    **{name: p[name] for name in CONTROLLER_PARAMETERS},
-                )
-            except FieldError as exc:
-                raise StartupError(f"parameter '{exc.field}': {exc.message}") from exc
-            try:
-                task = load_task(p["task"])
-            except (ConfigError, OSError, ValueError) as exc:
-                raise StartupError(f"task '{p['task']}': {exc}") from exc
-            try:
-                # the task's robot (its description gives the target box unless target_limits is set)
-                controller = PolicyController(p["policy_path"], controller_config, robot=getattr(task, "robot", None))
-                controller.check_metadata(dt=task.dt)
-                # the solves run in a process of their own (MPCWorker: Crocoddyl keeps the GIL for
-                # whole iterations); this process keeps the policy for the fallback command
-                solver = MPCWorker(p["task"], p["policy_path"], mpc_config, task_object=task, policy=controller.policy)
-            except FieldError as exc:  # a setting the robot description does not give
-                raise StartupError(f"parameter '{exc.field}': {exc.message}") from exc
-            except (PolicyFileError, ValueError, OSError) as exc:
-                raise StartupError(f"policy '{p['policy_path']}' rejected: {exc}") from exc
-            self.solver = solver
-            try:
-                solver.wait_ready()
-            except WorkerError as exc:
-                raise StartupError(f"MPC solver process: {exc}") from exc
-            controller.start()
-            self.loop = MPCLoop(solver, controller, p["stale_periods"])
-            self.controller, self.config = controller, mpc_config
-            self._warm_up(task)
-            self.lock = threading.Lock()
-            self.input_log = ThrottledLog(self.get_logger(), period=1.0)
-
-            steady = Clock(clock_type=ClockType.STEADY_TIME)
-            qos = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE, history=HistoryPolicy.KEEP_LAST)
-            self.command_pub = self.create_publisher(Float64MultiArray, MPC_COMMAND_TOPIC, qos)
-            self.feedback_pub = self.create_publisher(Float64MultiArray, MPC_FEEDBACK_TOPIC, qos)
-            self.plan_pub = self.create_publisher(Float64MultiArray, MPC_PLAN_TOPIC, qos)
-            self._plan_msg = Float64MultiArray()
-            self.diag_pub = self.create_publisher(DiagnosticArray, DIAGNOSTICS_TOPIC, 10)
-            inputs = MutuallyExclusiveCallbackGroup()
-            self.create_subscription(JointState, JOINT_STATES_TOPIC, self._on_joint_state, qos_profile_sensor_data, callback_group=inputs)
-            self.create_subscription(PointStamped, TARGET_TOPIC, self._on_target, 10, callback_group=inputs)
-            self.periods = PeriodMonitor(mpc_config.period, PeriodStats(capacity=max(1000, int(4 * mpc_config.rate))))
-            self.published = 0
-            self.publish_errors = 0
-            self._command_msg, self._feedback_msg = Float64MultiArray(), Float64MultiArray()
-            self.control_timer = self.create_timer(
-                mpc_config.period, self._tick, callback_group=MutuallyExclusiveCallbackGroup(), clock=steady
+    def __init__(self, **kwargs):
+        super().__init__(MPC_NODE, **kwargs)
+        self.params = p = self._declare_parameters()
+        self.executor_kind = p["executor"]
+        if not p["policy_path"]:
+            raise StartupError("parameter 'policy_path' is not set (the .onnx policy file)")
+        try:
+            mpc_config = MPCConfig(**{f.name: p[f.name] for f in fields(MPCConfig)})
+            # braking gains of the last-resort command, kept within the bounds for this rate
+            controller_config = ControllerConfig(
+                rate=mpc_config.rate, output_mode="effort", exclude_gravity=False, fade_in=0.0, safe_mode="zero_velocity",
+                hold_kp=min(ControllerConfig.hold_kp, (HOLD_MAX_OMEGA_DT * mpc_config.rate) ** 2),
+                hold_kd=min(ControllerConfig.hold_kd, HOLD_MAX_KD_DT * mpc_config.rate),
+                **{name: p[name] for name in CONTROLLER_PARAMETERS},
             )
-            self.create_timer(p["diagnostics_period"], self._publish_diagnostics, clock=steady)
-            self._diag_types = (DiagnosticArray, DiagnosticStatus, KeyValue)
-            deadline = "none" if math.isinf(mpc_config.deadline) else f"{mpc_config.deadline * 1e3:g} ms"
-            self.get_logger().info(
-                f"MPC on task {task.name} (horizon {solver.horizon} x {task.dt:g} s, solver process {solver.pid}) at {mpc_config.rate:g} Hz, warm start "
-                f"{mpc_config.warm_start}, max_iter {mpc_config.max_iter}, deadline {deadline}, policy {p['policy_path']} "
-                f"(fallback) -> {MPC_COMMAND_TOPIC}, {MPC_FEEDBACK_TOPIC}, {MPC_PLAN_TOPIC}"
-            )
+        except FieldError as exc:
+            raise StartupError(f"parameter '{exc.field}': {exc.message}") from exc
+        try:
+            task = load_task(p["task"])
+        except (ConfigError, OSError, ValueError) as exc:
+            raise StartupError(f"task '{p['task']}': {exc}") from exc
+        try:
+            # the task's robot (its description gives the target box unless target_limits is set)
+            controller = PolicyController(p["policy_path"], controller_config, robot=getattr(task, "robot", None))
+            controller.check_metadata(dt=task.dt)
+            # the solves run in a process of their own (MPCWorker: Crocoddyl keeps the GIL for
+            # whole iterations); this process keeps the policy for the fallback command
+            solver = MPCWorker(p["task"], p["policy_path"], mpc_config, task_object=task, policy=controller.policy)
+        except FieldError as exc:  # a setting the robot description does not give
+            raise StartupError(f"parameter '{exc.field}': {exc.message}") from exc
+        except (PolicyFileError, ValueError, OSError) as exc:
+            raise StartupError(f"policy '{p['policy_path']}' rejected: {exc}") from exc
+        self.solver = solver
+        try:
+            solver.wait_ready()
+        except WorkerError as exc:
+            raise StartupError(f"MPC solver process: {exc}") from exc
+        controller.start()
+        self.loop = MPCLoop(solver, controller, p["stale_periods"])
+        self.controller, self.config = controller, mpc_config
+        self._warm_up(task)
+        self.lock = threading.Lock()
+        self.input_log = ThrottledLog(self.get_logger(), period=1.0)
 
-        def _warm_up(self, task) -> None:
-            """The fallback policy once (onnxruntime allocates on first use; the solver process
-            has warmed up its own)."""
-            nominal = task.nominal_problem() if hasattr(task, "nominal_problem") else task.sample(1, 0)
-            self.solver.policy_command(nominal.x0[0], nominal.target[0])
+        steady = Clock(clock_type=ClockType.STEADY_TIME)
+        qos = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE, history=HistoryPolicy.KEEP_LAST)
+        self.command_pub = self.create_publisher(Float64MultiArray, MPC_COMMAND_TOPIC, qos)
+        self.feedback_pub = self.create_publisher(Float64MultiArray, MPC_FEEDBACK_TOPIC, qos)
+        self.plan_pub = self.create_publisher(Float64MultiArray, MPC_PLAN_TOPIC, qos)
+        self._plan_msg = Float64MultiArray()
+        self.diag_pub = self.create_publisher(diagnostics.DiagnosticArray, DIAGNOSTICS_TOPIC, 10)
+        inputs = MutuallyExclusiveCallbackGroup()
+        self.create_subscription(JointState, JOINT_STATES_TOPIC, self._on_joint_state, qos_profile_sensor_data, callback_group=inputs)
+        self.create_subscription(PointStamped, TARGET_TOPIC, self._on_target, 10, callback_group=inputs)
+        self.periods = PeriodMonitor(mpc_config.period, PeriodStats(capacity=max(1000, int(4 * mpc_config.rate))))
+        self.published = 0
+        self.publish_errors = 0
+        self._command_msg, self._feedback_msg = Float64MultiArray(), Float64MultiArray()
+        self.control_timer = self.create_timer(
+            mpc_config.period, self._tick, callback_group=MutuallyExclusiveCallbackGroup(), clock=steady
+        )
+        self.create_timer(p["diagnostics_period"], self._publish_diagnostics, clock=steady)
+        deadline = "none" if math.isinf(mpc_config.deadline) else f"{mpc_config.deadline * 1e3:g} ms"
+        self.get_logger().info(
+            f"MPC on task {task.name} (horizon {solver.horizon} x {task.dt:g} s, solver process {solver.pid}) at {mpc_config.rate:g} Hz, warm start "
+            f"{mpc_config.warm_start}, max_iter {mpc_config.max_iter}, deadline {deadline}, policy {p['policy_path']} "
+            f"(fallback) -> {MPC_COMMAND_TOPIC}, {MPC_FEEDBACK_TOPIC}, {MPC_PLAN_TOPIC}"
+        )
 
-        def on_shutdown(self, executor) -> None:
-            self.solver.close()
+    def _warm_up(self, task) -> None:
+        """The fallback policy once (onnxruntime allocates on first use; the solver process
+        has warmed up its own)."""
+        nominal = task.nominal_problem() if hasattr(task, "nominal_problem") else task.sample(1, 0)
+        self.solver.policy_command(nominal.x0[0], nominal.target[0])
 
-        def destroy_node(self):
-            solver = getattr(self, "solver", None)
-            if solver is not None:
-                solver.close()
-            return super().destroy_node()
+    def on_shutdown(self, executor) -> None:
+        self.solver.close()
 
-        def _declare_parameters(self) -> dict[str, Any]:
-            values = declare_parameters(self, NODE_PARAMETERS)
-            if not values["initial_target"]:
-                values["initial_target"] = None
-            return values
+    def destroy_node(self):
+        solver = getattr(self, "solver", None)
+        if solver is not None:
+            solver.close()
+        return super().destroy_node()
 
-        def _on_joint_state(self, msg) -> None:
-            take_joint_state(self.controller, self.lock, self.input_log, msg)
+    def _declare_parameters(self) -> dict[str, Any]:
+        values = declare_parameters(self, NODE_PARAMETERS)
+        if not values["initial_target"]:
+            values["initial_target"] = None
+        return values
 
-        def _on_target(self, msg) -> None:
-            take_target(self.controller, self.lock, self.input_log, msg)
+    def _on_joint_state(self, msg) -> None:
+        take_joint_state(self.controller, self.lock, self.input_log, msg)
 
-        def _tick(self) -> None:
-            now = time.monotonic()
-            self.periods.tick(now)
-            budget = self._budget()
-            with self.lock:
-                try:
-                    out = self.loop.tick(now, budget)
-                except Exception as exc:  # only before a state exists (tick() falls back itself after)
-                    self.get_logger().error(f"MPC tick failed: {type(exc).__name__}: {exc}", throttle_duration_sec=1.0)
-                    self.loop.counts["tick_errors"] += 1
-                    out = None
-                plans, self.loop.plans = self.loop.plans, []
-            for plan in plans:  # first: the fast loop following the plan waits for it
-                try:
-                    self._plan_msg.data = array.array("d", plan.tobytes())
-                    self.plan_pub.publish(self._plan_msg)
-                except Exception as exc:
-                    self.publish_errors += 1
-                    self.get_logger().error(f"publishing the plan failed: {exc}", throttle_duration_sec=1.0)
-            if out is None:
-                return
-            command, feedback = out
+    def _on_target(self, msg) -> None:
+        take_target(self.controller, self.lock, self.input_log, msg)
+
+    def _tick(self) -> None:
+        now = time.monotonic()
+        self.periods.tick(now)
+        budget = self._budget()
+        with self.lock:
             try:
-                self._command_msg.data = array.array("d", command.tobytes())
-                self.command_pub.publish(self._command_msg)
-                self._feedback_msg.data = array.array("d", feedback.tobytes())
-                self.feedback_pub.publish(self._feedback_msg)
-                self.published += 1
-            except Exception as exc:  # e.g. during shutdown
+                out = self.loop.tick(now, budget)
+            except Exception as exc:  # only before a state exists (tick() falls back itself after)
+                self.get_logger().error(f"MPC tick failed: {type(exc).__name__}: {exc}", throttle_duration_sec=1.0)
+                self.loop.counts["tick_errors"] += 1
+                out = None
+            plans, self.loop.plans = self.loop.plans, []
+        for plan in plans:  # first: the fast loop following the plan waits for it
+            try:
+                self._plan_msg.data = array.array("d", plan.tobytes())
+                self.plan_pub.publish(self._plan_msg)
+            except Exception as exc:
                 self.publish_errors += 1
-                self.get_logger().error(f"publishing failed: {exc}", throttle_duration_sec=1.0)
+                self.get_logger().error(f"publishing the plan failed: {exc}", throttle_duration_sec=1.0)
+        if out is None:
+            return
+        command, feedback = out
+        try:
+            self._command_msg.data = array.array("d", command.tobytes())
+            self.command_pub.publish(self._command_msg)
+            self._feedback_msg.data = array.array("d", feedback.tobytes())
+            self.feedback_pub.publish(self._feedback_msg)
+            self.published += 1
+        except Exception as exc:  # e.g. during shutdown
+            self.publish_errors += 1
+            self.get_logger().error(f"publishing failed: {exc}", throttle_duration_sec=1.0)
 
-        def _budget(self) -> float | None:
-            """Seconds until the next tick is due, minus a margin for publishing: the longest this
-            tick may wait for its solve (which goes on in the solver process regardless)."""
-            try:
-                remaining = self.control_timer.time_until_next_call()
-            except Exception:
-                return None
-            if remaining is None:
-                return None
-            return max(0.0, 1e-9 * remaining - TICK_MARGIN)
+    def _budget(self) -> float | None:
+        """Seconds until the next tick is due, minus a margin for publishing: the longest this
+        tick may wait for its solve (which goes on in the solver process regardless)."""
+        try:
+            remaining = self.control_timer.time_until_next_call()
+        except Exception:
+            return None
+        if remaining is None:
+            return None
+        return max(0.0, 1e-9 * remaining - TICK_MARGIN)
 
-        def _publish_diagnostics(self) -> None:
-            DiagnosticArray, DiagnosticStatus, KeyValue = self._diag_types
-            with self.lock:
-                values = self.loop.diagnostics()
-            loop = self.periods.stats.summary()
-            self.periods.stats.clear()
-            values.update(
-                {
-                    "loop_period_p50_ms": f"{loop['p50'] * 1e3:.3f}",
-                    "loop_period_p99_ms": f"{loop['p99'] * 1e3:.3f}",
-                    "loop_period_max_ms": f"{loop['max'] * 1e3:.3f}",
-                    "overruns": str(self.periods.overruns),
-                    "commands_published": str(self.published),
-                    "publish_errors": str(self.publish_errors),
-                }
-            )
-            state = values["state"]
-            if state == "mpc":
-                level, message = DiagnosticStatus.OK, "MPC solutions"
-            elif state == "fallback":
-                level, message = DiagnosticStatus.WARN, f"policy fallback: {values['reason']}"
-            else:
-                level, message = DiagnosticStatus.WARN, f"{state}: {values['reason']}"
-            status = DiagnosticStatus(
-                level=level,
-                name=f"{self.get_name()}: MPC loop",
-                message=message,
-                hardware_id=self.solver.task_name,
-                values=[KeyValue(key=k, value=v) for k, v in values.items()],
-            )
-            msg = DiagnosticArray(status=[status])
-            msg.header.stamp = self.get_clock().now().to_msg()
-            self.diag_pub.publish(msg)
-
-    return MPCNode
+    def _publish_diagnostics(self) -> None:
+        with self.lock:
+            values = self.loop.diagnostics()
+        values.update(diagnostics.period_values(self.periods))
+        values.update(
+            {
+                "commands_published": str(self.published),
+                "publish_errors": str(self.publish_errors),
+            }
+        )
+        state = values["state"]
+        if state == "mpc":
+            level, message = diagnostics.OK, "MPC solutions"
+        elif state == "fallback":
+            level, message = diagnostics.WARN, f"policy fallback: {values['reason']}"
+        else:
+            level, message = diagnostics.WARN, f"{state}: {values['reason']}"
+        self.diag_pub.publish(diagnostics.diagnostic_array(self, "MPC loop", level, message, self.solver.task_name, values))
 
 
 def main(args: list[str] | None = None) -> int:
-    return run_node(MPC_NODE, lambda: _make_node_class()(), args)
+    """Entry point of ``mpc_node`` (``ros2 run tocpl_ros mpc_node``); see :func:`run_node`."""
+    return run_node(MPC_NODE, MPCNode, args)
 
 
 if __name__ == "__main__":

@@ -214,8 +214,8 @@ class Ur5SimNode(Node):
 def main(args: list[str] | None = None) -> int:
     """Entry point of ``ur5_sim`` (``ros2 run tocpl_ros ur5_sim``). SIGINT / SIGTERM stop
     it cleanly (exit 0, with a rate summary); bad parameters exit with 2 and an error naming
-    the parameter."""
-    return run_node(SIM_NODE, Ur5SimNode, args, startup_errors=(ConfigError,), startup_exit_code=2)
+    the parameter (:func:`run_node`)."""
+    return run_node(SIM_NODE, Ur5SimNode, args)
 
 
 if __name__ == "__main__":
