@@ -46,7 +46,8 @@ from tocpl_ros.bringup.graph import (
     graph_for,
     parse_target,
 )
-from tocpl_ros.bringup.cli import Bringup, find_executable, parse_launch_args
+from tocpl_ros.bringup.processes import Bringup, find_executable
+from tocpl_ros.bringup.cli import parse_launch_args
 from tocpl_ros.interfaces import MPC_PLAN_TOPIC
 from tocpl_ros.resources import config_path
 from tocpl_ros.ros.environment import DISCOVERY_RANGE_VAR, DOMAIN_ID_VAR, derive_domain_id, loopback_ros_env
@@ -405,7 +406,7 @@ def test_launch_file_with_real_launch_ros(tmp_path, ros_loopback_env):
         IncludeLaunchDescription(PythonLaunchDescriptionSource(str(LAUNCH_FILE)),
                                  launch_arguments={"policy": str(policy), "target": "0.5,0.1,0.4"}.items())
     ])
-    from tocpl_ros.tools.demo import Probe
+    from tocpl_ros.ros.probe import Probe
 
     service = launch.LaunchService()
     service.include_launch_description(description)
@@ -751,7 +752,7 @@ def _env_for(ros_loopback_env, offset: int) -> tuple[dict[str, str], int]:
 def _quiet_domain(ros_loopback_env, offset: int):
     """(probe, env) on a domain where no other ROS node is seen for 1 s (other test runs on this
     machine pick their domains the same way: a shared one would mix their topics with ours)."""
-    from tocpl_ros.tools.demo import Probe
+    from tocpl_ros.ros.probe import Probe
 
     for attempt in range(10):
         env, domain = _env_for(ros_loopback_env, offset + 7 * attempt)
@@ -799,7 +800,7 @@ def _restart_from_initial_posture(probe) -> float:
 
 def _test_target(seed: int = 2024) -> np.ndarray:
     """A target of the ur5_reach distribution (q_nominal + U(-0.4, 0.4) per joint, forward kinematics)."""
-    from tocpl_ros.tools.demo import demo_targets
+    from tocpl_ros.ros.probe import demo_targets
 
     return demo_targets(1, seed=seed)[0]
 
@@ -815,7 +816,7 @@ def test_bringup_reaches_a_target(trained_policy, ros_loopback_env):
     """tocpl-bringup starts sim + policy; from the initial posture the trained policy brings tool0
     within REACH_BOUND of a target of the task's distribution within REACH_TIME; Ctrl-C (SIGINT)
     stops everything cleanly."""
-    from tocpl_ros.tools.demo import ToolKinematics
+    from tocpl_ros.ros.probe import ToolKinematics
 
     kin = ToolKinematics()
     target = _test_target()
@@ -909,7 +910,7 @@ def test_policy_goes_safe_when_the_sim_stops(trained_policy, ros_loopback_env):
     again. Sim killed (SIGKILL) while moving: safe command within the stale limit again (when DDS
     delivers it here at all: see below), then tocpl-bringup stops the policy node and exits non-zero
     naming the sim; no process is left."""
-    from tocpl_ros.tools.demo import ToolKinematics
+    from tocpl_ros.ros.probe import ToolKinematics
 
     kin = ToolKinematics()
     probe, bring = _start_graph(ros_loopback_env, trained_policy, offset=47, target=_test_target())
@@ -1003,7 +1004,7 @@ def test_bringup_with_mpc_reaches_holds_and_follows_targets(trained_policy, ros_
     MPC_HOLD_TIME; then it follows MPC_SEQUENCE targets switched every MPC_SEQUENCE_WAIT s (mean
     error at the switches within MPC_SEQUENCE_BOUND); commands within the torque limits; Ctrl-C stops
     all three nodes cleanly."""
-    from tocpl_ros.tools.demo import ToolKinematics, demo_targets
+    from tocpl_ros.ros.probe import ToolKinematics, demo_targets
 
     kin = ToolKinematics()
     target = _test_target()

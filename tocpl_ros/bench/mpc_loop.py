@@ -40,7 +40,7 @@ from pathlib import Path
 import numpy as np
 
 from tocpl_ros.bringup.graph import graph_for
-from tocpl_ros.tools.demo import HELD_OUT_SEED, Probe, ToolKinematics, demo_targets, follow, tool_error
+from tocpl_ros.ros.probe import HELD_OUT_SEED, Probe, ToolKinematics, demo_targets, follow, tool_error
 from tocpl_ros.ros.environment import apply_loopback_defaults, loopback_ros_env
 
 PROG = "tocpl-mpc-loop-bench"
@@ -52,7 +52,7 @@ def _diag_windows(probe: Probe, since: float) -> list[dict[str, str]]:
 
 
 def run_mode(args, env, policy: Path, backend: str, use_mpc: bool, hold_targets: np.ndarray, sequence: np.ndarray) -> dict:
-    from tocpl_ros.bringup.cli import Bringup
+    from tocpl_ros.bringup.processes import Bringup
 
     label = f"{backend}, {'policy + MPC' if use_mpc else 'policy alone'}"
     specs = graph_for("ur5_policy", policy=str(policy), use_mpc="true" if use_mpc else "false", rate=args.rate,

@@ -1,1 +1,2 @@
-"""Bring-up: the node graph described once (graph), started by ros2 launch or tocpl-bringup (cli)."""
+"""Bring-up: the node graph described once (graph), its nodes as processes (processes) and
+`tocpl-bringup` (cli); `launch/ur5_policy.launch.py` turns the same graph into launch_ros nodes."""
