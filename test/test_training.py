@@ -10,7 +10,7 @@ from tocpl_ros.tasks import load_task
 from tocpl_training.checkpoint import load_checkpoint, load_policy
 from tocpl_training.cli import build_parser, main as train_main
 from tocpl_training.config import TrainConfig
-from tocpl_training.oc_phase import OCJob, OCPhaseRunner, OCRequest
+from tocpl_training.oc.phase import OCJob, OCPhaseRunner, OCRequest
 from tocpl_training.policy import make_policy
 from tocpl_training.supervised import SupervisedData, fit, regression_loss, sobolev_loss_full, sobolev_loss_stochastic
 from tocpl_ros.tasks.config import SolverConfig

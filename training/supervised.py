@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from .policy import MLPPolicy
+from tocpl_training.policy import MLPPolicy
 
 
 @dataclass

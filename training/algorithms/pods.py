@@ -12,8 +12,8 @@ import numpy as np
 
 from tocpl_ros.tasks import Problems
 
-from ..supervised import SupervisedData
-from .base import Algorithm, OCBatch
+from tocpl_training.supervised import SupervisedData
+from tocpl_training.algorithms.base import Algorithm, OCBatch
 
 
 class PODS(Algorithm):

@@ -30,7 +30,7 @@ from tocpl_ros.ocp import solve
 from tocpl_ros.policy_file import OnnxPolicy, PolicyFileError
 from tocpl_ros.tasks import Problems, ReachTask, RobotTask, Task, TaskConfig, load_task, make_task
 
-from .config import TrainConfig
+from tocpl_training.config import TrainConfig
 
 Policy = Callable[[np.ndarray], np.ndarray]
 POLICY_FILE = "policy.onnx"  # trainer.POLICY (importing the trainer would pull in torch)

@@ -20,10 +20,10 @@ import yaml
 
 from tocpl_ros.config import ConfigError, to_dict
 
-from .cli import default_config
-from .continuous import hold_labels
-from .export import export_onnx
-from .trainer import POLICY, Trainer
+from tocpl_training.cli import default_config
+from tocpl_training.evaluation.continuous import hold_labels
+from tocpl_training.export import export_onnx
+from tocpl_training.trainer import POLICY, Trainer
 
 
 def run_one(task: str, seed: int, out: Path, overrides: dict) -> dict:
@@ -52,7 +52,7 @@ def format_row(r: dict, unit: str) -> str:
 
 
 def continuous_lines(r: dict, scale: float, shown: str) -> str:
-    """The continuous-use figures of a run (training/continuous.py), when it has them."""
+    """The continuous-use figures of a run (training/evaluation/continuous.py), when it has them."""
     if "hold_T_error_mean" not in r:
         return ""
 

@@ -40,7 +40,7 @@ from tocpl_ros.ocp import OCSolution, solution_gains, solve
 from tocpl_ros.tasks import DynamicsCounter, Problems, Task, make_task
 from tocpl_ros.tasks.config import SolverConfig, TaskConfig
 
-from .config import BACKENDS
+from tocpl_training.config import BACKENDS
 
 RAY_EXTRA_HINT = "pip install 'tocpl_ros[ray]' (or: pip install ray)"
 LOOPBACK = ("127.0.0.1", "::1", "localhost")
@@ -163,7 +163,7 @@ def attach_terms(task: Task, shooting, request: OCRequest):
     """Add the extra cost terms of the request's mode to a fresh problem; None for 'plain'."""
     if request.mode == "plain":
         return None
-    from . import consensus  # only the ADMM family needs it
+    from tocpl_training.oc import consensus  # only the ADMM family needs it
 
     if request.mode == "consensus":
         return consensus.add_consensus_terms(task, shooting, request.shared["policy"], request.shared["mu"])

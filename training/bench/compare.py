@@ -9,7 +9,7 @@
 Configurations are named like the paper: ``pddp``, ``plal`` with ``+M`` (multiple shooting),
 ``+S`` (Sobolev), ``-C`` (no control box in the OC phase), e.g. ``plal+M+S-C``; the baselines
 ``pods``, ``dpl`` (penalty consensus, full-Jacobian Sobolev, no box, as the paper runs them),
-``ppo`` and ``sac`` (stable-baselines3, :mod:`tocpl_training.rl_baselines`).
+``ppo`` and ``sac`` (stable-baselines3, :mod:`tocpl_training.baselines.rl`).
 
 Every run is a normal run folder under ``--runs-dir`` (checkpoints, TensorBoard: not for git).
 A run listed as done in ``<out>/runs.json`` is skipped; one that was interrupted (killed, machine
@@ -125,8 +125,8 @@ def load_bench_config(path: str | Path | None = None) -> BenchConfig:
 # -- runs ------------------------------------------------------------------------------------
 def train_config_for(task: str, name: str, seed: int, bench: BenchConfig, quick: bool):
     """The resolved TrainConfig of a TO configuration on a task."""
-    from .cli import default_config_file
-    from .config import TrainConfig
+    from tocpl_training.cli import default_config_file
+    from tocpl_training.config import TrainConfig
 
     file = default_config_file(task)
     data = dict(read_yaml(file)) if file else {"task": task}
@@ -145,7 +145,7 @@ def held_out_for(task: str, bench: BenchConfig, quick: bool):
     with reference costs from the task's own (constrained) OCP."""
     from tocpl_ros.tasks import load_task
 
-    from .trainer import HeldOut
+    from tocpl_training.trainer import HeldOut
 
     config = train_config_for(task, "pddp", 0, bench, quick)
     return HeldOut.make(load_task(task), config.eval_problems, config.eval_seed)
@@ -154,7 +154,7 @@ def held_out_for(task: str, bench: BenchConfig, quick: bool):
 def interrupted_run(run_dir: Path, checkpoint: str, settings: dict[str, Any]) -> bool:
     """Whether ``run_dir`` holds an interrupted run (its checkpoint) of exactly these settings (its
     config.yaml): the benchmark continues such a run instead of starting it afresh."""
-    from .checkpoint import differing_settings
+    from tocpl_training.checkpoint import differing_settings
 
     if not (run_dir / checkpoint).is_file():
         return False
@@ -179,9 +179,9 @@ def run_to(task: str, name: str, seed: int, run_dir: Path, held_out, bench: Benc
            resume: bool = False) -> list[dict]:
     from tocpl_ros.tasks import load_task
 
-    from .checkpoint import CheckpointError
-    from .export import export_onnx
-    from .trainer import CHECKPOINT, Trainer, run_settings
+    from tocpl_training.checkpoint import CheckpointError
+    from tocpl_training.export import export_onnx
+    from tocpl_training.trainer import CHECKPOINT, Trainer, run_settings
 
     config = train_config_for(task, name, seed, bench, quick)
     trainer = None
@@ -204,8 +204,8 @@ def run_rl(task: str, name: str, seed: int, run_dir: Path, held_out, bench: Benc
            resume: bool = False) -> list[dict]:
     from tocpl_ros.tasks import load_task
 
-    from .checkpoint import CheckpointError
-    from .rl_baselines import RL_CHECKPOINT, load_rl_config, rl_settings, train_rl
+    from tocpl_training.checkpoint import CheckpointError
+    from tocpl_training.baselines.rl import RL_CHECKPOINT, load_rl_config, rl_settings, train_rl
 
     config = load_rl_config(name, task, {**bench.rl_overrides, **(bench.quick_rl if quick else {})})
     if resume and interrupted_run(run_dir, RL_CHECKPOINT, rl_settings(config, load_task(task), seed, {})):
@@ -438,7 +438,7 @@ def summarize(out: Path, bench: BenchConfig, tasks: list[str] | None = None) -> 
 
     from tocpl_ros.tasks import load_task
 
-    from .trainer import success_tolerance
+    from tocpl_training.trainer import success_tolerance
 
     manifest = load_manifest(out)
     groups: dict[str, dict[str, list[tuple[int, dict[str, np.ndarray]]]]] = {}

@@ -27,7 +27,7 @@ from tocpl_ros.config import ConfigError
 from tocpl_ros.tasks import Task, load_task
 from tocpl_ros.tasks.config import SolverConfig
 
-from .oc_phase import OCJob, OCPhaseRunner, OCRequest, _config_dict, split_request
+from tocpl_training.oc.phase import OCJob, OCPhaseRunner, OCRequest, _config_dict, split_request
 
 RUNNERS = ("serial", "process:1", "process:2", "ray:1", "ray:2")
 
@@ -59,7 +59,7 @@ def measure(spec: str, task: Task, request: OCRequest, repeats: int, threads: in
 
 def payload_sizes(task: Task, request: OCRequest, sols, workers: int, hidden: list[int]) -> list[tuple[str, int]]:
     """Pickled bytes of what one OC phase ships (protocol 5, as the pool and Ray's serializer use)."""
-    from .policy import NumpyPolicy, make_policy
+    from tocpl_training.policy import NumpyPolicy, make_policy
 
     size = lambda obj: len(pickle.dumps(obj, protocol=5))  # noqa: E731
     warm = OCRequest([OCJob(j.x0, j.target, s.xs, s.us) for j, s in zip(request.jobs, sols)], request.solver)

@@ -301,7 +301,7 @@ def rl_settings(config: RLConfig, task: Task, seed: int, task_overrides: dict[st
 
 
 def _save_rl_checkpoint(path: Path, model, venv, counter: DynamicsCounter, rows: list[dict], state: dict) -> None:
-    from .checkpoint import save_checkpoint
+    from tocpl_training.checkpoint import save_checkpoint
 
     zipped = io.BytesIO()
     model.save(zipped)
@@ -325,7 +325,7 @@ def _resume_rl(path: Path, config: RLConfig, venv, counter: DynamicsCounter, see
     """The model of ``path`` on ``venv`` with the counter and normaliser restored; returns (model, checkpoint)."""
     from stable_baselines3 import PPO, SAC
 
-    from .checkpoint import CheckpointError, load_checkpoint
+    from tocpl_training.checkpoint import CheckpointError, load_checkpoint
 
     data = load_checkpoint(path)
     try:
@@ -371,9 +371,9 @@ def train_rl(
     from stable_baselines3.common.callbacks import BaseCallback
     from stable_baselines3.common.vec_env import DummyVecEnv, VecNormalize
 
-    from .policy import policy_spec_for
-    from .run_log import RunLog
-    from .trainer import HeldOut, evaluate_policy
+    from tocpl_training.policy import policy_spec_for
+    from tocpl_training.run_log import RunLog
+    from tocpl_training.trainer import HeldOut, evaluate_policy
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -384,7 +384,7 @@ def train_rl(
     settings = rl_settings(config, task, seed, task_overrides or {})
     checkpoint = out_dir / RL_CHECKPOINT
     if resume:
-        from .checkpoint import differing_settings
+        from tocpl_training.checkpoint import differing_settings
 
         differing = differing_settings(read_yaml(out_dir / "config.yaml"), settings)
         if differing:
