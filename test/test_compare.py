@@ -12,7 +12,8 @@ import yaml
 
 from tocpl_ros.config import ConfigError, FieldError
 from tocpl_ros.tasks import DynamicsCounter, Trajectories, load_task
-from tocpl_training.bench.compare import configuration, load_bench_config, main
+from tocpl_training.bench.runs import configuration, load_bench_config
+from tocpl_training.bench.compare import main
 from tocpl_training.baselines.rl import TaskEnv, load_rl_config
 from tocpl_training.trainer import HeldOut, evaluate_policy
 
@@ -122,7 +123,7 @@ def test_configuration_names():
 def test_bench_overrides_by_task_and_configuration(tmp_path):
     """compare.yaml's per-configuration fields reach that configuration's TrainConfig only; the
     command line's --to-set wins over every level; a configuration's own flags over everything."""
-    from tocpl_training.bench.compare import train_config_for
+    from tocpl_training.bench.runs import train_config_for
 
     bench = load_bench_config()
     ur5 = "ur5_reach_fixed_horizon"  # the comparisons' UR5 (the default ur5_reach trains pddp only)
@@ -253,7 +254,7 @@ def test_quick_and_full_runs_do_not_mix(tmp_path, capsys):
 
 
 def _record_runs(out, prefix, count):
-    from tocpl_training.bench.compare import record_run
+    from tocpl_training.bench.runs import record_run
 
     for i in range(count):
         record_run(out, f"{prefix}/seed{i}", {"status": "ok", "seed": i})
@@ -281,7 +282,8 @@ def test_budget_column_names_the_consensus_penalty(tmp_path):
 
     import yaml
 
-    from tocpl_training.bench.compare import _budget_text, budget_of
+    from tocpl_training.bench.summary import _budget_text
+    from tocpl_training.bench.runs import budget_of
     from tocpl_training.config import TrainConfig
 
     def text(**fields):
@@ -338,7 +340,7 @@ def _interrupt_after(k):
 def _interrupted_bench_run(name, run_dir, after):
     """Start the run tocpl-bench --quick would do for lqr/<name>/seed0, and kill it after `after`
     evaluations: what a run folder looks like when the machine went down."""
-    from tocpl_training.bench.compare import configuration, held_out_for, train_config_for
+    from tocpl_training.bench.runs import configuration, held_out_for, train_config_for
     from tocpl_training.baselines.rl import train_rl
     from tocpl_training.trainer import Trainer
 
@@ -437,7 +439,7 @@ def test_sac_resume_restores_model_replay_buffer_and_reward_scale(tmp_path):
 def test_summary_of_runs_that_all_diverged(tmp_path):
     """PODS on the double pendulum diverges on every held-out problem at every evaluation: the
     summary still comes out (the error panels say so) instead of matplotlib failing on a log axis."""
-    from tocpl_training.bench.compare import summarize
+    from tocpl_training.bench.summary import summarize
 
     columns = ["iteration", "cost_gap_median", "final_error_mean", "final_error_p95", "within_tolerance", "diverged",
                "dynamics_evaluations", "wall_time"]
