@@ -14,7 +14,8 @@ from tocpl_ros.config import ConfigError, FieldError
 from tocpl_ros.tasks import DynamicsCounter, Trajectories, load_task
 from tocpl_training.bench.runs import configuration, load_bench_config
 from tocpl_training.bench.compare import main
-from tocpl_training.baselines.rl import TaskEnv, load_rl_config
+from tocpl_training.baselines.env import TaskEnv
+from tocpl_training.baselines.rl import load_rl_config
 from tocpl_training.trainer import HeldOut, evaluate_policy
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"

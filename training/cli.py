@@ -16,10 +16,8 @@ import sys
 import typing
 from pathlib import Path
 
-
 from tocpl_ros.config import ConfigError, field_docs, load_dataclass, parse_key_values, read_yaml, to_dict
 from tocpl_ros.resources import config_path
-
 from tocpl_training.checkpoint import CheckpointError
 from tocpl_training.config import TrainConfig
 from tocpl_training.evaluation.continuous import hold_labels

@@ -35,7 +35,6 @@ from tocpl_ros.policy_file import (
     read_onnx_metadata,
 )
 from tocpl_ros.tasks import Task
-
 from tocpl_training.checkpoint import CheckpointError, atomic_write, load_policy
 from tocpl_training.policy import MLPPolicy
 

@@ -197,7 +197,7 @@ def _fit(policy, optimizer, data, epochs, batch_size, nx, sobolev_weight, genera
     policy.train()
     skipped = 0
     # One intra-op thread: the MLP is small, and with one thread per core OpenMP's spin-waits
-    # collapse as soon as another process shares a core (measured 6x slower median step).
+    # collapse as soon as another process shares a core (docs/training_speed.md).
     with torch_threads(1):
         for batches in passes():
             totals = {"regression_loss": 0.0, "sobolev_loss": 0.0}

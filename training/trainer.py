@@ -30,9 +30,15 @@ import yaml
 from tocpl_ros.config import ConfigError, load_dataclass, to_dict
 from tocpl_ros.ocp import solve
 from tocpl_ros.tasks import DynamicsCounter, Problems, Task, Trajectories, load_task
-
 from tocpl_training.algorithms import make_algorithm
-from tocpl_training.checkpoint import CheckpointError, atomic_write_bytes, load_checkpoint, policy_payload, remove_stale_temps, save_checkpoint
+from tocpl_training.checkpoint import (
+    CheckpointError,
+    atomic_write_bytes,
+    load_checkpoint,
+    policy_payload,
+    remove_stale_temps,
+    save_checkpoint,
+)
 from tocpl_training.config import TrainConfig
 from tocpl_training.evaluation.continuous import ContinuousUse, evaluate_continuous, seconds_label
 from tocpl_training.oc.phase import OCJob, OCPhaseRunner, OCRequest

@@ -40,10 +40,10 @@ from pathlib import Path
 
 import numpy as np
 
+from tocpl_ros.mpc.closed_loop import has_continuous_dynamics, run_closed_loop
 from tocpl_ros.mpc.config import MPCConfig
 from tocpl_ros.mpc.solver import RecedingHorizonMPC
 from tocpl_ros.mpc.task_policy import TaskPolicy
-from tocpl_ros.mpc.closed_loop import has_continuous_dynamics, run_closed_loop
 from tocpl_ros.ocp import at_bounds, solution_gains, solve
 from tocpl_ros.policy_file import OnnxPolicy, PolicyFileError
 from tocpl_ros.tasks import Problems, load_task

@@ -5,7 +5,7 @@
 
 For each simulator backend (Pinocchio, MuJoCo) and each mode (the policy alone; ``use_mpc:=true``:
 the policy node following the MPC node's plans), one bring-up of ``ur5_policy`` as processes
-(:class:`tocpl_ros.bringup.cli.Bringup`, DDS on loopback), driven from this process:
+(:class:`tocpl_ros.bringup.processes.Bringup`, DDS on loopback), driven from this process:
 
 1. **hold**: ``--hold-targets`` held-out targets, each from the initial posture (simulator reset),
    held ``--hold`` s: the end effector's error at 10 s and at the end;
@@ -40,8 +40,8 @@ from pathlib import Path
 import numpy as np
 
 from tocpl_ros.bringup.graph import graph_for
-from tocpl_ros.ros.probe import HELD_OUT_SEED, Probe, ToolKinematics, demo_targets, follow, tool_error
 from tocpl_ros.ros.environment import apply_loopback_defaults, loopback_ros_env
+from tocpl_ros.ros.probe import HELD_OUT_SEED, Probe, ToolKinematics, demo_targets, follow, tool_error
 
 PROG = "tocpl-mpc-loop-bench"
 

@@ -35,7 +35,15 @@ from typing import Any
 
 import yaml
 
-from tocpl_ros.interfaces import MPC_COMMAND_TOPIC, MPC_NODE, MPC_PLAN_TOPIC, OUTPUT_MODES, POLICY_NODE, SIM_BACKENDS, SIM_NODE
+from tocpl_ros.interfaces import (
+    MPC_COMMAND_TOPIC,
+    MPC_NODE,
+    MPC_PLAN_TOPIC,
+    OUTPUT_MODES,
+    POLICY_NODE,
+    SIM_BACKENDS,
+    SIM_NODE,
+)
 from tocpl_ros.resources import PACKAGE_NAME, config_path
 from tocpl_ros.ros.environment import DISCOVERY_RANGE_VAR, DOMAIN_ID_VAR, loopback_ros_env
 

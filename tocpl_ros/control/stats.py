@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+
 class PeriodStats:
     """A ring buffer of durations (s) with percentile summaries (loop periods, inference times)."""
 

@@ -50,9 +50,8 @@ class MPCConfig:
     solver_nice: int = 0
     """Niceness added to the solver process of :class:`MPCWorker` (0-19; higher: lower CPU
     priority): when the CPU is short, the fast loop and the robot's driver come first and the MPC
-    gets late instead (its plans age, the fast loop falls back to the policy). 0: the same
-    priority; measured with 10 beside the Python simulator, the policy node and the MPC node on 2
-    cores: shifted solves took 20 ms instead of 3-6 ms and most missed their deadline."""
+    gets late instead (its plans age, the fast loop falls back to the policy; docs/mpc.md). 0: the
+    same priority."""
 
     def __post_init__(self) -> None:
         def number(name: str, value, lo: float, allow_inf: bool = False) -> None:

@@ -38,8 +38,7 @@ class DeadlineCallback(crocoddyl.CallbackAbstract):
         if solver.isFeasible and solver.stop < solver.th_stop:
             return  # the solver is about to return converged: let it
         # (feasibility too: with every control on the box, BoxFDDP's projected criterion is 0 while
-        # the rollout is still infeasible, and the solve goes on; seen with an untrained policy's
-        # saturated warm start, where the deadline was otherwise never enforced: 17 iterations, 35 ms
-        # against 8 ms)
+        # the rollout is still infeasible and the solve goes on: a saturated warm start would
+        # otherwise never meet its deadline, docs/mpc.md)
         if now - self.start + self.longest > self.deadline:
             raise DeadlineExceeded()

@@ -9,9 +9,9 @@ from collections import Counter
 
 import numpy as np
 
-from tocpl_ros.control.stats import PeriodStats
 from tocpl_ros.control.controller import PolicyController
 from tocpl_ros.control.plan import encode_result
+from tocpl_ros.control.stats import PeriodStats
 
 TICK_MARGIN = 0.001
 """Seconds of each period a tick never spends waiting for the solver (publishing, callbacks)."""

@@ -8,7 +8,7 @@ of the moment. Each solve starts from an initial guess chosen by ``MPCConfig.war
   the paper's Fig. 7 warm start. :class:`TaskPolicy` adapts the policy to the task (so
   ``task.rollout(TaskPolicy(policy, task), problems)`` works); the MPC rolls out through
   the OCP's own action models (:meth:`TaskPolicy.rollout`: the same trajectory as
-  ``task.rollout`` to 1e-15, measured 1.6 ms instead of 4.1-4.8 ms for T = 50);
+  ``task.rollout`` to 1e-15, ~3x faster for one trajectory, docs/mpc.md);
 - ``'shifted'``: the previous solution advanced by the time elapsed since it was computed
   (one OCP step when that time is the task's dt; fractional shifts interpolate linearly),
   its last state and control repeated at the end. The first solve, or one after a reset
@@ -18,9 +18,9 @@ of the moment. Each solve starts from an initial guess chosen by ``MPCConfig.war
   stopped at its deadline or iteration cap: the next solve goes on from it) that, shifted to now,
   matches the measured state (:data:`HYBRID_SHIFT_TOLERANCE`), 'policy' otherwise (the first
   solve, after a target change, a jump of the state, a non-finite solution or a reset): the policy's
-  rollout for every solve from scratch, the previous solution in between (closed loop, 10
-  held-out ur5_reach_fixed_horizon problems: median 2 iterations and 3.6 ms per solve, against
-  3 and 10 ms for 'policy' and 6 and 9.4 ms for 'cold'; mpc_node's default).
+  rollout for every solve from scratch, the previous solution in between (the fewest iterations
+  and the shortest solves in closed loop, docs/mpc.md "Warm starts in closed loop"; mpc_node's
+  default).
 
 A solve has an iteration cap and a wall-time deadline (the warm start's construction
 included). The deadline is enforced between solver iterations: a solve whose next
@@ -34,9 +34,8 @@ failure (deadline missed, not converged within the cap, the solver giving up bef
 exception, invalid input) is *reported* in the :class:`MPCResult`, never raised, and the
 result then carries the policy's own command for the current state as the fallback.
 
-Crocoddyl's problems default to 2 OpenMP threads; on this 2-core machine with other
-processes busy, calc of the T = 50 ur5_reach problem was measured at 8 ms with 2 threads
-and 0.36 ms with 1 (a whole solve 167 ms vs 11 ms). ``MPCConfig.threads`` (default 1) sets
+Crocoddyl's problems default to 2 OpenMP threads, whose spin-waits make a solve many times
+slower beside other busy processes (docs/mpc.md); ``MPCConfig.threads`` (default 1) sets
 ``ShootingProblem.nthreads``.
 
 :class:`InlineSolver` gives the interface of :class:`tocpl_ros.mpc.worker.MPCWorker` (the solver

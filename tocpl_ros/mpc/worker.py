@@ -36,10 +36,8 @@ class MPCWorker:
     """A :class:`RecedingHorizonMPC` in a process of its own, so that a solve never holds up
     the caller (e.g. a control loop that must publish every period).
 
-    Crocoddyl's Python bindings keep the GIL for a whole solver iteration (measured: a Python
-    thread beside a horizon-1000 solve was held up 100 ms, the length of one iteration; beside
-    GIL-releasing numpy work, 12 ms), so a thread would not do: the solve runs in a child Python
-    process (``sys.executable``, a Unix socket pair, pickled requests and results).
+    Crocoddyl's Python bindings keep the GIL for a whole solver iteration (docs/mpc.md), so a
+    thread would not do: the solve runs in a child Python process (``sys.executable``, a Unix socket pair, pickled requests and results).
 
     One request at a time: :meth:`submit` (non-blocking; False while a solve is running or the
     process is not ready) sends the state, target, its time ``now`` (any clock: only passed back

@@ -62,7 +62,6 @@ class Probe:
         from rclpy.signals import SignalHandlerOptions
         from sensor_msgs.msg import JointState
         from std_msgs.msg import Float64MultiArray
-
         from std_srvs.srv import Trigger
 
         self.PointStamped, self.Trigger = PointStamped, Trigger

@@ -34,6 +34,7 @@ from tocpl_ros.interfaces import OUTPUT_MODES
 from tocpl_ros.robot import RobotModel, load_robot, robot_config_file
 from tocpl_ros.sim.config import SimConfig
 
+
 class CommandError(ValueError):
     """A command the simulator refuses (wrong length, non-finite values, unknown mode)."""
 

@@ -10,7 +10,6 @@ from tocpl_ros.config import ConfigError, FieldError, load_dataclass, read_yaml
 from tocpl_ros.interfaces import OUTPUT_MODES, SIM_BACKENDS, SIM_NODE
 from tocpl_ros.resources import config_path
 
-
 Scalars = float | list[float]
 """One value for every joint, or one value per joint (the robot's joint order)."""
 

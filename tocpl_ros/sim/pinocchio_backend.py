@@ -25,6 +25,7 @@ from tocpl_ros.config import FieldError
 from tocpl_ros.sim.base import SimulatorBase
 from tocpl_ros.sim.config import SimConfig
 
+
 class ArmSimulator(SimulatorBase):
     """The Pinocchio backend (``backend: pinocchio``): the robot's controlled joints
     (revolute/prismatic; the others locked), simulated by ABA and semi-implicit Euler

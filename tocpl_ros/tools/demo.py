@@ -3,7 +3,7 @@
 1. Policy: ``runs/demo/policy.onnx`` if it exists, else ``tocpl-train --task ur5_reach
    --out runs/demo`` (the default configuration) (resumed from its checkpoint if a previous run was cut short).
 2. Bring-up of ``ur5_policy`` (simulated UR5 + policy node, + MPC node with ``--use-mpc``) as
-   processes, by :class:`tocpl_ros.bringup.cli.Bringup`, like ``tocpl-bringup ur5_policy``.
+   processes, by :class:`tocpl_ros.bringup.processes.Bringup`, like ``tocpl-bringup ur5_policy``.
 3. Five targets from the ur5_reach task's held-out distribution (the trainer's held-out seed),
    one after the other on ``/target`` (geometry_msgs/PointStamped), 2 s each, switched while the
    arm moves (no reset, as in use; ``--reset`` starts each from rest), then the last held for

@@ -13,7 +13,6 @@ import torch
 from tocpl_ros.ocp import OCSolution
 from tocpl_ros.tasks import DynamicsCounter, Problems, Task
 from tocpl_ros.tasks.config import SolverConfig
-
 from tocpl_training.config import TrainConfig
 from tocpl_training.oc.phase import OCJob, OCPhaseRunner, OCRequest
 from tocpl_training.policy import MLPPolicy

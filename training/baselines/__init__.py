@@ -1,1 +1,2 @@
-"""The reinforcement-learning baselines of the comparisons: PPO and SAC (stable-baselines3) on a task (rl)."""
+"""The reinforcement-learning baselines of the comparisons: a task as a gymnasium environment (env),
+PPO and SAC (stable-baselines3) trained and evaluated like the trainer (rl)."""

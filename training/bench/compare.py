@@ -38,9 +38,7 @@ import argparse
 import sys
 from pathlib import Path
 
-
 from tocpl_ros.config import ConfigError, FieldError, parse_key_values
-
 from tocpl_training.bench.runs import configuration, drop_runs, load_bench_config, merge_runs, run_all
 from tocpl_training.bench.summary import summarize
 from tocpl_training.bench.warm_start import warm_start_study

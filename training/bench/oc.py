@@ -26,7 +26,6 @@ import numpy as np
 from tocpl_ros.config import ConfigError
 from tocpl_ros.tasks import Task, load_task
 from tocpl_ros.tasks.config import SolverConfig
-
 from tocpl_training.oc.phase import OCJob, OCPhaseRunner, OCRequest, _config_dict, split_request
 
 RUNNERS = ("serial", "process:1", "process:2", "ray:1", "ray:2")

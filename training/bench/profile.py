@@ -22,7 +22,6 @@ import numpy as np
 import torch
 
 from tocpl_ros.config import ConfigError, load_dataclass
-
 from tocpl_training.checkpoint import CheckpointError, load_checkpoint
 from tocpl_training.config import TrainConfig
 from tocpl_training.trainer import CHECKPOINT, HeldOut
@@ -103,7 +102,6 @@ def time_supervised_terms(data: dict, steps: int) -> list[tuple[str, float]]:
 def time_one_offs(run: Path, data: dict) -> list[tuple[str, float]]:
     """Seconds of the held-out TO references (on the run's workers) and of the ONNX export."""
     from tocpl_ros.tasks import load_task
-
     from tocpl_training.export import export_onnx
     from tocpl_training.oc.phase import OCPhaseRunner
     from tocpl_training.policy import MLPPolicy, PolicySpec

@@ -14,7 +14,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-
 from tocpl_ros.config import ConfigError, FieldError, load_dataclass, read_yaml, to_dict
 from tocpl_ros.resources import config_path
 
@@ -109,7 +108,6 @@ def held_out_for(task: str, bench: BenchConfig, quick: bool):
     """The held-out problems all runs on ``task`` share (size and seed of the task's train config),
     with reference costs from the task's own (constrained) OCP."""
     from tocpl_ros.tasks import load_task
-
     from tocpl_training.trainer import HeldOut
 
     config = train_config_for(task, "pddp", 0, bench, quick)
@@ -143,7 +141,6 @@ def fresh_run_dir(run_dir: Path) -> None:
 def run_to(task: str, name: str, seed: int, run_dir: Path, held_out, bench: BenchConfig, quick: bool,
            resume: bool = False) -> list[dict]:
     from tocpl_ros.tasks import load_task
-
     from tocpl_training.checkpoint import CheckpointError
     from tocpl_training.export import export_onnx
     from tocpl_training.trainer import CHECKPOINT, Trainer, run_settings
@@ -168,9 +165,8 @@ def run_to(task: str, name: str, seed: int, run_dir: Path, held_out, bench: Benc
 def run_rl(task: str, name: str, seed: int, run_dir: Path, held_out, bench: BenchConfig, quick: bool,
            resume: bool = False) -> list[dict]:
     from tocpl_ros.tasks import load_task
-
-    from tocpl_training.checkpoint import CheckpointError
     from tocpl_training.baselines.rl import RL_CHECKPOINT, load_rl_config, rl_settings, train_rl
+    from tocpl_training.checkpoint import CheckpointError
 
     config = load_rl_config(name, task, {**bench.rl_overrides, **(bench.quick_rl if quick else {})})
     if resume and interrupted_run(run_dir, RL_CHECKPOINT, rl_settings(config, load_task(task), seed, {})):

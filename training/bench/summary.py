@@ -11,7 +11,6 @@ from pathlib import Path
 
 import numpy as np
 
-
 from tocpl_training.bench.runs import BenchConfig, configuration, load_manifest
 
 
@@ -93,7 +92,6 @@ def summarize(out: Path, bench: BenchConfig, tasks: list[str] | None = None) -> 
     import matplotlib.pyplot as plt
 
     from tocpl_ros.tasks import load_task
-
     from tocpl_training.trainer import success_tolerance
 
     manifest = load_manifest(out)

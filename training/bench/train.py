@@ -19,7 +19,6 @@ import numpy as np
 import yaml
 
 from tocpl_ros.config import ConfigError, to_dict
-
 from tocpl_training.cli import default_config
 from tocpl_training.evaluation.continuous import hold_labels
 from tocpl_training.export import export_onnx

@@ -9,8 +9,6 @@ from pathlib import Path
 
 import numpy as np
 
-
-
 SAME_COST = 1e-4
 """Relative cost difference up to which the policy-started and cold solves reached the same optimum (the
 convex lqr's differ by up to 3e-6: solver tolerance; another local optimum of the double pendulum by 77–100 %)."""
@@ -25,8 +23,8 @@ def warm_start_study(policy_path: str | Path, task_name: str, out: Path, problem
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from tocpl_ros.mpc.task_policy import TaskPolicy
     from tocpl_ros.bench.mpc import DEFAULT_SEED, LONG_TAIL, open_loop, policy_vs_cold_costs
+    from tocpl_ros.mpc.task_policy import TaskPolicy
     from tocpl_ros.policy_file import OnnxPolicy
     from tocpl_ros.tasks import load_task
     from tocpl_ros.tasks.config import SolverConfig

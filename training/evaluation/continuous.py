@@ -24,6 +24,7 @@ import numpy as np
 
 from tocpl_ros.tasks import Problems, RobotTask, Task
 
+
 @dataclass
 class ContinuousUse:
     """Which scenarios to run and how long."""

@@ -29,7 +29,6 @@ from tocpl_ros.mpc.task_policy import TaskPolicy
 from tocpl_ros.ocp import solve
 from tocpl_ros.policy_file import OnnxPolicy, PolicyFileError
 from tocpl_ros.tasks import Problems, ReachTask, RobotTask, Task, TaskConfig, load_task, make_task
-
 from tocpl_training.config import TrainConfig
 
 Policy = Callable[[np.ndarray], np.ndarray]

@@ -58,7 +58,6 @@ import crocoddyl
 import numpy as np
 
 from tocpl_ros.tasks import Problems, Task
-
 from tocpl_training.policy import MLPPolicy, NumpyPolicy
 
 CONSENSUS = "consensus"

@@ -17,8 +17,7 @@ Backends (``TrainConfig.backend``):
 Crocoddyl threads: this Crocoddyl build has OpenMP, and a ShootingProblem built
 while no Python-derived model exists in the process gets nthreads = 2. Those
 threads busy-wait, so next to other busy processes (a second worker, a loaded
-machine) each solve slows down many-fold (measured: 173 ms instead of 10.5 ms
-per UR5 solve on a loaded 2-core machine). The workers are the parallelism:
+machine) each solve slows down many-fold (docs/ray.md). The workers are the parallelism:
 their problems run with one Crocoddyl thread (``crocoddyl_threads``).
 """
 
@@ -39,7 +38,6 @@ from tocpl_ros.config import ConfigError, load_dataclass
 from tocpl_ros.ocp import OCSolution, solution_gains, solve
 from tocpl_ros.tasks import DynamicsCounter, Problems, Task, make_task
 from tocpl_ros.tasks.config import SolverConfig, TaskConfig
-
 from tocpl_training.config import BACKENDS
 
 RAY_EXTRA_HINT = "pip install 'tocpl_ros[ray]' (or: pip install ray)"

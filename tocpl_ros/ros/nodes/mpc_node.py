@@ -66,7 +66,10 @@ from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy, qos_profile_
 from sensor_msgs.msg import JointState
 from std_msgs.msg import Float64MultiArray
 
-from tocpl_ros.tasks import load_task
+from tocpl_ros.config import ConfigError, FieldError, field_docs
+from tocpl_ros.control.config import HOLD_MAX_KD_DT, HOLD_MAX_OMEGA_DT, ControllerConfig
+from tocpl_ros.control.controller import PolicyController
+from tocpl_ros.control.stats import PeriodStats
 from tocpl_ros.interfaces import (
     DIAGNOSTICS_TOPIC,
     JOINT_STATES_TOPIC,
@@ -76,14 +79,10 @@ from tocpl_ros.interfaces import (
     MPC_PLAN_TOPIC,
     TARGET_TOPIC,
 )
-from tocpl_ros.config import ConfigError, FieldError, field_docs
-from tocpl_ros.control.config import HOLD_MAX_KD_DT, HOLD_MAX_OMEGA_DT, ControllerConfig
-from tocpl_ros.control.stats import PeriodStats
-from tocpl_ros.control.controller import PolicyController
 from tocpl_ros.mpc.config import MPCConfig
+from tocpl_ros.mpc.loop import TICK_MARGIN, MPCLoop
 from tocpl_ros.mpc.worker import MPCWorker, WorkerError
 from tocpl_ros.policy_file import PolicyFileError
-from tocpl_ros.mpc.loop import TICK_MARGIN, MPCLoop
 from tocpl_ros.ros import diagnostics
 from tocpl_ros.ros.runtime import (
     PeriodMonitor,
@@ -94,6 +93,7 @@ from tocpl_ros.ros.runtime import (
     take_joint_state,
     take_target,
 )
+from tocpl_ros.tasks import load_task
 
 _MPC_DOCS = field_docs(MPCConfig)
 _CONTROLLER_DOCS = field_docs(ControllerConfig)

@@ -44,17 +44,24 @@ from geometry_msgs.msg import PointStamped
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
 from rclpy.clock import Clock, ClockType
 from rclpy.node import Node
-from rclpy.qos import QoSProfile, ReliabilityPolicy, HistoryPolicy, qos_profile_sensor_data
+from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
 from sensor_msgs.msg import JointState
 from std_msgs.msg import Float64MultiArray
 from std_srvs.srv import Trigger
 
-from tocpl_ros.interfaces import COMMAND_TOPICS, DIAGNOSTICS_TOPIC, JOINT_STATES_TOPIC, MPC_PLAN_TOPIC, POLICY_NODE, TARGET_TOPIC
 from tocpl_ros.config import FieldError, field_docs
 from tocpl_ros.control.config import ControllerConfig
-from tocpl_ros.control.stats import PeriodStats
 from tocpl_ros.control.controller import PolicyController
 from tocpl_ros.control.plan_follower import PlanFollowerConfig
+from tocpl_ros.control.stats import PeriodStats
+from tocpl_ros.interfaces import (
+    COMMAND_TOPICS,
+    DIAGNOSTICS_TOPIC,
+    JOINT_STATES_TOPIC,
+    MPC_PLAN_TOPIC,
+    POLICY_NODE,
+    TARGET_TOPIC,
+)
 from tocpl_ros.policy_file import PolicyFileError
 from tocpl_ros.ros import diagnostics
 from tocpl_ros.ros.runtime import (

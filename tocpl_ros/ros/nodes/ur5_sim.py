@@ -42,11 +42,11 @@ from std_msgs.msg import Float64MultiArray
 from std_srvs.srv import Trigger
 
 from tocpl_ros.config import ConfigError, FieldError, field_docs, load_dataclass
-from tocpl_ros.ros.runtime import run_node
 from tocpl_ros.interfaces import COMMAND_TOPICS, JOINT_STATES_TOPIC, OUTPUT_MODES, SIM_BACKENDS, SIM_NODE
+from tocpl_ros.ros.runtime import run_node
+from tocpl_ros.sim import make_simulator
 from tocpl_ros.sim.base import CommandError
 from tocpl_ros.sim.config import SimConfig, default_sim_config
-from tocpl_ros.sim import make_simulator
 
 COMMAND_QOS = QoSProfile(
     history=HistoryPolicy.KEEP_LAST,
