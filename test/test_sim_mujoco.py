@@ -334,7 +334,7 @@ def test_config_selects_the_backend_and_names_errors():
 
 def test_sim_module_stays_free_of_mujoco_and_ros():
     code = (
-        "import sys, tocpl_ros.sim.base; "
+        "import sys, tocpl_ros.sim; "
         "bad = [m for m in sys.modules if m.split('.')[0] in ('rclpy', 'mujoco', 'tocpl_ros.sim.mujoco_backend')]; "
         "sys.exit(1 if bad or 'tocpl_ros.sim.mujoco_backend' in sys.modules else 0)"
     )
