@@ -1,7 +1,8 @@
 """``tocpl-inference-bench``: how long one policy inference takes, back to back and at a control rate.
 
 The policy node runs one onnxruntime inference per tick and sleeps in between; timed inside the
-node it took 38–55 µs (``tocpl-load-bench``) where a tight loop of the same call measures ~12 µs.
+node (``tocpl-load-bench``) it takes several times what a tight loop of the same call measures
+(docs/ros.md, "Policy node timing").
 This benchmark times the node's call (``session.run`` on a batch of one, one thread, the options
 of :class:`tocpl_ros.policy_file.OnnxPolicy`) in the same process in three regimes, so the gap
 can be told apart from the node's own overhead:

@@ -116,7 +116,7 @@ def _default_sigint() -> None:
 
     Started from a background job (``cmd &``, nohup, some CI runners) we inherit SIGINT ignored,
     and an ignored-at-start SIGINT stays ignored by sh traps and by Python: every node would then
-    only stop on our SIGTERM escalation (seen: 5 s stops and "killed by SIGTERM" in such runs).
+    only stop on our SIGTERM escalation, seconds later and reported as killed.
     """
     signal.signal(signal.SIGINT, signal.SIG_DFL)
 

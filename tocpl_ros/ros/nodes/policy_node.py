@@ -76,8 +76,8 @@ from tocpl_ros.ros.runtime import (
 )
 
 PUBLISH_STALL = 0.1
-"""Seconds a publish() call may take before the node warns and counts a publish stall (scheduling
-hiccups on a loaded 2-core machine stay below ~20 ms; the middleware stalls seen are 1-4 s)."""
+"""Seconds a publish() call may take before the node warns and counts a publish stall: far above the
+scheduling hiccups of a loaded machine, far below the middleware's own stalls (docs/ros.md)."""
 
 _CONFIG_DOCS = field_docs(ControllerConfig)
 ROBOT_DEFAULTS = {"rate": RobotDefault(float), "output_mode": RobotDefault(str), "exclude_gravity": RobotDefault(bool)}
@@ -274,8 +274,8 @@ class PolicyNode(Node):
             self.get_logger().error(f"logging a plan switch failed: {exc}", throttle_duration_sec=1.0)
 
     def _check_publish_time(self, seconds: float) -> None:
-        # Fast DDS 3.2 can hold publish() for 1-4 s after a subscriber of the topic was
-        # SIGKILLed (measured: test_node_faults.py): no command goes out meanwhile, which
+        # Fast DDS 3.2 can hold publish() for seconds after a subscriber of the topic was
+        # SIGKILLed (docs/ros.md, test_node_faults.py): no command goes out meanwhile, which
         # the operator must hear about; the node itself cannot send around the middleware.
         self.publish_max = max(self.publish_max, seconds)
         if seconds > PUBLISH_STALL:
