@@ -316,7 +316,7 @@ def test_params_file_section_without_ros__parameters(tmp_path):
 
 def test_sim_module_is_ros_free():
     code = (
-        "import sys, tocpl_ros.sim.base; "
+        "import sys, tocpl_ros.sim; "
         "bad = [m for m in sys.modules if m.split('.')[0] in ('rclpy', 'rcl', 'rmw', 'crocoddyl')]; "
         "sys.exit(1 if bad else 0)"
     )
