@@ -1,5 +1,5 @@
 # Two-command set-up:  make venv && make test   (or: make demo)
-# All ROS traffic of tests and demos stays on loopback (see tocpl_ros/ros_env.py).
+# All ROS traffic of tests and demos stays on loopback (see tocpl_ros/ros/environment.py).
 
 PYTHON ?= python3
 VENV   := .venv

@@ -10,7 +10,7 @@ The policy node and the simulated UR5 run under SCHED_FIFO ``realtime_priority:=
 (as ros2_control's controller_manager; a warning and normal priority where not permitted; 0: off).
 
 The node graph (nodes, params files from config/, parameters) comes from
-``tocpl_ros.bringup.graph_for``, the same description ``tocpl-bringup ur5_policy`` starts
+``tocpl_ros.bringup.graph.graph_for``, the same description ``tocpl-bringup ur5_policy`` starts
 where ``launch``/``launch_ros`` are not installed: both paths start the same nodes with the
 same parameters. Every node gets the same ROS_DOMAIN_ID and ROS_AUTOMATIC_DISCOVERY_RANGE
 (LOCALHOST unless set in the environment: export ROS_AUTOMATIC_DISCOVERY_RANGE=SUBNET to
@@ -22,7 +22,7 @@ from launch.actions import DeclareLaunchArgument, LogInfo, OpaqueFunction
 from launch.substitutions import LaunchConfiguration
 from launch_ros.actions import Node
 
-from tocpl_ros.bringup import LAUNCH_ARGUMENTS, BringupError, graph_for, node_environment
+from tocpl_ros.bringup.graph import LAUNCH_ARGUMENTS, BringupError, graph_for, node_environment
 
 GRAPH = "ur5_policy"
 

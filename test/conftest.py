@@ -9,7 +9,7 @@ import os
 
 import pytest
 
-from tocpl_ros.ros_env import (
+from tocpl_ros.ros.environment import (
     DISCOVERY_RANGE_VAR,
     DOMAIN_ID_VAR,
     LOOPBACK_RANGE,

@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tocpl_ros.ros_env import DISCOVERY_RANGE_VAR, DOMAIN_ID_VAR, derive_domain_id, loopback_ros_env
+from tocpl_ros.ros.environment import DISCOVERY_RANGE_VAR, DOMAIN_ID_VAR, derive_domain_id, loopback_ros_env
 
 
 class SpinningTestNode:
@@ -173,10 +173,10 @@ class JointStateFeed(SpinningTestNode):
 
 
 def assert_node_imports_none(node_module: str, forbidden: tuple[str, ...]) -> None:
-    """A fresh Python that imports ``tocpl_ros.nodes.<node_module>`` and builds its node class
+    """A fresh Python that imports ``tocpl_ros.ros.nodes.<node_module>`` (its node class)
     has none of the ``forbidden`` packages loaded (a robot computer need not carry them)."""
     code = (
-        f"import sys; from tocpl_ros.nodes import {node_module} as m; m._make_node_class(); "
+        f"import sys; from tocpl_ros.ros.nodes import {node_module} as m; "
         f"bad = [k for k in sys.modules if k.split('.')[0] in {forbidden!r}]; print(bad); sys.exit(1 if bad else 0)"
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)

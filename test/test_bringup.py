@@ -1,4 +1,4 @@
-"""Bring-up of the node graphs: the ROS-free description (tocpl_ros.bringup), the launch file's
+"""Bring-up of the node graphs: the ROS-free description (tocpl_ros.bringup.graph), the launch file's
 translation of it, the tocpl-bringup process manager, and the whole graph end to end.
 
 - graph description: nodes, params files, parameters, defaults, validation errors;
@@ -37,20 +37,20 @@ import numpy as np
 import pytest
 import yaml
 
-from tocpl_ros import bringup, bringup_cli
-from tocpl_ros.bringup import (
+from tocpl_ros.bringup import cli as bringup_cli, graph as bringup
+from tocpl_ros.bringup.graph import (
     LAUNCH_ARGUMENTS,
-    MPC_COMMAND_TOPIC,
-    MPC_PLAN_TOPIC,
     BringupError,
     NodeSpec,
     format_param_value,
     graph_for,
     parse_target,
 )
-from tocpl_ros.bringup_cli import Bringup, find_executable, parse_launch_args
+from tocpl_ros.bringup.processes import Bringup, find_executable
+from tocpl_ros.bringup.cli import parse_launch_args
+from tocpl_ros.interfaces import MPC_PLAN_TOPIC
 from tocpl_ros.resources import config_path
-from tocpl_ros.ros_env import DISCOVERY_RANGE_VAR, DOMAIN_ID_VAR, derive_domain_id, loopback_ros_env
+from tocpl_ros.ros.environment import DISCOVERY_RANGE_VAR, DOMAIN_ID_VAR, derive_domain_id, loopback_ros_env
 
 ROOT = Path(__file__).resolve().parents[1]
 LAUNCH_FILE = ROOT / "launch" / "ur5_policy.launch.py"
@@ -94,14 +94,6 @@ def test_launch_arguments_table():
             assert arg.default in arg.choices, arg
 
 
-def test_choices_match_the_nodes():
-    from tocpl_ros.controller import OUTPUT_MODES
-    from tocpl_ros.sim import BACKENDS, COMMAND_MODES
-
-    assert bringup.SIM_BACKENDS == BACKENDS
-    assert bringup.OUTPUT_MODES == OUTPUT_MODES == COMMAND_MODES
-
-
 def test_default_graph(policy_file):
     specs = graph_for("ur5_policy", policy=str(policy_file))
     assert [s.name for s in specs] == ["ur5_sim", "policy_node"]
@@ -125,12 +117,11 @@ def test_default_graph(policy_file):
 
 def test_params_files_and_parameters_belong_to_the_nodes(policy_file):
     """Each node's section of its params file is its name; every parameter set is declared by the node."""
-    from tocpl_ros.nodes import mpc_node, policy_node
-    from tocpl_ros.sim import SimConfig
+    from tocpl_ros.ros.nodes import mpc_node, policy_node
+    from tocpl_ros.sim.config import SimConfig
 
     declared = {"ur5_sim": {f.name for f in dataclasses.fields(SimConfig)},
                 "policy_node": set(policy_node.NODE_PARAMETERS), "mpc_node": set(mpc_node.NODE_PARAMETERS)}
-    assert mpc_node.COMMAND_TOPIC == MPC_COMMAND_TOPIC
     specs = graph_for(policy=str(policy_file), target="0.5,0.1,0.4", rate="1000", output_mode="velocity", use_mpc="true")
     assert [s.name for s in specs] == ["ur5_sim", "policy_node", "mpc_node"]
     for spec in specs:
@@ -192,9 +183,9 @@ def test_use_mpc_adds_the_mpc_node(policy_file):
     assert "use_mpc" not in without["policy_node"].parameters
     assert MPC_PLAN_TOPIC in nodes["policy_node"].description
     assert nodes["ur5_sim"] == without["ur5_sim"]
-    from tocpl_ros.nodes import mpc_node, policy_node
+    from tocpl_ros.ros.nodes import policy_node
 
-    assert mpc_node.PLAN_TOPIC == MPC_PLAN_TOPIC == policy_node.NODE_PARAMETERS["mpc_plan_topic"][0]
+    assert MPC_PLAN_TOPIC == policy_node.NODE_PARAMETERS["mpc_plan_topic"][0]
     assert "does not consume" not in (bringup.__doc__ or "") + mpc.description
 
 
@@ -315,7 +306,7 @@ def test_launch_file_parses():
     imported = {(n.module, a.name) for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) for a in n.names}
     assert {("launch", "LaunchDescription"), ("launch.actions", "DeclareLaunchArgument"),
             ("launch.actions", "OpaqueFunction"), ("launch_ros.actions", "Node"),
-            ("tocpl_ros.bringup", "graph_for")} <= imported
+            ("tocpl_ros.bringup.graph", "graph_for")} <= imported
 
 
 class _Recorded:
@@ -433,7 +424,7 @@ def test_launch_file_with_real_launch_ros(tmp_path, ros_loopback_env):
         IncludeLaunchDescription(PythonLaunchDescriptionSource(str(LAUNCH_FILE)),
                                  launch_arguments={"policy": str(policy), "target": "0.5,0.1,0.4"}.items())
     ])
-    from tocpl_ros.demo import Probe
+    from tocpl_ros.ros.probe import Probe
 
     service = launch.LaunchService()
     service.include_launch_description(description)
@@ -723,7 +714,7 @@ class BringupProcess:
 
     def __init__(self, env: dict[str, str], *args: str):
         exe = Path(sys.executable).parent / "tocpl-bringup"
-        cmd = [str(exe)] if exe.is_file() else [sys.executable, "-m", "tocpl_ros.bringup_cli"]
+        cmd = [str(exe)] if exe.is_file() else [sys.executable, "-m", "tocpl_ros.bringup.cli"]
         self.proc = subprocess.Popen(cmd + list(args), env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                                      stderr=subprocess.STDOUT, text=True)
         self.lines: list[tuple[float, str]] = []
@@ -779,7 +770,7 @@ def _env_for(ros_loopback_env, offset: int) -> tuple[dict[str, str], int]:
 def _quiet_domain(ros_loopback_env, offset: int):
     """(probe, env) on a domain where no other ROS node is seen for 1 s (other test runs on this
     machine pick their domains the same way: a shared one would mix their topics with ours)."""
-    from tocpl_ros.demo import Probe
+    from tocpl_ros.ros.probe import Probe
 
     for attempt in range(10):
         env, domain = _env_for(ros_loopback_env, offset + 7 * attempt)
@@ -827,7 +818,7 @@ def _restart_from_initial_posture(probe) -> float:
 
 def _test_target(seed: int = 2024) -> np.ndarray:
     """A target of the ur5_reach distribution (q_nominal + U(-0.4, 0.4) per joint, forward kinematics)."""
-    from tocpl_ros.demo import demo_targets
+    from tocpl_ros.ros.probe import demo_targets
 
     return demo_targets(1, seed=seed)[0]
 
@@ -843,7 +834,7 @@ def test_bringup_reaches_a_target(trained_policy, ros_loopback_env):
     """tocpl-bringup starts sim + policy; from the initial posture the trained policy brings tool0
     within REACH_BOUND of a target of the task's distribution within REACH_TIME; Ctrl-C (SIGINT)
     stops everything cleanly."""
-    from tocpl_ros.demo import ToolKinematics
+    from tocpl_ros.ros.probe import ToolKinematics
 
     kin = ToolKinematics()
     target = _test_target()
@@ -937,7 +928,7 @@ def test_policy_goes_safe_when_the_sim_stops(trained_policy, ros_loopback_env):
     again. Sim killed (SIGKILL) while moving: safe command within the stale limit again (when DDS
     delivers it here at all: see below), then tocpl-bringup stops the policy node and exits non-zero
     naming the sim; no process is left."""
-    from tocpl_ros.demo import ToolKinematics
+    from tocpl_ros.ros.probe import ToolKinematics
 
     kin = ToolKinematics()
     probe, bring = _start_graph(ros_loopback_env, trained_policy, offset=47, target=_test_target())
@@ -1031,7 +1022,7 @@ def test_bringup_with_mpc_reaches_holds_and_follows_targets(trained_policy, ros_
     MPC_HOLD_TIME; then it follows MPC_SEQUENCE targets switched every MPC_SEQUENCE_WAIT s (mean
     error at the switches within MPC_SEQUENCE_BOUND); commands within the torque limits; Ctrl-C stops
     all three nodes cleanly."""
-    from tocpl_ros.demo import ToolKinematics, demo_targets
+    from tocpl_ros.ros.probe import ToolKinematics, demo_targets
 
     kin = ToolKinematics()
     target = _test_target()

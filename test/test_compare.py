@@ -12,8 +12,10 @@ import yaml
 
 from tocpl_ros.config import ConfigError, FieldError
 from tocpl_ros.tasks import DynamicsCounter, Trajectories, load_task
-from tocpl_training.compare import configuration, load_bench_config, main
-from tocpl_training.rl_baselines import TaskEnv, load_rl_config
+from tocpl_training.bench.runs import configuration, load_bench_config
+from tocpl_training.bench.compare import main
+from tocpl_training.baselines.env import TaskEnv
+from tocpl_training.baselines.rl import load_rl_config
 from tocpl_training.trainer import HeldOut, evaluate_policy
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -122,7 +124,7 @@ def test_configuration_names():
 def test_bench_overrides_by_task_and_configuration(tmp_path):
     """compare.yaml's per-configuration fields reach that configuration's TrainConfig only; the
     command line's --to-set wins over every level; a configuration's own flags over everything."""
-    from tocpl_training.compare import train_config_for
+    from tocpl_training.bench.runs import train_config_for
 
     bench = load_bench_config()
     ur5 = "ur5_reach_fixed_horizon"  # the comparisons' UR5 (the default ur5_reach trains pddp only)
@@ -253,7 +255,7 @@ def test_quick_and_full_runs_do_not_mix(tmp_path, capsys):
 
 
 def _record_runs(out, prefix, count):
-    from tocpl_training.compare import record_run
+    from tocpl_training.bench.runs import record_run
 
     for i in range(count):
         record_run(out, f"{prefix}/seed{i}", {"status": "ok", "seed": i})
@@ -281,7 +283,8 @@ def test_budget_column_names_the_consensus_penalty(tmp_path):
 
     import yaml
 
-    from tocpl_training.compare import _budget_text, budget_of
+    from tocpl_training.bench.summary import _budget_text
+    from tocpl_training.bench.runs import budget_of
     from tocpl_training.config import TrainConfig
 
     def text(**fields):
@@ -312,7 +315,7 @@ def test_budget_column_names_the_consensus_penalty(tmp_path):
 
 def test_warm_start_study_problems_are_neither_held_out_nor_validation_problems():
     """The study (Fig. 7) scores a policy on problems no part of training saw or chose it on."""
-    from tocpl_ros.mpc_benchmark import DEFAULT_SEED
+    from tocpl_ros.bench.mpc import DEFAULT_SEED
     from tocpl_training.config import TrainConfig
 
     defaults = TrainConfig(task="ur5_reach")
@@ -338,8 +341,8 @@ def _interrupt_after(k):
 def _interrupted_bench_run(name, run_dir, after):
     """Start the run tocpl-bench --quick would do for lqr/<name>/seed0, and kill it after `after`
     evaluations: what a run folder looks like when the machine went down."""
-    from tocpl_training.compare import configuration, held_out_for, train_config_for
-    from tocpl_training.rl_baselines import train_rl
+    from tocpl_training.bench.runs import configuration, held_out_for, train_config_for
+    from tocpl_training.baselines.rl import train_rl
     from tocpl_training.trainer import Trainer
 
     bench = load_bench_config()
@@ -410,7 +413,7 @@ def test_sac_resume_restores_model_replay_buffer_and_reward_scale(tmp_path):
     from stable_baselines3.common.vec_env import DummyVecEnv, VecNormalize
 
     from tocpl_training.checkpoint import load_checkpoint
-    from tocpl_training.rl_baselines import RL_CHECKPOINT, _resume_rl
+    from tocpl_training.baselines.rl import RL_CHECKPOINT, _resume_rl
 
     bench = load_bench_config()
     run_dir = tmp_path / "sac"
@@ -427,7 +430,7 @@ def test_sac_resume_restores_model_replay_buffer_and_reward_scale(tmp_path):
     np.testing.assert_array_equal(model.replay_buffer.actions[: model.replay_buffer.pos], saved["replay"]["actions"].numpy())
     assert venv.ret_rms.count == float(saved["ret_rms"]["count"]) > 1
     fresh = load_rl_config("sac", "lqr", bench.quick_rl)
-    from tocpl_training.rl_baselines import _make_model
+    from tocpl_training.baselines.rl import _make_model
 
     untrained = _make_model(fresh, venv, seed=0)
     trained = model.policy.state_dict()
@@ -437,7 +440,7 @@ def test_sac_resume_restores_model_replay_buffer_and_reward_scale(tmp_path):
 def test_summary_of_runs_that_all_diverged(tmp_path):
     """PODS on the double pendulum diverges on every held-out problem at every evaluation: the
     summary still comes out (the error panels say so) instead of matplotlib failing on a log axis."""
-    from tocpl_training.compare import summarize
+    from tocpl_training.bench.summary import summarize
 
     columns = ["iteration", "cost_gap_median", "final_error_mean", "final_error_p95", "within_tolerance", "diverged",
                "dynamics_evaluations", "wall_time"]
@@ -459,7 +462,7 @@ def test_summary_of_runs_that_all_diverged(tmp_path):
 def test_long_rl_runs_checkpoint_between_their_evaluations(tmp_path, monkeypatch):
     """Late in a long run the log-spaced evaluations are far apart (millions of PPO steps): the run
     also checkpoints every checkpoint_every steps, and a resume restarts from the last of them."""
-    import tocpl_training.rl_baselines as rl_baselines
+    import tocpl_training.baselines.rl as rl_baselines
 
     steps_at_checkpoints = []
     real_save = rl_baselines._save_rl_checkpoint

@@ -10,7 +10,7 @@ import yaml
 
 from tocpl_ros.config import ConfigError, dump_yaml, field_docs, read_yaml
 from tocpl_ros.resources import config_path
-from tocpl_ros.solve_cli import main as solve_main
+from tocpl_ros.tools.solve import main as solve_main
 from tocpl_ros.tasks import load_task, load_task_config
 from tocpl_ros.tasks.config import CostConfig, LQRConfig, SamplingConfig, SolverConfig, TaskConfig
 

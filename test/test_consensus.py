@@ -11,7 +11,7 @@ import torch
 
 from tocpl_ros.ocp import solve
 from tocpl_ros.tasks import load_task
-from tocpl_training.consensus import (
+from tocpl_training.oc.consensus import (
     ActionModelLQRWithConsensus,
     ResidualModelPolicyConsensus,
     add_consensus_terms,

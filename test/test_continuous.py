@@ -5,10 +5,10 @@ import pytest
 
 from reference_policies import braking_policy
 from tocpl_ros.tasks import Problems, load_task
-from training.config import TrainConfig
-from training.continuation import in_use_range, with_continuation
-from training.continuous import ContinuousUse, evaluate_continuous
-from training.trainer import Trainer
+from tocpl_training.config import TrainConfig
+from tocpl_training.continuation import in_use_range, with_continuation
+from tocpl_training.evaluation.continuous import ContinuousUse, evaluate_continuous
+from tocpl_training.trainer import Trainer
 from tocpl_ros.config import FieldError
 
 

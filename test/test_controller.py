@@ -1,4 +1,4 @@
-"""PolicyController (tocpl_ros.controller): metadata checks, input rejection, safety layer,
+"""PolicyController (tocpl_ros.control.controller): metadata checks, input rejection, safety layer,
 output modes and a fuzz loop. ROS-free; policies are real ONNX exports of ur5_reach."""
 
 from __future__ import annotations
@@ -17,9 +17,11 @@ import pytest
 import torch
 
 from tocpl_ros.config import FieldError
-from tocpl_ros.controller import Command, ControllerConfig, PolicyController
+from tocpl_ros.control.config import Command, ControllerConfig
+from tocpl_ros.control.controller import PolicyController
 from tocpl_ros.policy_file import OnnxPolicy, PolicyFileError, read_onnx_metadata
-from tocpl_ros.sim import ArmSimulator, SimConfig
+from tocpl_ros.sim.pinocchio_backend import ArmSimulator
+from tocpl_ros.sim.config import SimConfig
 from tocpl_ros.tasks import load_task
 from tocpl_training.export import export_onnx
 from tocpl_training.policy import make_policy
@@ -631,7 +633,7 @@ def test_target_checks(files, task):
 
 def test_controller_imports_neither_torch_nor_rclpy():
     code = (
-        "import sys, tocpl_ros.controller; "
+        "import sys, tocpl_ros.control.controller; "
         "bad = [m for m in sys.modules if m.split('.')[0] in ('torch', 'rclpy', 'crocoddyl')]; "
         "print(bad); sys.exit(1 if bad else 0)"
     )

@@ -526,7 +526,7 @@ def test_read_empty_and_foreign_onnx(tmp_path):
 
 def test_inference_bench_times_the_three_regimes(ur5_file, tmp_path, capsys):
     """tocpl-inference-bench: one row per regime with finite times, and a clear refusal of a bad file."""
-    from tocpl_ros.inference_benchmark import main
+    from tocpl_ros.bench.inference import main
 
     assert main(["--policy", str(ur5_file[1]), "--calls", "20", "--period", "0.0005"]) == 0
     rows = [line.split() for line in capsys.readouterr().out.splitlines() if line.strip().startswith(("back", "busy", "sleep"))]

@@ -1,4 +1,4 @@
-"""tocpl-inspect (tocpl_training.inspect): figures of an exported policy, and its user errors."""
+"""tocpl-inspect (tocpl_training.evaluation.inspect): figures of an exported policy, and its user errors."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from onnx import TensorProto, helper
 from reference_policies import braking_policy
 from tocpl_ros.tasks import load_task
 from tocpl_training.export import export_onnx
-from tocpl_training.inspect import continuous_figure, main
+from tocpl_training.evaluation.inspect import continuous_figure, main
 from tocpl_training.policy import make_policy
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"

@@ -1,4 +1,4 @@
-"""RecedingHorizonMPC (tocpl_ros.mpc): warm starts, deadline/failure fallback, Crocoddyl's
+"""RecedingHorizonMPC (tocpl_ros.mpc.solver): warm starts, deadline/failure fallback, Crocoddyl's
 feedback convention and the closed loop on the task's own model. ROS-free.
 
 The policy-dependent tests use a small UR5 policy trained in a module fixture (~1 min);
@@ -13,7 +13,10 @@ import numpy as np
 import pytest
 
 from tocpl_ros.config import FieldError
-from tocpl_ros.mpc import MPCConfig, MPCResult, RecedingHorizonMPC, TaskPolicy, run_closed_loop
+from tocpl_ros.mpc.config import MPCConfig, MPCResult
+from tocpl_ros.mpc.solver import RecedingHorizonMPC
+from tocpl_ros.mpc.task_policy import TaskPolicy
+from tocpl_ros.mpc.closed_loop import run_closed_loop
 from tocpl_ros.policy_file import OnnxPolicy, PolicyFileError
 from tocpl_ros.tasks import load_task
 from tocpl_training.config import TrainConfig
@@ -274,7 +277,7 @@ def test_benchmark_cli_smoke(untrained, tmp_path, capsys):
     """tocpl-mpc-bench end to end on a tiny budget (numbers meaningless with an untrained policy)."""
     import json
 
-    from tocpl_ros.mpc_benchmark import main
+    from tocpl_ros.bench.mpc import main
 
     out = tmp_path / "bench.json"
     code = main(["--policy", str(untrained.path), "--problems", "2", "--episode", "0.03", "--max-iter", "50",
@@ -309,7 +312,7 @@ def test_deadline_stops_an_infeasible_solve_at_the_first_iteration(task, untrain
 
     import crocoddyl
 
-    from tocpl_ros.mpc import _DeadlineExceeded
+    from tocpl_ros.mpc.deadline import DeadlineExceeded
     from tocpl_ros.tasks import Problems
 
     mpc = RecedingHorizonMPC(task, untrained, MPCConfig(deadline=0.5))
@@ -329,7 +332,7 @@ def test_deadline_stops_an_infeasible_solve_at_the_first_iteration(task, untrain
 
     mpc.solver.setCallbacks([Record(), mpc._deadline])
     mpc._deadline.arm(time.perf_counter() - 1.0, 0.5)  # already past the deadline
-    with pytest.raises(_DeadlineExceeded):
+    with pytest.raises(DeadlineExceeded):
         mpc.solver.solve(list(xs), list(us), 20, False)
     assert mpc._deadline.calls == 1 and len(seen) == 1 and not seen[0][1]  # stopped while infeasible
 
@@ -342,7 +345,7 @@ def test_deadline_stops_an_infeasible_solve_at_the_first_iteration(task, untrain
             self.stop, self.isFeasible = stop, feasible
 
     mpc._deadline.arm(time.perf_counter() - 1.0, 0.5)
-    with pytest.raises(_DeadlineExceeded):
+    with pytest.raises(DeadlineExceeded):
         mpc._deadline(SolverState(0.0, False))  # "converged" by the criterion, but infeasible
     mpc._deadline(SolverState(0.0, True))  # really converged: let the solver return
 
@@ -377,7 +380,7 @@ def test_worker_keeps_the_caller_free_during_long_iterations(untrained):
     process it does not hold up a 100 Hz loop in the caller, which polls for the result."""
     import time
 
-    from tocpl_ros.mpc import MPCWorker
+    from tocpl_ros.mpc.worker import MPCWorker
 
     config = MPCConfig(warm_start="cold", horizon=1000, max_iter=1000, deadline=1.0)
     worker = MPCWorker("ur5_reach", str(untrained.path), config, warm_up=0)
@@ -416,7 +419,7 @@ def test_worker_restarts_after_being_killed(untrained):
     import signal
     import time
 
-    from tocpl_ros.mpc import MPCWorker
+    from tocpl_ros.mpc.worker import MPCWorker
 
     worker = MPCWorker("ur5_reach", str(untrained.path), exact(warm_start="cold"), warm_up=1,
                        restart_backoff=0.2)
@@ -445,7 +448,7 @@ def test_worker_restarts_after_being_killed(untrained):
 
 
 def test_worker_refuses_a_policy_for_another_task(untrained):
-    from tocpl_ros.mpc import MPCWorker, WorkerError
+    from tocpl_ros.mpc.worker import MPCWorker, WorkerError
 
     with pytest.raises(PolicyFileError):
         MPCWorker("pendulum", str(untrained.path), MPCConfig())
@@ -463,7 +466,7 @@ def test_gain_check_flags_a_gain_on_a_control_the_box_holds():
     result with a gain put on that row is counted, with its size."""
     import dataclasses
 
-    from tocpl_ros.mpc_benchmark import GainCheck
+    from tocpl_ros.bench.mpc import GainCheck
 
     pendulum = load_task("pendulum")
     mpc = RecedingHorizonMPC(pendulum, None, MPCConfig(warm_start="cold", max_iter=500, deadline=math.inf))

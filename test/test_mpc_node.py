@@ -28,7 +28,7 @@ ROOT = Path(__file__).resolve().parents[1]
 TARGET = [0.5, 0.1, 0.4]
 RATE = 100.0
 JS_RATE = 500.0
-NODE_COMMAND = console_command("mpc_node", "tocpl_ros.nodes.mpc_node")
+NODE_COMMAND = console_command("mpc_node", "tocpl_ros.ros.nodes.mpc_node")
 STALE_PERIODS = 5
 FEEDBACK_SIZE = 6 + 12 + 6 * 12
 
@@ -107,8 +107,8 @@ def commands_at_rate(harness: Harness, proc: subprocess.Popen, log: Path, label:
 
 
 def test_params_file_matches_node_parameters():
-    from tocpl_ros.mpc import MPCConfig
-    from tocpl_ros.nodes.mpc_node import NODE_PARAMETERS
+    from tocpl_ros.mpc.config import MPCConfig
+    from tocpl_ros.ros.nodes.mpc_node import NODE_PARAMETERS
 
     data = yaml.safe_load((ROOT / "config" / "mpc_node.yaml").read_text())
     params = data["mpc_node"]["ros__parameters"]
@@ -120,7 +120,7 @@ def test_params_file_matches_node_parameters():
     assert MPCConfig().warm_start == "policy" and params["warm_start"] == "hybrid"  # the node's: see its description
     # a plan is published whenever its solve ends within the deadline, and each plan outlasts the
     # policy node's age limit: a late MPC means older plans, not the policy
-    from tocpl_ros.nodes.policy_node import NODE_PARAMETERS as POLICY_PARAMETERS
+    from tocpl_ros.ros.nodes.policy_node import NODE_PARAMETERS as POLICY_PARAMETERS
 
     max_age = POLICY_PARAMETERS["mpc_max_age"][0]
     assert params["deadline"] < max_age < params["plan_duration"]
@@ -144,9 +144,11 @@ def nan_policy_file(policy_file, tmp_path_factory) -> Path:
 def make_loop(policy_path: Path, **mpc_config):
     """The node's ROS-free tick logic with the real controller, Crocoddyl MPC and ONNX policy,
     solving inline (deterministic: every tick gets the result of its own solve)."""
-    from tocpl_ros.controller import ControllerConfig, PolicyController
-    from tocpl_ros.mpc import InlineSolver, MPCConfig, RecedingHorizonMPC
-    from tocpl_ros.nodes.mpc_node import MPCLoop
+    from tocpl_ros.control.config import ControllerConfig
+    from tocpl_ros.control.controller import PolicyController
+    from tocpl_ros.mpc.solver import InlineSolver, RecedingHorizonMPC
+    from tocpl_ros.mpc.config import MPCConfig
+    from tocpl_ros.mpc.loop import MPCLoop
 
     task = load_task("ur5_reach")
     config = MPCConfig(**mpc_config)
@@ -246,10 +248,10 @@ def test_mpc_loop_follows_a_fresh_plan_and_drops_it_after_a_failure(policy_file)
 
 
 def test_mpc_loop_queues_a_plan_per_solve(policy_file):
-    """Every result taken becomes one /mpc/plan message (tocpl_ros.plan_follower layout): a converged
+    """Every result taken becomes one /mpc/plan message (tocpl_ros.control.plan layout): a converged
     solve with the joint state's stamp, the target, the steps covering plan_duration (ū_0 = the
     command of its own tick, x̄_0 = its state); a failed one as a failure report."""
-    from tocpl_ros.plan_follower import decode_plan
+    from tocpl_ros.control.plan import decode_plan
 
     loop = make_loop(policy_file, warm_start="cold", max_iter=500, deadline=0.5)
     c = loop.controller
@@ -294,7 +296,7 @@ def test_mpc_node_commands_feedback_and_diagnostics(policy_file, ros_node_env, t
         x_bar = feedback[-1][6:18]
         assert np.allclose(x_bar, np.concatenate([Q0, np.zeros(6)]))
         # one /mpc/plan per solve, in the plan follower's layout, stamped with the joint states' clock
-        from tocpl_ros.plan_follower import PlanError, decode_plan
+        from tocpl_ros.control.plan import PlanError, decode_plan
 
         with harness.lock:
             plans = [v for _, v in harness.plans[-50:]]
@@ -328,7 +330,7 @@ def test_mpc_node_commands_feedback_and_diagnostics(policy_file, ros_node_env, t
         # the node's default 'hybrid': the policy's rollout from scratch, the shifted converged plan otherwise
         used = int(diag.get("warm_start.policy", 0)) + int(diag.get("warm_start.shifted", 0))
         assert diag["warm_start"] == "hybrid" and int(diag.get("warm_start.policy", 0)) > 0 and used == solves
-        from tocpl_ros.nodes.mpc_node import NODE_PARAMETERS
+        from tocpl_ros.ros.nodes.mpc_node import NODE_PARAMETERS
 
         assert float(diag["deadline_ms"]) == 1e3 * NODE_PARAMETERS["deadline"][0]
 

@@ -38,7 +38,7 @@ import numpy as np
 import pytest
 
 from tocpl_ros.resources import console_command
-from tocpl_ros.ros_env import DOMAIN_ID_VAR, derive_domain_id
+from tocpl_ros.ros.environment import DOMAIN_ID_VAR, derive_domain_id
 
 from ros_harness import UR5_JOINTS as JOINTS, UR5_Q0 as Q0, SpinningTestNode, node_env, quiet_harness, stop_process
 
@@ -216,8 +216,8 @@ def test_policy_node_survives_simulator_kill_and_restart(constant_policy, ros_lo
     harness, domain = quiet_harness(Harness, ros_loopback_env, offset=89, command_topics=[effort_topic])
     env = node_env(domain)
     logs = {"ur5_sim": tmp_path / "ur5_sim.log", "policy_node": tmp_path / "policy_node.log"}
-    sim_cmd = console_command("ur5_sim", "tocpl_ros.nodes.ur5_sim") + ["--ros-args", "-p", f"damping:={SIM_DAMPING}"]
-    policy_cmd = console_command("policy_node", "tocpl_ros.nodes.policy_node") + [
+    sim_cmd = console_command("ur5_sim", "tocpl_ros.ros.nodes.ur5_sim") + ["--ros-args", "-p", f"damping:={SIM_DAMPING}"]
+    policy_cmd = console_command("policy_node", "tocpl_ros.ros.nodes.policy_node") + [
         "--ros-args", "--params-file", str(ROOT / "config" / "policy_node.yaml"),
         "-p", f"policy_path:={policy_path}", "-p", f"rate:={RATE}", "-p", f"stale_periods:={STALE_PERIODS}",
         "-p", f"fade_in:={FADE_IN}", "-p", "diagnostics_period:=0.25",
@@ -367,7 +367,7 @@ def run_mpc_case(case: str, params: list[str], offset: int, ros_loopback_env, tm
     topic = "/mpc/command"
     harness, domain = quiet_harness(Harness, ros_loopback_env, offset=offset, command_topics=[topic], publish_joint_states=True)
     logs = {"mpc_node": tmp_path / "mpc_node.log"}
-    cmd = console_command("mpc_node", "tocpl_ros.nodes.mpc_node") + [
+    cmd = console_command("mpc_node", "tocpl_ros.ros.nodes.mpc_node") + [
         "--ros-args", "--params-file", str(ROOT / "config" / "mpc_node.yaml"), "-p", f"policy_path:={mpc_policy}",
         "-p", f"initial_target:=[{', '.join(map(str, TARGET))}]", "-p", "diagnostics_period:=0.5",
     ]
@@ -481,7 +481,7 @@ def test_mpc_solver_process_killed_keeps_the_command_stream(mpc_policy, ros_loop
     topic = "/mpc/command"
     harness, domain = quiet_harness(Harness, ros_loopback_env, offset=103, command_topics=[topic], publish_joint_states=True)
     logs = {"mpc_node": tmp_path / "mpc_node.log"}
-    cmd = console_command("mpc_node", "tocpl_ros.nodes.mpc_node") + [
+    cmd = console_command("mpc_node", "tocpl_ros.ros.nodes.mpc_node") + [
         "--ros-args", "--params-file", str(ROOT / "config" / "mpc_node.yaml"), "-p", f"policy_path:={mpc_policy}",
         "-p", f"initial_target:=[{', '.join(map(str, TARGET))}]", "-p", "diagnostics_period:=0.25",
         "-p", "warm_start:=shifted",
@@ -560,7 +560,7 @@ def test_load_benchmark_smoke(constant_policy, ros_loopback_env, tmp_path):
     policy_path, _ = constant_policy
     domain = derive_domain_id(int(ros_loopback_env[DOMAIN_ID_VAR]) + 101)
     out = tmp_path / "load.json"
-    cmd = console_command("tocpl-load-bench", "tocpl_ros.load_benchmark") + [
+    cmd = console_command("tocpl-load-bench", "tocpl_ros.bench.load") + [
         "--policy", str(policy_path), "--duration", "3", "--both", "--busy", "2", "--domain-id", str(domain),
         "--sim-param", f"damping:={SIM_DAMPING}", "--json", str(out), "--log-dir", str(tmp_path),
     ]
@@ -626,14 +626,14 @@ class FollowGraph:
         self.logs = {n: tmp_path / f"{n}.log" for n in ("ur5_sim", "policy_node", "mpc_node")}
         target = f"initial_target:=[{', '.join(map(str, TARGET))}]"
         self.cmds = {
-            "ur5_sim": console_command("ur5_sim", "tocpl_ros.nodes.ur5_sim") + ["--ros-args", "-p", f"damping:={SIM_DAMPING}"],
-            "policy_node": console_command("policy_node", "tocpl_ros.nodes.policy_node") + [
+            "ur5_sim": console_command("ur5_sim", "tocpl_ros.ros.nodes.ur5_sim") + ["--ros-args", "-p", f"damping:={SIM_DAMPING}"],
+            "policy_node": console_command("policy_node", "tocpl_ros.ros.nodes.policy_node") + [
                 "--ros-args", "--params-file", str(ROOT / "config" / "policy_node.yaml"), "-p", f"policy_path:={policy_path}",
                 "-p", f"rate:={RATE}", "-p", "use_mpc:=true", "-p", f"mpc_max_age:={FOLLOW_MAX_AGE}",
                 "-p", f"mpc_max_deviation:={FOLLOW_MAX_DEVIATION}",
                 "-p", f"fade_in:={FADE_IN}", "-p", "diagnostics_period:=0.25", "-p", target,
                 "-p", f"stale_periods:={FOLLOW_STALE_PERIODS}"],
-            "mpc_node": console_command("mpc_node", "tocpl_ros.nodes.mpc_node") + [
+            "mpc_node": console_command("mpc_node", "tocpl_ros.ros.nodes.mpc_node") + [
                 "--ros-args", "--params-file", str(ROOT / "config" / "mpc_node.yaml"), "-p", f"policy_path:={policy_path}",
                 "-p", target] + [a for p in FOLLOW_MPC_PARAMS for a in ("-p", p)],
         }

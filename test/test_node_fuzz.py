@@ -303,12 +303,12 @@ def test_fuzz_policy_and_mpc_nodes(policy_file, ros_loopback_env, tmp_path):
                 args += ["-p", p]
             logs[name] = tmp_path / f"{name}.log"
             with open(logs[name], "w") as out:
-                procs[name] = subprocess.Popen(console_command("policy_node", "tocpl_ros.nodes.policy_node") + args, env=env,
+                procs[name] = subprocess.Popen(console_command("policy_node", "tocpl_ros.ros.nodes.policy_node") + args, env=env,
                                                stdout=out, stderr=subprocess.STDOUT)
         logs["mpc_node"] = tmp_path / "mpc_node.log"
         with open(logs["mpc_node"], "w") as out:
             procs["mpc_node"] = subprocess.Popen(
-                console_command("mpc_node", "tocpl_ros.nodes.mpc_node") + [
+                console_command("mpc_node", "tocpl_ros.ros.nodes.mpc_node") + [
                     "--ros-args", "--params-file", str(ROOT / "config" / "mpc_node.yaml"), "-p", f"policy_path:={policy_file}",
                     "-p", f"initial_target:=[{', '.join(map(str, TARGET))}]", "-p", "diagnostics_period:=0.5"],
                 env=env, stdout=out, stderr=subprocess.STDOUT)

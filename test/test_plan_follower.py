@@ -1,4 +1,4 @@
-"""The fast loop's plan following (tocpl_ros.plan_follower), ROS-free: the /mpc/plan layout, the
+"""The fast loop's plan following (tocpl_ros.control.plan_follower), ROS-free: the /mpc/plan layout, the
 plan step chosen by the joint-state stamps, Crocoddyl's feedback sign, staleness, the blend at a
 switch, malformed plans; and PolicyController following plans inside its safety layer.
 
@@ -16,15 +16,8 @@ import numpy as np
 import pytest
 
 from tocpl_ros.config import FieldError
-from tocpl_ros.plan_follower import (
-    PLAN_HEADER,
-    Plan,
-    PlanFollower,
-    PlanFollowerConfig,
-    decode_plan,
-    encode_plan,
-    encode_result,
-)
+from tocpl_ros.control.plan import PLAN_HEADER, Plan, decode_plan, encode_plan, encode_result
+from tocpl_ros.control.plan_follower import PlanFollower, PlanFollowerConfig
 
 ROOT = Path(__file__).resolve().parents[1]
 NU, NX, NT = 6, 12, 3
@@ -147,7 +140,8 @@ def test_plan_step_from_the_stamps_and_interpolated_reference():
 @pytest.fixture(scope="module")
 def solved():
     """A converged Crocoddyl MPC solve on ur5_reach (cold start, no deadline), away from the box."""
-    from tocpl_ros.mpc import MPCConfig, RecedingHorizonMPC
+    from tocpl_ros.mpc.config import MPCConfig
+    from tocpl_ros.mpc.solver import RecedingHorizonMPC
     from tocpl_ros.tasks import load_task
 
     task = load_task("ur5_reach")
@@ -207,7 +201,8 @@ def test_mpc_and_fast_loop_reach_the_target_on_the_model():
     command is the plan's once the first one arrived."""
     import crocoddyl
 
-    from tocpl_ros.mpc import MPCConfig, RecedingHorizonMPC
+    from tocpl_ros.mpc.config import MPCConfig
+    from tocpl_ros.mpc.solver import RecedingHorizonMPC
     from tocpl_ros.tasks import load_task
 
     task = load_task(MPC_TASK)
@@ -414,7 +409,7 @@ def test_interrupt_means_no_blend():
 
 
 def test_the_module_needs_no_ros():
-    code = ("import sys, tocpl_ros.plan_follower; bad = [m for m in sys.modules if m.split('.')[0] in "
+    code = ("import sys, tocpl_ros.control.plan_follower; bad = [m for m in sys.modules if m.split('.')[0] in "
             "('rclpy', 'crocoddyl', 'pinocchio', 'torch')]; print(bad); sys.exit(1 if bad else 0)")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stdout + result.stderr
@@ -434,7 +429,8 @@ def policy_file(tmp_path_factory) -> Path:
 
 
 def make_controller(policy_file, **config):
-    from tocpl_ros.controller import ControllerConfig, PolicyController
+    from tocpl_ros.control.config import ControllerConfig
+    from tocpl_ros.control.controller import PolicyController
 
     c = PolicyController(policy_file, ControllerConfig(initial_target=TARGET.tolist(), fade_in=0.0, **config))
     c.start()

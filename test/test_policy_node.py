@@ -35,7 +35,7 @@ RATE = 500.0
 STALE_PERIODS = 5
 FADE_IN = 0.2
 EFFORT_TOPIC = "/forward_effort_controller/commands"
-NODE_COMMAND = console_command("policy_node", "tocpl_ros.nodes.policy_node")
+NODE_COMMAND = console_command("policy_node", "tocpl_ros.ros.nodes.policy_node")
 
 
 # ------------------------------------------------------------------------ helpers
@@ -105,8 +105,8 @@ class Harness(JointStateFeed):
 
 
 def test_params_file_matches_node_parameters():
-    from tocpl_ros.controller import ControllerConfig
-    from tocpl_ros.nodes.policy_node import NODE_PARAMETERS, ROBOT_DEFAULTS
+    from tocpl_ros.control.config import ControllerConfig
+    from tocpl_ros.ros.nodes.policy_node import NODE_PARAMETERS, ROBOT_DEFAULTS
     from tocpl_ros.robot import load_robot
 
     data = yaml.safe_load((ROOT / "config" / "policy_node.yaml").read_text())
@@ -131,7 +131,7 @@ def test_node_process_does_not_import_torch():
 
 @pytest.mark.ros
 def test_node_refuses_to_start_on_bad_policy(policies, ros_node_env, tmp_path):
-    """Missing file, joint names differing from the robot's, a bad parameter: exit status != 0
+    """Missing file, joint names differing from the robot's, a bad parameter: exit status 2
     and stderr says what is wrong. The three run concurrently (one start-up time)."""
     _, env = ros_node_env(41)
     cases = {
@@ -148,10 +148,34 @@ def test_node_refuses_to_start_on_bad_policy(policies, ros_node_env, tmp_path):
             )
         for name, proc in procs.items():
             out, err = communicate(proc, 60, f"the {name} node to refuse to start")
-            assert proc.returncode not in (0, None), f"{name}: exit {proc.returncode}\n{out}\n{err}"
+            assert proc.returncode == 2, f"{name}: exit {proc.returncode}\n{out}\n{err}"
             assert "refusing to start" in err, f"{name}: {err}"
             for fragment in cases[name][1]:
                 assert fragment in err, f"{name}: {fragment!r} not in stderr:\n{err}"
+    finally:
+        for proc in procs.values():
+            stop_process(proc)
+
+
+@pytest.mark.ros
+def test_every_node_exits_2_on_a_start_up_error(policies, ros_node_env):
+    """The three nodes share one exit convention (tocpl_ros.ros.runtime.run_node): a bad parameter or
+    an unusable policy file is exit status 2 and one 'refusing to start' line."""
+    _, env = ros_node_env(47)
+    cases = {
+        "ur5_sim": console_command("ur5_sim", "tocpl_ros.ros.nodes.ur5_sim") + ["--ros-args", "-p", "backend:=bogus"],
+        "policy_node": NODE_COMMAND + ["--ros-args", "-p", f"policy_path:={policies['missing']}"],
+        "mpc_node": console_command("mpc_node", "tocpl_ros.ros.nodes.mpc_node")
+        + ["--ros-args", "-p", f"policy_path:={policies['missing']}"],
+    }
+    procs = {}
+    try:
+        for name, command in cases.items():
+            procs[name] = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        for name, proc in procs.items():
+            out, err = communicate(proc, 60, f"{name} to refuse to start")
+            assert proc.returncode == 2, f"{name}: exit {proc.returncode}\n{out}\n{err}"
+            assert "refusing to start" in err, f"{name}: {err}"
     finally:
         for proc in procs.values():
             stop_process(proc)
@@ -357,7 +381,7 @@ class PlanHarness(Harness):
         super().start_spinning()
 
     def plan(self, u: np.ndarray, status: str = "converged", target=TARGET) -> np.ndarray:
-        from tocpl_ros.plan_follower import Plan, encode_plan
+        from tocpl_ros.control.plan import Plan, encode_plan
 
         stamp = self.node.get_clock().now().nanoseconds * 1e-9
         self._sequence += 1
@@ -385,7 +409,7 @@ def test_node_follows_mpc_plans_and_rejects_bad_ones(policies, ros_node_env, tmp
     commands; NaN / wrong-size plans rejected (counted, logged) without disturbing the plan held;
     plans stop → the policy's command through the same blend; a failure report → the policy at
     once; every command finite and inside the limits."""
-    from tocpl_ros.plan_follower import PLAN_HEADER
+    from tocpl_ros.control.plan import PLAN_HEADER
 
     domain, env = ros_node_env(63)
     md = read_onnx_metadata(policies["good"])

@@ -13,7 +13,7 @@ from tocpl_ros.tasks import load_task
 from tocpl_ros.tasks.config import SolverConfig
 from tocpl_training.cli import main as train_main
 from tocpl_training.config import TrainConfig
-from tocpl_training.oc_phase import OCJob, OCPhaseRunner, OCRequest
+from tocpl_training.oc.phase import OCJob, OCPhaseRunner, OCRequest
 from tocpl_training.policy import NumpyPolicy, make_policy
 from tocpl_training.trainer import Trainer
 

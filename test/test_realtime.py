@@ -23,7 +23,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tocpl_ros.nodes.runtime import REALTIME_PRIORITY_DOC, StartupError, apply_realtime_priority, check_realtime_priority
+from tocpl_ros.ros.runtime import REALTIME_PRIORITY_DOC, StartupError, apply_realtime_priority, check_realtime_priority
 from tocpl_ros.resources import console_command
 
 from ros_harness import SpinningTestNode, communicate, stop_process, wait_for
@@ -31,8 +31,8 @@ from ros_harness import SpinningTestNode, communicate, stop_process, wait_for
 ROOT = Path(__file__).resolve().parents[1]
 PRIORITY = 10
 """Below ros2_control's default 50: a test must not outrank a real-time process of the machine."""
-POLICY_NODE = console_command("policy_node", "tocpl_ros.nodes.policy_node")
-UR5_SIM = console_command("ur5_sim", "tocpl_ros.nodes.ur5_sim")
+POLICY_NODE = console_command("policy_node", "tocpl_ros.ros.nodes.policy_node")
+UR5_SIM = console_command("ur5_sim", "tocpl_ros.ros.nodes.ur5_sim")
 # Stage 2 runs without CAP_SYS_NICE: exit 77 if SCHED_FIFO is still permitted (the test cannot take
 # the permission away here), else exec the node.
 _CHECK_AND_EXEC = (
@@ -119,10 +119,10 @@ def test_priority_not_permitted_is_a_warning(monkeypatch):
 
 
 def test_parameter_declared_and_documented():
-    from tocpl_ros.bringup import LAUNCH_ARGUMENTS
+    from tocpl_ros.bringup.graph import LAUNCH_ARGUMENTS
     from tocpl_ros.config import field_docs
-    from tocpl_ros.nodes.policy_node import NODE_PARAMETERS
-    from tocpl_ros.sim import SimConfig
+    from tocpl_ros.ros.nodes.policy_node import NODE_PARAMETERS
+    from tocpl_ros.sim.config import SimConfig
 
     assert NODE_PARAMETERS["realtime_priority"] == (0, REALTIME_PRIORITY_DOC)
     assert "SCHED_FIFO" in REALTIME_PRIORITY_DOC and "warning" in REALTIME_PRIORITY_DOC
@@ -275,9 +275,9 @@ def test_invalid_priorities_refused_at_start(policy, ros_node_env):
     """Out of range or not an integer: each node refuses to start, naming the parameter."""
     _, env = ros_node_env(79)
     cases = {
-        "policy 100": (POLICY_NODE, ["-p", f"policy_path:={policy}", "-p", "realtime_priority:=100"], 1, "0..99"),
-        "policy -1": (POLICY_NODE, ["-p", f"policy_path:={policy}", "-p", "realtime_priority:=-1"], 1, "0..99"),
-        "policy text": (POLICY_NODE, ["-p", f"policy_path:={policy}", "-p", "realtime_priority:=high"], 1, "an integer"),
+        "policy 100": (POLICY_NODE, ["-p", f"policy_path:={policy}", "-p", "realtime_priority:=100"], 2, "0..99"),
+        "policy -1": (POLICY_NODE, ["-p", f"policy_path:={policy}", "-p", "realtime_priority:=-1"], 2, "0..99"),
+        "policy text": (POLICY_NODE, ["-p", f"policy_path:={policy}", "-p", "realtime_priority:=high"], 2, "an integer"),
         "sim 100": (UR5_SIM, ["-p", "realtime_priority:=100"], 2, "0..99"),
         "sim 2.5": (UR5_SIM, ["-p", "realtime_priority:=2.5"], 2, "realtime_priority"),
     }

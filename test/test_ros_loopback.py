@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from tocpl_ros.ros_env import (
+from tocpl_ros.ros.environment import (
     DISCOVERY_RANGE_VAR,
     DOMAIN_ID_VAR,
     apply_loopback_defaults,
@@ -77,7 +77,7 @@ def test_apply_loopback_defaults(monkeypatch):
 
 def test_ros_env_module_is_ros_free():
     code = (
-        "import sys, tocpl_ros.ros_env; "
+        "import sys, tocpl_ros.ros.environment; "
         "bad = [m for m in sys.modules if m.split('.')[0] in ('rclpy', 'rcl', 'rmw')]; "
         "sys.exit(1 if bad else 0)"
     )

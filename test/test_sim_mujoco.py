@@ -1,4 +1,4 @@
-"""The MuJoCo physics backend (tocpl_ros.sim_mujoco) against the Pinocchio one, and the
+"""The MuJoCo physics backend (tocpl_ros.sim.mujoco_backend) against the Pinocchio one, and the
 ur5_sim node running on it.
 
 Measured on this machine (urdf/ur5.urdf, random configurations, with and without payload):
@@ -26,9 +26,12 @@ import pytest
 
 from tocpl_ros.config import FieldError
 from tocpl_ros.resources import urdf_path
-from tocpl_ros.ros_env import DISCOVERY_RANGE_VAR, DOMAIN_ID_VAR, derive_domain_id, loopback_ros_env
-from tocpl_ros.sim import BACKENDS, ArmSimulator, SimConfig, load_sim_config, make_simulator
-from tocpl_ros.sim_mujoco import MujocoArmSimulator, build_mujoco_spec
+from tocpl_ros.ros.environment import DISCOVERY_RANGE_VAR, DOMAIN_ID_VAR, derive_domain_id, loopback_ros_env
+from tocpl_ros.interfaces import SIM_BACKENDS
+from tocpl_ros.sim.pinocchio_backend import ArmSimulator
+from tocpl_ros.sim.config import SimConfig, load_sim_config
+from tocpl_ros.sim import make_simulator
+from tocpl_ros.sim.mujoco_backend import MujocoArmSimulator, build_mujoco_spec
 
 ROOT = Path(__file__).resolve().parents[1]
 Q0 = [0.0, -1.2, 1.6, -0.4, 1.57, 0.0]
@@ -313,7 +316,7 @@ def test_hold_until_first_command_reset_and_commands():
 
 
 def test_config_selects_the_backend_and_names_errors():
-    assert BACKENDS == ("pinocchio", "mujoco")
+    assert SIM_BACKENDS == ("pinocchio", "mujoco")
     assert type(make_simulator(SimConfig())) is ArmSimulator
     with pytest.raises(FieldError) as info:
         mj(payload_mass=1.0, payload_frame="gripper")
@@ -332,8 +335,8 @@ def test_config_selects_the_backend_and_names_errors():
 def test_sim_module_stays_free_of_mujoco_and_ros():
     code = (
         "import sys, tocpl_ros.sim; "
-        "bad = [m for m in sys.modules if m.split('.')[0] in ('rclpy', 'mujoco', 'tocpl_ros.sim_mujoco')]; "
-        "sys.exit(1 if bad or 'tocpl_ros.sim_mujoco' in sys.modules else 0)"
+        "bad = [m for m in sys.modules if m.split('.')[0] in ('rclpy', 'mujoco', 'tocpl_ros.sim.mujoco_backend')]; "
+        "sys.exit(1 if bad or 'tocpl_ros.sim.mujoco_backend' in sys.modules else 0)"
     )
     assert subprocess.run([sys.executable, "-c", code], timeout=60).returncode == 0
 
@@ -360,7 +363,7 @@ def test_ur5_sim_node_runs_on_mujoco(ros_loopback_env):
     names = ArmSimulator(SimConfig()).joint_names
 
     script = Path(sys.executable).parent / "ur5_sim"
-    command = [str(script)] if script.exists() else [sys.executable, "-m", "tocpl_ros.nodes.ur5_sim"]
+    command = [str(script)] if script.exists() else [sys.executable, "-m", "tocpl_ros.ros.nodes.ur5_sim"]
     command += ["--ros-args", "-p", "backend:=mujoco", "-p", "command_mode:=effort", "-p", "payload_mass:=0.0"]
     proc = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     lines: list[str] = []

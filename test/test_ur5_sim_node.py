@@ -14,7 +14,8 @@ import pinocchio as pin
 import pytest
 
 from tocpl_ros.resources import urdf_path
-from tocpl_ros.sim import ArmSimulator, load_sim_config
+from tocpl_ros.sim.pinocchio_backend import ArmSimulator
+from tocpl_ros.sim.config import load_sim_config
 
 pytestmark = pytest.mark.ros
 
@@ -27,7 +28,7 @@ class NodeProcess:
 
     def __init__(self, env: dict[str, str], *ros_params: str):
         script = Path(sys.executable).parent / "ur5_sim"
-        command = [str(script)] if script.exists() else [sys.executable, "-m", "tocpl_ros.nodes.ur5_sim"]
+        command = [str(script)] if script.exists() else [sys.executable, "-m", "tocpl_ros.ros.nodes.ur5_sim"]
         args = ["--ros-args"] + [a for p in ros_params for a in ("-p", p)]
         self.proc = subprocess.Popen(
             command + args, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True

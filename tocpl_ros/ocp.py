@@ -13,8 +13,8 @@ from dataclasses import dataclass
 import crocoddyl
 import numpy as np
 
-from .tasks.base import DynamicsCounter
-from .tasks.config import SolverConfig
+from tocpl_ros.tasks.base import DynamicsCounter
+from tocpl_ros.tasks.config import SolverConfig
 
 
 @dataclass

@@ -21,11 +21,11 @@ from pathlib import Path
 import numpy as np
 import pinocchio as pin
 
-from .config import ConfigError, FieldError, load_dataclass, read_yaml
-from .resources import config_path, urdf_path
+from tocpl_ros.config import ConfigError, FieldError, load_dataclass, read_yaml
+from tocpl_ros.interfaces import OUTPUT_MODES
+from tocpl_ros.resources import config_path, urdf_path
 
 __all__ = [
-    "COMMAND_INTERFACES",
     "RobotConfig",
     "RobotModel",
     "WorkspaceBox",
@@ -36,9 +36,6 @@ __all__ = [
     "load_robot_config",
     "robot_config_file",
 ]
-
-COMMAND_INTERFACES = ("effort", "velocity", "position")
-"""Command interfaces, as the ros2_control forward controllers name them."""
 
 
 @dataclass
@@ -114,10 +111,10 @@ class RobotConfig:
         both = [n for n in self.locked_positions if n in self.controlled_joints]
         if both:
             raise FieldError("locked_positions", f"joints {both} are controlled, they cannot be locked")
-        if self.command_interface not in COMMAND_INTERFACES:
+        if self.command_interface not in OUTPUT_MODES:
             raise FieldError(
                 "command_interface",
-                f"unknown command interface '{self.command_interface}' (known: {', '.join(COMMAND_INTERFACES)})",
+                f"unknown command interface '{self.command_interface}' (known: {', '.join(OUTPUT_MODES)})",
             )
         if self.control_rate is not None and not (math.isfinite(self.control_rate) and self.control_rate > 0):
             raise FieldError("control_rate", f"must be a finite value > 0, got {self.control_rate}")

@@ -16,14 +16,12 @@ import sys
 import typing
 from pathlib import Path
 
-
 from tocpl_ros.config import ConfigError, field_docs, load_dataclass, parse_key_values, read_yaml, to_dict
 from tocpl_ros.resources import config_path
-
-from .checkpoint import CheckpointError
-from .config import TrainConfig
-from .continuous import hold_labels
-from .trainer import POLICY, Trainer
+from tocpl_training.checkpoint import CheckpointError
+from tocpl_training.config import TrainConfig
+from tocpl_training.evaluation.continuous import hold_labels
+from tocpl_training.trainer import POLICY, Trainer
 
 
 def default_config_file(task: str) -> Path | None:
@@ -157,7 +155,7 @@ def main(argv: list[str] | None = None) -> int:
     resume_hint = f"resume with: tocpl-train --resume {trainer.out_dir}"
     try:
         trainer.run(report)
-        from .export import export_onnx
+        from tocpl_training.export import export_onnx
 
         onnx_path = export_onnx(trainer.final_policy(), trainer.task, trainer.out_dir / POLICY, to_dict(config))
     except ConfigError as exc:  # the preflight of the run folder: nothing was trained

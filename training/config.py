@@ -136,7 +136,7 @@ class TrainConfig:
     eval_seed: int = 1_000_003
     """Seed of the held-out problems (disjoint from training seeds)."""
     eval_hold_seconds: list[float] = field(default_factory=lambda: [3.0, 10.0])
-    """Continuous-use evaluation (training/continuous.py, robot tasks) after every iteration: times after the
+    """Continuous-use evaluation (training/evaluation/continuous.py, robot tasks) after every iteration: times after the
     start (s) at which the held-out hold error is read, besides T; plus a sequence of targets, moving starts
     and a push. Empty: none of it."""
     eval_every: int = 1

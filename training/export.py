@@ -35,9 +35,8 @@ from tocpl_ros.policy_file import (
     read_onnx_metadata,
 )
 from tocpl_ros.tasks import Task
-
-from .checkpoint import CheckpointError, atomic_write, load_policy
-from .policy import MLPPolicy
+from tocpl_training.checkpoint import CheckpointError, atomic_write, load_policy
+from tocpl_training.policy import MLPPolicy
 
 OPSET = 17
 VALIDATION_TOL = 1e-4

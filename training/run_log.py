@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .checkpoint import atomic_write_bytes
+from tocpl_training.checkpoint import atomic_write_bytes
 
 METRICS = "metrics.csv"
 CURVE = "learning_curve.png"

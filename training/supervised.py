@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from .policy import MLPPolicy
+from tocpl_training.policy import MLPPolicy
 
 
 @dataclass
@@ -204,7 +204,7 @@ def _fit(policy, optimizer, data, epochs, batch_size, nx, sobolev_weight, genera
     params = [p for p in policy.parameters() if p.requires_grad]
     averaged = [p.detach().clone() for p in params] if weight_average > 0 else None
     # One intra-op thread: the MLP is small, and with one thread per core OpenMP's spin-waits
-    # collapse as soon as another process shares a core (measured 6x slower median step).
+    # collapse as soon as another process shares a core (docs/training_speed.md).
     with torch_threads(1):
         for batches in passes():
             totals = {"regression_loss": 0.0, "sobolev_loss": 0.0}

@@ -30,15 +30,21 @@ import yaml
 from tocpl_ros.config import ConfigError, load_dataclass, to_dict
 from tocpl_ros.ocp import solve
 from tocpl_ros.tasks import DynamicsCounter, Problems, Task, Trajectories, load_task
-
-from .algorithms import make_algorithm
-from .checkpoint import CheckpointError, atomic_write_bytes, load_checkpoint, policy_payload, remove_stale_temps, save_checkpoint
-from .config import TrainConfig
-from .continuous import ContinuousUse, evaluate_continuous, seconds_label
-from .oc_phase import OCJob, OCPhaseRunner, OCRequest
-from .policy import MLPPolicy, make_policy
-from .run_log import CURVE, METRICS, RunLog
-from .supervised import torch_threads
+from tocpl_training.algorithms import make_algorithm
+from tocpl_training.checkpoint import (
+    CheckpointError,
+    atomic_write_bytes,
+    load_checkpoint,
+    policy_payload,
+    remove_stale_temps,
+    save_checkpoint,
+)
+from tocpl_training.config import TrainConfig
+from tocpl_training.evaluation.continuous import ContinuousUse, evaluate_continuous, seconds_label
+from tocpl_training.oc.phase import OCJob, OCPhaseRunner, OCRequest
+from tocpl_training.policy import MLPPolicy, make_policy
+from tocpl_training.run_log import CURVE, METRICS, RunLog
+from tocpl_training.supervised import torch_threads
 
 CHECKPOINT = "checkpoint.pt"
 POLICY = "policy.onnx"

@@ -9,12 +9,12 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from ..config import ConfigError, FieldError, load_dataclass, read_yaml, with_overrides
-from ..resources import config_path
-from .base import DynamicsCounter, Evaluation, Problems, Task, Trajectories
-from .config import TaskConfig
-from .lqr import LQRTask
-from .robot import ReachTask, RobotTask, UprightTask
+from tocpl_ros.config import ConfigError, FieldError, load_dataclass, read_yaml, with_overrides
+from tocpl_ros.resources import config_path
+from tocpl_ros.tasks.base import DynamicsCounter, Evaluation, Problems, Task, Trajectories
+from tocpl_ros.tasks.config import TaskConfig
+from tocpl_ros.tasks.lqr import LQRTask
+from tocpl_ros.tasks.robot import ReachTask, RobotTask, UprightTask
 
 TASK_CLASSES: dict[str, type[Task]] = {"lqr": LQRTask, "upright": UprightTask, "reach": ReachTask}
 

@@ -15,8 +15,8 @@ from dataclasses import dataclass, field
 import crocoddyl
 import numpy as np
 
-from ..config import FieldError
-from .config import TaskConfig
+from tocpl_ros.config import FieldError
+from tocpl_ros.tasks.config import TaskConfig
 
 Policy = Callable[[np.ndarray], np.ndarray]
 """Maps a batch of observations [B, obs_dim] to a batch of controls [B, nu]."""

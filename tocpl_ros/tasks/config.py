@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from ..config import FieldError
+from tocpl_ros.config import FieldError
 
 Weight = float | list[float]
 """A cost weight: a scalar, or the diagonal of the weight matrix W in ½‖r‖²_W."""

@@ -6,9 +6,9 @@ import crocoddyl
 import numpy as np
 import scipy.linalg
 
-from ..config import FieldError
-from .base import Problems, Task
-from .config import TaskConfig
+from tocpl_ros.config import FieldError
+from tocpl_ros.tasks.base import Problems, Task
+from tocpl_ros.tasks.config import TaskConfig
 
 
 def double_integrators(n_dof: int, dt: float) -> tuple[np.ndarray, np.ndarray]:

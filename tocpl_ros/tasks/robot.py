@@ -15,10 +15,10 @@ import crocoddyl
 import numpy as np
 import pinocchio as pin
 
-from ..config import FieldError
-from ..robot import RobotModel, load_robot
-from .base import Problems, Task
-from .config import TaskConfig
+from tocpl_ros.config import FieldError
+from tocpl_ros.robot import RobotModel, load_robot
+from tocpl_ros.tasks.base import Problems, Task
+from tocpl_ros.tasks.config import TaskConfig
 
 
 def task_robot(config: TaskConfig) -> RobotModel:

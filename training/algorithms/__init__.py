@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from .base import Algorithm, OCBatch
-from .pddp import PDDP
+from tocpl_training.algorithms.base import Algorithm, OCBatch
+from tocpl_training.algorithms.pddp import PDDP
 
 
 def make_algorithm(task, policy, config, runner, counter) -> Algorithm:
-    from .plal import DPL, PLAL
-    from .pods import PODS
+    from tocpl_training.algorithms.plal import DPL, PLAL
+    from tocpl_training.algorithms.pods import PODS
 
     classes = {"pddp": PDDP, "plal": PLAL, "pods": PODS, "dpl": DPL}
     return classes[config.algo](task, policy, config, runner, counter)

@@ -13,11 +13,10 @@ import torch
 from tocpl_ros.ocp import OCSolution
 from tocpl_ros.tasks import DynamicsCounter, Problems, Task
 from tocpl_ros.tasks.config import SolverConfig
-
-from ..config import TrainConfig
-from ..oc_phase import OCJob, OCPhaseRunner, OCRequest
-from ..policy import MLPPolicy
-from ..supervised import SupervisedData, fit
+from tocpl_training.config import TrainConfig
+from tocpl_training.oc.phase import OCJob, OCPhaseRunner, OCRequest
+from tocpl_training.policy import MLPPolicy
+from tocpl_training.supervised import SupervisedData, fit
 
 
 @dataclass

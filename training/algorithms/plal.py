@@ -15,9 +15,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..policy import NumpyPolicy
-from ..supervised import SupervisedData
-from .base import Algorithm, OCBatch
+from tocpl_training.algorithms.base import Algorithm, OCBatch
+from tocpl_training.policy import NumpyPolicy
+from tocpl_training.supervised import SupervisedData
 
 
 class PLAL(Algorithm):

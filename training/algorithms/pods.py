@@ -11,9 +11,8 @@ from __future__ import annotations
 import numpy as np
 
 from tocpl_ros.tasks import Problems
-
-from ..supervised import SupervisedData
-from .base import Algorithm, OCBatch
+from tocpl_training.algorithms.base import Algorithm, OCBatch
+from tocpl_training.supervised import SupervisedData
 
 
 class PODS(Algorithm):

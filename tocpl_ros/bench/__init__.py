@@ -1,0 +1,1 @@
+"""Benchmarks of the nodes, the MPC and policy inference (command-line tools)."""

@@ -1,0 +1,388 @@
+"""The node graphs of tocpl_ros, described without ROS (used by the launch file and ``tocpl-bringup``).
+
+One description, two ways to start it:
+
+- ``launch/ur5_policy.launch.py`` turns it into ``launch_ros.actions.Node`` actions
+  (``ros2 launch tocpl_ros ur5_policy.launch.py policy:=/path/policy.onnx``);
+- ``tocpl-bringup ur5_policy policy:=/path/policy.onnx`` (:mod:`tocpl_ros.bringup.cli`)
+  starts the same nodes as processes, with the same parameters, where ``launch`` is not
+  installed.
+
+:func:`graph_for` validates the launch arguments (``name:=value`` strings as ros2 launch
+passes them, or Python values) and returns one :class:`NodeSpec` per node. Every node
+takes its params file from ``config/`` (found by :func:`tocpl_ros.resources.config_path`)
+and then the parameters the arguments set (the later wins, as with ``--params-file`` then
+``-p``). Nothing here imports rclpy, launch or pinocchio.
+
+Graph ``ur5_policy``: the simulated UR5 (``ur5_sim``, unless ``use_sim:=false`` for a real
+robot's ros2_control), the ONNX policy (``policy_node``) and, with ``use_mpc:=true``, the MPC
+node (``mpc_node``, 100 Hz, publishing each solve's plan on ``/mpc/plan``), the policy node then
+being the MPC's fast loop: it follows the newest plan with its feedback gains at its own rate
+and falls back to the policy when no fresh plan exists (``use_mpc`` parameter of the policy node,
+:mod:`tocpl_ros.control.plan_follower`). ``/mpc/command`` (the MPC's own 100 Hz command) is published for
+monitoring only: nothing in the graph applies it.
+"""
+
+from __future__ import annotations
+
+import difflib
+import math
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from tocpl_ros.interfaces import (
+    MPC_COMMAND_TOPIC,
+    MPC_NODE,
+    MPC_PLAN_TOPIC,
+    OUTPUT_MODES,
+    POLICY_NODE,
+    SIM_BACKENDS,
+    SIM_NODE,
+)
+from tocpl_ros.resources import PACKAGE_NAME, config_path
+from tocpl_ros.ros.environment import DISCOVERY_RANGE_VAR, DOMAIN_ID_VAR, loopback_ros_env
+
+__all__ = [
+    "BringupError",
+    "LaunchArgument",
+    "NodeSpec",
+    "GRAPHS",
+    "LAUNCH_ARGUMENTS",
+    "graph_for",
+    "launch_arguments",
+    "parse_bool",
+    "parse_target",
+    "format_param_value",
+    "node_environment",
+]
+
+LOG_LEVELS = ("debug", "info", "warn", "error", "fatal")
+_TRUE = ("true", "1", "yes", "on")
+_FALSE = ("false", "0", "no", "off")
+
+
+class BringupError(ValueError):
+    """A launch argument or the installation does not allow starting the graph (the message says why)."""
+
+
+@dataclass(frozen=True)
+class LaunchArgument:
+    """One launch argument: ``DeclareLaunchArgument(name, default_value=default, description=...)``."""
+
+    name: str
+    default: str
+    description: str
+    choices: tuple[str, ...] | None = None
+
+
+@dataclass
+class NodeSpec:
+    """One node of a graph, in the terms of ``launch_ros.actions.Node``."""
+
+    package: str
+    executable: str
+    name: str
+    """Node name (``-r __node:=name``); also the section of its params files."""
+    parameters: dict[str, Any] = field(default_factory=dict)
+    """Parameters set by the launch arguments (applied after the params files)."""
+    params_files: list[Path] = field(default_factory=list)
+    """ROS 2 params files from config/, in order."""
+    remappings: list[tuple[str, str]] = field(default_factory=list)
+    arguments: list[str] = field(default_factory=list)
+    """Extra command-line arguments before ``--ros-args``."""
+    ros_arguments: list[str] = field(default_factory=list)
+    """Extra ROS arguments (after ``--ros-args``), e.g. ``--log-level info``."""
+    description: str = ""
+    missing_hint: str = ""
+    """Added to the error when the executable is not installed."""
+
+    def command(self, executable_path: str | Path) -> list[str]:
+        """The command line ``launch_ros`` would build: executable, arguments, ``--ros-args``,
+        ROS arguments, node name, params files, ``-p`` parameters, remappings."""
+        cmd = [str(executable_path), *self.arguments, "--ros-args", *self.ros_arguments, "-r", f"__node:={self.name}"]
+        for path in self.params_files:
+            cmd += ["--params-file", str(path)]
+        for key, value in self.parameters.items():
+            cmd += ["-p", f"{key}:={format_param_value(value)}"]
+        for src, dst in self.remappings:
+            cmd += ["-r", f"{src}:={dst}"]
+        return cmd
+
+
+# ----------------------------------------------------------------------------- ur5_policy
+
+LAUNCH_ARGUMENTS: tuple[LaunchArgument, ...] = (
+    LaunchArgument("policy", "", "ONNX policy file to run (written by tocpl-train / tocpl-export). Required."),
+    LaunchArgument(
+        "target",
+        "",
+        "Initial target of the end effector 'x,y,z' (m, robot base frame) until one arrives on /target; "
+        "empty: hold the end effector where it is at the first joint state.",
+    ),
+    LaunchArgument(
+        "use_mpc",
+        "false",
+        f"Also start the MPC node (mpc_node, policy warm-started Crocoddyl, 100 Hz): the policy node then follows "
+        f"its plans ({MPC_PLAN_TOPIC}) with their feedback gains, the policy as the fallback when no fresh plan exists.",
+    ),
+    LaunchArgument(
+        "use_sim",
+        "true",
+        "Start the simulated UR5 (ur5_sim); false: drive whatever publishes /joint_states and "
+        "obeys the forward controllers (a real UR through ros2_control).",
+    ),
+    LaunchArgument("sim_backend", "pinocchio", "Physics backend of the simulated UR5.", SIM_BACKENDS),
+    LaunchArgument(
+        "rate",
+        "500",
+        "Control rate (Hz) of the policy node; the simulated UR5 publishes /joint_states at the same rate.",
+    ),
+    LaunchArgument(
+        "output_mode",
+        "effort",
+        "Command interface: torques to /forward_effort_controller/commands, or velocities / positions "
+        "to the forward velocity / position controller (the simulated UR5 obeys the same one).",
+        OUTPUT_MODES,
+    ),
+    LaunchArgument("autostart", "true", "Drive with the policy as soon as joint states arrive; false: wait for ~/start."),
+    LaunchArgument(
+        "realtime_priority",
+        "50",
+        "SCHED_FIFO priority (1-99) of the policy node's and the simulated UR5's processes (their realtime_priority "
+        "parameter; the MPC node stays at normal priority, so it is what gets late under CPU contention); 0: normal "
+        "scheduling. 50 is ros2_control's default for its control loop. Needs CAP_SYS_NICE or an RLIMIT_RTPRIO that "
+        "high, else each node warns and runs at normal priority.",
+    ),
+    LaunchArgument("log_level", "info", "Log level of every node.", LOG_LEVELS),
+)
+
+
+def parse_bool(name: str, value: Any) -> bool:
+    """``true``/``false`` (also 1/0, yes/no, on/off, any case) or a bool."""
+    if isinstance(value, bool):
+        return value
+    text = str(value).strip().lower()
+    if text in _TRUE:
+        return True
+    if text in _FALSE:
+        return False
+    raise BringupError(f"argument '{name}': expected true or false, got {value!r}")
+
+
+def parse_target(value: Any) -> list[float] | None:
+    """``"x,y,z"`` (also ``"[x, y, z]"`` or spaces) or a sequence of 3 numbers -> [x, y, z];
+    empty -> None. Raises BringupError saying what is wrong."""
+    if value is None:
+        return None
+    if isinstance(value, str):
+        text = value.strip()
+        if text.startswith("[") and text.endswith("]"):
+            text = text[1:-1]
+        if not text.strip():
+            return None
+        parts = [p for p in text.replace(",", " ").split()]
+    else:
+        try:
+            parts = list(value)
+        except TypeError:
+            raise BringupError(f"argument 'target': expected 'x,y,z' (m), got {value!r}") from None
+    if len(parts) != 3:
+        raise BringupError(
+            f"argument 'target': expected three numbers 'x,y,z' (m, base frame), got {value!r} ({len(parts)} values)"
+        )
+    try:
+        xyz = [float(p) for p in parts]
+    except (TypeError, ValueError):
+        raise BringupError(f"argument 'target': expected three numbers 'x,y,z' (m, base frame), got {value!r}") from None
+    if not all(math.isfinite(x) for x in xyz):
+        raise BringupError(f"argument 'target': the coordinates must be finite, got {value!r}")
+    return xyz
+
+
+def _parse_rate(value: Any) -> float:
+    try:
+        rate = float(value)
+    except (TypeError, ValueError):
+        raise BringupError(f"argument 'rate': expected a number of Hz, got {value!r}") from None
+    if not (math.isfinite(rate) and 0 < rate <= 10000):
+        raise BringupError(f"argument 'rate': must be in (0, 10000] Hz, got {value!r}")
+    return rate
+
+
+def _parse_priority(value: Any) -> int:
+    text = str(value).strip()
+    try:
+        priority = int(text)
+    except ValueError:
+        raise BringupError(f"argument 'realtime_priority': expected an integer in 0..99, got {value!r}") from None
+    if isinstance(value, bool) or not 0 <= priority <= 99:
+        raise BringupError(f"argument 'realtime_priority': must be in 0..99 (0: normal scheduling), got {value!r}")
+    return priority
+
+
+def _parse_choice(arg: LaunchArgument, value: Any) -> str:
+    text = str(value).strip()
+    if arg.choices and text not in arg.choices:
+        raise BringupError(f"argument '{arg.name}': must be one of {', '.join(arg.choices)}, got {value!r}")
+    return text
+
+
+def _parse_policy(value: Any) -> Path:
+    text = "" if value is None else str(value).strip()
+    if not text:
+        raise BringupError(
+            "argument 'policy' is required: the .onnx policy file (e.g. policy:=runs/ur5/policy.onnx, "
+            "written by tocpl-train or tocpl-export)"
+        )
+    path = Path(os.path.expanduser(text)).absolute()
+    if not path.is_file():
+        raise BringupError(f"argument 'policy': no such file: {path}" + (f" (given as {text!r})" if text != str(path) else ""))
+    return path
+
+
+def _ur5_policy(args: dict[str, Any]) -> list[NodeSpec]:
+    policy = _parse_policy(args["policy"])
+    target = parse_target(args["target"])
+    use_mpc = parse_bool("use_mpc", args["use_mpc"])
+    use_sim = parse_bool("use_sim", args["use_sim"])
+    autostart = parse_bool("autostart", args["autostart"])
+    rate = _parse_rate(args["rate"])
+    realtime = {"realtime_priority": _parse_priority(args["realtime_priority"])}
+    by_name = {a.name: a for a in LAUNCH_ARGUMENTS}
+    backend = _parse_choice(by_name["sim_backend"], args["sim_backend"])
+    output_mode = _parse_choice(by_name["output_mode"], args["output_mode"])
+    log_level = _parse_choice(by_name["log_level"], args["log_level"])
+    ros_arguments = ["--log-level", log_level]
+
+    nodes: list[NodeSpec] = []
+    if use_sim:
+        nodes.append(
+            NodeSpec(
+                package=PACKAGE_NAME,
+                executable=SIM_NODE,
+                name=SIM_NODE,
+                parameters={"backend": backend, "command_mode": output_mode, "publish_rate": rate, **realtime},
+                params_files=[config_path("ur5_sim.yaml")],
+                ros_arguments=list(ros_arguments),
+                description="simulated UR5: /joint_states, /forward_*_controller/commands, ~/reset",
+            )
+        )
+    policy_parameters: dict[str, Any] = {
+        "policy_path": str(policy),
+        "rate": rate,
+        "output_mode": output_mode,
+        "autostart": autostart,
+        **realtime,
+    }
+    if target is not None:
+        policy_parameters["initial_target"] = target
+    if use_mpc:
+        policy_parameters["use_mpc"] = True
+    nodes.append(
+        NodeSpec(
+            package=PACKAGE_NAME,
+            executable=POLICY_NODE,
+            name=POLICY_NODE,
+            parameters=policy_parameters,
+            params_files=[config_path("policy_node.yaml")],
+            ros_arguments=list(ros_arguments),
+            description=(f"{'MPC plans (' + MPC_PLAN_TOPIC + '), else the ' if use_mpc else ''}ONNX policy -> forward "
+                         f"{output_mode} controller at {rate:g} Hz; /target, ~/start, ~/stop, /diagnostics"),
+        )
+    )
+    if use_mpc:
+        # The MPC node is optional and may not be installed (yet): its params file is used if
+        # present, its absence as an executable is reported when the graph is started.
+        mpc_yaml = [p for p in (_maybe_config("mpc_node.yaml"),) if p is not None]
+        mpc_parameters: dict[str, Any] = {"policy_path": str(policy)}
+        if target is not None:
+            mpc_parameters["initial_target"] = target
+        nodes.append(
+            NodeSpec(
+                package=PACKAGE_NAME,
+                executable=MPC_NODE,
+                name=MPC_NODE,
+                parameters=mpc_parameters,
+                params_files=mpc_yaml,
+                ros_arguments=list(ros_arguments),
+                description=f"MPC (Crocoddyl, policy warm start) -> {MPC_PLAN_TOPIC} (followed by policy_node), {MPC_COMMAND_TOPIC}",
+                missing_hint="use_mpc:=true needs the MPC node (tocpl_ros/ros/nodes/mpc_node.py, console script "
+                "'mpc_node'), which is not installed here; run without use_mpc, or install it "
+                "(pip install -e . / colcon build) once it exists",
+            )
+        )
+    return nodes
+
+
+def _maybe_config(name: str) -> Path | None:
+    try:
+        return config_path(name)
+    except FileNotFoundError:
+        return None
+
+
+GRAPHS: dict[str, tuple[tuple[LaunchArgument, ...], Any, str]] = {
+    "ur5_policy": (LAUNCH_ARGUMENTS, _ur5_policy, "simulated (or real) UR5 driven by an ONNX policy, optional MPC"),
+}
+"""name -> (launch arguments, builder, one-line description)."""
+
+
+def _graph(name: str):
+    key = name[: -len(".launch.py")] if name.endswith(".launch.py") else name
+    if key not in GRAPHS:
+        raise BringupError(f"unknown graph '{name}' (available: {', '.join(GRAPHS)})")
+    return key, GRAPHS[key]
+
+
+def launch_arguments(name: str = "ur5_policy") -> tuple[LaunchArgument, ...]:
+    """The launch arguments of graph ``name``."""
+    return _graph(name)[1][0]
+
+
+def resolve_arguments(name: str = "ur5_policy", **args: Any) -> dict[str, Any]:
+    """Defaults updated with ``args``; BringupError on an unknown argument (with a suggestion)."""
+    key, (declared, _, _) = _graph(name)
+    known = {a.name: a for a in declared}
+    unknown = [k for k in args if k not in known]
+    if unknown:
+        hint = difflib.get_close_matches(unknown[0], known, n=1)
+        raise BringupError(
+            f"unknown argument '{unknown[0]}' for {key}"
+            + (f" (did you mean '{hint[0]}'?)" if hint else "")
+            + f"; known: {', '.join(known)}"
+        )
+    values: dict[str, Any] = {a.name: a.default for a in declared}
+    values.update(args)
+    return values
+
+
+def graph_for(name: str = "ur5_policy", **args: Any) -> list[NodeSpec]:
+    """The nodes of graph ``name`` for launch arguments ``args`` (strings as given to
+    ``ros2 launch``/``tocpl-bringup``, or Python values); unset arguments take their
+    defaults. Raises BringupError naming the argument and the problem."""
+    key, (_, builder, _) = _graph(name)
+    return builder(resolve_arguments(key, **args))
+
+
+def format_param_value(value: Any) -> str:
+    """A parameter value as the YAML text of ``-p name:=value`` (strings quoted when YAML would
+    read them as something else: ``'true'``, ``'500'``)."""
+    text = yaml.safe_dump(value, default_flow_style=True, width=1 << 30).strip()
+    if text.endswith("\n..."):
+        text = text[: -len("\n...")].strip()
+    elif text.endswith("..."):
+        text = text[:-3].strip()
+    return text
+
+
+def node_environment(base: Mapping[str, str] | None = None) -> dict[str, str]:
+    """The DDS variables every node of a graph gets: ``ROS_AUTOMATIC_DISCOVERY_RANGE``
+    (LOCALHOST unless set) and one ``ROS_DOMAIN_ID`` shared by all nodes (the one set, else
+    one derived for this run), see :func:`tocpl_ros.ros.environment.loopback_ros_env`."""
+    env = loopback_ros_env(base)
+    return {DISCOVERY_RANGE_VAR: env[DISCOVERY_RANGE_VAR], DOMAIN_ID_VAR: env[DOMAIN_ID_VAR]}

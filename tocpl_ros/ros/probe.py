@@ -1,0 +1,234 @@
+"""Driving a running node graph from outside, as an operator would (``tocpl-demo``,
+``tocpl-mpc-loop-bench`` and the bring-up tests): a probe node that records ``/joint_states``,
+``/diagnostics`` and commands and sends targets, the end effector's position from the joint
+states, and the held-out targets of the demo's task."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import numpy as np
+
+from tocpl_ros.interfaces import COMMAND_TOPICS, DIAGNOSTICS_TOPIC, JOINT_STATES_TOPIC, TARGET_TOPIC
+
+TASK = "ur5_reach"
+HELD_OUT_SEED = 1_000_003
+"""TrainConfig.eval_seed: the trainer's held-out problems come from this seed, never its training ones."""
+
+
+def demo_robot() -> str:
+    """The robot of the demo's task (its ``robot`` key: a name in config/robots/)."""
+    from tocpl_ros.tasks import load_task_config
+
+    return load_task_config(TASK)[1].robot
+
+
+class ToolKinematics:
+    """Position of the robot's end effector (in its base frame) from joint states given by name
+    (:class:`tocpl_ros.robot.RobotModel`, ROS-free). ``robot``: a robot name or YAML path; None:
+    the demo task's robot."""
+
+    def __init__(self, robot: str | None = None):
+        from tocpl_ros.robot import load_robot
+
+        self.robot = load_robot(robot or demo_robot())
+        self.frame = self.robot.end_effector_frame
+        self.joint_names = list(self.robot.joint_names)
+
+    def q_of(self, names, positions) -> np.ndarray:
+        by_name = dict(zip(names, positions))
+        return np.array([by_name[name] for name in self.joint_names], dtype=float)
+
+    def position(self, q: np.ndarray) -> np.ndarray:
+        return self.robot.end_effector_position(np.asarray(q, dtype=float))
+
+    def gravity(self, q: np.ndarray) -> np.ndarray:
+        return self.robot.gravity(np.asarray(q, dtype=float))
+
+
+class Probe:
+    """rclpy in this process (own context, no signal handlers): records /joint_states,
+    /diagnostics of the policy node and (optionally) the effort commands, each with the
+    ``time.monotonic()`` of reception; publishes targets. Spins in a background thread."""
+
+    def __init__(self, domain_id: int, record_commands: bool = False, name: str = "tocpl_demo_probe",
+                 base_frame: str | None = None):
+        import rclpy
+        from diagnostic_msgs.msg import DiagnosticArray
+        from geometry_msgs.msg import PointStamped
+        from rclpy.experimental import EventsExecutor
+        from rclpy.qos import QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
+        from rclpy.signals import SignalHandlerOptions
+        from sensor_msgs.msg import JointState
+        from std_msgs.msg import Float64MultiArray
+        from std_srvs.srv import Trigger
+
+        self.PointStamped, self.Trigger = PointStamped, Trigger
+        if base_frame is None:  # the frame the targets are in: the demo robot's base
+            from tocpl_ros.robot import load_robot_config
+
+            base_frame = load_robot_config(demo_robot())[1].base_frame
+        self.base_frame = base_frame
+        self._clients: dict[str, object] = {}
+        self.context = rclpy.Context()
+        rclpy.init(context=self.context, domain_id=domain_id, signal_handler_options=SignalHandlerOptions.NO)
+        self.node = rclpy.create_node(name, context=self.context)
+        self.lock = threading.Lock()
+        self.joint_states: list[tuple[float, list[str], np.ndarray, np.ndarray]] = []
+        self.diagnostics: list[tuple[float, dict[str, str], str]] = []
+        self.mpc_diagnostics: list[tuple[float, dict[str, str], str]] = []
+        self.commands: list[tuple[float, np.ndarray]] = []
+        self.node.create_subscription(JointState, JOINT_STATES_TOPIC, self._on_joint_state, qos_profile_sensor_data)
+        self.node.create_subscription(DiagnosticArray, DIAGNOSTICS_TOPIC, self._on_diagnostics, 10)
+        if record_commands:
+            self.node.create_subscription(
+                Float64MultiArray, COMMAND_TOPICS["effort"], self._on_command,
+                QoSProfile(depth=1000, reliability=ReliabilityPolicy.RELIABLE),
+            )
+        self.target_pub = self.node.create_publisher(PointStamped, TARGET_TOPIC, 10)
+        self.executor = EventsExecutor(context=self.context)  # half the CPU of SingleThreadedExecutor
+        self.executor.add_node(self.node)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._spin, name="probe-spin", daemon=True)
+        self._thread.start()
+
+    def _spin(self) -> None:
+        while not self._stop.is_set() and self.context.ok():
+            try:
+                self.executor.spin_once(timeout_sec=0.05)
+            except Exception:  # shutting down
+                if self._stop.is_set():
+                    return
+                raise
+
+    def _on_joint_state(self, msg) -> None:
+        now = time.monotonic()
+        with self.lock:
+            self.joint_states.append((now, list(msg.name), np.array(msg.position), np.array(msg.velocity)))
+            if len(self.joint_states) > 20000:
+                del self.joint_states[:10000]
+
+    def _on_diagnostics(self, msg) -> None:
+        now = time.monotonic()
+        with self.lock:
+            for status in msg.status:
+                if status.name.startswith("policy_node"):
+                    self.diagnostics.append((now, {kv.key: kv.value for kv in status.values}, status.message))
+                elif status.name.startswith("mpc_node"):
+                    self.mpc_diagnostics.append((now, {kv.key: kv.value for kv in status.values}, status.message))
+                    del self.mpc_diagnostics[:-100]
+
+    def _on_command(self, msg) -> None:
+        now = time.monotonic()
+        with self.lock:
+            self.commands.append((now, np.array(msg.data)))
+
+    # -- queries ---------------------------------------------------------------------------
+    def last_joint_state(self):
+        with self.lock:
+            return self.joint_states[-1] if self.joint_states else None
+
+    def last_diagnostics(self):
+        with self.lock:
+            return self.diagnostics[-1] if self.diagnostics else None
+
+    def last_mpc_diagnostics(self):
+        with self.lock:
+            return self.mpc_diagnostics[-1] if self.mpc_diagnostics else None
+
+    def wait_for(self, predicate, timeout: float, poll: float = 0.02) -> bool:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if predicate():
+                return True
+            time.sleep(poll)
+        return bool(predicate())
+
+    def send_target(self, xyz, frame_id: str | None = None, timeout: float = 10.0) -> None:
+        """Publish a target (in ``frame_id``, default the robot's base frame) once a subscriber
+        (the policy node) is matched (reliable QoS)."""
+        if not self.wait_for(lambda: self.target_pub.get_subscription_count() > 0, timeout):
+            raise RuntimeError(f"no subscriber on {TARGET_TOPIC} after {timeout:g} s (is policy_node running?)")
+        msg = self.PointStamped()
+        msg.header.frame_id = frame_id or self.base_frame
+        msg.header.stamp = self.node.get_clock().now().to_msg()
+        msg.point.x, msg.point.y, msg.point.z = (float(v) for v in xyz)
+        self.target_pub.publish(msg)
+
+    def call_trigger(self, service: str, timeout: float = 10.0) -> tuple[bool, str]:
+        """Call a std_srvs/Trigger service (e.g. /policy_node/start, /ur5_sim/reset):
+        (success, message). Raises RuntimeError if it is not available or does not answer."""
+        client = self._clients.get(service)
+        if client is None:
+            client = self._clients[service] = self.node.create_client(self.Trigger, service)
+        if not client.wait_for_service(timeout_sec=timeout):
+            raise RuntimeError(f"service {service} not available after {timeout:g} s")
+        future = client.call_async(self.Trigger.Request())
+        if not self.wait_for(future.done, timeout, poll=0.005):
+            raise RuntimeError(f"service {service} did not answer within {timeout:g} s")
+        response = future.result()
+        return bool(response.success), str(response.message)
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)
+        try:
+            self.executor.shutdown()
+            self.node.destroy_node()
+        finally:
+            self.context.try_shutdown()
+
+
+def demo_targets(n: int, seed: int = HELD_OUT_SEED) -> np.ndarray:
+    """``n`` targets of the ur5_reach task's distribution, [n, 3] (m, base frame)."""
+    from tocpl_ros.tasks import load_task
+
+    return load_task(TASK).sample(n, seed).target
+
+
+def tool_error(probe: Probe, kin: ToolKinematics, target: np.ndarray) -> float:
+    state = probe.last_joint_state()
+    return float(np.linalg.norm(kin.position(kin.q_of(state[1], state[2])) - target))
+
+
+def follow(probe: Probe, kin: ToolKinematics, target, duration: float, within: float = 0.01) -> dict[str, float]:
+    """Follow the end effector's distance to ``target`` for ``duration`` s: the error at 1 s (the trained horizon)
+    and at the end, the best error, the time after which it stayed within ``within`` m (nan if it did
+    not), and the largest joint speed at the end."""
+    target = np.asarray(target, dtype=float)
+    started = time.monotonic()
+    error = tool_error(probe, kin, target)
+    best, settled_at, at_1s = error, float("nan"), float("nan")
+    while time.monotonic() - started < duration:
+        time.sleep(0.01)
+        error = tool_error(probe, kin, target)
+        best = min(best, error)
+        elapsed = time.monotonic() - started
+        if np.isnan(at_1s) and elapsed >= 1.0:
+            at_1s = error
+        if error <= within:
+            if np.isnan(settled_at):
+                settled_at = elapsed
+        else:
+            settled_at = float("nan")
+    speed = float(np.abs(probe.last_joint_state()[3]).max())
+    return {"error_1s": at_1s, "final_error": error, "best_error": best, "settled_at": settled_at,
+            "max_joint_speed": speed}
+
+
+def reach(probe: Probe, kin: ToolKinematics, target, duration: float, within: float = 0.01,
+          before=None, after=None) -> dict[str, float]:
+    """Send ``target`` and follow the end effector for ``duration`` s (see ``follow``; also the start error).
+    ``before()`` runs just before the target is sent (e.g. reset the simulator; the start error is
+    measured after it), ``after()`` just after (e.g. start the policy)."""
+    target = np.asarray(target, dtype=float)
+    if before is not None:
+        before()
+        done = time.monotonic()
+        probe.wait_for(lambda: probe.last_joint_state()[0] > done + 0.003, 2.0, poll=0.002)
+    start_error = tool_error(probe, kin, target)
+    probe.send_target(target)
+    if after is not None:
+        after()
+    return {"start_error": start_error, **follow(probe, kin, target, duration, within)}

@@ -1,0 +1,1 @@
+"""Command-line tools over the core: tocpl-solve (solve), tocpl-demo (demo)."""
