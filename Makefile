@@ -17,7 +17,7 @@ DEMO_ENV := ROS_AUTOMATIC_DISCOVERY_RANGE=$${ROS_AUTOMATIC_DISCOVERY_RANGE:-LOCA
 
 PYTEST_ARGS ?=
 
-.PHONY: venv test test-fast demo clean distclean
+.PHONY: venv test test-fast lint demo clean distclean
 
 venv: $(STAMP)
 
@@ -40,6 +40,10 @@ test: venv
 
 test-fast: venv
 	export $(TEST_ENV) && $(VPY) -m pytest -q test -m "not slow" $(PYTEST_ARGS)
+
+# ruff, configured in pyproject.toml ([tool.ruff]); also enforced by test/test_lint.py.
+lint: venv
+	$(VPY) -m ruff check .
 
 # Trains a small UR5 policy into runs/demo (reused if runs/demo/policy.onnx exists), brings up
 # the simulated UR5 + policy node, sends 3 targets and prints the precision and loop statistics.

@@ -4,8 +4,8 @@ with a plain `pip install [-e] .` into a virtualenv (see Makefile target `venv`)
 Heavy/binary dependencies (torch, pin, crocoddyl, ros-* wheels) stay in
 requirements.txt: colcon users get rclpy & co. from their ROS install / rosdep.
 """
-from glob import glob
 import os
+from glob import glob
 from pathlib import Path
 
 from setuptools import find_packages, setup

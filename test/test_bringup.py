@@ -38,6 +38,7 @@ import pytest
 import yaml
 
 from tocpl_ros.bringup import cli as bringup_cli, graph as bringup
+from tocpl_ros.bringup.cli import parse_launch_args
 from tocpl_ros.bringup.graph import (
     LAUNCH_ARGUMENTS,
     BringupError,
@@ -47,7 +48,6 @@ from tocpl_ros.bringup.graph import (
     parse_target,
 )
 from tocpl_ros.bringup.processes import Bringup, find_executable
-from tocpl_ros.bringup.cli import parse_launch_args
 from tocpl_ros.interfaces import MPC_PLAN_TOPIC
 from tocpl_ros.resources import config_path
 from tocpl_ros.ros.environment import DISCOVERY_RANGE_VAR, DOMAIN_ID_VAR, derive_domain_id, loopback_ros_env

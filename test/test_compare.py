@@ -12,10 +12,10 @@ import yaml
 
 from tocpl_ros.config import ConfigError, FieldError
 from tocpl_ros.tasks import DynamicsCounter, Trajectories, load_task
-from tocpl_training.bench.runs import configuration, load_bench_config
-from tocpl_training.bench.compare import main
 from tocpl_training.baselines.env import TaskEnv
 from tocpl_training.baselines.rl import load_rl_config
+from tocpl_training.bench.compare import main
+from tocpl_training.bench.runs import configuration, load_bench_config
 from tocpl_training.trainer import HeldOut, evaluate_policy
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -283,8 +283,8 @@ def test_budget_column_names_the_consensus_penalty(tmp_path):
 
     import yaml
 
-    from tocpl_training.bench.summary import _budget_text
     from tocpl_training.bench.runs import budget_of
+    from tocpl_training.bench.summary import _budget_text
     from tocpl_training.config import TrainConfig
 
     def text(**fields):
@@ -341,8 +341,8 @@ def _interrupt_after(k):
 def _interrupted_bench_run(name, run_dir, after):
     """Start the run tocpl-bench --quick would do for lqr/<name>/seed0, and kill it after `after`
     evaluations: what a run folder looks like when the machine went down."""
-    from tocpl_training.bench.runs import configuration, held_out_for, train_config_for
     from tocpl_training.baselines.rl import train_rl
+    from tocpl_training.bench.runs import configuration, held_out_for, train_config_for
     from tocpl_training.trainer import Trainer
 
     bench = load_bench_config()
@@ -412,8 +412,8 @@ def test_sac_resume_restores_model_replay_buffer_and_reward_scale(tmp_path):
     checkpoint's, not fresh ones."""
     from stable_baselines3.common.vec_env import DummyVecEnv, VecNormalize
 
-    from tocpl_training.checkpoint import load_checkpoint
     from tocpl_training.baselines.rl import RL_CHECKPOINT, _resume_rl
+    from tocpl_training.checkpoint import load_checkpoint
 
     bench = load_bench_config()
     run_dir = tmp_path / "sac"

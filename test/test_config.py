@@ -10,9 +10,9 @@ import yaml
 
 from tocpl_ros.config import ConfigError, dump_yaml, field_docs, read_yaml
 from tocpl_ros.resources import config_path
-from tocpl_ros.tools.solve import main as solve_main
 from tocpl_ros.tasks import load_task, load_task_config
 from tocpl_ros.tasks.config import CostConfig, LQRConfig, SamplingConfig, SolverConfig, TaskConfig
+from tocpl_ros.tools.solve import main as solve_main
 
 
 def torch_cuda_available() -> bool:

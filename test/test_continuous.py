@@ -3,13 +3,14 @@
 import numpy as np
 import pytest
 
-from reference_policies import braking_policy
-from tocpl_ros.tasks import Problems, load_task
+from tocpl_ros.config import FieldError
+from tocpl_ros.tasks import load_task
 from tocpl_training.config import TrainConfig
 from tocpl_training.continuation import in_use_range, with_continuation
 from tocpl_training.evaluation.continuous import ContinuousUse, evaluate_continuous
 from tocpl_training.trainer import Trainer
-from tocpl_ros.config import FieldError
+
+from reference_policies import braking_policy
 
 
 @pytest.fixture(scope="module")
@@ -81,7 +82,7 @@ def test_chains_that_leave_the_joint_limits_give_no_continuation_problems(ur5):
     x[2, ur5.nq + 4] = -3.3
     assert in_use_range(ur5, x).tolist() == [True, True, False]
     problems = ur5.sample(10, 3)
-    spinning = lambda obs: np.tile(ur5.u_max * np.array([0, 0, 0, 0, 0, 1.0]), (len(obs), 1))  # wrist 3 at full torque
+    spinning = lambda obs: np.tile(ur5.u_max * np.array([0, 0, 0, 0, 0, 1.0]), (len(obs), 1))  # noqa: E731  wrist 3 at full torque
     mixed = with_continuation(ur5, spinning, problems, np.random.default_rng(0), share=1.0, chain=2, retarget=0.5,
                               moving_share=0.0, start_speed=0.5)
     assert (mixed.x0[:, ur5.nq:] == 0).all() and in_use_range(ur5, mixed.x0).all()

@@ -20,8 +20,8 @@ from tocpl_ros.config import FieldError
 from tocpl_ros.control.config import Command, ControllerConfig
 from tocpl_ros.control.controller import PolicyController
 from tocpl_ros.policy_file import OnnxPolicy, PolicyFileError, read_onnx_metadata
-from tocpl_ros.sim.pinocchio_backend import ArmSimulator
 from tocpl_ros.sim.config import SimConfig
+from tocpl_ros.sim.pinocchio_backend import ArmSimulator
 from tocpl_ros.tasks import load_task
 from tocpl_training.export import export_onnx
 from tocpl_training.policy import make_policy

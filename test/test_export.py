@@ -296,7 +296,8 @@ def test_read_truncated_onnx(ur5_file, tmp_path):
         ("joint_names", lambda m: set_prop(m, "tocpl.joint_names", '{"a": 1}'), r"'tocpl\.joint_names': expected a list"),
         ("obs_layout", lambda m: set_prop(m, "tocpl.obs_layout", '[{"name": "q", "size": "6"}]'), r"'tocpl\.obs_layout': entry 0"),
         ("u_max", lambda m: set_prop(m, "tocpl.u_max", "[1, 2]"), r"'tocpl\.u_max': has 2 entries but u_min has 6"),
-        ("u_max", lambda m: set_prop(m, "tocpl.u_max", '[1, 2, 3, 4, 5, "x"]'), r"'tocpl\.u_max': expected a non-empty list of finite numbers"),
+        ("u_max", lambda m: set_prop(m, "tocpl.u_max", '[1, 2, 3, 4, 5, "x"]'),
+         r"'tocpl\.u_max': expected a non-empty list of finite numbers"),
         ("dt", lambda m: set_prop(m, "tocpl.dt", "-0.1"), r"'tocpl\.dt': expected a number > 0"),
         ("horizon", lambda m: set_prop(m, "tocpl.horizon", "2.5"), r"'tocpl\.horizon': expected an integer"),
         ("train_config", lambda m: set_prop(m, "tocpl.train_config", "[]"), r"'tocpl\.train_config': expected a JSON object"),
@@ -314,8 +315,8 @@ def test_read_bad_metadata(ur5_file, tmp_path, key, edit, message):
 def test_read_signature_mismatch(ur5_file, tmp_path):
     src = ur5_file[1]
     # metadata promises 16 observations, the graph takes 15
-    bad = edited(src, tmp_path / "layout.onnx",
-                 lambda m: set_prop(m, "tocpl.obs_layout", json.dumps([{"name": "q", "size": 6}, {"name": "v", "size": 6}, {"name": "target", "size": 4}])))
+    layout = [{"name": "q", "size": 6}, {"name": "v", "size": 6}, {"name": "target", "size": 4}]
+    bad = edited(src, tmp_path / "layout.onnx", lambda m: set_prop(m, "tocpl.obs_layout", json.dumps(layout)))
     with pytest.raises(PolicyFileError, match=r"input 'obs' has size 15 but the metadata's obs_dim .* is 16"):
         read_onnx_metadata(bad)
 

@@ -7,11 +7,12 @@ import onnx
 import pytest
 from onnx import TensorProto, helper
 
-from reference_policies import braking_policy
 from tocpl_ros.tasks import load_task
-from tocpl_training.export import export_onnx
 from tocpl_training.evaluation.inspect import continuous_figure, main
+from tocpl_training.export import export_onnx
 from tocpl_training.policy import make_policy
+
+from reference_policies import braking_policy
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 

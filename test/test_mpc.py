@@ -13,10 +13,10 @@ import numpy as np
 import pytest
 
 from tocpl_ros.config import FieldError
+from tocpl_ros.mpc.closed_loop import run_closed_loop
 from tocpl_ros.mpc.config import MPCConfig, MPCResult
 from tocpl_ros.mpc.solver import RecedingHorizonMPC
 from tocpl_ros.mpc.task_policy import TaskPolicy
-from tocpl_ros.mpc.closed_loop import run_closed_loop
 from tocpl_ros.policy_file import OnnxPolicy, PolicyFileError
 from tocpl_ros.tasks import load_task
 from tocpl_training.config import TrainConfig

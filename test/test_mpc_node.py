@@ -146,9 +146,9 @@ def make_loop(policy_path: Path, **mpc_config):
     solving inline (deterministic: every tick gets the result of its own solve)."""
     from tocpl_ros.control.config import ControllerConfig
     from tocpl_ros.control.controller import PolicyController
-    from tocpl_ros.mpc.solver import InlineSolver, RecedingHorizonMPC
     from tocpl_ros.mpc.config import MPCConfig
     from tocpl_ros.mpc.loop import MPCLoop
+    from tocpl_ros.mpc.solver import InlineSolver, RecedingHorizonMPC
 
     task = load_task("ur5_reach")
     config = MPCConfig(**mpc_config)

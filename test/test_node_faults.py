@@ -652,7 +652,8 @@ class FollowGraph:
         """The policy node's diagnostics since t say it follows the plan, its plan ticks growing."""
         with self.harness.lock:
             found = [d for tc, n, d in self.harness.diagnostics if n == "policy_node" and tc >= t]
-        return len(found) >= 2 and found[-1].get("mpc_source") == "plan" and int(found[-1]["mpc_plan_ticks"]) > int(found[0]["mpc_plan_ticks"])
+        return (len(found) >= 2 and found[-1].get("mpc_source") == "plan"
+                and int(found[-1]["mpc_plan_ticks"]) > int(found[0]["mpc_plan_ticks"]))
 
     def close(self) -> None:
         for proc in self.procs.values():

@@ -106,8 +106,8 @@ class Harness(JointStateFeed):
 
 def test_params_file_matches_node_parameters():
     from tocpl_ros.control.config import ControllerConfig
-    from tocpl_ros.ros.nodes.policy_node import NODE_PARAMETERS, ROBOT_DEFAULTS
     from tocpl_ros.robot import load_robot
+    from tocpl_ros.ros.nodes.policy_node import NODE_PARAMETERS, ROBOT_DEFAULTS
 
     data = yaml.safe_load((ROOT / "config" / "policy_node.yaml").read_text())
     params = data["policy_node"]["ros__parameters"]
@@ -231,7 +231,8 @@ def test_node_runs_policy_safely(policies, ros_node_env, tmp_path):
         assert matching == len(values), (matching, len(values), max_gap)
 
         # 2. diagnostics: loop statistics and safety state
-        wait_for(lambda: any(dict((kv.key, kv.value) for kv in s.values).get("state") == "running" for s in harness.diagnostics), 5, "diagnostics")
+        wait_for(lambda: any(dict((kv.key, kv.value) for kv in s.values).get("state") == "running" for s in harness.diagnostics),
+                 5, "diagnostics")
         with harness.lock:
             status = harness.diagnostics[-1]
         diag = {kv.key: kv.value for kv in status.values}

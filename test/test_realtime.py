@@ -23,8 +23,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tocpl_ros.ros.runtime import REALTIME_PRIORITY_DOC, StartupError, apply_realtime_priority, check_realtime_priority
 from tocpl_ros.resources import console_command
+from tocpl_ros.ros.runtime import REALTIME_PRIORITY_DOC, StartupError, apply_realtime_priority, check_realtime_priority
 
 from ros_harness import SpinningTestNode, communicate, stop_process, wait_for
 

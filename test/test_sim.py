@@ -13,9 +13,9 @@ import yaml
 
 from tocpl_ros.config import ConfigError, FieldError, field_docs, read_yaml
 from tocpl_ros.resources import config_path, urdf_path
-from tocpl_ros.sim.pinocchio_backend import ArmSimulator
 from tocpl_ros.sim.base import CommandError
 from tocpl_ros.sim.config import SimConfig, default_sim_config, load_sim_config
+from tocpl_ros.sim.pinocchio_backend import ArmSimulator
 
 Q0 = [0.0, -1.2, 1.6, -0.4, 1.57, 0.0]
 V0 = [0.5, -0.5, 1.0, 1.0, -1.0, 1.0]

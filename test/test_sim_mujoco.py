@@ -25,13 +25,13 @@ import pinocchio as pin
 import pytest
 
 from tocpl_ros.config import FieldError
+from tocpl_ros.interfaces import SIM_BACKENDS
 from tocpl_ros.resources import urdf_path
 from tocpl_ros.ros.environment import DISCOVERY_RANGE_VAR, DOMAIN_ID_VAR, derive_domain_id, loopback_ros_env
-from tocpl_ros.interfaces import SIM_BACKENDS
-from tocpl_ros.sim.pinocchio_backend import ArmSimulator
-from tocpl_ros.sim.config import SimConfig, load_sim_config
 from tocpl_ros.sim import make_simulator
+from tocpl_ros.sim.config import SimConfig, load_sim_config
 from tocpl_ros.sim.mujoco_backend import MujocoArmSimulator, build_mujoco_spec
+from tocpl_ros.sim.pinocchio_backend import ArmSimulator
 
 ROOT = Path(__file__).resolve().parents[1]
 Q0 = [0.0, -1.2, 1.6, -0.4, 1.57, 0.0]

@@ -6,15 +6,15 @@ import numpy as np
 import pytest
 import torch
 
+from tocpl_ros.config import FieldError
 from tocpl_ros.tasks import load_task
+from tocpl_ros.tasks.config import SolverConfig
 from tocpl_training.checkpoint import load_checkpoint, load_policy
 from tocpl_training.cli import build_parser, main as train_main
 from tocpl_training.config import TrainConfig
-from tocpl_ros.config import FieldError
 from tocpl_training.oc.phase import OCJob, OCPhaseRunner, OCRequest
 from tocpl_training.policy import make_policy
 from tocpl_training.supervised import SupervisedData, fit, regression_loss, sobolev_loss_full, sobolev_loss_stochastic
-from tocpl_ros.tasks.config import SolverConfig
 from tocpl_training.trainer import CHECKPOINT, Trainer
 
 
@@ -439,14 +439,14 @@ def test_sobolev_gains_at_the_solution_do_not_depend_on_the_warm_start():
     solver = task.config.solver
     with OCPhaseRunner(task, constrained=True, workers=1) as runner:
         plain_count, with_gains_count = DynamicsCounter(), DynamicsCounter()
-        plain = runner.solve(OCRequest(jobs, solver), plain_count)
+        runner.solve(OCRequest(jobs, solver), plain_count)  # counted only: the gains' extra cost
         cold = runner.solve(OCRequest(jobs, solver, gains="solution"), with_gains_count)
         warm_jobs = [OCJob(j.x0, j.target, s.xs, s.us) for j, s in zip(jobs, cold)]
         warm = runner.solve(OCRequest(warm_jobs, solver, gains="solution"))
         warm_solver_k = runner.solve(OCRequest(warm_jobs, solver))
     assert with_gains_count.steps == plain_count.steps + 4 * task.horizon
     shooting = task.build_problem(problems[0])
-    for i, (c, w, ws) in enumerate(zip(cold, warm, warm_solver_k)):
+    for i, (c, w) in enumerate(zip(cold, warm)):
         task.set_problem(shooting, problems[i])
         np.testing.assert_allclose(c.K, solution_gains(shooting, c.xs, c.us), rtol=1e-9, atol=1e-12)
         np.testing.assert_allclose(w.K, c.K, rtol=1e-6, atol=1e-9)

@@ -14,8 +14,8 @@ import pinocchio as pin
 import pytest
 
 from tocpl_ros.resources import urdf_path
-from tocpl_ros.sim.pinocchio_backend import ArmSimulator
 from tocpl_ros.sim.config import load_sim_config
+from tocpl_ros.sim.pinocchio_backend import ArmSimulator
 
 pytestmark = pytest.mark.ros
 

@@ -143,8 +143,9 @@ def fit(
     """Adam mini-batches over ``data``: ``epochs`` passes in shuffled order, or (``steps`` > 0) that many
     mini-batches drawn uniformly with replacement. Returns the mean losses of the last pass (of all
     the steps). ``weight_average`` > 0: the policy ends on an exponential moving average of its weights
-    over the steps (that decay per step), started from its weights before the fit. On another ``device`` (e.g. 'cuda') the policy and Adam's moments go there for the
-    fit and come back to the CPU after it, where the rollouts run."""
+    over the steps (that decay per step), started from its weights before the fit. On another
+    ``device`` (e.g. 'cuda') the policy and Adam's moments go there for the fit and come back to
+    the CPU after it, where the rollouts run."""
     if device == "cpu":
         return _fit(policy, optimizer, data, epochs, batch_size, nx, sobolev_weight, generator, full_jacobian, steps,
                     weight_average)

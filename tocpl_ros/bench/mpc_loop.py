@@ -167,7 +167,8 @@ def fallback(probe: Probe, label: str, period: float) -> dict:
     before = probe.last_diagnostics()[1]
     t_kill = time.monotonic()
     os.kill(int(mpc[1]["solver_pid"]), signal.SIGKILL)
-    switched = probe.wait_for(lambda: int(probe.last_diagnostics()[1]["mpc_switches_to_policy"]) > int(before["mpc_switches_to_policy"]), 10)
+    switched = probe.wait_for(
+        lambda: int(probe.last_diagnostics()[1]["mpc_switches_to_policy"]) > int(before["mpc_switches_to_policy"]), 10)
     back = probe.wait_for(lambda: probe.last_diagnostics()[0] > t_kill + 1 and probe.last_diagnostics()[1]["mpc_source"] == "plan"
                  and int(probe.last_diagnostics()[1]["mpc_switches_to_plan"]) > int(before["mpc_switches_to_plan"]), 60)
     t_back = time.monotonic()
@@ -205,7 +206,7 @@ def report(runs: list[dict], args) -> None:
         rows = [
             ("hold: mean error at 10 s (mm)", lambda r: f"{_mean(r['hold_10s_mm']):.3f}", "<= 1"),
             (f"hold: mean error at {args.hold:g} s (mm)", lambda r: f"{_mean(r['hold_end_mm']):.3f}", "<= 1"),
-            (f"sequence: mean error at the switches (mm)", lambda r: f"{_mean(r['sequence_mm']):.3f}", "<= 2"),
+            ("sequence: mean error at the switches (mm)", lambda r: f"{_mean(r['sequence_mm']):.3f}", "<= 2"),
             ("loop period p99 (ms): median / largest window", lambda r: f"{r['period_p99_ms_median']:.3f} / {r['period_p99_ms_max']:.3f}",
              f"<= {1.1 * period_ms:.2f} (idle machine)"),
             ("commands sent (node's /diagnostics): gaps > 2 periods / largest (ms)",

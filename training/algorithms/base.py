@@ -208,5 +208,5 @@ class Algorithm(ABC):
         """Algorithm-specific state (multipliers, fixed problems)."""
         return {}
 
-    def load_extra_state(self, state: dict[str, Any]) -> None:
+    def load_extra_state(self, state: dict[str, Any]) -> None:  # noqa: B027  optional hook, no extra state by default
         pass

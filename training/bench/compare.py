@@ -59,7 +59,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--rl-set", action="append", default=[], metavar="KEY=VALUE",
                    help="RLConfig field for every PPO/SAC run, e.g. total_steps=300000 (repeatable)")
     p.add_argument("--quick", action="store_true", help="tiny budgets (quick_to / quick_rl of the config): a smoke run")
-    p.add_argument("--force", action="store_true", help="start every run afresh: re-run runs already done in --out, do not continue interrupted ones")
+    p.add_argument("--force", action="store_true",
+                   help="start every run afresh: re-run runs already done in --out, do not continue interrupted ones")
     p.add_argument("--plot-only", action="store_true", help="only re-aggregate the runs listed in <out>/runs.json")
     p.add_argument("--merge", type=Path, nargs="+", metavar="RESULTS",
                    help="copy the runs of these results folders (of --tasks/--configs/--seeds if given) into --out, "

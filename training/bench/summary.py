@@ -152,7 +152,8 @@ def summarize(out: Path, bench: BenchConfig, tasks: list[str] | None = None) -> 
                     ax.axhline(line, color="k", lw=0.8, ls=":")
         axes[0][0].legend(fontsize=8, ncol=2)
         fig.suptitle(f"{task}: held-out precision (median over seeds, band min–max); dotted: tolerance "
-                     f"({'cost gap' if metric == 'cost_gap' else 'final error'} ≤ {_fmt(tol * (scale if metric == 'final_error' else 100), '.3g')}"
+                     f"({'cost gap' if metric == 'cost_gap' else 'final error'} "
+                     f"≤ {_fmt(tol * (scale if metric == 'final_error' else 100), '.3g')}"
                      f"{unit if metric == 'final_error' else ' %'})")
         fig.tight_layout()
         fig.savefig(out / f"{task}_precision.png", dpi=90)
@@ -227,7 +228,8 @@ def write_summary(out: Path, bench: BenchConfig, table: list[dict]) -> None:
         ]
         for r in rows:
             lines.append(
-                f"| {r['configuration']} | {r['budget']} | {r['seeds']} | {r['reached']}/{r['seeds']} | {_fmt(r['evals_to_tolerance'], '.3g')} "
+                f"| {r['configuration']} | {r['budget']} | {r['seeds']} | {r['reached']}/{r['seeds']} "
+                f"| {_fmt(r['evals_to_tolerance'], '.3g')} "
                 f"| {_fmt(r['wall_time_to_tolerance'], '.3g')} | {_fmt(r['evals_to_mean_tolerance'], '.3g')} "
                 f"| {_fmt(r['wall_time_to_mean_tolerance'], '.3g')} | {_fmt(r['final_error_mean'], '.3g', 'diverged')} "
                 f"| {_fmt(r['final_error_p95'], '.3g', 'diverged')} | {_fmt(r['best_error_mean'], '.3g', 'diverged')} "

@@ -46,7 +46,8 @@ def format_row(r: dict, unit: str) -> str:
             f"hold p95 {scale * r['hold_error_p95']:8.3g}  within {100 * r['within_tolerance']:5.1f}%  "
             f"gap {100 * r['cost_gap_median']:8.3g}%  it {r['delivered']}/{r['iterations']}  bound viol {r['max_bound_violation']:.2g}  "
             f"evals {r['dynamics_evaluations']:9.3g}  {r['wall_time']:6.0f} s "
-            f"(OC phase {r['oc_total_seconds']:.1f} s, the rest {(r['wall_time'] - r['oc_total_seconds']) / r['oc_total_seconds']:.1f}x it)")
+            f"(OC phase {r['oc_total_seconds']:.1f} s, "
+            f"the rest {(r['wall_time'] - r['oc_total_seconds']) / r['oc_total_seconds']:.1f}x it)")
     return line + continuous_lines(r, scale, shown)
 
 

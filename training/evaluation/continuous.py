@@ -78,8 +78,10 @@ def hold_labels(row: dict) -> list[str]:
 
 
 def evaluate_continuous(task: Task, policy, problems: Problems, tolerance: float,
-                        scenarios: ContinuousUse = ContinuousUse()) -> dict[str, float]:
-    """The four scenarios' figures (see the module docstring) as a flat dict of floats."""
+                        scenarios: ContinuousUse | None = None) -> dict[str, float]:
+    """The four scenarios' figures (see the module docstring) as a flat dict of floats
+    (``scenarios``: ContinuousUse() when None)."""
+    scenarios = ContinuousUse() if scenarios is None else scenarios
     if not applies_to(task):
         return {}
     rng = np.random.default_rng(scenarios.seed)

@@ -306,7 +306,8 @@ class ConsensusTerms:
         return np.stack([u - node.policy(node.obs(x)) for node, x, u in zip(self.nodes, xs, us)])
 
 
-def add_consensus_terms(task: Task, shooting: crocoddyl.ShootingProblem, policy, mu: float, problem: Problems | None = None) -> ConsensusTerms:
+def add_consensus_terms(task: Task, shooting: crocoddyl.ShootingProblem, policy, mu: float,
+                        problem: Problems | None = None) -> ConsensusTerms:
     """Add μ/2‖u_t − π(obs(x_t)) + λ_t/μ‖² to every running node of ``shooting`` in place.
 
     ``shooting`` is a problem built by ``task.build_problem``. Robots: a cost named
@@ -393,7 +394,7 @@ def add_tracking_terms(task: Task, shooting: crocoddyl.ShootingProblem, mu: floa
     ActionModelLQRWithConsensus in tracking mode (one thread). References
     default to zeros; set them per node with ``TrackingTerms.set``.
     """
-    T, nu, nx = shooting.T, task.nu, task.nx
+    nu, nx = task.nu, task.nx
     running = list(shooting.runningModels)
     if isinstance(running[0], crocoddyl.ActionModelLQR):
         nodes = _wrap_lqr_nodes(shooting, mu, None, task.target_dim)

@@ -209,9 +209,9 @@ class MPCNode(Node):
         self.create_timer(p["diagnostics_period"], self._publish_diagnostics, clock=steady)
         deadline = "none" if math.isinf(mpc_config.deadline) else f"{mpc_config.deadline * 1e3:g} ms"
         self.get_logger().info(
-            f"MPC on task {task.name} (horizon {solver.horizon} x {task.dt:g} s, solver process {solver.pid}) at {mpc_config.rate:g} Hz, warm start "
-            f"{mpc_config.warm_start}, max_iter {mpc_config.max_iter}, deadline {deadline}, policy {p['policy_path']} "
-            f"(fallback) -> {MPC_COMMAND_TOPIC}, {MPC_FEEDBACK_TOPIC}, {MPC_PLAN_TOPIC}"
+            f"MPC on task {task.name} (horizon {solver.horizon} x {task.dt:g} s, solver process {solver.pid}) "
+            f"at {mpc_config.rate:g} Hz, warm start {mpc_config.warm_start}, max_iter {mpc_config.max_iter}, deadline {deadline}, "
+            f"policy {p['policy_path']} (fallback) -> {MPC_COMMAND_TOPIC}, {MPC_FEEDBACK_TOPIC}, {MPC_PLAN_TOPIC}"
         )
 
     def _warm_up(self, task) -> None:

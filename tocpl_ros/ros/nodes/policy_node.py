@@ -97,7 +97,8 @@ NODE_PARAMETERS: dict[str, tuple[Any, str]] = {
     "joint_names": (None, "Expected joints in order; empty/unset: take the policy's (checked against the URDF either way)."),
     "autostart": (True, "Start driving with the policy (after fade_in) as soon as joint states arrive; false: wait for ~/start."),
     "diagnostics_period": (1.0, "Seconds between /diagnostics messages."),
-    "executor": ("events", "rclpy executor: 'events' (rclpy.experimental.EventsExecutor, lowest overhead) or 'single' (SingleThreadedExecutor)."),
+    "executor": ("events", "rclpy executor: 'events' (rclpy.experimental.EventsExecutor, lowest overhead) "
+                           "or 'single' (SingleThreadedExecutor)."),
     "realtime_priority": (0, REALTIME_PRIORITY_DOC),
 }
 for _f in fields(ControllerConfig):
@@ -189,7 +190,8 @@ class PolicyNode(Node):
             mpc = (f"following the MPC plans of {self.params['mpc_plan_topic']} (at most {fc.max_age * 1e3:g} ms old, "
                    f"switches blended over {fc.blend_periods} periods; the policy as the fallback), ")
         self.get_logger().info(
-            f"{mpc}policy {path} (task {md.task}, robot {self.controller.robot.name}, {len(md.joint_names)} joints, trained dt {md.dt:g} s) -> "
+            f"{mpc}policy {path} (task {md.task}, robot {self.controller.robot.name}, {len(md.joint_names)} joints, "
+            f"trained dt {md.dt:g} s) -> "
             f"{self.command_topic} at {config.rate:g} Hz, output {config.output_mode}"
             f"{' without gravity' if config.exclude_gravity and config.output_mode == 'effort' else ''}, "
             f"safe mode {config.safe_mode}, stale after {config.stale_periods} periods, fade-in {config.fade_in:g} s, "
