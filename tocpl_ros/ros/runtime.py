@@ -296,6 +296,24 @@ def make_executor(kind: str):
     return SingleThreadedExecutor()
 
 
+def _destroy_half_built(exc: BaseException) -> None:
+    """Destroy the node whose constructor raised ``exc`` (found on the traceback), in rclpy's order.
+    Left to the garbage collector, its publishers and services were freed in any order when the
+    exception went away, and the process could segfault on its way out of a refused start."""
+    from rclpy.node import Node
+
+    tb = exc.__traceback__
+    while tb is not None:
+        candidate = tb.tb_frame.f_locals.get("self")
+        if isinstance(candidate, Node):
+            try:
+                candidate.destroy_node()
+            except Exception:  # a constructor that failed before the base class was built
+                pass
+            return
+        tb = tb.tb_next
+
+
 def run_node(
     name: str,
     make_node: Callable[[], Any],
@@ -339,9 +357,11 @@ def run_node(
             node = make_node()
         except startup_errors as exc:
             logger.fatal(f"refusing to start: {exc}")
+            _destroy_half_built(exc)
             return startup_exit_code
         except Exception as exc:
             logger.fatal(f"refusing to start: {type(exc).__name__}: {exc}\n{traceback.format_exc()}")
+            _destroy_half_built(exc)
             return 1
         apply_realtime_priority(getattr(node, "realtime_priority", 0), node.get_logger())
         executor = make_executor(getattr(node, "executor_kind", "single"))
