@@ -803,7 +803,12 @@ def test_mpc_deadlines_missed_on_purpose_keep_the_fast_loop_continuous(follow_po
             for _ in range(FREEZES):
                 mpc.send_signal(signal.SIGSTOP)
                 frozen += 1
+                t_stop = time.monotonic()
                 time.sleep(FREEZE_S)
+                # frozen until the node says it fell back: a plan stays usable for mpc_max_age of the
+                # simulated time, which runs slower than the wall clock on a loaded machine
+                g.wait(lambda: (d := g.policy_diag(after=t_stop)) is not None and d["mpc_source"] == "policy", 30,
+                       "the fallback to the policy while the MPC is frozen")
                 mpc.send_signal(signal.SIGCONT)
                 t_cont = time.monotonic()
                 g.wait(lambda: (d := g.policy_diag(after=t_cont)) is not None and d["mpc_source"] == "plan", 120,
@@ -830,9 +835,13 @@ def test_mpc_deadlines_missed_on_purpose_keep_the_fast_loop_continuous(follow_po
                    f"{1e3 * np.percentile(np.diff(times), 99):.1f} ms, max {1e3 * np.diff(times).max():.1f} ms; "
                    f"largest step {steps.max():.2f} N·m (bound {bound:.2f}: largest difference at a switch "
                    f"{difference:.2f} / {BLEND_PERIODS} + largest steady step {steady_step:.2f}); node's largest blend step "
-                   f"{diag['mpc_blend_step_max']}")
+                   f"{diag['mpc_blend_step_max']}; {int(diag['safe_ticks']) - int(before['safe_ticks'])} safe ticks")
         print("\n" + summary)
-        assert switches >= FREEZES, summary
+        # every freeze ended on the policy (waited for above); a fallback that passed through the safe
+        # command (joint states late: the simulator held up while a subscriber of its topic is stopped)
+        # restarts without a blend and is not counted as a switch
+        safe_ticks = int(diag["safe_ticks"]) - int(before["safe_ticks"])
+        assert switches >= FREEZES or (safe_ticks > 0 and switches >= 1), summary
         assert published >= ticks - 2, summary  # a command on every tick (joint states keep coming)
         # the node's own measure of every blend step; the commands seen here too unless a safe command
         # (joint states late by FOLLOW_STALE_PERIODS on a starved machine: the controller's, not the MPC's) came between
