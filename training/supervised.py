@@ -202,8 +202,8 @@ def _fit(policy, optimizer, data, epochs, batch_size, nx, sobolev_weight, genera
 
     policy.train()
     skipped = 0
-    params = [p for p in policy.parameters() if p.requires_grad]
-    averaged = [p.detach().clone() for p in params] if weight_average > 0 else None
+    weights = [p.detach() for p in policy.parameters()]  # views: they follow the optimizer's steps
+    averaged = [w.clone() for w in weights] if weight_average > 0 else None
     # One intra-op thread: the MLP is small, and with one thread per core OpenMP's spin-waits
     # collapse as soon as another process shares a core (docs/training_speed.md).
     with torch_threads(1):
@@ -224,11 +224,10 @@ def _fit(policy, optimizer, data, epochs, batch_size, nx, sobolev_weight, genera
                     continue
                 optimizer.step()
                 if averaged is not None:
-                    with torch.no_grad():
-                        torch._foreach_lerp_(averaged, [p.detach() for p in params], 1.0 - weight_average)
+                    for a, w in zip(averaged, weights):
+                        a.lerp_(w, 1.0 - weight_average)
     if averaged is not None:
-        with torch.no_grad():
-            for p, a in zip(params, averaged):
-                p.copy_(a)
+        for w, a in zip(weights, averaged):
+            w.copy_(a)
     policy.eval()
     return {**{k: v / count for k, v in totals.items()}, "skipped_steps": float(skipped)}
