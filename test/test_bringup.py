@@ -454,7 +454,7 @@ def _random_policy(folder: Path) -> Path:
     """An untrained ur5_reach policy with the ONNX contract (the real launch test needs a file only)."""
     from tocpl_ros.tasks import load_task
     from tocpl_training.export import export_onnx
-    from tocpl_training.policy import make_policy
+    from tocpl_training.learning.policy import make_policy
 
     task = load_task("ur5_reach")
     return export_onnx(make_policy(task, seed=0).eval(), task, folder / "random.onnx")

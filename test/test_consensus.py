@@ -11,13 +11,13 @@ import torch
 
 from tocpl_ros.ocp import solve
 from tocpl_ros.tasks import load_task
+from tocpl_training.learning.policy import NumpyPolicy, make_policy
 from tocpl_training.oc.consensus import (
     ActionModelLQRWithConsensus,
     ResidualModelPolicyConsensus,
     add_consensus_terms,
     add_tracking_terms,
 )
-from tocpl_training.policy import NumpyPolicy, make_policy
 
 _TASKS: dict = {}
 

@@ -24,7 +24,7 @@ from tocpl_ros.sim.config import SimConfig
 from tocpl_ros.sim.pinocchio_backend import ArmSimulator
 from tocpl_ros.tasks import load_task
 from tocpl_training.export import export_onnx
-from tocpl_training.policy import make_policy
+from tocpl_training.learning.policy import make_policy
 
 ROOT = Path(__file__).resolve().parents[1]
 JOINTS = ["shoulder_pan_joint", "shoulder_lift_joint", "elbow_joint", "wrist_1_joint", "wrist_2_joint", "wrist_3_joint"]

@@ -20,7 +20,7 @@ from tocpl_ros.tasks import TaskConfig, load_task, make_task
 from tocpl_training import export as export_mod
 from tocpl_training.checkpoint import policy_payload, save_checkpoint
 from tocpl_training.export import OPSET, export_onnx, main
-from tocpl_training.policy import make_policy
+from tocpl_training.learning.policy import make_policy
 
 ROOT = Path(__file__).resolve().parents[1]
 TASKS = ["ur5_reach", "lqr", "pendulum"]

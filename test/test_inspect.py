@@ -10,7 +10,7 @@ from onnx import TensorProto, helper
 from tocpl_ros.tasks import load_task
 from tocpl_training.evaluation.inspect import continuous_figure, main
 from tocpl_training.export import export_onnx
-from tocpl_training.policy import make_policy
+from tocpl_training.learning.policy import make_policy
 
 from reference_policies import braking_policy
 

@@ -21,7 +21,7 @@ from tocpl_ros.policy_file import OnnxPolicy, PolicyFileError
 from tocpl_ros.tasks import load_task
 from tocpl_training.config import TrainConfig
 from tocpl_training.export import export_onnx
-from tocpl_training.policy import make_policy
+from tocpl_training.learning.policy import make_policy
 from tocpl_training.trainer import Trainer
 
 HELD_OUT_SEED = 7_000_001

@@ -36,7 +36,7 @@ FEEDBACK_SIZE = 6 + 12 + 6 * 12
 @pytest.fixture(scope="module")
 def policy_file(tmp_path_factory) -> Path:
     from tocpl_training.export import export_onnx
-    from tocpl_training.policy import make_policy
+    from tocpl_training.learning.policy import make_policy
 
     task = load_task("ur5_reach")
     return export_onnx(make_policy(task, seed=11).eval(), task, tmp_path_factory.mktemp("mpc_node") / "policy.onnx")

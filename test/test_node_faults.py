@@ -187,7 +187,7 @@ def _constant_policy(tmp_path_factory, wrist_offset: float, name: str) -> tuple[
     from tocpl_ros.policy_file import OnnxPolicy
     from tocpl_ros.tasks import load_task
     from tocpl_training.export import export_onnx
-    from tocpl_training.policy import make_policy
+    from tocpl_training.learning.policy import make_policy
 
     task = load_task("ur5_reach")
     model = pin.buildModelFromUrdf(str(ROOT / "urdf" / "ur5.urdf"))
@@ -344,7 +344,7 @@ def test_policy_node_survives_simulator_kill_and_restart(constant_policy, ros_lo
 def mpc_policy(tmp_path_factory) -> Path:
     from tocpl_ros.tasks import load_task
     from tocpl_training.export import export_onnx
-    from tocpl_training.policy import make_policy
+    from tocpl_training.learning.policy import make_policy
 
     task = load_task("ur5_reach")
     return export_onnx(make_policy(task, seed=11).eval(), task, tmp_path_factory.mktemp("faults_mpc") / "policy.onnx")

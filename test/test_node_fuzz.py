@@ -77,7 +77,7 @@ def policy_file(tmp_path_factory) -> Path:
 
     from tocpl_ros.tasks import load_task
     from tocpl_training.export import export_onnx
-    from tocpl_training.policy import make_policy
+    from tocpl_training.learning.policy import make_policy
 
     task = load_task("ur5_reach")
     policy = make_policy(task, seed=5)

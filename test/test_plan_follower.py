@@ -422,7 +422,7 @@ def test_the_module_needs_no_ros():
 def policy_file(tmp_path_factory) -> Path:
     from tocpl_ros.tasks import load_task
     from tocpl_training.export import export_onnx
-    from tocpl_training.policy import make_policy
+    from tocpl_training.learning.policy import make_policy
 
     task = load_task("ur5_reach")
     return export_onnx(make_policy(task, seed=11).eval(), task, tmp_path_factory.mktemp("follower") / "policy.onnx")

@@ -25,7 +25,7 @@ from tocpl_ros.policy_file import OnnxPolicy, read_onnx_metadata
 from tocpl_ros.resources import console_command
 from tocpl_ros.tasks import load_task
 from tocpl_training.export import export_onnx
-from tocpl_training.policy import make_policy
+from tocpl_training.learning.policy import make_policy
 
 from ros_harness import UR5_Q0 as Q0, JointStateFeed, assert_node_imports_none, communicate, stop_process, wait_for
 

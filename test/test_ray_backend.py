@@ -13,8 +13,8 @@ from tocpl_ros.tasks import load_task
 from tocpl_ros.tasks.config import SolverConfig
 from tocpl_training.cli import main as train_main
 from tocpl_training.config import TrainConfig
+from tocpl_training.learning.policy import NumpyPolicy, make_policy
 from tocpl_training.oc.phase import OCJob, OCPhaseRunner, OCRequest
-from tocpl_training.policy import NumpyPolicy, make_policy
 from tocpl_training.trainer import Trainer
 
 ray = pytest.importorskip("ray", reason="the 'ray' extra is in requirements.txt; CI has it")

@@ -141,7 +141,7 @@ def test_parameter_declared_and_documented():
 def policy(tmp_path_factory):
     from tocpl_ros.tasks import load_task
     from tocpl_training.export import export_onnx
-    from tocpl_training.policy import make_policy
+    from tocpl_training.learning.policy import make_policy
 
     task = load_task("ur5_reach")
     return export_onnx(make_policy(task, seed=3).eval(), task, tmp_path_factory.mktemp("rt_policy") / "policy.onnx")

@@ -12,9 +12,9 @@ from tocpl_ros.tasks.config import SolverConfig
 from tocpl_training.checkpoint import load_checkpoint, load_policy
 from tocpl_training.cli import build_parser, main as train_main
 from tocpl_training.config import TrainConfig
+from tocpl_training.learning.policy import make_policy
+from tocpl_training.learning.supervised import SupervisedData, fit, regression_loss, sobolev_loss_full, sobolev_loss_stochastic
 from tocpl_training.oc.phase import OCJob, OCPhaseRunner, OCRequest
-from tocpl_training.policy import make_policy
-from tocpl_training.supervised import SupervisedData, fit, regression_loss, sobolev_loss_full, sobolev_loss_stochastic
 from tocpl_training.trainer import CHECKPOINT, Trainer
 
 

@@ -23,7 +23,7 @@ import yaml
 from tocpl_ros.config import load_dataclass
 from tocpl_ros.tasks import Task, make_task
 from tocpl_ros.tasks.config import TaskConfig
-from tocpl_training.policy import MLPPolicy, PolicySpec
+from tocpl_training.learning.policy import MLPPolicy, PolicySpec
 
 FORMAT = "tocpl-checkpoint-1"
 

@@ -36,7 +36,7 @@ from tocpl_ros.policy_file import (
 )
 from tocpl_ros.tasks import Task
 from tocpl_training.checkpoint import CheckpointError, atomic_write, load_policy
-from tocpl_training.policy import MLPPolicy
+from tocpl_training.learning.policy import MLPPolicy
 
 OPSET = 17
 VALIDATION_TOL = 1e-4

@@ -41,10 +41,10 @@ from tocpl_training.checkpoint import (
 )
 from tocpl_training.config import TrainConfig
 from tocpl_training.evaluation.continuous import ContinuousUse, evaluate_continuous, seconds_label
+from tocpl_training.learning.policy import MLPPolicy, make_policy
+from tocpl_training.learning.supervised import torch_threads
 from tocpl_training.oc.phase import OCJob, OCPhaseRunner, OCRequest
-from tocpl_training.policy import MLPPolicy, make_policy
 from tocpl_training.run_log import CURVE, METRICS, RunLog
-from tocpl_training.supervised import torch_threads
 
 CHECKPOINT = "checkpoint.pt"
 POLICY = "policy.onnx"

@@ -14,9 +14,9 @@ from tocpl_ros.ocp import OCSolution
 from tocpl_ros.tasks import DynamicsCounter, Problems, Task
 from tocpl_ros.tasks.config import SolverConfig
 from tocpl_training.config import TrainConfig
+from tocpl_training.learning.policy import MLPPolicy
+from tocpl_training.learning.supervised import SupervisedData, fit
 from tocpl_training.oc.phase import OCJob, OCPhaseRunner, OCRequest
-from tocpl_training.policy import MLPPolicy
-from tocpl_training.supervised import SupervisedData, fit
 
 
 @dataclass

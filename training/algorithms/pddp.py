@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..continuation import with_continuation
-from ..supervised import SupervisedData
+from ..learning.supervised import SupervisedData
 from .base import Algorithm, OCBatch
 
 

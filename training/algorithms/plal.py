@@ -16,8 +16,8 @@ from __future__ import annotations
 import numpy as np
 
 from tocpl_training.algorithms.base import Algorithm, OCBatch
-from tocpl_training.policy import NumpyPolicy
-from tocpl_training.supervised import SupervisedData
+from tocpl_training.learning.policy import NumpyPolicy
+from tocpl_training.learning.supervised import SupervisedData
 
 
 class PLAL(Algorithm):

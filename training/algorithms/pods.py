@@ -12,7 +12,7 @@ import numpy as np
 
 from tocpl_ros.tasks import Problems
 from tocpl_training.algorithms.base import Algorithm, OCBatch
-from tocpl_training.supervised import SupervisedData
+from tocpl_training.learning.supervised import SupervisedData
 
 
 class PODS(Algorithm):

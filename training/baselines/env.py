@@ -11,7 +11,7 @@ problem the trajectory-optimisation learners see:
   trainer evaluates (``Task.evaluate``);
 * observation = the policy's observation (``Task.observation``: the state, plus the target on
   ur5_reach), optionally standardised with the statistics the trainer's policy uses
-  (:func:`tocpl_training.policy.policy_spec_for`);
+  (:func:`tocpl_training.learning.policy.policy_spec_for`);
 * actions live in [−1, 1]^nu and map affinely onto [u_min, u_max] (SB3's recommended
   normalised action space; the same box as the OCP);
 * every ``step`` is one dynamics evaluation (``DynamicsCounter`` source ``env_step``), the unit of

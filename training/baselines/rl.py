@@ -259,7 +259,7 @@ def train_rl(
     from stable_baselines3.common.callbacks import BaseCallback
     from stable_baselines3.common.vec_env import DummyVecEnv, VecNormalize
 
-    from tocpl_training.policy import policy_spec_for
+    from tocpl_training.learning.policy import policy_spec_for
     from tocpl_training.run_log import RunLog
     from tocpl_training.trainer import HeldOut, evaluate_policy
 

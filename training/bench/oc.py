@@ -58,7 +58,7 @@ def measure(spec: str, task: Task, request: OCRequest, repeats: int, threads: in
 
 def payload_sizes(task: Task, request: OCRequest, sols, workers: int, hidden: list[int]) -> list[tuple[str, int]]:
     """Pickled bytes of what one OC phase ships (protocol 5, as the pool and Ray's serializer use)."""
-    from tocpl_training.policy import NumpyPolicy, make_policy
+    from tocpl_training.learning.policy import NumpyPolicy, make_policy
 
     size = lambda obj: len(pickle.dumps(obj, protocol=5))  # noqa: E731
     warm = OCRequest([OCJob(j.x0, j.target, s.xs, s.us) for j, s in zip(request.jobs, sols)], request.solver)

@@ -69,8 +69,8 @@ def phase_table(rows: list[dict[str, float]]) -> str:
 
 def time_supervised_terms(data: dict, steps: int) -> list[tuple[str, float]]:
     """Median milliseconds of one Adam step on the checkpoint's replay buffer, per loss."""
-    from tocpl_training.policy import MLPPolicy, PolicySpec
-    from tocpl_training.supervised import SupervisedData, fit, torch_threads
+    from tocpl_training.learning.policy import MLPPolicy, PolicySpec
+    from tocpl_training.learning.supervised import SupervisedData, fit, torch_threads
 
     as_np = lambda v: None if v is None else np.asarray(v)  # noqa: E731
     history = [SupervisedData(as_np(d["obs"]), as_np(d["u"]), as_np(d["jacobian"])) for d in data["algorithm"]["history"]]
@@ -103,8 +103,8 @@ def time_one_offs(run: Path, data: dict) -> list[tuple[str, float]]:
     """Seconds of the held-out TO references (on the run's workers) and of the ONNX export."""
     from tocpl_ros.tasks import load_task
     from tocpl_training.export import export_onnx
+    from tocpl_training.learning.policy import MLPPolicy, PolicySpec
     from tocpl_training.oc.phase import OCPhaseRunner
-    from tocpl_training.policy import MLPPolicy, PolicySpec
 
     config = load_dataclass(TrainConfig, data["train_config"], source=str(run / CHECKPOINT))
     task = load_task(config.task, {"constrained": config.constrained, **(data.get("task_overrides") or {})})

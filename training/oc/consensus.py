@@ -58,7 +58,7 @@ import crocoddyl
 import numpy as np
 
 from tocpl_ros.tasks import Problems, Task
-from tocpl_training.policy import MLPPolicy, NumpyPolicy
+from tocpl_training.learning.policy import MLPPolicy, NumpyPolicy
 
 CONSENSUS = "consensus"
 TRACK_U, TRACK_X = "consensus_u", "consensus_x"

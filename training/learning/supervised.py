@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from tocpl_training.policy import MLPPolicy
+from tocpl_training.learning.policy import MLPPolicy
 
 
 @dataclass

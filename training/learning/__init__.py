@@ -1,0 +1,1 @@
+"""What the trainer learns and how: the policy network and the supervised (Sobolev) phase."""
