@@ -105,6 +105,7 @@ def run_once(args: argparse.Namespace, load: int, domain: int, log_dir: Path) ->
                 self.tick_start = np.zeros(capacity)
                 self.tick_time = np.zeros(capacity)
                 self.state_age = np.full(capacity, math.nan)
+                self.published_after = np.zeros(capacity, dtype=np.int64)  # commands published after each tick
                 self.n_ticks = 0
                 super().__init__(**kwargs)
 
@@ -117,6 +118,7 @@ def run_once(args: argparse.Namespace, load: int, domain: int, log_dir: Path) ->
                 super()._tick()
                 if i < capacity:
                     self.tick_time[i] = time.monotonic() - t
+                    self.published_after[i] = self.published
                     self.n_ticks = i + 1
 
         overrides = [
@@ -152,7 +154,7 @@ def run_once(args: argparse.Namespace, load: int, domain: int, log_dir: Path) ->
         stats = node.controller.stats
         i0 = node.n_ticks
         before = dict(accepted=stats.accepted_states, rejected=stats.rejected_total, policy=stats.policy_ticks,
-                      safe=stats.safe_ticks, stale=stats.safe_reasons["stale"], published=node.published)
+                      safe=stats.safe_ticks, stale=stats.safe_reasons["stale"])
         stats.inference.clear()
         stats.compute.clear()
         rss = [(0.0, rss_mb())]
@@ -204,7 +206,8 @@ def run_once(args: argparse.Namespace, load: int, domain: int, log_dir: Path) ->
             "policy_ticks": stats.policy_ticks - before["policy"],
             "safe_ticks": stats.safe_ticks - before["safe"],
             "stale_ticks": stats.safe_reasons["stale"] - before["stale"],
-            "commands_published": node.published - before["published"],
+            # per tick, not node.published: the node's loop thread runs on while this one reads
+            "commands_published": int(node.published_after[i1 - 1] - node.published_after[i0 - 1]) if i0 > 0 else 0,
         }
         return result
     finally:

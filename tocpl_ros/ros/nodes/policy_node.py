@@ -5,7 +5,8 @@ Subscribes ``/joint_states`` (sensor_msgs/JointState, sensor-data QoS, taken by 
 name) and ``/target`` (geometry_msgs/PointStamped, in the robot's base frame); publishes
 std_msgs/Float64MultiArray on the output mode's forward-controller topic
 (``/forward_{effort,velocity,position}_controller/commands``, reliable QoS) at ``rate``
-from a steady-clock timer, and diagnostic_msgs/DiagnosticArray on ``/diagnostics``
+from its own thread at absolute steady-clock deadlines (:mod:`tocpl_ros.ros.fast_loop`), and
+diagnostic_msgs/DiagnosticArray on ``/diagnostics``
 (loop period p50/p99/max, inference time, safety state, rejected-input counters, publish()
 stalls: calls the middleware held longer than PUBLISH_STALL, also logged as warnings; commands
 sent more than 2 periods after the previous one, ``command_gaps_over_2_periods``).
@@ -22,7 +23,7 @@ policy's command, each switch blended over ``mpc_blend_periods`` periods, logged
 /diagnostics (``mpc_*`` keys). The torque goes through the same safety layer as the policy's
 (clamp, output mode, stale data, fade-in, safe command).
 
-Refuses to start (error on stderr, exit status 1) when the policy file is missing or
+Refuses to start (error on stderr, exit status 2) when the policy file is missing or
 corrupt, a parameter is invalid, or the policy's metadata does not match the robot.
 
 Run::
@@ -66,6 +67,7 @@ from tocpl_ros.interfaces import (
 )
 from tocpl_ros.policy_file import PolicyFileError
 from tocpl_ros.ros import diagnostics
+from tocpl_ros.ros.fast_loop import FastLoop
 from tocpl_ros.ros.runtime import (
     REALTIME_PRIORITY_DOC,
     PeriodMonitor,
@@ -176,10 +178,9 @@ class PolicyNode(Node):
         self.command_gap_max = 0.0  # longest time between two commands (s) since the last diagnostics
         self._logged_state = self.controller.state
         self._msg = Float64MultiArray()
-        self.control_timer = self.create_timer(
-            config.period, self._tick, callback_group=MutuallyExclusiveCallbackGroup(), clock=steady
-        )
         self.create_timer(self.params["diagnostics_period"], self._publish_diagnostics, clock=steady)
+        # The commands' timing is the robot's: its own thread, not an executor timer (fast_loop.py).
+        self.fast_loop = FastLoop(config.period, self._tick, self._on_tick_error)
 
         if self.params["autostart"]:
             self.controller.start()
@@ -197,6 +198,7 @@ class PolicyNode(Node):
             f"safe mode {config.safe_mode}, stale after {config.stale_periods} periods, fade-in {config.fade_in:g} s, "
             f"initial target {target}, {'running' if self.params['autostart'] else 'stopped (call ~/start)'}"
         )
+        self.fast_loop.start()
 
     # -- parameters -------------------------------------------------------------
     def _controller_config(self) -> ControllerConfig:
@@ -246,8 +248,8 @@ class PolicyNode(Node):
 
     def _tick(self) -> None:
         now = time.monotonic()
-        self.periods.tick(now)
         with self.lock:
+            self.periods.tick(now)
             command = self.controller.compute(now)
             state, reason = self.controller.state, self.controller.last_reason
             events = None
@@ -264,14 +266,18 @@ class PolicyNode(Node):
                 self._msg.data = array.array("d", command.values.tobytes())
                 t_publish = time.monotonic()
                 self.command_pub.publish(self._msg)
-                self.published += 1
-                self._count_gap(t_publish)
-                self._check_publish_time(time.monotonic() - t_publish)
+                with self.lock:  # the counters /diagnostics reads (another thread)
+                    self.published += 1
+                    self._count_gap(t_publish)
+                    self._check_publish_time(time.monotonic() - t_publish)
             except Exception as exc:  # e.g. during shutdown
                 self.publish_errors += 1
                 self.get_logger().error(f"publishing the command failed: {exc}", throttle_duration_sec=1.0)
         if events:  # after the command went out
             self._log_switches(events)
+
+    def _on_tick_error(self, exc: BaseException) -> None:
+        self.get_logger().error(f"control tick failed: {type(exc).__name__}: {exc}", throttle_duration_sec=1.0)
 
     def _log_switches(self, events: list[str]) -> None:
         """Every plan/policy switch, rate-limited per direction (all counted on /diagnostics)."""
@@ -311,9 +317,9 @@ class PolicyNode(Node):
         with self.lock:
             values = self.controller.diagnostics()
             state, reason = self.controller.state, self.controller.last_reason
-        publish_max, self.publish_max = self.publish_max, 0.0
-        gap_max, self.command_gap_max = self.command_gap_max, 0.0
-        values.update(diagnostics.period_values(self.periods))
+            publish_max, self.publish_max = self.publish_max, 0.0
+            gap_max, self.command_gap_max = self.command_gap_max, 0.0
+            values.update(diagnostics.period_values(self.periods))
         values.update(
             {
                 "commands_published": str(self.published),
@@ -350,6 +356,12 @@ class PolicyNode(Node):
         deadline = time.monotonic() + linger
         while time.monotonic() < deadline:
             executor.spin_once(timeout_sec=0.01)
+
+    def destroy_node(self) -> None:
+        loop = getattr(self, "fast_loop", None)  # None: the constructor refused to start
+        if loop is not None:
+            loop.stop()  # no tick may publish through a destroyed publisher
+        super().destroy_node()
 
 
 def main(args: list[str] | None = None) -> int:
