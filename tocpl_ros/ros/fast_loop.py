@@ -3,22 +3,35 @@
 An rclpy timer wakes the executor through a second thread and then waits for whichever callback
 runs; this thread sleeps until ``spin`` seconds before each deadline and busy-waits the rest,
 so the tick starts on time unless another thread holds the GIL (the nodes' callbacks are tens of
-µs). docs/mpc.md, "Fast loop", has the figures that chose it and ``spin``.
+µs). It busy-waits only under real-time scheduling: at normal priority the scheduler charges the
+spinning against the thread and preempts it, and the loop misses more deadlines than with a plain
+sleep. docs/mpc.md, "The fast loop's own thread", has the figures that chose it and ``spin``.
 """
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 from collections.abc import Callable
 
 DEFAULT_SPIN = 2e-4
-"""Seconds busy-waited before each deadline: more than this VM's wake-up latency under SCHED_FIFO."""
+"""Seconds busy-waited before each deadline under SCHED_FIFO/SCHED_RR: more than this VM's wake-up
+latency there."""
+
+
+def realtime_scheduled() -> bool:
+    """Whether the calling thread runs under a real-time policy (SCHED_FIFO or SCHED_RR)."""
+    try:
+        return os.sched_getscheduler(0) in (os.SCHED_FIFO, os.SCHED_RR)
+    except (AttributeError, OSError):
+        return False
 
 
 class FastLoop:
     """``tick()`` every ``period`` s from :meth:`start` to :meth:`stop`, in a daemon thread named
-    ``name``. A tick that raises goes to ``on_error(exc)`` and the loop goes on; a tick later than
+    ``name`` (its scheduling inherited from the thread that starts it: ``spin`` applies only if it
+    is real-time). A tick that raises goes to ``on_error(exc)`` and the loop goes on; a tick later than
     one whole period re-bases the deadlines on now (the missed ticks are not made up in a burst)."""
 
     def __init__(self, period: float, tick: Callable[[], None], on_error: Callable[[BaseException], None],
@@ -47,9 +60,10 @@ class FastLoop:
         return self._thread.is_alive() and not self._stop.is_set()
 
     def _run(self) -> None:
+        spin = self.spin if realtime_scheduled() else 0.0
         deadline = time.monotonic() + self.period
         while not self._stop.is_set():
-            early = deadline - time.monotonic() - self.spin
+            early = deadline - time.monotonic() - spin
             if early > 0:
                 time.sleep(early)
             while time.monotonic() < deadline:

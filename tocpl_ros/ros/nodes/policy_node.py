@@ -198,7 +198,9 @@ class PolicyNode(Node):
             f"safe mode {config.safe_mode}, stale after {config.stale_periods} periods, fade-in {config.fade_in:g} s, "
             f"initial target {target}, {'running' if self.params['autostart'] else 'stopped (call ~/start)'}"
         )
-        self.fast_loop.start()
+        # Started by the executor's first callback: until then the process's start-up (imports,
+        # the executor) holds the GIL for tens of ms, which the loop would count as gaps.
+        self._loop_starter = self.create_timer(0.0, self._start_fast_loop, clock=steady)
 
     # -- parameters -------------------------------------------------------------
     def _controller_config(self) -> ControllerConfig:
@@ -275,6 +277,11 @@ class PolicyNode(Node):
                 self.get_logger().error(f"publishing the command failed: {exc}", throttle_duration_sec=1.0)
         if events:  # after the command went out
             self._log_switches(events)
+
+    def _start_fast_loop(self) -> None:
+        self._loop_starter.cancel()
+        if not self.fast_loop.running:
+            self.fast_loop.start()
 
     def _on_tick_error(self, exc: BaseException) -> None:
         self.get_logger().error(f"control tick failed: {type(exc).__name__}: {exc}", throttle_duration_sec=1.0)
