@@ -44,7 +44,7 @@ if urdf_files:
 
 setup(
     name=PACKAGE_NAME,
-    version="0.1.0",
+    version="0.2.0",
     description="Neural-network control policies learned from Crocoddyl trajectory "
     "optimization, run through ROS 2",
     license="BSD-3-Clause",
