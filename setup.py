@@ -74,6 +74,7 @@ setup(
             "tocpl-load-bench = tocpl_ros.bench.load:main",
             "tocpl-inference-bench = tocpl_ros.bench.inference:main",
             # ROS 2 nodes (ros2 run tocpl_ros <name>) and the launch-free bring-up
+            "arm_sim = tocpl_ros.ros.nodes.arm_sim:main",
             "ur5_sim = tocpl_ros.ros.nodes.ur5_sim:main",
             "policy_node = tocpl_ros.ros.nodes.policy_node:main",
             "mpc_node = tocpl_ros.ros.nodes.mpc_node:main",
