@@ -103,7 +103,6 @@ def test_older_policy_file_is_read_with_defaults(policies):
         ({"version": "0.2.0"}, ROBOT_KEYS, r"'tocpl\.robot': missing, but the file says it was written by tocpl_ros 0\.2\.0.*re-export"),
         ({"version": "1.0.0"}, (), r"written by tocpl_ros 1\.0\.0, a newer major version than this reader \(0\.x\): update tocpl_ros"),
         ({"version": "next"}, (), r"'tocpl\.version': 'next' is not a tocpl_ros version.*re-export the checkpoint with tocpl-export"),
-        ({"target_kind": "none"}, (), r"'tocpl\.target_kind': 'none' does not match the observation \(a 'target' block"),
         ({"target_kind": "joint"}, (), r"'tocpl\.target_kind': expected one of position, pose, none"),
         ({"joint_encodings": '["angle"]'}, (), r"'tocpl\.joint_encodings': expected one of \['angle', 'cos_sin'\] per joint"),
         ({"locked_joints": '{"elbow_joint": 0.0}'}, (), r"joints \['elbow_joint'\] are controlled"),
@@ -315,7 +314,7 @@ def test_arm_sim_simulates_another_robot(ros_loopback_env, tmp_path):
         wait_for(lambda: probe.last_joint_state() is not None, 60, "joint states of arm_sim", proc, log)
         _, names, q, v = probe.last_joint_state()
         assert names == ["joint1", "joint2"] and np.allclose(q, 0.0, atol=1e-6) and np.allclose(v, 0.0, atol=1e-6)
-        assert "simulating robot double_pendulum" in log.read_text()
+        assert "simulating double_pendulum.urdf (pinocchio) of robot double_pendulum" in log.read_text()
     finally:
         stop_process(proc)
         probe.close()

@@ -232,7 +232,7 @@ def test_policy_is_required_and_must_exist(tmp_path):
 
 
 def test_unknown_graph():
-    with pytest.raises(BringupError, match=r"unknown graph 'ur10' \(available: ur5_policy\)"):
+    with pytest.raises(BringupError, match=r"unknown graph 'ur10' \(available: ur5_policy, arm_policy\)"):
         graph_for("ur10")
 
 

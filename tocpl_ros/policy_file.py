@@ -52,14 +52,16 @@ import numpy as np
 INPUT_NAME = "obs"
 OUTPUT_NAME = "u"
 PREFIX = "tocpl."
-KEYS = (
+BASE_KEYS = (
     "task", "joint_names", "obs_layout", "u_min", "u_max", "dt", "horizon",
     "urdf", "version", "train_config", "task_config",
 )
-"""The metadata keys (without the ``tocpl.`` prefix) every file has."""
+"""The metadata keys (without the ``tocpl.`` prefix) every file has, since the first version."""
 ROBOT_KEYS = ("robot", "locked_joints", "end_effector_frame", "base_frame", "target_kind", "joint_encodings")
 """The keys added in tocpl_ros 0.2.0 (what an outside tool needs to rebuild the problem), required
 in files of that version and later, filled with defaults in older ones."""
+KEYS = BASE_KEYS + ROBOT_KEYS
+"""Every key a file of this version has (what :meth:`PolicyMetadata.to_props` writes)."""
 ROBOT_KEYS_SINCE = (0, 2)
 """The first tocpl.version (major, minor) whose files carry ROBOT_KEYS."""
 READER_MAJOR = 0
@@ -130,7 +132,7 @@ class PolicyMetadata:
             "target_kind": self.target_kind,
             "joint_encodings": json.dumps(list(self.joint_encodings)),
         }
-        return {PREFIX + k: values[k] for k in (*KEYS, *ROBOT_KEYS)}
+        return {PREFIX + k: values[k] for k in KEYS}
 
 
 # -- reading ------------------------------------------------------------------
@@ -274,9 +276,6 @@ def metadata_from_props(props: dict[str, str], source: str = "") -> PolicyMetada
             raise fail(missing[0], f"missing, but the file says it was written by tocpl_ros {version}, whose files "
                                    f"carry {', '.join(PREFIX + k for k in ROBOT_KEYS)}: the file was edited or "
                                    "written by another tool; re-export the checkpoint with tocpl-export")
-    if robot_keys["target_kind"] == "none" and has_target or robot_keys["target_kind"] != "none" and not has_target:
-        raise fail("target_kind", f"'{robot_keys['target_kind']}' does not match the observation "
-                                  f"({'a' if has_target else 'no'} 'target' block in tocpl.obs_layout)")
 
     return PolicyMetadata(
         task=task,

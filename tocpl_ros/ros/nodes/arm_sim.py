@@ -120,7 +120,7 @@ class ArmSimNode(Node):
         self._start = self._last = time.monotonic()
         self._timer = self.create_timer(1.0 / config.publish_rate, self._tick)
         self.get_logger().info(
-            f"simulating robot {sim.robot.name} ({sim.urdf_file.name}, {config.backend}): {config.physics_rate:g} Hz physics, "
+            f"simulating {sim.urdf_file.name} ({config.backend}) of robot {sim.robot.name}: {config.physics_rate:g} Hz physics, "
             f"{JOINT_STATES_TOPIC} at {config.publish_rate:g} Hz, command mode '{sim.mode}' "
             f"on {COMMAND_TOPICS[sim.mode]}, joints {', '.join(sim.joint_names)}"
         )

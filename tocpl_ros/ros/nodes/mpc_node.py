@@ -182,8 +182,6 @@ class MPCNode(Node):
             # policy trained for another robot, or other joints, is refused here
             controller = PolicyController(policy, controller_config, robot=getattr(task, "robot", None))
             controller.check_metadata(dt=task.dt)
-            if p["task"] and getattr(task, "robot", None) is not None and md.robot and task.robot.name != md.robot:
-                raise PolicyFileError(f"task '{p['task']}' is for robot '{task.robot.name}', the policy for '{md.robot}'")
             # the solves run in a process of their own (MPCWorker: Crocoddyl keeps the GIL for
             # whole iterations); this process keeps the policy for the fallback command
             solver = MPCWorker(task_spec, p["policy_path"], mpc_config, task_object=task, policy=controller.policy)
