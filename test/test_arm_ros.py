@@ -384,3 +384,33 @@ def test_arm_policy_bringup_drives_the_arm_and_checks_target_frames(policies, ro
         probe.close()
     assert proc.returncode == 0, log.read_text()[-3000:]
 
+
+
+@pytest.mark.ros
+def test_mpc_node_solves_the_policys_task_and_old_files_start(policies, ros_loopback_env, tmp_path):
+    """mpc_node without a task solves the one in the policy file, with task:= the one given; a policy
+    file of 0.1.0 starts the policy node with a warning that says what to do (concurrently)."""
+    _, env = _domain(ros_loopback_env, 3)
+    mpc_cmd = console_command("mpc_node", "tocpl_ros.ros.nodes.mpc_node") + ["--ros-args", "-p", f"policy_path:={policies['ur5']}"]
+    policy_cmd = console_command("policy_node", "tocpl_ros.ros.nodes.policy_node")
+    cases = {
+        "own task": (mpc_cmd, "MPC on task ur5_reach (the policy's own), robot ur5"),
+        "override": (mpc_cmd + ["-p", "task:=ur5_reach_fixed_horizon"], "MPC on task ur5_reach_fixed_horizon, robot ur5"),
+        "old file": (policy_cmd + ["--ros-args", "-p", f"policy_path:={policies['old']}"],
+                     "was written by tocpl_ros 0.1.0, before the robot keys of the policy file"),
+    }
+    procs, logs = {}, {}
+    try:
+        for name, (command, _) in cases.items():
+            logs[name] = tmp_path / f"{name.replace(' ', '_')}.log"
+            with logs[name].open("w") as out:
+                procs[name] = subprocess.Popen(command, env=env, stdout=out, stderr=subprocess.STDOUT)
+        for name, (_, line) in cases.items():
+            wait_for(lambda: line in logs[name].read_text(), 120, f"{name}: {line!r}", procs[name], logs[name])
+        for name, proc in procs.items():
+            proc.send_signal(2)
+            assert proc.wait(timeout=60) == 0, f"{name}: {logs[name].read_text()[-3000:]}"
+        assert "re-export its checkpoint with tocpl-export" in logs["old file"].read_text()
+    finally:
+        for proc in procs.values():
+            stop_process(proc)
