@@ -25,8 +25,7 @@ policy's command, each switch blended over ``mpc_blend_periods`` periods, logged
 (clamp, output mode, stale data, fade-in, safe command).
 
 Refuses to start (error on stderr, exit status 2) when the policy file is missing or
-corrupt, a parameter is invalid, or the policy's metadata does not match the robot (the robot
-it was trained for, its controlled and locked joints, frames).
+corrupt, a parameter is invalid, or the policy's metadata does not match the robot.
 
 Run::
 
@@ -34,6 +33,10 @@ Run::
 
 DDS stays on loopback unless ``ROS_AUTOMATIC_DISCOVERY_RANGE`` is set explicitly
 (:func:`tocpl_ros.ros.environment.apply_loopback_defaults`).
+
+What "does not match the robot" covers: the robot the policy was trained for (``tocpl.robot``
+against ``robot``), its controlled joints (names, order), locked joints (names, values), base and
+end-effector frames, torque bounds, observation layout, and ``joint_names`` / ``expected_dt`` when set.
 """
 
 from __future__ import annotations
