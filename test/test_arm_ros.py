@@ -247,6 +247,21 @@ def test_arm_launch_file_creates_the_graph(monkeypatch, policies, overrides):
         opaque[0].kwargs["function"](types.SimpleNamespace(launch_configurations={**configurations, "robot": ""}))
 
 
+@pytest.mark.parametrize("backend", ["pinocchio", "mujoco"])
+def test_payload_frame_checked_only_with_a_payload(backend):
+    """The double pendulum's URDF has no tool0: a payload_frame naming it is fine without a payload
+    (it used to be checked anyway), refused with one; the default payload frame is the end effector."""
+    from tocpl_ros.config import FieldError
+    from tocpl_ros.sim import make_simulator
+    from tocpl_ros.sim.config import SimConfig
+
+    sim = make_simulator(SimConfig(robot="double_pendulum", backend=backend, payload_frame="tool0"))
+    assert sim.joint_names == ["joint1", "joint2"]
+    assert make_simulator(SimConfig(robot="double_pendulum", backend=backend, payload_mass=0.5)).payload_frame == "tip"
+    with pytest.raises(FieldError, match="frame 'tool0' is not in"):
+        make_simulator(SimConfig(robot="double_pendulum", backend=backend, payload_frame="tool0", payload_mass=0.5))
+
+
 def test_ur5_sim_is_arm_sim_with_the_ur5():
     from tocpl_ros.ros.nodes.arm_sim import node_defaults
 
