@@ -21,7 +21,10 @@ def policy_robot(metadata: PolicyMetadata, robot: str | Path | None = None, urdf
     joint). ``urdf`` replaces the robot's URDF file. PolicyFileError if none can be loaded."""
     where = f"{source}: " if source else ""
     task_config = metadata.task_config if isinstance(metadata.task_config, dict) else {}
-    trained_on = metadata.robot or task_config.get("robot")
+    # the task config's robot first: on the machine that trained it, it may be a robot YAML's path
+    # (tocpl.robot is that file's name, found in config/robots/ on another machine)
+    task_robot = task_config.get("robot")
+    trained_on = task_robot if task_robot and _robot_file_exists(task_robot) else metadata.robot or task_robot
     if robot and metadata.robot and Path(str(robot)).stem != metadata.robot:
         # a policy knows one robot: another one's joints, masses and limits are not what it was trained on
         raise PolicyFileError(f"{where}the policy was trained for robot '{metadata.robot}' (tocpl.robot) but the robot "
