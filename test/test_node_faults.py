@@ -355,15 +355,9 @@ MPC_CASES = {
     "max_iter_1": (["warm_start:=cold", "max_iter:=1"], "max_iter"),
     "deadline_2ms": (["warm_start:=cold", "max_iter:=1000", "deadline:=0.002"], "deadline"),
 }
-SLOW_ITERATIONS = ["warm_start:=cold", "horizon:=1000", "max_iter:=1000", "deadline:=1.0", "task:=ur5_reach_fixed_horizon"]
+SLOW_ITERATIONS = ["warm_start:=cold", "horizon:=1000", "max_iter:=1000", "deadline:=1.0"]
 """One Crocoddyl iteration of the ur5_reach OCP at horizon 1000 takes longer than the 10 ms period
-(measured: ~85 ms), and the 1 s deadline lets a solve go on for up to 100 periods. The task is
-ur5_reach_fixed_horizon, the one this was measured with (mpc_node's default became the policy's own
-task, ur5_reach here): with ur5_reach's target_posture term the stream this test receives had gaps
-of 97 and 336 ms in two runs at load average ~9 (against 22 and 23 ms with this task), while the
-node's own loop period stayed under 18 ms and it published on every tick: its solves rarely
-converge there, so the solver process is busy all the time and the receiving side gets the CPU
-later."""
+(measured: ~85 ms), and the 1 s deadline lets a solve go on for up to 100 periods."""
 
 
 def run_mpc_case(case: str, params: list[str], offset: int, ros_loopback_env, tmp_path, mpc_policy) -> tuple[dict, str]:
