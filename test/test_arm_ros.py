@@ -291,7 +291,7 @@ def test_nodes_refuse_a_policy_for_another_robot(policies, ros_loopback_env):
         "policy_node robot": (policy_cmd + ["--ros-args", "-p", f"policy_path:={policies['ur5']}", "-p", "robot:=double_pendulum"],
                               ["trained for robot 'ur5'", "'double_pendulum'"]),
         "policy_node file": (policy_cmd + ["--ros-args", "-p", f"policy_path:={policies['other_robot']}"],
-                             ["joint names differ from the robot's", "robot double_pendulum"]),
+                             ["trained for robot 'double_pendulum' (tocpl.robot), not 'ur5'"]),
         "mpc_node file": (mpc_cmd + ["--ros-args", "-p", f"policy_path:={policies['other_robot']}"],
                           ["trained for robot 'double_pendulum' (tocpl.robot), not 'ur5'"]),
         "policy_node locked": (policy_cmd + ["--ros-args", "-p", f"policy_path:={policies['locked']}"],
