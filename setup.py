@@ -44,7 +44,7 @@ if urdf_files:
 
 setup(
     name=PACKAGE_NAME,
-    version="0.1.0",
+    version="0.2.0",
     description="Neural-network control policies learned from Crocoddyl trajectory "
     "optimization, run through ROS 2",
     license="BSD-3-Clause",
@@ -74,6 +74,7 @@ setup(
             "tocpl-load-bench = tocpl_ros.bench.load:main",
             "tocpl-inference-bench = tocpl_ros.bench.inference:main",
             # ROS 2 nodes (ros2 run tocpl_ros <name>) and the launch-free bring-up
+            "arm_sim = tocpl_ros.ros.nodes.arm_sim:main",
             "ur5_sim = tocpl_ros.ros.nodes.ur5_sim:main",
             "policy_node = tocpl_ros.ros.nodes.policy_node:main",
             "mpc_node = tocpl_ros.ros.nodes.mpc_node:main",

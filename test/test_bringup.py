@@ -172,9 +172,11 @@ def test_use_mpc_adds_the_mpc_node(policy_file):
     assert list(nodes) == ["ur5_sim", "policy_node", "mpc_node"]
     mpc = nodes["mpc_node"]
     assert (mpc.package, mpc.executable) == ("tocpl_ros", "mpc_node")
-    assert mpc.parameters == {"policy_path": str(policy_file.resolve())}
+    # the task the ur5_policy graph's MPC has always solved (mpc_node's own default: the policy's task)
+    assert mpc.parameters == {"policy_path": str(policy_file.resolve()), "task": "ur5_reach_fixed_horizon"}
     targeted = by_name(graph_for(policy=str(policy_file), use_mpc="true", target="0.4,0.1,0.5"))["mpc_node"]
-    assert targeted.parameters == {"policy_path": str(policy_file.resolve()), "initial_target": [0.4, 0.1, 0.5]}
+    assert targeted.parameters == {"policy_path": str(policy_file.resolve()), "task": "ur5_reach_fixed_horizon",
+                                   "initial_target": [0.4, 0.1, 0.5]}
     assert mpc.params_files == mpc_params_files()
     assert MPC_PLAN_TOPIC in mpc.description and "mpc_node" in mpc.missing_hint
     # the policy node becomes the MPC's fast loop (it follows the plans); the simulator does not change
@@ -230,7 +232,7 @@ def test_policy_is_required_and_must_exist(tmp_path):
 
 
 def test_unknown_graph():
-    with pytest.raises(BringupError, match=r"unknown graph 'ur10' \(available: ur5_policy\)"):
+    with pytest.raises(BringupError, match=r"unknown graph 'ur10' \(available: ur5_policy, arm_policy\)"):
         graph_for("ur10")
 
 

@@ -1,4 +1,4 @@
 """tocpl_ros: neural-network control policies learned from Crocoddyl trajectory
 optimization, run through ROS 2."""
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"

@@ -8,6 +8,9 @@ publish on the topics all read the same definitions.
 from __future__ import annotations
 
 SIM_NODE = "ur5_sim"
+"""The simulated UR5 (kept for the ur5_policy graph: arm_sim with robot ur5)."""
+ARM_SIM_NODE = "arm_sim"
+"""The simulated arm of any robot YAML (config/robots/<name>.yaml)."""
 POLICY_NODE = "policy_node"
 MPC_NODE = "mpc_node"
 
@@ -22,6 +25,12 @@ SIM_BACKENDS = ("pinocchio", "mujoco")
 
 JOINT_STATES_TOPIC = "/joint_states"
 TARGET_TOPIC = "/target"
+"""geometry_msgs/PointStamped: the end effector's target position, header.frame_id the robot's base frame."""
+TARGET_POSE_TOPIC = "/target_pose"
+"""geometry_msgs/PoseStamped: the same target as a pose (a second topic, as ROS tools publish one
+message type per topic); a position-target policy uses its position only."""
+TARGET_KINDS = ("position", "pose")
+"""What a policy's target is (tocpl.target_kind): a position of the end effector, or its pose."""
 DIAGNOSTICS_TOPIC = "/diagnostics"
 MPC_COMMAND_TOPIC = "/mpc/command"
 """Where the MPC node publishes its own torque command (std_msgs/Float64MultiArray; monitoring)."""

@@ -17,8 +17,23 @@ tocpl.horizon        JSON integer, OCP horizon in steps
 tocpl.urdf           URDF file name, plain text ("" for lqr)
 tocpl.version        tocpl_ros version that wrote the file, plain text
 tocpl.train_config   JSON object (the training settings, {} if unknown)
-tocpl.task_config    JSON object (the task's TaskConfig)
+tocpl.task_config    JSON object (the task's TaskConfig: enough to rebuild its OCP)
+-------------------  ----------------- since tocpl_ros 0.2.0 ---------------------
+tocpl.robot          robot name (config/robots/<name>.yaml), plain text ("": none)
+tocpl.locked_joints  JSON object joint name -> position (rad or m) of the URDF's
+                     movable joints that are not controlled ({}: none)
+tocpl.end_effector_frame  the frame the target is for, plain text ("": none)
+tocpl.base_frame     the frame targets are expressed in, plain text ("": none)
+tocpl.target_kind    'position', 'pose' or 'none' (no target in the observation)
+tocpl.joint_encodings  JSON list, one per controlled joint: how its position enters
+                     the 'q' block ('angle': the value; 'cos_sin': cos, sin)
 ===================  ===========================================================
+
+The controlled joints are ``tocpl.joint_names``. A file written before 0.2.0 (``tocpl.version``
+0.1.x) has none of the robot keys: it is read with their defaults (robot: the task config's,
+no locked joints, frames "" (the robot's), target_kind from the observation, 'angle' per joint)
+and ``PolicyMetadata.defaults_used`` lists them. A file of a newer major version, or whose
+version is not a version, is refused with a message saying which version it is.
 
 This module needs only onnx, onnxruntime, json and numpy: the ROS nodes import it
 and must not pull in torch.
@@ -37,11 +52,22 @@ import numpy as np
 INPUT_NAME = "obs"
 OUTPUT_NAME = "u"
 PREFIX = "tocpl."
-KEYS = (
+BASE_KEYS = (
     "task", "joint_names", "obs_layout", "u_min", "u_max", "dt", "horizon",
     "urdf", "version", "train_config", "task_config",
 )
-"""The metadata keys (without the ``tocpl.`` prefix), all required."""
+"""The metadata keys (without the ``tocpl.`` prefix) every file has, since the first version."""
+ROBOT_KEYS = ("robot", "locked_joints", "end_effector_frame", "base_frame", "target_kind", "joint_encodings")
+"""The keys added in tocpl_ros 0.2.0 (what an outside tool needs to rebuild the problem), required
+in files of that version and later, filled with defaults in older ones."""
+KEYS = BASE_KEYS + ROBOT_KEYS
+"""Every key a file of this version has (what :meth:`PolicyMetadata.to_props` writes)."""
+ROBOT_KEYS_SINCE = (0, 2)
+"""The first tocpl.version (major, minor) whose files carry ROBOT_KEYS."""
+READER_MAJOR = 0
+"""Files of a newer major version are refused: their layout may have changed."""
+TARGET_KINDS = ("position", "pose", "none")
+JOINT_ENCODINGS = ("angle", "cos_sin")
 
 
 class PolicyFileError(ValueError):
@@ -63,6 +89,19 @@ class PolicyMetadata:
     version: str
     train_config: dict[str, Any] = field(default_factory=dict)
     task_config: dict[str, Any] = field(default_factory=dict)
+    robot: str = ""
+    locked_joints: dict[str, float] = field(default_factory=dict)
+    end_effector_frame: str = ""
+    base_frame: str = ""
+    target_kind: str = "position"
+    joint_encodings: list[str] | None = None
+    """One per joint of joint_names; None: 'angle' for each."""
+    defaults_used: list[str] = field(default_factory=list)
+    """The ROBOT_KEYS an older file did not carry, filled with defaults (not written back)."""
+
+    def __post_init__(self) -> None:
+        if self.joint_encodings is None:
+            self.joint_encodings = ["angle"] * len(self.joint_names)
 
     @property
     def obs_dim(self) -> int:
@@ -86,6 +125,12 @@ class PolicyMetadata:
             "version": self.version,
             "train_config": json.dumps(self.train_config, sort_keys=True),
             "task_config": json.dumps(self.task_config, sort_keys=True),
+            "robot": self.robot,
+            "locked_joints": json.dumps({str(k): float(v) for k, v in self.locked_joints.items()}, sort_keys=True),
+            "end_effector_frame": self.end_effector_frame,
+            "base_frame": self.base_frame,
+            "target_kind": self.target_kind,
+            "joint_encodings": json.dumps(list(self.joint_encodings)),
         }
         return {PREFIX + k: values[k] for k in KEYS}
 
@@ -202,6 +247,36 @@ def metadata_from_props(props: dict[str, str], source: str = "") -> PolicyMetada
             raise fail(key, f"expected a JSON object, got {type(value).__name__}")
         configs[key] = value
 
+    release = parse_version(version)
+    if release is None:
+        raise fail("version", f"{version!r} is not a tocpl_ros version (major.minor.patch): not a file this "
+                              "reader knows; re-export the checkpoint with tocpl-export")
+    if release[0] > READER_MAJOR:
+        raise fail("version", f"the file was written by tocpl_ros {version}, a newer major version than this "
+                              f"reader ({READER_MAJOR}.x): update tocpl_ros on this machine, or export the policy "
+                              "with this version's tocpl-export")
+    has_target = any(name == "target" for name, _ in obs_layout)
+    robot_keys = _robot_keys(props, raw, js, fail, joint_names)
+    defaults_used: list[str] = []
+    if release < ROBOT_KEYS_SINCE:  # written before the robot keys: they are filled in, never required
+        task_robot = configs["task_config"].get("robot")
+        defaults = {
+            "robot": task_robot if isinstance(task_robot, str) else "",
+            "locked_joints": {},
+            "end_effector_frame": configs["task_config"].get("frame") or "",
+            "base_frame": "",
+            "target_kind": "position" if has_target else "none",
+            "joint_encodings": ["angle"] * len(joint_names),
+        }
+        defaults_used = [k for k in ROBOT_KEYS if k not in robot_keys]
+        robot_keys = {**defaults, **robot_keys}
+    else:
+        missing = [k for k in ROBOT_KEYS if k not in robot_keys]
+        if missing:
+            raise fail(missing[0], f"missing, but the file says it was written by tocpl_ros {version}, whose files "
+                                   f"carry {', '.join(PREFIX + k for k in ROBOT_KEYS)}: the file was edited or "
+                                   "written by another tool; re-export the checkpoint with tocpl-export")
+
     return PolicyMetadata(
         task=task,
         joint_names=joint_names,
@@ -213,8 +288,59 @@ def metadata_from_props(props: dict[str, str], source: str = "") -> PolicyMetada
         urdf=urdf,
         version=version,
         **configs,
+        **robot_keys,
+        defaults_used=defaults_used,
     )
 
+
+def parse_version(text: str) -> tuple[int, ...] | None:
+    """(major, minor[, patch]) of a version string such as '0.2.0' (a suffix after the numbers
+    ignored: '0.2.0rc1', '0.2.0+local'); None if it does not start with major.minor."""
+    parts = []
+    for piece in text.strip().split(".")[:3]:
+        digits = ""
+        for ch in piece:
+            if not ch.isdigit():
+                break
+            digits += ch
+        if not digits:
+            break
+        parts.append(int(digits))
+        if len(digits) < len(piece):  # a suffix ends the numbers
+            break
+    return tuple(parts) if len(parts) >= 2 else None
+
+
+def _robot_keys(props: dict[str, str], raw, js, fail, joint_names: list[str]) -> dict[str, Any]:
+    """The ROBOT_KEYS present in ``props``, checked (the absent ones are left out)."""
+    present: dict[str, Any] = {}
+    for key in ("robot", "end_effector_frame", "base_frame"):
+        if PREFIX + key in props:
+            present[key] = raw(key)
+    if PREFIX + "locked_joints" in props:
+        locked = js("locked_joints")
+        if not isinstance(locked, dict) or not all(
+            isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in locked.values()
+        ):
+            raise fail("locked_joints", f"expected a JSON object joint name -> finite number, got {locked!r}")
+        both = [n for n in locked if n in joint_names]
+        if both:
+            raise fail("locked_joints", f"joints {both} are controlled (tocpl.joint_names), they cannot be locked")
+        present["locked_joints"] = {str(k): float(v) for k, v in locked.items()}
+    if PREFIX + "target_kind" in props:
+        kind = raw("target_kind")
+        if kind not in TARGET_KINDS:
+            raise fail("target_kind", f"expected one of {', '.join(TARGET_KINDS)}, got {kind!r}")
+        present["target_kind"] = kind
+    if PREFIX + "joint_encodings" in props:
+        encodings = js("joint_encodings")
+        if not isinstance(encodings, list) or len(encodings) != len(joint_names) or not all(
+            isinstance(e, str) and e in JOINT_ENCODINGS for e in encodings
+        ):
+            raise fail("joint_encodings", f"expected one of {list(JOINT_ENCODINGS)} per joint of tocpl.joint_names "
+                                          f"({len(joint_names)}), got {encodings!r}")
+        present["joint_encodings"] = encodings
+    return present
 
 def check_signature(model, metadata: PolicyMetadata, source: str = "") -> None:
     """The graph has exactly one float32 input ``obs`` [batch, obs_dim] and one output ``u`` [batch, nu]."""

@@ -63,9 +63,17 @@ class _Exported(nn.Module):
 def policy_metadata(task: Task, train_config: dict | None = None) -> PolicyMetadata:
     """The metadata of a policy for ``task``."""
     robot = getattr(task, "robot", None)  # robot tasks; lqr has none
+    joint_names = list(task.joint_names)
+    has_target = any(name == "target" for name, _ in task.obs_layout)
+    # getattr with defaults: locked joints, joint encodings and target kinds arrive with the
+    # robot descriptions of issue 25; a model or task without them is the 0.1 case
+    encodings = list(getattr(robot, "joint_encodings", None) or ["angle"] * len(joint_names))
+    target_kind = (getattr(task.config, "target_kind", None) or "position") if has_target else "none"
+    # a robot description's name; a task given by a URDF alone has none (its model is named after the file)
+    robot_name = robot.name if robot is not None and getattr(task.config, "robot", None) else ""
     return PolicyMetadata(
         task=task.name,
-        joint_names=list(task.joint_names),
+        joint_names=joint_names,
         obs_layout=[(str(name), int(size)) for name, size in task.obs_layout],
         u_min=np.asarray(task.u_min, dtype=np.float64),
         u_max=np.asarray(task.u_max, dtype=np.float64),
@@ -75,6 +83,12 @@ def policy_metadata(task: Task, train_config: dict | None = None) -> PolicyMetad
         version=tocpl_ros.__version__,
         train_config=_jsonable(train_config or {}),
         task_config=_jsonable(to_dict(task.config)),
+        robot=robot_name,
+        locked_joints={str(k): float(v) for k, v in (getattr(robot, "locked_joints", None) or {}).items()},
+        end_effector_frame=str(getattr(task, "frame", "") or ""),
+        base_frame=robot.config.base_frame if robot is not None else "",
+        target_kind=target_kind,
+        joint_encodings=encodings,
     )
 
 

@@ -112,9 +112,11 @@ class PolicyController:
             self._slices.append((block, slice(start, start + size)))
             start += size
         self._needs_target = any(b == "target" for b, _ in md.obs_layout)
-        # the frame the policy was trained to move: its task's, else the robot's end effector
+        # the frame the policy was trained to move: its file's, else its task's, else the robot's end effector
         frame = md.task_config.get("frame") if isinstance(md.task_config, dict) else None
-        frame = frame or self.robot.end_effector_frame
+        frame = md.end_effector_frame or frame or self.robot.end_effector_frame
+        self.base_frame = md.base_frame or self.robot.config.base_frame
+        """The frame targets are taken in (a /target in another frame is rejected)."""
         self.frame_id: int | None = None
         if self.model.existFrame(frame):
             self.frame_id = self.model.getFrameId(frame)
@@ -293,10 +295,15 @@ class PolicyController:
         xyz = self.robot.frame_position(self._q, self.frame_id)
         self.target = np.clip(xyz, self._tmin, self._tmax)
 
-    def update_target(self, xyz: Sequence[float]) -> str | None:
-        """Set the target [x, y, z]. Returns None if taken as is, else what happened: rejected
-        (NaN/Inf, wrong length, outside target_limits with 'reject': the old target is kept) or
-        clamped into target_limits (with 'clamp'). Counted in ``stats``; never raises."""
+    def update_target(self, xyz: Sequence[float], frame: str = "") -> str | None:
+        """Set the target [x, y, z], expressed in ``frame`` ("" : the base frame). Returns None if
+        taken as is, else what happened: rejected (a frame other than the base frame: there are no
+        transforms here; NaN/Inf, wrong length, outside target_limits with 'reject': the old target
+        is kept) or clamped into target_limits (with 'clamp'). Counted in ``stats``; never raises."""
+        if frame and frame != self.base_frame:
+            return self._reject("target_frame", f"target rejected: frame '{frame}' is not the robot's base frame "
+                                                f"'{self.base_frame}' (targets are not transformed: send them in "
+                                                f"'{self.base_frame}', or with an empty frame_id)")
         try:
             p = np.asarray(xyz, dtype=float).reshape(-1)
         except (TypeError, ValueError) as exc:

@@ -21,7 +21,16 @@ def policy_robot(metadata: PolicyMetadata, robot: str | Path | None = None, urdf
     joint). ``urdf`` replaces the robot's URDF file. PolicyFileError if none can be loaded."""
     where = f"{source}: " if source else ""
     task_config = metadata.task_config if isinstance(metadata.task_config, dict) else {}
-    named = robot if robot else task_config.get("robot")
+    # the task config's robot first: on the machine that trained it, it may be a robot YAML's path
+    # (tocpl.robot is that file's name, found in config/robots/ on another machine)
+    task_robot = task_config.get("robot")
+    trained_on = task_robot if task_robot and _robot_file_exists(task_robot) else metadata.robot or task_robot
+    if robot and metadata.robot and Path(str(robot)).stem != metadata.robot:
+        # a policy knows one robot: another one's joints, masses and limits are not what it was trained on
+        raise PolicyFileError(f"{where}the policy was trained for robot '{metadata.robot}' (tocpl.robot) but the robot "
+                              f"given is '{robot}': use a policy trained for it, or leave the robot unset (the "
+                              "policy's); a calibrated copy of the same robot goes in urdf_path")
+    named = robot if robot else trained_on
     try:
         if robot or (named and _robot_file_exists(named)):
             return load_robot(named, urdf=urdf)
@@ -71,6 +80,7 @@ def check_policy_model(md: PolicyMetadata, source: str, robot: RobotModel) -> No
         raise PolicyFileError(
             f"{source}: torque bounds (tocpl.u_min/u_max) exceed the URDF effort limits of {urdf}: " + "; ".join(over)
         )
+    check_policy_description(md, source, robot)
     sizes = {"q": model.nq, "v": model.nv, "target": 3}
     for block, size in md.obs_layout:
         if block not in sizes:
@@ -79,6 +89,42 @@ def check_policy_model(md: PolicyMetadata, source: str, robot: RobotModel) -> No
             )
         if size != sizes[block]:
             raise PolicyFileError(f"{source}: observation block '{block}' has size {size}, expected {sizes[block]}")
+
+
+def check_policy_description(md: PolicyMetadata, source: str, robot: RobotModel) -> None:
+    """Raise PolicyFileError unless the robot keys of the policy file (tocpl.robot, locked_joints,
+    base_frame, end_effector_frame, target_kind, joint_encodings) fit the robot and this node.
+    A key an older file did not carry (``md.defaults_used``) is not compared."""
+    known = [k for k in ("robot", "locked_joints", "base_frame", "end_effector_frame") if k not in md.defaults_used]
+    # a robot of a robot YAML has its name; one built from a URDF alone (older files) has none to compare
+    robot_name = robot.name if Path(robot.source).suffix in (".yaml", ".yml") else ""
+    if "robot" in known and md.robot and robot_name and md.robot != robot_name:
+        raise PolicyFileError(f"{source}: the policy was trained for robot '{md.robot}' (tocpl.robot), "
+                              f"not '{robot.name}' ({robot.source})")
+    locked = getattr(robot, "locked_joints", {}) or {}
+    if "locked_joints" in known:
+        differ = sorted(n for n in set(md.locked_joints) | set(locked)
+                        if n not in md.locked_joints or n not in locked
+                        or abs(md.locked_joints[n] - locked[n]) > 1e-9 * max(1.0, abs(locked[n])))
+        if differ:
+            raise PolicyFileError(
+                f"{source}: locked joints differ from robot {robot.name}'s on {differ}: policy (tocpl.locked_joints) "
+                f"{md.locked_joints}, robot {dict(locked)}: the policy was trained on another arm configuration"
+            )
+    base = robot.config.base_frame
+    if "base_frame" in known and md.base_frame and md.base_frame != base:
+        raise PolicyFileError(f"{source}: the policy's targets are in frame '{md.base_frame}' (tocpl.base_frame), "
+                              f"robot {robot.name}'s base frame is '{base}'")
+    if "end_effector_frame" in known and md.end_effector_frame and not robot.model.existFrame(md.end_effector_frame):
+        raise PolicyFileError(f"{source}: the policy's end-effector frame '{md.end_effector_frame}' "
+                              f"(tocpl.end_effector_frame) is not in {robot.urdf_file.name}")
+    if md.target_kind == "pose":
+        raise PolicyFileError(f"{source}: pose targets (tocpl.target_kind 'pose') are not supported by this node yet: "
+                              "use a policy with position targets")
+    other = sorted({e for e in md.joint_encodings if e != "angle"})
+    if other:
+        raise PolicyFileError(f"{source}: joint encodings {other} (tocpl.joint_encodings) are not supported by this "
+                              "node yet: only 'angle'")
 
 
 def name_difference(got: Sequence[str], want: Sequence[str], got_label: str, want_label: str) -> str:

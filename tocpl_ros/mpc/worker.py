@@ -57,7 +57,7 @@ class MPCWorker:
 
     def __init__(
         self,
-        task: str,
+        task: str | dict,
         policy_path: str,
         config: MPCConfig,
         *,
@@ -66,16 +66,15 @@ class MPCWorker:
         warm_up: int = 2,
         restart_backoff: float = 1.0,
     ):
-        """``task``: name or YAML path (``load_task``), loaded again in the process; ``task_object``
+        """``task``: name or YAML path (``load_task``), or ``{"name", "config"}`` (a policy file's
+        embedded task: :func:`load_task_spec`), loaded again in the process; ``task_object``
         / ``policy``: already loaded copies for this process (the fallback command), else loaded
         here. A policy that does not fit the task raises PolicyFileError before any process starts."""
-        from tocpl_ros.tasks import load_task
-
-        self.task_spec = str(task)
+        self.task_spec = task if isinstance(task, dict) else str(task)
         self.policy_path = str(policy_path)
         self.config = config
         self.warm_up = int(warm_up)
-        self.task = task_object if task_object is not None else load_task(self.task_spec)
+        self.task = task_object if task_object is not None else load_task_spec(self.task_spec)
         self.task_name = self.task.name
         self.horizon = config.horizon or self.task.horizon
         self.fresh_for = min(config.deadline, self.horizon * self.task.dt)
@@ -242,6 +241,19 @@ class MPCWorker:
         self._pending = None
 
 
+def load_task_spec(spec: str | dict) -> Task:
+    """A task from a name or YAML path (``load_task``), or from ``{"name": ..., "config": {...}}``:
+    the task a policy file embeds (``tocpl.task``, ``tocpl.task_config``), so that the OCP is the
+    one the policy was trained on. ConfigError naming the key if the config is not valid here."""
+    from tocpl_ros.config import load_dataclass
+    from tocpl_ros.tasks import TaskConfig, load_task, make_task
+
+    if isinstance(spec, dict):
+        source = f"task_config of {spec.get('source') or 'the policy file'}"
+        return make_task(spec["name"], load_dataclass(TaskConfig, spec["config"], source=source), source=source)
+    return load_task(spec)
+
+
 def worker_main(fd: int) -> int:
     """The solver process of :class:`MPCWorker` (the socket ``fd``): builds the task, policy and
     :class:`RecedingHorizonMPC`, warms up, then answers requests until told to stop or its
@@ -249,8 +261,6 @@ def worker_main(fd: int) -> int:
     import signal
     import traceback
     from multiprocessing.connection import Connection
-
-    from tocpl_ros.tasks import load_task
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C in a terminal: the parent decides
     conn = Connection(fd)
@@ -262,7 +272,7 @@ def worker_main(fd: int) -> int:
                 import os
 
                 os.nice(int(config["solver_nice"]))  # the caller's loop and the robot's driver come first
-            task = load_task(task_spec)
+            task = load_task_spec(task_spec)
             mpc = RecedingHorizonMPC(task, OnnxPolicy(policy_path), MPCConfig(**config))
             nominal = mpc.task.nominal_problem() if hasattr(mpc.task, "nominal_problem") else mpc.task.sample(1, 0)
             for _ in range(warm_up):  # onnxruntime and Crocoddyl allocate on first use

@@ -10,7 +10,7 @@ import time
 
 import numpy as np
 
-from tocpl_ros.interfaces import COMMAND_TOPICS, DIAGNOSTICS_TOPIC, JOINT_STATES_TOPIC, TARGET_TOPIC
+from tocpl_ros.interfaces import COMMAND_TOPICS, DIAGNOSTICS_TOPIC, JOINT_STATES_TOPIC, TARGET_POSE_TOPIC, TARGET_TOPIC
 
 TASK = "ur5_reach"
 HELD_OUT_SEED = 1_000_003
@@ -56,7 +56,7 @@ class Probe:
                  base_frame: str | None = None):
         import rclpy
         from diagnostic_msgs.msg import DiagnosticArray
-        from geometry_msgs.msg import PointStamped
+        from geometry_msgs.msg import PointStamped, PoseStamped
         from rclpy.experimental import EventsExecutor
         from rclpy.qos import QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
         from rclpy.signals import SignalHandlerOptions
@@ -64,7 +64,7 @@ class Probe:
         from std_msgs.msg import Float64MultiArray
         from std_srvs.srv import Trigger
 
-        self.PointStamped, self.Trigger = PointStamped, Trigger
+        self.PointStamped, self.PoseStamped, self.Trigger = PointStamped, PoseStamped, Trigger
         if base_frame is None:  # the frame the targets are in: the demo robot's base
             from tocpl_ros.robot import load_robot_config
 
@@ -87,6 +87,7 @@ class Probe:
                 QoSProfile(depth=1000, reliability=ReliabilityPolicy.RELIABLE),
             )
         self.target_pub = self.node.create_publisher(PointStamped, TARGET_TOPIC, 10)
+        self.target_pose_pub = self.node.create_publisher(PoseStamped, TARGET_POSE_TOPIC, 10)
         self.executor = EventsExecutor(context=self.context)  # half the CPU of SingleThreadedExecutor
         self.executor.add_node(self.node)
         self._stop = threading.Event()
@@ -155,6 +156,20 @@ class Probe:
         msg.header.stamp = self.node.get_clock().now().to_msg()
         msg.point.x, msg.point.y, msg.point.z = (float(v) for v in xyz)
         self.target_pub.publish(msg)
+
+    def send_target_pose(self, xyz, quaternion=(0.0, 0.0, 0.0, 1.0), frame_id: str | None = None,
+                         timeout: float = 10.0) -> None:
+        """Publish a target pose on /target_pose (position ``xyz``, orientation ``quaternion`` x, y, z, w;
+        in ``frame_id``, default the robot's base frame) once a subscriber is matched."""
+        if not self.wait_for(lambda: self.target_pose_pub.get_subscription_count() > 0, timeout):
+            raise RuntimeError(f"no subscriber on {TARGET_POSE_TOPIC} after {timeout:g} s (is policy_node running?)")
+        msg = self.PoseStamped()
+        msg.header.frame_id = frame_id or self.base_frame
+        msg.header.stamp = self.node.get_clock().now().to_msg()
+        msg.pose.position.x, msg.pose.position.y, msg.pose.position.z = (float(v) for v in xyz)
+        o = msg.pose.orientation
+        o.x, o.y, o.z, o.w = (float(v) for v in quaternion)
+        self.target_pose_pub.publish(msg)
 
     def call_trigger(self, service: str, timeout: float = 10.0) -> tuple[bool, str]:
         """Call a std_srvs/Trigger service (e.g. /policy_node/start, /ur5_sim/reset):

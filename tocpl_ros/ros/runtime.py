@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 from tocpl_ros.config import ConfigError
+from tocpl_ros.interfaces import TARGET_POSE_TOPIC, TARGET_TOPIC
 from tocpl_ros.ros.environment import apply_loopback_defaults
 
 EXECUTORS = ("events", "single")
@@ -243,20 +244,38 @@ def take_joint_state(controller, lock: threading.Lock, log: ThrottledLog, msg) -
 
 
 def take_target(controller, lock: threading.Lock, log: ThrottledLog, msg) -> None:
-    """A /target message (PointStamped) into a PolicyController: NaN/Inf rejected, outside
-    target_limits clamped or rejected (target_out_of_limits); every outcome logged."""
-    p = msg.point
+    """A /target (PointStamped) or /target_pose (PoseStamped) message into a PolicyController:
+    header.frame_id must be the robot's base frame (empty: taken as the base frame; another one
+    is rejected: nothing here transforms), NaN/Inf rejected, outside target_limits clamped or
+    rejected (target_out_of_limits); every outcome logged, rejections rate-limited per reason and
+    counted on /diagnostics. Of a PoseStamped a position-target policy takes the position (the
+    orientation is not part of its problem; said once)."""
+    pose = hasattr(msg, "pose")
+    p = msg.pose.position if pose else msg.point
+    topic = TARGET_POSE_TOPIC if pose else TARGET_TOPIC
     with lock:
         before = controller.target
         rejected_before = controller.stats.rejected_total
-        reason = controller.update_target((p.x, p.y, p.z))
+        reason = controller.update_target((p.x, p.y, p.z), frame=msg.header.frame_id)
         rejected = controller.stats.rejected_total > rejected_before
         key = controller.last_rejected if rejected else "clamped"
         target = None if controller.target is None else controller.target.tolist()
     if reason:
-        log.warning(f"target.{key}", f"/target {'rejected' if rejected else 'clamped'} ({key}): {reason}")
-    elif controller.target is not before:
-        log.logger.info(f"/target: {target}", throttle_duration_sec=0.5)
+        log.warning(f"target.{key}", f"{topic} {'rejected' if rejected else 'clamped'} ({key}): {reason}")
+    if pose and not rejected:
+        log.logger.info(f"{topic}: the policy takes position targets: the orientation is ignored", once=True)
+    if not reason and controller.target is not before:
+        log.logger.info(f"{topic}: {target}", throttle_duration_sec=0.5)
+
+
+def log_policy_version(logger, path, metadata) -> None:
+    """Warn when a policy file is older than its contract's robot keys (read with defaults)."""
+    if metadata.defaults_used:
+        logger.warning(
+            f"policy {path} was written by tocpl_ros {metadata.version}, before the robot keys of the policy file: "
+            f"{', '.join(metadata.defaults_used)} taken as defaults (robot '{metadata.robot or 'from its URDF'}', "
+            "no locked joints, the robot's frames); re-export its checkpoint with tocpl-export to record them"
+        )
 
 
 # ---------------------------------------------------------------------- control timer

@@ -51,7 +51,8 @@ class SimConfig:
     payload_mass: float = 0.0
     """Point mass (kg) rigidly attached at payload_frame (added to the inertia of its link)."""
     payload_frame: str = ""
-    """Frame of the URDF the payload is attached to; empty: the robot's end-effector frame."""
+    """Frame of the URDF the payload is attached to; empty: the robot's end-effector frame. Checked
+    only when payload_mass > 0 (a URDF without that frame simulates fine with no payload)."""
     payload_com: list[float] = field(default_factory=lambda: [0.0, 0.0, 0.0])
     """Position of the payload's centre of mass in payload_frame (m)."""
     velocity_kv: Scalars = 50.0

@@ -196,6 +196,8 @@ class MujocoArmSimulator(SimulatorBase):
         option.enableflags |= mujoco.mjtEnableBit.mjENBL_ENERGY | mujoco.mjtEnableBit.mjENBL_INVDISCRETE
 
     def _attach_payload(self, config: SimConfig) -> None:
+        if config.payload_mass == 0:  # no payload: its frame is not needed, so a URDF without it is fine
+            return
         frame = self.payload_frame
         body = self.spec.body(frame)
         if body is None:  # a joint's frame is the frame of the body it moves
@@ -203,8 +205,6 @@ class MujocoArmSimulator(SimulatorBase):
             body = joint.parent if joint is not None else None
         if body is None:
             raise FieldError("payload_frame", f"frame '{frame}' is not in {self.urdf_file}")
-        if config.payload_mass == 0:
-            return
         payload = body.add_body()
         payload.name = PAYLOAD_BODY
         payload.pos = [0.0, 0.0, 0.0]

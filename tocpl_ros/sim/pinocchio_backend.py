@@ -42,10 +42,10 @@ class ArmSimulator(SimulatorBase):
         self.data = self.model.createData()
 
     def _attach_payload(self, mass: float, frame: str, com: np.ndarray) -> None:
+        if mass == 0:  # no payload: its frame is not needed, so a URDF without it is fine
+            return
         if not self.model.existFrame(frame):
             raise FieldError("payload_frame", f"frame '{frame}' is not in {self.urdf_file}")
-        if mass == 0:
-            return
         f = self.model.frames[self.model.getFrameId(frame)]
         payload = pin.Inertia(mass, com, np.zeros((3, 3)))  # point mass, in the frame
         joint = f.parentJoint

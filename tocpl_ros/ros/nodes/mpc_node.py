@@ -3,7 +3,9 @@ layer over :class:`tocpl_ros.mpc.loop.MPCLoop` and :class:`tocpl_ros.mpc.worker.
 :class:`tocpl_ros.mpc.solver.RecedingHorizonMPC` in a solver process).
 
 Subscribes ``/joint_states`` (sensor_msgs/JointState, sensor-data QoS, taken by joint
-name) and ``/target`` (geometry_msgs/PointStamped, base frame). The OCP is solved in a solver
+name), ``/target`` (geometry_msgs/PointStamped) and ``/target_pose`` (geometry_msgs/PoseStamped,
+its position), in the robot's base frame (another frame_id is rejected). The OCP is the one the
+policy was trained on (its file's ``tocpl.task_config``) unless ``task`` names another; it is solved in a solver
 process of the node's own (:class:`tocpl_ros.mpc.worker.MPCWorker`; Crocoddyl keeps the GIL for whole
 iterations, so a thread would still hold up the timer), so a solve never delays a command (its
 priority: ``solver_nice``). At
@@ -58,7 +60,7 @@ import time
 from dataclasses import fields
 from typing import Any
 
-from geometry_msgs.msg import PointStamped
+from geometry_msgs.msg import PointStamped, PoseStamped
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
 from rclpy.clock import Clock, ClockType
 from rclpy.node import Node
@@ -77,23 +79,24 @@ from tocpl_ros.interfaces import (
     MPC_FEEDBACK_TOPIC,
     MPC_NODE,
     MPC_PLAN_TOPIC,
+    TARGET_POSE_TOPIC,
     TARGET_TOPIC,
 )
 from tocpl_ros.mpc.config import MPCConfig
 from tocpl_ros.mpc.loop import TICK_MARGIN, MPCLoop
-from tocpl_ros.mpc.worker import MPCWorker, WorkerError
-from tocpl_ros.policy_file import PolicyFileError
+from tocpl_ros.mpc.worker import MPCWorker, WorkerError, load_task_spec
+from tocpl_ros.policy_file import OnnxPolicy, PolicyFileError
 from tocpl_ros.ros import diagnostics
 from tocpl_ros.ros.runtime import (
     PeriodMonitor,
     StartupError,
     ThrottledLog,
     declare_parameters,
+    log_policy_version,
     run_node,
     take_joint_state,
     take_target,
 )
-from tocpl_ros.tasks import load_task
 
 _MPC_DOCS = field_docs(MPCConfig)
 _CONTROLLER_DOCS = field_docs(ControllerConfig)
@@ -114,10 +117,10 @@ that follows its plans (docs/mpc.md has the measurements behind each)."""
 NODE_PARAMETERS: dict[str, tuple[Any, str]] = {
     "policy_path": ("", "Policy file (.onnx written by tocpl-export): warm starts and fallback commands. Required."),
     "task": (
-        "ur5_reach_fixed_horizon",
-        "Task whose OCP is solved (config/tasks/<name>.yaml, or a YAML path); the policy must fit it (joints, dt, "
-        "observation). Default: ur5_reach without its posture term, whose running cost would hold the receding-horizon "
-        "MPC about 1 cm from the target (docs/mpc.md).",
+        "",
+        "Task whose OCP is solved; empty: the one the policy was trained on (its file's tocpl.task_config). Set: an "
+        "explicit override (config/tasks/<name>.yaml, or a YAML path) the policy must fit (robot, joints, dt, "
+        "observation), e.g. ur5_reach_fixed_horizon for a ur5_reach policy (docs/mpc.md).",
     ),
 }
 for _f in fields(MPCConfig):
@@ -163,16 +166,25 @@ class MPCNode(Node):
         except FieldError as exc:
             raise StartupError(f"parameter '{exc.field}': {exc.message}") from exc
         try:
-            task = load_task(p["task"])
-        except (ConfigError, OSError, ValueError) as exc:
-            raise StartupError(f"task '{p['task']}': {exc}") from exc
+            policy = OnnxPolicy(p["policy_path"])
+        except PolicyFileError as exc:
+            raise StartupError(f"policy '{p['policy_path']}' rejected: {exc}") from exc
+        md = policy.metadata
+        # the OCP: the policy's own task unless one is given explicitly
+        task_spec = p["task"] or {"name": md.task, "config": md.task_config, "source": p["policy_path"]}
+        what = f"task '{p['task']}'" if p["task"] else f"the policy's task '{md.task}' (tocpl.task_config)"
         try:
-            # the task's robot (its description gives the target box unless target_limits is set)
-            controller = PolicyController(p["policy_path"], controller_config, robot=getattr(task, "robot", None))
+            task = load_task_spec(task_spec)
+        except (ConfigError, OSError, ValueError) as exc:
+            raise StartupError(f"{what}: {exc}") from exc
+        try:
+            # the task's robot (its description gives the target box unless target_limits is set); a
+            # policy trained for another robot, or other joints, is refused here
+            controller = PolicyController(policy, controller_config, robot=getattr(task, "robot", None))
             controller.check_metadata(dt=task.dt)
             # the solves run in a process of their own (MPCWorker: Crocoddyl keeps the GIL for
             # whole iterations); this process keeps the policy for the fallback command
-            solver = MPCWorker(p["task"], p["policy_path"], mpc_config, task_object=task, policy=controller.policy)
+            solver = MPCWorker(task_spec, p["policy_path"], mpc_config, task_object=task, policy=controller.policy)
         except FieldError as exc:  # a setting the robot description does not give
             raise StartupError(f"parameter '{exc.field}': {exc.message}") from exc
         except (PolicyFileError, ValueError, OSError) as exc:
@@ -199,6 +211,7 @@ class MPCNode(Node):
         inputs = MutuallyExclusiveCallbackGroup()
         self.create_subscription(JointState, JOINT_STATES_TOPIC, self._on_joint_state, qos_profile_sensor_data, callback_group=inputs)
         self.create_subscription(PointStamped, TARGET_TOPIC, self._on_target, 10, callback_group=inputs)
+        self.create_subscription(PoseStamped, TARGET_POSE_TOPIC, self._on_target, 10, callback_group=inputs)
         self.periods = PeriodMonitor(mpc_config.period, PeriodStats(capacity=max(1000, int(4 * mpc_config.rate))))
         self.published = 0
         self.publish_errors = 0
@@ -207,9 +220,12 @@ class MPCNode(Node):
             mpc_config.period, self._tick, callback_group=MutuallyExclusiveCallbackGroup(), clock=steady
         )
         self.create_timer(p["diagnostics_period"], self._publish_diagnostics, clock=steady)
+        log_policy_version(self.get_logger(), p["policy_path"], md)
+        own = "" if p["task"] else " (the policy's own)"
         deadline = "none" if math.isinf(mpc_config.deadline) else f"{mpc_config.deadline * 1e3:g} ms"
         self.get_logger().info(
-            f"MPC on task {task.name} (horizon {solver.horizon} x {task.dt:g} s, solver process {solver.pid}) "
+            f"MPC on task {task.name}{own}, robot {controller.robot.name} (horizon {solver.horizon} x {task.dt:g} s, "
+            f"solver process {solver.pid}) "
             f"at {mpc_config.rate:g} Hz, warm start {mpc_config.warm_start}, max_iter {mpc_config.max_iter}, deadline {deadline}, "
             f"policy {p['policy_path']} (fallback) -> {MPC_COMMAND_TOPIC}, {MPC_FEEDBACK_TOPIC}, {MPC_PLAN_TOPIC}"
         )

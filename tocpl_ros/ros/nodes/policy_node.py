@@ -2,7 +2,9 @@
 :class:`tocpl_ros.control.controller.PolicyController`).
 
 Subscribes ``/joint_states`` (sensor_msgs/JointState, sensor-data QoS, taken by joint
-name) and ``/target`` (geometry_msgs/PointStamped, in the robot's base frame); publishes
+name), ``/target`` (geometry_msgs/PointStamped) and ``/target_pose`` (geometry_msgs/PoseStamped: its
+position), both in the robot's base frame (header.frame_id empty or the base frame; another frame
+is rejected, logged and counted); publishes
 std_msgs/Float64MultiArray on the output mode's forward-controller topic
 (``/forward_{effort,velocity,position}_controller/commands``, reliable QoS) at ``rate``
 from its own thread at absolute steady-clock deadlines (:mod:`tocpl_ros.ros.fast_loop`), and
@@ -32,6 +34,10 @@ Run::
 
 DDS stays on loopback unless ``ROS_AUTOMATIC_DISCOVERY_RANGE`` is set explicitly
 (:func:`tocpl_ros.ros.environment.apply_loopback_defaults`).
+
+What "does not match the robot" covers: the robot the policy was trained for (``tocpl.robot``
+against ``robot``), its controlled joints (names, order), locked joints (names, values), base and
+end-effector frames, torque bounds, observation layout, and ``joint_names`` / ``expected_dt`` when set.
 """
 
 from __future__ import annotations
@@ -43,7 +49,7 @@ import time
 from dataclasses import fields
 from typing import Any
 
-from geometry_msgs.msg import PointStamped
+from geometry_msgs.msg import PointStamped, PoseStamped
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
 from rclpy.clock import Clock, ClockType
 from rclpy.node import Node
@@ -63,6 +69,7 @@ from tocpl_ros.interfaces import (
     JOINT_STATES_TOPIC,
     MPC_PLAN_TOPIC,
     POLICY_NODE,
+    TARGET_POSE_TOPIC,
     TARGET_TOPIC,
 )
 from tocpl_ros.policy_file import PolicyFileError
@@ -75,6 +82,7 @@ from tocpl_ros.ros.runtime import (
     StartupError,
     ThrottledLog,
     declare_parameters,
+    log_policy_version,
     run_node,
     take_joint_state,
     take_target,
@@ -162,6 +170,7 @@ class PolicyNode(Node):
         inputs = MutuallyExclusiveCallbackGroup()
         self.create_subscription(JointState, JOINT_STATES_TOPIC, self._on_joint_state, qos_profile_sensor_data, callback_group=inputs)
         self.create_subscription(PointStamped, TARGET_TOPIC, self._on_target, 10, callback_group=inputs)
+        self.create_subscription(PoseStamped, TARGET_POSE_TOPIC, self._on_target, 10, callback_group=inputs)
         if self.follower is not None:
             self.create_subscription(Float64MultiArray, self.params["mpc_plan_topic"], self._on_plan, command_qos,
                                      callback_group=inputs)
@@ -190,13 +199,15 @@ class PolicyNode(Node):
             fc = self.follower.config
             mpc = (f"following the MPC plans of {self.params['mpc_plan_topic']} (at most {fc.max_age * 1e3:g} ms old, "
                    f"switches blended over {fc.blend_periods} periods; the policy as the fallback), ")
+        log_policy_version(self.get_logger(), path, md)
         self.get_logger().info(
             f"{mpc}policy {path} (task {md.task}, robot {self.controller.robot.name}, {len(md.joint_names)} joints, "
             f"trained dt {md.dt:g} s) -> "
             f"{self.command_topic} at {config.rate:g} Hz, output {config.output_mode}"
             f"{' without gravity' if config.exclude_gravity and config.output_mode == 'effort' else ''}, "
             f"safe mode {config.safe_mode}, stale after {config.stale_periods} periods, fade-in {config.fade_in:g} s, "
-            f"initial target {target}, {'running' if self.params['autostart'] else 'stopped (call ~/start)'}"
+            f"initial target {target} (base frame {self.controller.base_frame}: {TARGET_TOPIC}, {TARGET_POSE_TOPIC}), "
+            f"{'running' if self.params['autostart'] else 'stopped (call ~/start)'}"
         )
         # Started by the executor's first callback: until then the process's start-up (imports,
         # the executor) holds the GIL for tens of ms, which the loop would count as gaps.
