@@ -157,21 +157,17 @@ def _stop(proc: subprocess.Popen) -> None:
             proc.wait(timeout=10)
 
 
-@pytest.mark.ros
-def test_two_processes_talk_over_loopback(ros_loopback_env):
-    session_id = int(ros_loopback_env[DOMAIN_ID_VAR])
-    domain = derive_domain_id(session_id + 37)  # not the session's domain: no cross-talk
-    other_domain = domain % 100 + 1  # negative control: nothing must arrive there
+def test_two_processes_talk_over_loopback(ros_node_env):
+    # not the session's domain: no cross-talk; the other one is the negative control (nothing
+    # must arrive there). ros_node_env: a caller environment that had opened discovery up does not
+    # leak into the test.
+    domain, env = ros_node_env(37)
+    other_domain, env_other = ros_node_env(38)
     assert other_domain != domain
+    assert env[DISCOVERY_RANGE_VAR] == env_other[DISCOVERY_RANGE_VAR] == "LOCALHOST"
     token = uuid.uuid4().hex
     topic = f"/tocpl_test_loopback_{token[:8]}"
     wanted, receive_timeout = 5, 20.0
-
-    # A caller environment that had opened discovery up must not leak into the test.
-    base = {k: v for k, v in os.environ.items() if k != DISCOVERY_RANGE_VAR}
-    env = loopback_ros_env(base, domain_id=domain)
-    env_other = loopback_ros_env(base, domain_id=other_domain)
-    assert env[DISCOVERY_RANGE_VAR] == env_other[DISCOVERY_RANGE_VAR] == "LOCALHOST"
 
     procs: list[subprocess.Popen] = []
 
@@ -190,9 +186,7 @@ def test_two_processes_talk_over_loopback(ros_loopback_env):
         start(PUBLISHER, [topic, token, 120.0], env)
         listener = start(SUBSCRIBER, [topic, token, wanted, receive_timeout], env)
         stranger = start(SUBSCRIBER, [topic, token, 1, 8.0], env_other)
-        t0 = time.monotonic()
         out, err = listener.communicate(timeout=receive_timeout + 40)
-        elapsed = time.monotonic() - t0
         s_out, s_err = stranger.communicate(timeout=60)
     finally:
         for proc in procs:
@@ -205,7 +199,6 @@ def test_two_processes_talk_over_loopback(ros_loopback_env):
     received = [line for line in out.splitlines() if line.startswith(f"RECV {token} ")]
     assert listener.returncode == 0, f"listener got {len(received)} msgs\n{out}\n{err}"
     assert len(received) >= wanted
-    assert elapsed < receive_timeout + 40
     # Same topic, other domain: the stranger ran (READY) and received nothing.
     assert "READY" in s_out, s_err
     assert stranger.returncode == 3, f"{s_out}\n{s_err}"
@@ -219,14 +212,12 @@ def _fastdds_segments() -> set[str]:
     return {p.name for p in Path("/dev/shm").glob("fastdds_*") if FASTDDS_SEGMENT.fullmatch(p.name)}
 
 
-@pytest.mark.ros
-def test_dead_fastdds_segments_removed_live_ones_kept(ros_loopback_env):
+def test_dead_fastdds_segments_removed_live_ones_kept(ros_node_env):
     """The session's clean-up (conftest) deletes the shared-memory segment a SIGKILLed participant
     left behind, not that of a live one: the live publisher still reaches a new subscriber."""
     from ros_harness import remove_dead_fastdds_segments
 
-    domain = derive_domain_id(int(ros_loopback_env[DOMAIN_ID_VAR]) + 53)
-    env = loopback_ros_env({k: v for k, v in os.environ.items() if k != DISCOVERY_RANGE_VAR}, domain_id=domain)
+    _, env = ros_node_env(53)
     token = uuid.uuid4().hex
     topic = f"/tocpl_test_shm_{token[:8]}"
     before = _fastdds_segments()
