@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from tocpl_ros.interfaces import COMMAND_TOPICS
 from tocpl_ros.resources import console_command
 from tocpl_ros.ros.environment import DISCOVERY_RANGE_VAR, derive_domain_id, loopback_ros_env
 from tocpl_ros.ros.probe import SpinningNode
@@ -99,8 +100,7 @@ class SpinningTestNode(SpinningNode):
         return found[-1] if found else None
 
 
-EFFORT_TOPIC = "/forward_effort_controller/commands"
-VELOCITY_TOPIC = "/forward_velocity_controller/commands"
+EFFORT_TOPIC, VELOCITY_TOPIC = COMMAND_TOPICS["effort"], COMMAND_TOPICS["velocity"]
 
 
 class SimProbe(SpinningTestNode):

@@ -212,6 +212,23 @@ def _fastdds_segments() -> set[str]:
     return {p.name for p in Path("/dev/shm").glob("fastdds_*") if FASTDDS_SEGMENT.fullmatch(p.name)}
 
 
+def _segments_of(pid: int) -> set[str]:
+    """The Fast DDS segments whose lock file process ``pid`` holds open (other processes on this
+    machine create and drop segments meanwhile: a difference of /dev/shm listings is not ours)."""
+    from ros_harness import FASTDDS_SEGMENT
+
+    found = set()
+    for fd in Path(f"/proc/{pid}/fd").iterdir():
+        try:
+            target = Path(os.readlink(fd))
+        except OSError:
+            continue
+        name = target.name[: -len("_el")]
+        if target.parent == Path("/dev/shm") and target.name.endswith("_el") and FASTDDS_SEGMENT.fullmatch(name):
+            found.add(name)
+    return found
+
+
 def test_dead_fastdds_segments_removed_live_ones_kept(ros_node_env):
     """The session's clean-up (conftest) deletes the shared-memory segment a SIGKILLed participant
     left behind, not that of a live one: the live publisher still reaches a new subscriber."""
@@ -220,19 +237,18 @@ def test_dead_fastdds_segments_removed_live_ones_kept(ros_node_env):
     _, env = ros_node_env(53)
     token = uuid.uuid4().hex
     topic = f"/tocpl_test_shm_{token[:8]}"
-    before = _fastdds_segments()
     procs = [subprocess.Popen([sys.executable, "-c", PUBLISHER, topic, token, "120"], env=env,
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL) for _ in range(2)]
     try:
         deadline = time.monotonic() + 30
-        while len(_fastdds_segments() - before) < 2 and time.monotonic() < deadline:
+        while not all(_segments_of(p.pid) for p in procs) and time.monotonic() < deadline:
             time.sleep(0.1)
-        new = _fastdds_segments() - before
-        assert len(new) == 2, f"expected a segment per publisher, got {new}"
+        live, dead = (_segments_of(p.pid) for p in procs)
+        assert len(live) == len(dead) == 1, f"expected a segment per publisher, got {live}, {dead}"
         procs[1].kill()
         procs[1].wait(timeout=10)
-        assert remove_dead_fastdds_segments(min_age=0.0, only=new) == 1
-        assert len(new & _fastdds_segments()) == 1
+        assert remove_dead_fastdds_segments(min_age=0.0, only=live | dead) == 1
+        assert live <= _fastdds_segments() and not dead & _fastdds_segments()
         listener = subprocess.run([sys.executable, "-c", SUBSCRIBER, topic, token, "3", "20"], env=env,
                                   capture_output=True, text=True, timeout=60)
         assert listener.returncode == 0, listener.stdout + listener.stderr
