@@ -101,6 +101,7 @@ def test_task_policy_adapter(task, untrained):
 # ------------------------------------------------------------------------ warm starts
 
 
+@pytest.mark.slow  # a training budget (make test-fast leaves it out)
 def test_policy_warm_start_fewer_iterations_than_cold(task, trained):
     problems = task.sample(10, HELD_OUT_SEED)
     iterations = {}

@@ -2,8 +2,8 @@
 node (fake /joint_states publisher, /mpc/command + /mpc/feedback + /diagnostics subscriber).
 
 DDS stays on loopback (conftest) and each test uses its own ROS_DOMAIN_ID; every wait is
-bounded and every process is killed in a finally. The policy is an untrained export:
-these tests are about the node's timing and fallback, not precision.
+bounded and every process is killed on leaving its test (ros_harness.running). The policy is
+an untrained export: these tests are about the node's behaviour and fallback, not precision.
 """
 
 from __future__ import annotations

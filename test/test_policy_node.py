@@ -2,7 +2,7 @@
 test node (joint-state publisher, command/diagnostics subscriber, service client).
 
 DDS stays on loopback (conftest) and each test uses its own ROS_DOMAIN_ID; every wait
-is bounded and every process is killed in a finally.
+is bounded and every process is killed on leaving its test (ros_harness.running).
 """
 
 from __future__ import annotations
