@@ -257,6 +257,7 @@ def test_feedback_gain_is_crocoddyls_convention(task):
         assert abs(relative[0] - relative[1]) < 0.01  # first-order: the mismatch does not shrink with δ
 
 
+@pytest.mark.slow  # a training budget (the trained fixture; make test-fast leaves it out)
 def test_closed_loop_reaches_the_target(trained):
     # ur5_reach's posture term is around q*(target), so re-planning at rest keeps the arm on the target
     # (one around q_nominal settled 0.6-1.5 cm off: test_tasks.py)
