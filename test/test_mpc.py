@@ -101,6 +101,7 @@ def test_task_policy_adapter(task, untrained):
 # ------------------------------------------------------------------------ warm starts
 
 
+@pytest.mark.slow  # a training budget (make test-fast leaves it out)
 def test_policy_warm_start_fewer_iterations_than_cold(task, trained):
     problems = task.sample(10, HELD_OUT_SEED)
     iterations = {}
@@ -256,6 +257,7 @@ def test_feedback_gain_is_crocoddyls_convention(task):
         assert abs(relative[0] - relative[1]) < 0.01  # first-order: the mismatch does not shrink with δ
 
 
+@pytest.mark.slow  # a training budget (the trained fixture; make test-fast leaves it out)
 def test_closed_loop_reaches_the_target(trained):
     # ur5_reach's posture term is around q*(target), so re-planning at rest keeps the arm on the target
     # (one around q_nominal settled 0.6-1.5 cm off: test_tasks.py)

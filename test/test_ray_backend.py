@@ -125,6 +125,7 @@ def test_ray_oc_phase_is_identical_to_the_process_pool_on_a_loopback_instance():
     assert not [cmd for cmd in _descendants(os.getpid()).values() if "raylet" in cmd or "gcs_server" in cmd]
 
 
+@pytest.mark.slow  # a training budget (make test-fast leaves it out)
 def test_training_on_ray_gives_the_same_weights_as_the_process_pool(tmp_path):
     base = dict(task="lqr", iterations=2, problems=8, epochs=3, eval_problems=10, workers=2, seed=0)
     pool = Trainer(TrainConfig(**base), tmp_path / "pool")

@@ -23,16 +23,16 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tocpl_ros.resources import console_command
 from tocpl_ros.ros.runtime import REALTIME_PRIORITY_DOC, StartupError, apply_realtime_priority, check_realtime_priority
 
-from ros_harness import SpinningTestNode, communicate, stop_process, wait_for
+from ros_harness import NodeGroup, SpinningTestNode, node_command, refuse_to_start
 
 ROOT = Path(__file__).resolve().parents[1]
 PRIORITY = 10
 """Below ros2_control's default 50: a test must not outrank a real-time process of the machine."""
-POLICY_NODE = console_command("policy_node", "tocpl_ros.ros.nodes.policy_node")
-UR5_SIM = console_command("ur5_sim", "tocpl_ros.ros.nodes.ur5_sim")
+POLICY_NODE = node_command("policy_node")
+UR5_SIM = node_command("ur5_sim")
+EFFORT_TOPIC = "/forward_effort_controller/commands"
 # Stage 2 runs without CAP_SYS_NICE: exit 77 if SCHED_FIFO is still permitted (the test cannot take
 # the permission away here), else exec the node.
 _CHECK_AND_EXEC = (
@@ -153,44 +153,25 @@ def fifo_permitted() -> bool:
 
 
 class Listener(SpinningTestNode):
-    """Counts the effort commands and keeps the policy node's last /diagnostics values."""
+    """Records the effort commands and the nodes' /diagnostics."""
 
     def __init__(self, domain: int):
-        from diagnostic_msgs.msg import DiagnosticArray
-        from rclpy.qos import QoSProfile, ReliabilityPolicy
-        from std_msgs.msg import Float64MultiArray
-
-        super().__init__(domain, "realtime_test_listener", signal_handlers=False)
-        self.commands = 0
-        self.diagnostics: dict[str, str] = {}
-        self.node.create_subscription(Float64MultiArray, "/forward_effort_controller/commands", self._on_command,
-                                      QoSProfile(depth=100, reliability=ReliabilityPolicy.RELIABLE))
-        self.node.create_subscription(DiagnosticArray, "/diagnostics", self._on_diag, 10)
+        super().__init__(domain, "realtime_test_listener")
+        self.record_arrays([EFFORT_TOPIC])
+        self.record_diagnostics()
         self.start_spinning()
 
-    def _on_command(self, msg) -> None:
+    def command_count(self) -> int:
         with self.lock:
-            self.commands += 1
-
-    def _on_diag(self, msg) -> None:
-        with self.lock:
-            for status in msg.status:
-                if status.name.startswith("policy_node"):
-                    self.diagnostics = {kv.key: kv.value for kv in status.values}
+            return len(self.received[EFFORT_TOPIC])
 
 
-def start_graph(env, logs: Path, priority: int, policy: Path, prefix: list[str] = ()) -> dict[str, subprocess.Popen]:
-    """ur5_sim and policy_node (effort, 500 Hz) with ``realtime_priority:=priority``, their output in logs/<node>.log."""
-    commands = {
-        "ur5_sim": UR5_SIM + ["--ros-args", "-p", f"realtime_priority:={priority}"],
-        "policy_node": POLICY_NODE + ["--ros-args", "--params-file", str(ROOT / "config" / "policy_node.yaml"),
-                                      "-p", f"policy_path:={policy}", "-p", f"realtime_priority:={priority}"],
-    }
-    procs = {}
-    for name, command in commands.items():
-        with open(logs / f"{name}.log", "w") as out:
-            procs[name] = subprocess.Popen(list(prefix) + command, env=env, stdout=out, stderr=subprocess.STDOUT)
-    return procs
+def start_graph(nodes: NodeGroup, priority: int, policy: Path, prefix: list[str] = ()) -> None:
+    """ur5_sim and policy_node (effort, 500 Hz) with ``realtime_priority:=priority``, each command after ``prefix``."""
+    nodes.start("ur5_sim", list(prefix) + UR5_SIM + ["--ros-args", "-p", f"realtime_priority:={priority}"])
+    nodes.start("policy_node", list(prefix) + POLICY_NODE + [
+        "--ros-args", "--params-file", str(ROOT / "config" / "policy_node.yaml"),
+        "-p", f"policy_path:={policy}", "-p", f"realtime_priority:={priority}"])
 
 
 def schedulers(pid: int) -> set[tuple[int, int]]:
@@ -204,31 +185,27 @@ def schedulers(pid: int) -> set[tuple[int, int]]:
     return seen
 
 
-def run_and_stop(procs, listener, logs: Path, check) -> None:
+def run_and_stop(nodes: NodeGroup, listener, check) -> None:
     """Wait for commands and diagnostics, ``check(name, proc, log_text)`` each node, SIGINT: exit 0."""
-    for name, proc in procs.items():
-        wait_for(lambda: "real-time scheduling" in (logs / f"{name}.log").read_text()
-                 or "realtime_priority" in (logs / f"{name}.log").read_text(), 60, f"{name} to start", proc, logs / f"{name}.log")
-    wait_for(lambda: listener.commands > 200 and "command_gaps_over_2_periods" in listener.diagnostics, 60,
-             "commands and diagnostics", procs["policy_node"], logs / "policy_node.log")
-    for name, proc in procs.items():
-        check(name, proc, (logs / f"{name}.log").read_text())
-    for name, proc in procs.items():
-        proc.send_signal(2)
-        proc.wait(timeout=20)
-        text = (logs / f"{name}.log").read_text()
-        assert proc.returncode == 0 and "Traceback" not in text, f"{name}: exit {proc.returncode}\n{text[-3000:]}"
+    for name in nodes.procs:
+        nodes.wait(lambda: "real-time scheduling" in nodes.text(name) or "realtime_priority" in nodes.text(name), 60,
+                   f"{name} to start")
+    nodes.wait(lambda: listener.command_count() > 200
+               and "command_gaps_over_2_periods" in (listener.last_diag("policy_node") or {}), 60, "commands and diagnostics")
+    for name, proc in nodes.procs.items():
+        check(name, proc, nodes.text(name))
+    for name in nodes.procs:
+        code = nodes.stop(name)
+        text = nodes.text(name)
+        assert code == 0 and "Traceback" not in text, f"{name}: exit {code}\n{text[-3000:]}"
 
 
-@pytest.mark.ros
 def test_nodes_run_under_sched_fifo(policy, ros_node_env, tmp_path):
     if not fifo_permitted():
         pytest.skip("SCHED_FIFO is not permitted here (no CAP_SYS_NICE, RLIMIT_RTPRIO 0)")
     domain, env = ros_node_env(71)
-    procs, listener = {}, None
-    try:
-        procs = start_graph(env, tmp_path, PRIORITY, policy)
-        listener = Listener(domain)
+    with NodeGroup(env, tmp_path) as nodes, Listener(domain) as listener:
+        start_graph(nodes, PRIORITY, policy)
 
         def check(name, proc, text):
             assert f"SCHED_FIFO priority {PRIORITY} on the" in text, text[-3000:]
@@ -236,41 +213,28 @@ def test_nodes_run_under_sched_fifo(policy, ros_node_env, tmp_path):
             # every thread: the executor's, the timers', the middleware's (started before and after)
             assert schedulers(proc.pid) == {(os.SCHED_FIFO, PRIORITY)}, (name, schedulers(proc.pid))
 
-        run_and_stop(procs, listener, tmp_path, check)
-    finally:
-        for proc in procs.values():
-            stop_process(proc)
-        if listener is not None:
-            listener.close()
+        run_and_stop(nodes, listener, check)
 
 
-@pytest.mark.ros
 def test_not_permitted_is_a_warning_and_the_nodes_run(policy, ros_node_env, tmp_path):
     domain, env = ros_node_env(73)
-    procs, listener = {}, None
-    try:
-        procs = start_graph(env, tmp_path, PRIORITY, policy, prefix=WITHOUT_RT_PERMISSION)
+    with NodeGroup(env, tmp_path) as nodes:
+        start_graph(nodes, PRIORITY, policy, prefix=WITHOUT_RT_PERMISSION)
         time.sleep(1.0)
-        if any(proc.poll() == 77 for proc in procs.values()):
+        if any(proc.poll() == 77 for proc in nodes.procs.values()):
             pytest.skip("SCHED_FIFO stays permitted here even with RLIMIT_RTPRIO 0 and CAP_SYS_NICE dropped")
-        listener = Listener(domain)
+        with Listener(domain) as listener:
 
-        def check(name, proc, text):
-            assert proc.poll() is None, f"{name} exited {proc.returncode}:\n{text[-3000:]}"
-            warning = f"realtime_priority {PRIORITY}: not permitted to use SCHED_FIFO"
-            assert warning in text and "running at normal priority" in text, text[-3000:]
-            assert "WARN" in next(line for line in text.splitlines() if warning in line)
-            assert os.sched_getscheduler(proc.pid) == os.SCHED_OTHER, name
+            def check(name, proc, text):
+                assert proc.poll() is None, f"{name} exited {proc.returncode}:\n{text[-3000:]}"
+                warning = f"realtime_priority {PRIORITY}: not permitted to use SCHED_FIFO"
+                assert warning in text and "running at normal priority" in text, text[-3000:]
+                assert "WARN" in next(line for line in text.splitlines() if warning in line)
+                assert os.sched_getscheduler(proc.pid) == os.SCHED_OTHER, name
 
-        run_and_stop(procs, listener, tmp_path, check)
-    finally:
-        for proc in procs.values():
-            stop_process(proc)
-        if listener is not None:
-            listener.close()
+            run_and_stop(nodes, listener, check)
 
 
-@pytest.mark.ros
 def test_invalid_priorities_refused_at_start(policy, ros_node_env):
     """Out of range or not an integer: each node refuses to start, naming the parameter."""
     _, env = ros_node_env(79)
@@ -281,16 +245,8 @@ def test_invalid_priorities_refused_at_start(policy, ros_node_env):
         "sim 100": (UR5_SIM, ["-p", "realtime_priority:=100"], 2, "0..99"),
         "sim 2.5": (UR5_SIM, ["-p", "realtime_priority:=2.5"], 2, "realtime_priority"),
     }
-    procs = {}
-    try:
-        for name, (command, args, _, _) in cases.items():
-            procs[name] = subprocess.Popen(command + ["--ros-args", *args], env=env, stdout=subprocess.PIPE,
-                                           stderr=subprocess.PIPE, text=True)
-        for name, proc in procs.items():
-            out, err = communicate(proc, 60, f"{name} to refuse to start")
-            code, fragment = cases[name][2], cases[name][3]
-            assert proc.returncode == code, f"{name}: exit {proc.returncode}\n{out}\n{err}"
-            assert "realtime_priority" in err and fragment in err and "Traceback" not in err, f"{name}: {err}"
-    finally:
-        for proc in procs.values():
-            stop_process(proc)
+    results = refuse_to_start({name: command + ["--ros-args", *args] for name, (command, args, _, _) in cases.items()}, env)
+    for name, (code, out, err) in results.items():
+        want, fragment = cases[name][2], cases[name][3]
+        assert code == want, f"{name}: exit {code}\n{out}\n{err}"
+        assert "realtime_priority" in err and fragment in err and "Traceback" not in err, f"{name}: {err}"

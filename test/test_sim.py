@@ -1,4 +1,9 @@
-"""The simulated arm behind the ur5_sim node (ROS-free): dynamics, losses, servo, payload, config."""
+"""The simulated arm behind the ur5_sim node (ROS-free): dynamics, losses, servo, payload, config.
+
+The checks every physics backend must pass are parametrised over BACKENDS (pinocchio, mujoco);
+what only the Pinocchio backend does (ABA, its loss models, the payload's lever) is checked here
+on it alone; MuJoCo's own (its model against Pinocchio's, its actuators) in test_sim_mujoco.py.
+"""
 
 from __future__ import annotations
 
@@ -12,7 +17,9 @@ import pytest
 import yaml
 
 from tocpl_ros.config import ConfigError, FieldError, field_docs, read_yaml
+from tocpl_ros.interfaces import SIM_BACKENDS
 from tocpl_ros.resources import config_path, urdf_path
+from tocpl_ros.sim import make_simulator
 from tocpl_ros.sim.base import CommandError
 from tocpl_ros.sim.config import SimConfig, default_sim_config, load_sim_config
 from tocpl_ros.sim.pinocchio_backend import ArmSimulator
@@ -20,11 +27,14 @@ from tocpl_ros.sim.pinocchio_backend import ArmSimulator
 Q0 = [0.0, -1.2, 1.6, -0.4, 1.57, 0.0]
 V0 = [0.5, -0.5, 1.0, 1.0, -1.0, 1.0]
 G = 9.81
+LIMITS = np.array([150.0, 150.0, 150.0, 28.0, 28.0, 28.0])
+BACKENDS = list(SIM_BACKENDS)
 
 
-def make(**kw) -> ArmSimulator:
+def make(backend: str = "pinocchio", **kw):
+    """A simulator of ``backend`` at Q0 (make_simulator: what the node builds)."""
     kw.setdefault("initial_positions", Q0)
-    return ArmSimulator(SimConfig(**kw))
+    return make_simulator(SimConfig(backend=backend, **kw))
 
 
 def run(sim: ArmSimulator, seconds: float, record=None) -> list:
@@ -105,98 +115,6 @@ def test_stiff_damping_stays_stable():
     assert np.isfinite(sim.q).all() and np.abs(sim.v[3:]).max() < 1.0
 
 
-def test_gravity_compensation_holds_the_pose():
-    sim = make(hold_until_command=False)
-    sim.set_command(sim.gravity())
-    run(sim, 1.0)
-    assert np.abs(sim.q - np.array(Q0)).max() < 1e-6
-    assert np.abs(sim.v).max() < 1e-6
-    np.testing.assert_allclose(sim.effort, sim.gravity(Q0))
-    # control: 90 % of it does not hold
-    weak = make(hold_until_command=False)
-    weak.set_command(0.9 * weak.gravity())
-    run(weak, 1.0)
-    assert np.abs(weak.q - np.array(Q0)).max() > 1e-2
-
-
-def test_hold_until_first_command_and_zero_torque_without_it():
-    held = make(damping=0.5, friction=1.0)
-    run(held, 1.0)
-    assert np.abs(held.q - np.array(Q0)).max() < 1e-9
-    np.testing.assert_allclose(held.effort, held.gravity(), atol=1e-9)
-    loose = make(hold_until_command=False)
-    run(loose, 0.2)
-    assert np.abs(loose.q - np.array(Q0)).max() > 1e-2
-    np.testing.assert_array_equal(loose.effort, np.zeros(6))
-
-
-# -------------------------------------------------------------------------- servo modes
-
-
-def test_velocity_mode_tracks_a_constant_velocity():
-    v_cmd = np.array([0.2, -0.1, 0.3, 0.2, -0.2, 0.5])
-    sim = make(command_mode="velocity", damping=1.0, friction=2.0, payload_mass=1.5)
-    sim.set_command(v_cmd)
-    speeds = run(sim, 0.5, lambda s: s.v.copy())
-    assert np.abs(sim.v - v_cmd).max() < 1e-4
-    # first-order loop of bandwidth kv = 50 rad/s: 63 % of the step after 1/kv = 20 ms
-    np.testing.assert_allclose(speeds[19], (1 - np.exp(-1)) * v_cmd, rtol=0.05)
-    assert np.abs(sim.effort).max() > 0
-
-
-def test_position_mode_tracks_a_constant_position():
-    q_cmd = np.array(Q0) + np.array([0.1, -0.1, 0.2, 0.1, -0.2, 0.3])
-    sim = make(command_mode="position", damping=1.0, friction=2.0, payload_mass=1.5)
-    sim.set_command(q_cmd)
-    run(sim, 1.0)
-    assert np.abs(sim.q - q_cmd).max() < 1e-5
-    assert np.abs(sim.v).max() < 1e-4
-    # steady state: the drives hold gravity (payload included) plus nothing else
-    np.testing.assert_allclose(sim.effort, sim.gravity(), atol=1e-3)
-
-
-def test_torques_never_exceed_the_effort_limits():
-    limits = np.array([150.0, 150.0, 150.0, 28.0, 28.0, 28.0])
-    sim = make()
-    np.testing.assert_array_equal(sim.effort_limit, limits)
-    sim.set_command([1e4, -1e4, 1e4, -1e4, 1e4, -1e4])
-    sim.step()
-    np.testing.assert_array_equal(sim.effort, limits * [1, -1, 1, -1, 1, -1])
-    for mode, cmd in (("position", np.array(Q0) + 2.0), ("velocity", np.full(6, 3.0))):
-        sim = make(command_mode=mode, payload_mass=5.0)
-        sim.set_command(cmd)
-        efforts = np.array(run(sim, 0.3, lambda s: s.effort.copy()))
-        assert (np.abs(efforts) <= limits).all()
-        assert (np.abs(efforts) == limits).any()  # saturation really engaged
-
-
-def test_commands_are_validated_and_the_previous_one_is_kept():
-    sim = make()
-    sim.set_command(np.ones(6))
-    for bad in ([1.0] * 5, [1.0] * 7, [1.0, 2.0, float("nan"), 0.0, 0.0, 0.0], [float("inf")] * 6):
-        with pytest.raises(CommandError):
-            sim.set_command(bad)
-    np.testing.assert_array_equal(sim.command, np.ones(6))
-    with pytest.raises(CommandError, match="velocity"):
-        sim.set_command(np.zeros(6), mode="velocity")
-    with pytest.raises(CommandError, match="expected 6 values"):
-        sim.validate_command([0.0])
-
-
-def test_reset_restores_the_initial_state_and_clears_the_command():
-    sim = make(hold_until_command=False, initial_velocities=V0)
-    sim.set_command(np.zeros(6))
-    run(sim, 0.1)
-    sim.reset()
-    np.testing.assert_array_equal(sim.q, Q0)
-    np.testing.assert_array_equal(sim.v, V0)
-    assert sim.command is None and sim.time == 0.0 and sim.steps == 0
-    sim.reset(q=np.zeros(6), v=np.zeros(6))
-    np.testing.assert_array_equal(sim.q, np.zeros(6))
-    with pytest.raises(ValueError):
-        sim.reset(q=[0.0])
-
-
 # ------------------------------------------------------------------------------- payload
 
 
@@ -222,12 +140,6 @@ def test_payload_adds_m_g_lever_to_the_gravity_torque(com):
         assert delta[j - 1] == pytest.approx(mass * G * lever, abs=1e-9), model.names[j]
     assert delta[0] == pytest.approx(0.0, abs=1e-9)  # vertical pan axis: no lever
     assert abs(delta[1]) > 0.5 * mass * G  # the shoulder carries it at > 0.5 m
-
-
-def test_unknown_payload_frame_is_named():
-    with pytest.raises(FieldError) as info:
-        make(payload_mass=1.0, payload_frame="gripper")
-    assert info.value.field == "payload_frame" and "gripper" in str(info.value)
 
 
 # -------------------------------------------------------------------------------- config
@@ -293,6 +205,136 @@ def test_config_errors_name_the_key(tmp_path, params, key, words):
         assert word in message, message
 
 
+def test_params_file_section_without_ros__parameters(tmp_path):
+    path = tmp_path / "bad.yaml"
+    path.write_text("ur5_sim:\n  damping: 1.0\n")
+    with pytest.raises(ConfigError) as info:
+        load_sim_config(path)
+    assert "ros__parameters" in str(info.value) and "'ur5_sim'" in str(info.value)
+
+
+def test_sim_module_is_free_of_ros_crocoddyl_and_mujoco():
+    """tocpl_ros.sim loads neither ROS nor Crocoddyl, and MuJoCo only for the mujoco backend."""
+    code = (
+        "import sys, tocpl_ros.sim; "
+        "bad = [m for m in sys.modules if m.split('.')[0] in ('rclpy', 'rcl', 'rmw', 'crocoddyl', 'mujoco') "
+        "or m == 'tocpl_ros.sim.mujoco_backend']; "
+        "print(bad); sys.exit(1 if bad else 0)"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+# ---------------------------------------------------------------------- every backend
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_gravity_compensation_holds_the_pose(backend):
+    sim = make(backend, hold_until_command=False)
+    sim.set_command(sim.gravity())
+    run(sim, 1.0)
+    assert np.abs(sim.q - np.array(Q0)).max() < 1e-6
+    assert np.abs(sim.v).max() < 1e-6
+    np.testing.assert_allclose(sim.effort, sim.gravity(Q0))
+    # control: 90 % of it does not hold
+    weak = make(backend, hold_until_command=False)
+    weak.set_command(0.9 * weak.gravity())
+    run(weak, 1.0)
+    assert np.abs(weak.q - np.array(Q0)).max() > 1e-2
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_hold_until_first_command_and_zero_torque_without_it(backend):
+    held = make(backend, damping=0.5, friction=1.0)
+    run(held, 1.0)
+    assert np.abs(held.q - np.array(Q0)).max() < 1e-9
+    np.testing.assert_allclose(held.effort, held.gravity(), atol=1e-9)
+    loose = make(backend, hold_until_command=False, initial_velocities=V0)
+    run(loose, 0.2)
+    assert np.abs(loose.q - np.array(Q0)).max() > 1e-2
+    np.testing.assert_array_equal(loose.effort, np.zeros(6))
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_reset_restores_the_initial_state_and_clears_the_command(backend):
+    sim = make(backend, hold_until_command=False, initial_velocities=V0)
+    sim.set_command(np.zeros(6))
+    run(sim, 0.1)
+    sim.reset()
+    np.testing.assert_array_equal(sim.q, Q0)
+    np.testing.assert_array_equal(sim.v, V0)
+    assert sim.command is None and sim.time == 0.0 and sim.steps == 0
+    sim.reset(q=np.zeros(6), v=np.zeros(6))
+    np.testing.assert_array_equal(sim.q, np.zeros(6))
+    with pytest.raises(ValueError):
+        sim.reset(q=[0.0])
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_commands_are_validated_and_the_previous_one_is_kept(backend):
+    sim = make(backend)
+    sim.set_command(np.ones(6))
+    for bad in ([1.0] * 5, [1.0] * 7, [1.0, 2.0, float("nan"), 0.0, 0.0, 0.0], [float("inf")] * 6):
+        with pytest.raises(CommandError):
+            sim.set_command(bad)
+    np.testing.assert_array_equal(sim.command, np.ones(6))
+    with pytest.raises(CommandError, match="velocity"):
+        sim.set_command(np.zeros(6), mode="velocity")
+    with pytest.raises(CommandError, match="expected 6 values"):
+        sim.validate_command([0.0])
+
+
+LOSSES = [{}, {"damping": 1.0}, {"damping": 1.0, "friction": 2.0}]
+
+
+@pytest.mark.parametrize("losses", LOSSES, ids=["no_losses", "damping", "damping_friction"])
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_velocity_mode_tracks_a_constant_velocity(backend, losses):
+    v_cmd = np.array([0.2, -0.1, 0.3, 0.2, -0.2, 0.5])
+    sim = make(backend, command_mode="velocity", payload_mass=1.5, **losses)
+    sim.set_command(v_cmd)
+    speeds = run(sim, 0.5, lambda s: s.v.copy())
+    assert np.abs(sim.v - v_cmd).max() < 1e-4
+    # first-order loop of bandwidth kv = 50 rad/s: 63 % of the step after 1/kv = 20 ms
+    np.testing.assert_allclose(speeds[19], (1 - np.exp(-1)) * v_cmd, rtol=0.05)
+    assert np.abs(sim.effort).max() > 0
+
+
+@pytest.mark.parametrize("losses", LOSSES, ids=["no_losses", "damping", "damping_friction"])
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_position_mode_tracks_a_constant_position(backend, losses):
+    q_cmd = np.array(Q0) + np.array([0.1, -0.1, 0.2, 0.1, -0.2, 0.3])
+    sim = make(backend, command_mode="position", payload_mass=1.5, **losses)
+    sim.set_command(q_cmd)
+    run(sim, 1.0)
+    assert np.abs(sim.q - q_cmd).max() < 1e-5
+    assert np.abs(sim.v).max() < 1e-4
+    # steady state: the drives hold gravity (payload included) plus nothing else
+    np.testing.assert_allclose(sim.effort, sim.gravity(), atol=1e-3)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_torques_never_exceed_the_effort_limits(backend):
+    sim = make(backend)
+    np.testing.assert_array_equal(sim.effort_limit, LIMITS)
+    sim.set_command([1e4, -1e4, 1e4, -1e4, 1e4, -1e4])
+    sim.step()
+    np.testing.assert_array_equal(sim.effort, LIMITS * [1, -1, 1, -1, 1, -1])
+    for mode, cmd in (("position", np.array(Q0) + 2.0), ("velocity", np.full(6, 3.0))):
+        sim = make(backend, command_mode=mode, payload_mass=5.0)
+        sim.set_command(cmd)
+        efforts = np.array(run(sim, 0.3, lambda s: s.effort.copy()))
+        assert (np.abs(efforts) <= LIMITS).all()
+        assert (np.abs(efforts) == LIMITS).any()  # saturation really engaged
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_unknown_payload_frame_is_named(backend):
+    with pytest.raises(FieldError) as info:
+        make(backend, payload_mass=1.0, payload_frame="gripper")
+    assert info.value.field == "payload_frame" and "gripper" in str(info.value)
+
+
 @pytest.mark.parametrize(
     "params, key",
     [
@@ -302,24 +344,8 @@ def test_config_errors_name_the_key(tmp_path, params, key, words):
         ({"urdf": "ur10_nonexistent"}, "urdf"),
     ],
 )
-def test_per_joint_errors_name_the_key(params, key):
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_per_joint_errors_name_the_key(backend, params, key):
     with pytest.raises(FieldError) as info:
-        ArmSimulator(replace(load_sim_config(), **params))
+        make_simulator(replace(load_sim_config(), backend=backend, **params))
     assert info.value.field == key and str(info.value).startswith(f"{key}: ")
-
-
-def test_params_file_section_without_ros__parameters(tmp_path):
-    path = tmp_path / "bad.yaml"
-    path.write_text("ur5_sim:\n  damping: 1.0\n")
-    with pytest.raises(ConfigError) as info:
-        load_sim_config(path)
-    assert "ros__parameters" in str(info.value) and "'ur5_sim'" in str(info.value)
-
-
-def test_sim_module_is_ros_free():
-    code = (
-        "import sys, tocpl_ros.sim; "
-        "bad = [m for m in sys.modules if m.split('.')[0] in ('rclpy', 'rcl', 'rmw', 'crocoddyl')]; "
-        "sys.exit(1 if bad else 0)"
-    )
-    assert subprocess.run([sys.executable, "-c", code], timeout=60).returncode == 0

@@ -86,6 +86,7 @@ def test_weight_averaging_ends_nearer_the_law_behind_noisy_labels():
         TrainConfig(weight_average=1.0)
 
 
+@pytest.mark.slow  # a training budget (make test-fast leaves it out)
 def test_evaluation_every_k_iterations_and_at_the_last_with_each_phase_timed(tmp_path):
     import csv
 
@@ -123,6 +124,7 @@ def test_pddp_improves_the_lqr_policy_on_held_out_problems(tmp_path):
     assert (tmp_path / "run" / "metrics.csv").is_file() and (tmp_path / "run" / "config.yaml").is_file()
 
 
+@pytest.mark.slow  # a training budget (make test-fast leaves it out)
 @pytest.mark.parametrize("variant", [dict(algo="plal"), dict(algo="plal", multiple_shooting=True, sobolev=True)])
 def test_plal_variants_run_and_reduce_the_consensus_gap(tmp_path, variant):
     # lqr's configured μ (config/train/lqr.yaml); at μ = 1 the +M consensus residual grows instead
@@ -131,6 +133,7 @@ def test_plal_variants_run_and_reduce_the_consensus_gap(tmp_path, variant):
     assert rows[-1]["cost_gap_median"] < rows[0]["cost_gap_median"]
 
 
+@pytest.mark.slow  # a training budget (make test-fast leaves it out)
 def test_dual_decay_bounds_the_multipliers_where_consensus_is_not_reached(tmp_path):
     """λ/μ shifts the regression targets u + λ/μ. With the paper's ascent (dual_decay 1) it sums every
     past residual; with dual_decay ρ < 1 it stays within max residual / (1 − ρ) (RMS, half-range units)."""
@@ -338,6 +341,7 @@ def test_pods_survives_iterations_where_every_rollout_diverges(tmp_path):
         assert torch.equal(v, before[k]), k
 
 
+@pytest.mark.slow  # a training budget (make test-fast leaves it out)
 def test_select_best_delivers_the_iterate_best_on_validation_and_survives_resume(tmp_path):
     from tocpl_ros.policy_file import OnnxPolicy
     from tocpl_training.export import export_onnx

@@ -112,6 +112,7 @@ def tensorboard_steps(run: Path, tag: str = "dynamics_evaluations") -> list[int]
     return [e.step for e in events.Scalars(tag)]
 
 
+@pytest.mark.slow  # a training budget (make test-fast leaves it out)
 def test_sigkill_at_random_moments_then_resume_loses_and_repeats_nothing(tmp_path):
     rng = random.Random(20240611)  # seeded: the kill moments are random but reproducible
     run = tmp_path / "run"
@@ -175,6 +176,7 @@ def running(pid: int) -> bool:
         return False
 
 
+@pytest.mark.slow  # a training budget (make test-fast leaves it out)
 def test_oc_workers_of_a_killed_training_exit(tmp_path):
     # A pool worker waits on the job queue's lock, which a SIGKILLed trainer never releases:
     # without their own watch the workers would outlive it for good (seen: idle orphans for hours).
@@ -193,6 +195,7 @@ def test_oc_workers_of_a_killed_training_exit(tmp_path):
     assert not alive, f"OC workers {alive} outlived their killed trainer"
 
 
+@pytest.mark.slow  # a training budget (make test-fast leaves it out)
 def test_rows_logged_after_the_last_checkpoint_are_replaced_on_resume(tmp_path):
     """A kill between the checkpoint and the logs, or a log row the checkpoint never got: no duplicates."""
     run = tmp_path / "run"
@@ -255,6 +258,7 @@ def test_file_size_limit_fails_the_write_and_keeps_the_previous_checkpoint(tmp_p
     assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint.pt"]
 
 
+@pytest.mark.slow  # a training budget (make test-fast leaves it out)
 def test_write_failure_during_training_stops_cleanly_and_resumes(tmp_path):
     """The run folder stops taking large files mid-run (kernel limit set from outside with prlimit)."""
     run = tmp_path / "run"
@@ -329,6 +333,7 @@ def test_too_little_free_space_is_refused_before_training(small_disk, capsys):
     assert not out.exists()
 
 
+@pytest.mark.slow  # a training budget (make test-fast leaves it out)
 def test_disk_full_during_training_stops_cleanly_and_resumes(small_disk):
     run = small_disk / "run"
     training = Training(SMALL + ["--iterations", "4", "--out", str(run)])

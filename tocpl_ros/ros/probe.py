@@ -47,34 +47,121 @@ class ToolKinematics:
         return self.robot.gravity(np.asarray(q, dtype=float))
 
 
-class Probe:
+class SpinningNode:
+    """An rclpy node in a context of its own (given domain), spun by a background thread: the
+    base of the demo's Probe and of the tests' harness nodes (test/ros_harness.py).
+
+    A subclass calls ``super().__init__(domain_id, name)``, creates its publishers, subscriptions
+    and timers on ``self.node``, then calls ``self.start_spinning()``: the executor starts once
+    everything exists. ``self.lock`` guards what the callbacks record.
+
+    ``events_executor``: rclpy's EventsExecutor (half the CPU of SingleThreadedExecutor).
+    ``record_errors``: an exception from the executor is kept in ``self.errors`` (see
+    check_alive()) and spinning goes on; otherwise it ends the spin thread (once stopping: quietly).
+    """
+
+    def __init__(self, domain_id: int, name: str, *, events_executor: bool = False, record_errors: bool = False):
+        import rclpy
+        from rclpy.signals import SignalHandlerOptions
+
+        self.context = rclpy.Context()
+        # no signal handlers: this process (the demo, pytest) keeps its own Ctrl-C handling
+        rclpy.init(context=self.context, domain_id=domain_id, signal_handler_options=SignalHandlerOptions.NO)
+        self.node = rclpy.create_node(name, context=self.context)
+        self.lock = threading.Lock()
+        self.events_executor = events_executor
+        self.record_errors = record_errors
+        self.errors: list[str] = []
+        self._thread: threading.Thread | None = None
+        self._clients: dict[str, object] = {}
+
+    def start_spinning(self) -> None:
+        if self.events_executor:
+            from rclpy.experimental import EventsExecutor as Executor
+        else:
+            from rclpy.executors import SingleThreadedExecutor as Executor
+        self.executor = Executor(context=self.context)
+        self.executor.add_node(self.node)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._spin, name=f"{self.node.get_name()}-spin", daemon=True)
+        self._thread.start()
+
+    def _spin(self) -> None:
+        while not self._stop.is_set() and self.context.ok():
+            try:
+                self.executor.spin_once(timeout_sec=0.05)
+            except Exception as exc:
+                if self._stop.is_set():  # shutting down
+                    return
+                if not self.record_errors:
+                    raise
+                self.errors.append(repr(exc))  # reported by check_alive(), never silent
+                if len(self.errors) > 100:
+                    return
+
+    def check_alive(self) -> None:
+        assert not self.errors and self._thread.is_alive(), f"spinning failed: {self.errors[:3]}"
+
+    def other_nodes(self) -> set[str]:
+        """The names of the ROS nodes this one sees on its domain, itself left out."""
+        return set(self.node.get_node_names()) - {self.node.get_name()}
+
+    def wait_for(self, predicate, timeout: float, poll: float = 0.02) -> bool:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if predicate():
+                return True
+            time.sleep(poll)
+        return bool(predicate())
+
+    def call_trigger(self, service: str, timeout: float = 10.0) -> tuple[bool, str]:
+        """Call a std_srvs/Trigger service (e.g. /policy_node/start, /ur5_sim/reset):
+        (success, message). Raises RuntimeError if it is not available or does not answer."""
+        from std_srvs.srv import Trigger
+
+        client = self._clients.get(service)
+        if client is None:
+            client = self._clients[service] = self.node.create_client(Trigger, service)
+        if not client.wait_for_service(timeout_sec=timeout):
+            raise RuntimeError(f"service {service} not available after {timeout:g} s")
+        future = client.call_async(Trigger.Request())
+        if not self.wait_for(future.done, timeout, poll=0.005):
+            raise RuntimeError(f"service {service} did not answer within {timeout:g} s")
+        response = future.result()
+        return bool(response.success), str(response.message)
+
+    def close(self) -> None:
+        if self._thread is not None:
+            self._stop.set()
+            self._thread.join(timeout=5)
+        try:
+            if self._thread is not None:
+                self.executor.shutdown()
+            self.node.destroy_node()
+        finally:
+            self.context.try_shutdown()
+
+
+class Probe(SpinningNode):
     """rclpy in this process (own context, no signal handlers): records /joint_states,
     /diagnostics of the policy node and (optionally) the effort commands, each with the
     ``time.monotonic()`` of reception; publishes targets. Spins in a background thread."""
 
     def __init__(self, domain_id: int, record_commands: bool = False, name: str = "tocpl_demo_probe",
                  base_frame: str | None = None):
-        import rclpy
         from diagnostic_msgs.msg import DiagnosticArray
         from geometry_msgs.msg import PointStamped, PoseStamped
-        from rclpy.experimental import EventsExecutor
         from rclpy.qos import QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
-        from rclpy.signals import SignalHandlerOptions
         from sensor_msgs.msg import JointState
         from std_msgs.msg import Float64MultiArray
-        from std_srvs.srv import Trigger
 
-        self.PointStamped, self.PoseStamped, self.Trigger = PointStamped, PoseStamped, Trigger
+        self.PointStamped, self.PoseStamped = PointStamped, PoseStamped
         if base_frame is None:  # the frame the targets are in: the demo robot's base
             from tocpl_ros.robot import load_robot_config
 
             base_frame = load_robot_config(demo_robot())[1].base_frame
         self.base_frame = base_frame
-        self._clients: dict[str, object] = {}
-        self.context = rclpy.Context()
-        rclpy.init(context=self.context, domain_id=domain_id, signal_handler_options=SignalHandlerOptions.NO)
-        self.node = rclpy.create_node(name, context=self.context)
-        self.lock = threading.Lock()
+        super().__init__(domain_id, name, events_executor=True)
         self.joint_states: list[tuple[float, list[str], np.ndarray, np.ndarray]] = []
         self.diagnostics: list[tuple[float, dict[str, str], str]] = []
         self.mpc_diagnostics: list[tuple[float, dict[str, str], str]] = []
@@ -88,20 +175,7 @@ class Probe:
             )
         self.target_pub = self.node.create_publisher(PointStamped, TARGET_TOPIC, 10)
         self.target_pose_pub = self.node.create_publisher(PoseStamped, TARGET_POSE_TOPIC, 10)
-        self.executor = EventsExecutor(context=self.context)  # half the CPU of SingleThreadedExecutor
-        self.executor.add_node(self.node)
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._spin, name="probe-spin", daemon=True)
-        self._thread.start()
-
-    def _spin(self) -> None:
-        while not self._stop.is_set() and self.context.ok():
-            try:
-                self.executor.spin_once(timeout_sec=0.05)
-            except Exception:  # shutting down
-                if self._stop.is_set():
-                    return
-                raise
+        self.start_spinning()
 
     def _on_joint_state(self, msg) -> None:
         now = time.monotonic()
@@ -138,14 +212,6 @@ class Probe:
         with self.lock:
             return self.mpc_diagnostics[-1] if self.mpc_diagnostics else None
 
-    def wait_for(self, predicate, timeout: float, poll: float = 0.02) -> bool:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if predicate():
-                return True
-            time.sleep(poll)
-        return bool(predicate())
-
     def send_target(self, xyz, frame_id: str | None = None, timeout: float = 10.0) -> None:
         """Publish a target (in ``frame_id``, default the robot's base frame) once a subscriber
         (the policy node) is matched (reliable QoS)."""
@@ -170,29 +236,6 @@ class Probe:
         o = msg.pose.orientation
         o.x, o.y, o.z, o.w = (float(v) for v in quaternion)
         self.target_pose_pub.publish(msg)
-
-    def call_trigger(self, service: str, timeout: float = 10.0) -> tuple[bool, str]:
-        """Call a std_srvs/Trigger service (e.g. /policy_node/start, /ur5_sim/reset):
-        (success, message). Raises RuntimeError if it is not available or does not answer."""
-        client = self._clients.get(service)
-        if client is None:
-            client = self._clients[service] = self.node.create_client(self.Trigger, service)
-        if not client.wait_for_service(timeout_sec=timeout):
-            raise RuntimeError(f"service {service} not available after {timeout:g} s")
-        future = client.call_async(self.Trigger.Request())
-        if not self.wait_for(future.done, timeout, poll=0.005):
-            raise RuntimeError(f"service {service} did not answer within {timeout:g} s")
-        response = future.result()
-        return bool(response.success), str(response.message)
-
-    def close(self) -> None:
-        self._stop.set()
-        self._thread.join(timeout=5)
-        try:
-            self.executor.shutdown()
-            self.node.destroy_node()
-        finally:
-            self.context.try_shutdown()
 
 
 def demo_targets(n: int, seed: int = HELD_OUT_SEED) -> np.ndarray:
