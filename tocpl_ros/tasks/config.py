@@ -130,6 +130,7 @@ class TaskConfig:
         if self.robot is not None and self.urdf is not None:
             raise FieldError("urdf", f"give a robot or a urdf, not both (robot '{self.robot}', urdf '{self.urdf}')")
         if self.kind != "lqr" and self.robot is None and (self.urdf is None or self.frame is None):
-            raise FieldError("robot", f"a '{self.kind}' task needs a robot (or a urdf and a frame)")
+            raise FieldError("robot", f"a '{self.kind}' task needs a robot (or a urdf and a frame); "
+                                      "tocpl-train: --robot NAME")
         if self.u_limit is not None and any(u <= 0 for u in self.u_limit):
             raise FieldError("u_limit", f"every bound must be > 0, got {self.u_limit}")
