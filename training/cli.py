@@ -33,7 +33,7 @@ def default_config_file(task: str, robot: str | None = None) -> Path | None:
 
 def default_config(task: str, **overrides) -> TrainConfig:
     """What ``tocpl-train --task TASK`` trains (config/train/<task>.yaml), with ``overrides``."""
-    file = default_config_file(task)
+    file = default_config_file(task, overrides.get("robot"))
     data = read_yaml(file) if file else {"task": task}
     return load_dataclass(TrainConfig, {**data, **overrides}, source=str(file or task))
 
