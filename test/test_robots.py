@@ -75,6 +75,7 @@ def test_the_panda_from_example_robot_data_controls_its_arm_with_the_fingers_loc
     ({"effort_limits": {"panda_joint1": -1.0}}, "effort_limits.panda_joint1", ["> 0"]),
     ({"end_effector_offset": [0.0, 0.1]}, "end_effector_offset", ["3 values"]),
     ({"soft_limit_factor": 0.0}, "soft_limit_factor", ["(0, 1]"]),
+    ({"armature": {"panda_joint1": -0.1}}, "armature.panda_joint1", [">= 0"]),
     ({"end_effector_frame": "tool0"}, "end_effector_frame", ["tool0"]),
     ({"nominal_posture": {**dict.fromkeys(PANDA_ARM, 0.0)}}, "nominal_posture", ["panda_joint4", "limits"]),
 ])
@@ -103,6 +104,22 @@ def test_limit_overrides_reach_the_model_the_ocp_and_the_simulator(tmp_path):
     task = load_task("reach", {"robot": str(path)})
     assert task.u_max[0] == 50.0 and task.build_problem().runningModels[0].u_ub[0] == 50.0
     assert make_simulator(SimConfig(robot=str(path))).effort_limit[0] == 50.0
+
+
+def test_armature_adds_to_the_joint_inertia_the_ocp_and_the_rollouts_see(tmp_path):
+    plain = load_task("reach", {"robot": str(robot_file(tmp_path, "kinova", armature={}))})
+    task = load_task("reach", {"robot": "kinova"})
+    armature = np.array(task.robot.model.armature)
+    assert (armature > 0).all()
+    q = task.q_nominal_model
+    np.testing.assert_allclose(task.robot.mass_matrix(q), plain.robot.mass_matrix(q) + np.diag(armature), atol=1e-12)
+    # the rollout's step and Crocoddyl's dynamics agree with it
+    x, u = np.concatenate([q, np.full(6, 0.1)]), np.full(6, 0.5)
+    model = task.build_problem().runningModels[0]
+    data = model.createData()
+    model.calc(data, x, u)
+    np.testing.assert_allclose(task.step(x[None], u[None])[0], data.xnext, atol=1e-12)
+    assert not np.allclose(plain.step(x[None], u[None])[0], data.xnext, atol=1e-3)
 
 
 def test_an_end_effector_offset_is_a_frame_of_the_model(tmp_path):

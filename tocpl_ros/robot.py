@@ -118,6 +118,11 @@ class RobotConfig:
     effort_limits: dict[str, float] = field(default_factory=dict)
     """Per joint, effort limit (N·m or N) replacing the URDF's: the OCP's torque box, the
     simulator's saturation."""
+    armature: dict[str, float] = field(default_factory=dict)
+    """Per joint, the rotor inertia reflected through the gearbox (kg·m², or kg for a prismatic
+    joint) added to the joint's inertia (Pinocchio's model.armature: the tasks, the OCP and the
+    Pinocchio simulator see it). URDFs leave it out; a light distal link without it needs tiny
+    time steps (docs/robots.md, the Kinova)."""
     soft_limit_factor: float = 1.0
     """Share of each position range (about its middle) that sampled and inverse-kinematics
     postures may use, in (0, 1]: 0.9 keeps them 5 % of the range away from either limit."""
@@ -144,7 +149,7 @@ class RobotConfig:
         both = [n for n in self.locked_joints if n in self.controlled_joints]
         if both:
             raise FieldError("locked_joints", f"joints {both} are controlled, they cannot be locked")
-        for key in ("sampling_ranges", "position_limits", "velocity_limits", "effort_limits"):
+        for key in ("sampling_ranges", "position_limits", "velocity_limits", "effort_limits", "armature"):
             unknown = [n for n in getattr(self, key) if n not in self.controlled_joints]
             if unknown:
                 raise FieldError(key, f"joints {unknown} are not controlled joints ({self.controlled_joints})")
@@ -156,6 +161,9 @@ class RobotConfig:
             for name, value in getattr(self, key).items():
                 if value <= 0:
                     raise FieldError(f"{key}.{name}", f"must be > 0, got {value}")
+        for name, value in self.armature.items():
+            if value < 0:
+                raise FieldError(f"armature.{name}", f"must be >= 0, got {value}")
         if self.end_effector_offset is not None and len(self.end_effector_offset) != 3:
             raise FieldError("end_effector_offset", f"needs 3 values [x, y, z], got {len(self.end_effector_offset)}")
         if not 0 < self.soft_limit_factor <= 1:
@@ -401,7 +409,8 @@ class RobotModel:
         """[x_min, x_max, y_min, y_max, z_min, z_max] of the target workspace (m), or None."""
 
     def _override_limits(self, model: pin.Model, fail) -> None:
-        """The config's position/velocity/effort limits into the model (Crocoddyl reads them too)."""
+        """The config's position/velocity/effort limits and armature into the model (Crocoddyl
+        reads them too)."""
         c = self.config
         for name, (lo, hi) in c.position_limits.items():
             j = self.joint_names.index(name)
@@ -410,7 +419,8 @@ class RobotModel:
             lower, upper = model.lowerPositionLimit.copy(), model.upperPositionLimit.copy()
             lower[self._idx_q[j]], upper[self._idx_q[j]] = lo, hi
             model.lowerPositionLimit, model.upperPositionLimit = lower, upper
-        for key, attribute in (("velocity_limits", "velocityLimit"), ("effort_limits", "effortLimit")):
+        for key, attribute in (("velocity_limits", "velocityLimit"), ("effort_limits", "effortLimit"),
+                               ("armature", "armature")):
             values = getattr(model, attribute).copy()
             for name, value in getattr(c, key).items():
                 values[self.joint_names.index(name)] = value  # one-DoF joints: index in v = joint index
