@@ -278,3 +278,13 @@ def test_a_small_training_of_the_reach_task_exports_a_policy_for_its_robot(tmp_p
     u = policy(task.observation(problems.x0, problems.target).astype(np.float32))
     assert u.shape == (3, task.nu) and np.isfinite(u).all()
     assert (np.abs(u) <= task.u_max + 1e-4).all()
+
+
+def test_algorithms_with_terms_inside_the_ocp_refuse_continuous_joints(tmp_path):
+    from tocpl_training.config import TrainConfig
+    from tocpl_training.trainer import Trainer
+
+    for algo in ("plal", "pods"):
+        with pytest.raises(ConfigError, match="continuous joints") as info:
+            Trainer(TrainConfig(task="reach", robot="kinova", algo=algo, problems=2, workers=1), tmp_path / algo)
+        assert info.value.key == "algo"
