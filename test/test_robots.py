@@ -157,6 +157,21 @@ def test_a_robot_that_cuts_nothing_samples_exactly_as_before():
     np.testing.assert_array_equal(task.sample(5, 7).x0[:, :6], expected)
 
 
+def test_targets_are_in_the_base_frame_wherever_it_is(tmp_path):
+    """The UR5's 'base' frame is turned by π about z from the world origin: its targets are the
+    tool's positions in that frame, and the OCP brings the tool there."""
+    path = tmp_path / "ur5_base.yaml"
+    data = read_yaml(ROOT / "config" / "robots" / "ur5.yaml")
+    path.write_text(yaml.safe_dump({**data, "urdf": str(ROOT / "urdf" / "ur5.urdf"), "base_frame": "base"}))
+    task = load_task("ur5_reach", {"robot": str(path)})
+    problems = task.sample(2, 0)
+    assert (problems.target[:, 0] < 0).all()  # in front of the UR5 is -x in its 'base' frame
+    ends = solve(task, problems)
+    assert (task.final_error(ends, problems.target) < 1e-3).all()
+    reference = load_task("ur5_reach")  # the same problems in the world frame
+    np.testing.assert_allclose(ends, solve(reference, reference.sample(2, 0)), atol=1e-6)
+
+
 def test_the_generic_reach_task_needs_a_robot():
     with pytest.raises(ConfigError, match="--robot") as info:
         load_task("reach")

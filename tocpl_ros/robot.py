@@ -543,6 +543,10 @@ class RobotModel:
             placement = self._world_to_base * placement
         return placement.translation.copy()
 
+    def world_position(self, p: np.ndarray) -> np.ndarray:
+        """A position [3] in the base frame as one in the URDF's world frame (Pinocchio's oMf)."""
+        return np.asarray(p, dtype=float) if self._world_to_base is None else self._world_to_base.actInv(np.asarray(p, dtype=float))
+
     def end_effector_position(self, q: np.ndarray) -> np.ndarray:
         """Position [3] of the end-effector frame in the base frame at q."""
         return self.frame_position(q)

@@ -113,8 +113,9 @@ class RobotTask(Task):
     def _residual(self, term: str, target: np.ndarray):
         # state residuals live in the tangent space (ndx = 2 nv): the masks pick its q or v half
         zeros, ones = np.zeros(self.nv), np.ones(self.nv)
-        if term == "position":
-            return crocoddyl.ResidualModelFrameTranslation(self.state, self.frame_id, target, self.nu), None
+        if term == "position":  # targets are in the base frame, Crocoddyl's frame positions in the world's
+            world = self.robot.world_position(target)
+            return crocoddyl.ResidualModelFrameTranslation(self.state, self.frame_id, world, self.nu), None
         if term == "velocity":
             xref = np.concatenate([pin.neutral(self.model), zeros])  # a valid q (cos, sin), masked out
             return crocoddyl.ResidualModelState(self.state, xref, self.nu), np.concatenate([zeros, ones])
@@ -170,7 +171,7 @@ class RobotTask(Task):
             costs = model.differential.costs.costs
             terms = costs.todict()
             if "position" in terms:
-                costs["position"].cost.residual.reference = goal
+                costs["position"].cost.residual.reference = self.robot.world_position(goal)
             if "target_posture" in terms:
                 q_ref = self.robot.q_from_positions(self.target_posture(goal))
                 costs["target_posture"].cost.residual.reference = np.concatenate([q_ref, np.zeros(self.nv)])
@@ -315,13 +316,14 @@ class ReachTask(RobotTask):
             return cached.copy()
         target = np.asarray(target, dtype=float)
         lo, hi = self.robot.soft_lower_limit, self.robot.soft_upper_limit
+        world_target = self.robot.world_position(target)
         q = self.q_nominal.copy()
         eye = np.eye(self.nv)
         for _ in range(IK_ITERATIONS):
             # in joint positions: the Jacobian's columns are d/dθ for revolute and continuous joints alike
             q_model = self.robot.q_from_positions(q)
             pin.framesForwardKinematics(self.model, self.data, q_model)
-            error = target - self.data.oMf[self.frame_id].translation
+            error = world_target - self.data.oMf[self.frame_id].translation
             J = pin.computeFrameJacobian(self.model, self.data, q_model, self.frame_id, pin.LOCAL_WORLD_ALIGNED)[:3]
             J_pinv = J.T @ np.linalg.inv(J @ J.T + IK_DAMPING * np.eye(3))
             step = J_pinv @ error + IK_NULL_GAIN * (eye - J_pinv @ J) @ (self.q_nominal - q)
