@@ -356,22 +356,24 @@ class RobotModel:
         self.joint_encodings = [ENCODINGS[k] for k in self.joint_kinds]
         """Per controlled joint, its entries in q and in the policy's observation: 'angle',
         'linear' or 'cos_sin' (two entries, continuous joints)."""
-        self._idx_q = np.array([j.idx_q for j in model.joints[1:]])
-        self._continuous = np.array([k == "continuous" for k in self.joint_kinds])
+        self.q_index = np.array([j.idx_q for j in model.joints[1:]])
+        """Per joint, its first entry in q (a continuous joint's cos θ; sin θ is the next)."""
+        self.is_continuous = np.array([k == "continuous" for k in self.joint_kinds])
+        """Per joint, whether it is continuous (two entries in q)."""
         self.nq, self.nv = model.nq, model.nv
         self._override_limits(model, fail)
         self.effort_limit = np.array(model.effortLimit, dtype=float)
         self.velocity_limit = np.array(model.velocityLimit, dtype=float)
         # per joint (nv): a continuous joint has none
         lower, upper = np.array(model.lowerPositionLimit), np.array(model.upperPositionLimit)
-        self.lower_position_limit = np.where(self._continuous, -np.inf, lower[self._idx_q])
-        self.upper_position_limit = np.where(self._continuous, np.inf, upper[self._idx_q])
+        self.lower_position_limit = np.where(self.is_continuous, -np.inf, lower[self.q_index])
+        self.upper_position_limit = np.where(self.is_continuous, np.inf, upper[self.q_index])
         self.soft_lower_limit = self.lower_position_limit.copy()
         """Per joint, the lowest position sampled and IK postures may take (soft_limit_factor)."""
         self.soft_upper_limit = self.upper_position_limit.copy()
         """Per joint, the highest position sampled and IK postures may take."""
         if config.soft_limit_factor < 1:
-            bounded = ~self._continuous
+            bounded = ~self.is_continuous
             lo, hi = self.lower_position_limit[bounded], self.upper_position_limit[bounded]
             middle, half = (lo + hi) / 2, config.soft_limit_factor * (hi - lo) / 2
             self.soft_lower_limit[bounded], self.soft_upper_limit[bounded] = middle - half, middle + half
@@ -417,7 +419,7 @@ class RobotModel:
             if self.joint_kinds[j] == "continuous":
                 raise fail(f"position_limits.{name}", "a continuous joint has no position limits")
             lower, upper = model.lowerPositionLimit.copy(), model.upperPositionLimit.copy()
-            lower[self._idx_q[j]], upper[self._idx_q[j]] = lo, hi
+            lower[self.q_index[j]], upper[self.q_index[j]] = lo, hi
             model.lowerPositionLimit, model.upperPositionLimit = lower, upper
         for key, attribute in (("velocity_limits", "velocityLimit"), ("effort_limits", "effortLimit"),
                                ("armature", "armature")):
@@ -487,7 +489,7 @@ class RobotModel:
         if self.nq == self.nv:
             return positions.copy()
         q = np.empty(positions.shape[:-1] + (self.nq,))
-        for j, (i, continuous) in enumerate(zip(self._idx_q, self._continuous)):
+        for j, (i, continuous) in enumerate(zip(self.q_index, self.is_continuous)):
             if continuous:
                 q[..., i], q[..., i + 1] = np.cos(positions[..., j]), np.sin(positions[..., j])
             else:
@@ -501,7 +503,7 @@ class RobotModel:
         if self.nq == self.nv:
             return q.copy()
         positions = np.empty(q.shape[:-1] + (self.nv,))
-        for j, (i, continuous) in enumerate(zip(self._idx_q, self._continuous)):
+        for j, (i, continuous) in enumerate(zip(self.q_index, self.is_continuous)):
             positions[..., j] = np.arctan2(q[..., i + 1], q[..., i]) if continuous else q[..., i]
         return positions
 

@@ -242,8 +242,8 @@ class RobotTask(Task):
         """E = ∂x/∂dx [nx, 2 nv] at configuration q: d(cos θ, sin θ)/dθ = (−sin θ, cos θ) for a
         continuous joint, 1 otherwise, and the identity for v."""
         E = np.zeros((self.nx, 2 * self.nv))
-        for j, i in enumerate(self.robot._idx_q):
-            if self.robot._continuous[j]:
+        for j, i in enumerate(self.robot.q_index):
+            if self.robot.is_continuous[j]:
                 E[i, j], E[i + 1, j] = -q[i + 1], q[i]
             else:
                 E[i, j] = 1.0
