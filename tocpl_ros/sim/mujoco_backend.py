@@ -178,7 +178,7 @@ class MujocoArmSimulator(SimulatorBase):
         joints = list(spec.joints)
         bad = [j.name for j in joints if j.type not in _MOVABLE.values()]
         if bad:
-            raise FieldError("urdf", f"{self.urdf_file}: only hinge and slide joints (revolute, continuous, prismatic) are supported, not {bad}")
+            raise FieldError("urdf", f"{self.urdf_file}: only hinge and slide joints (revolute, continuous, prismatic), not {bad}")
         if [j.name for j in joints] != self.joint_names:
             raise FieldError("robot", f"MuJoCo's joints of {self.urdf_file.name} are {[j.name for j in joints]}, "
                                       f"the robot's {self.joint_names}")
