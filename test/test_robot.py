@@ -51,7 +51,7 @@ def panda_data(**changes) -> dict:
         command_interface="effort",
         control_rate=1000.0,
         compensates_gravity=True,
-        locked_positions={"panda_finger_joint1": 0.03},
+        locked_joints={"panda_finger_joint1": 0.03},
     )
     data.update(changes)
     return data
@@ -134,7 +134,7 @@ def test_a_task_config_naming_a_urdf_still_loads():
         (lambda d: d.update(command_interface="torque"), "command_interface", ["effort", "velocity", "position"]),
         (lambda d: d.update(control_rate=0.0), "control_rate", ["> 0"]),
         (lambda d: d.update(compensates_gravity="yes"), "compensates_gravity", ["expected bool"]),
-        (lambda d: d.update(locked_positions={"elbow_joint": 0.0}), "locked_positions", ["controlled"]),
+        (lambda d: d.update(locked_joints={"elbow_joint": 0.0}), "locked_joints", ["controlled"]),
     ],
 )
 def test_config_errors_name_the_file_and_the_key(tmp_path, edit, key, words):
@@ -160,7 +160,7 @@ def test_config_errors_name_the_file_and_the_key(tmp_path, edit, key, words):
          "controlled_joints", ["'elbow'", "not movable joints of ur5.urdf"]),
         (lambda d: d.update(controlled_joints=[UR5_JOINTS[1], UR5_JOINTS[0], *UR5_JOINTS[2:]]),
          "controlled_joints", ["URDF's joint order"]),
-        (lambda d: d.update(locked_positions={"gripper_joint": 0.0}), "locked_positions", ["gripper_joint"]),
+        (lambda d: d.update(locked_joints={"gripper_joint": 0.0}), "locked_joints", ["gripper_joint"]),
     ],
 )
 def test_model_errors_name_the_file_and_the_key(tmp_path, edit, key, words):
@@ -289,11 +289,12 @@ def test_robot_module_is_ros_and_crocoddyl_free():
 
 
 def test_only_the_robot_yaml_names_the_ur5_joints_posture_and_frames():
-    """Code and configuration take them from config/robots/ur5.yaml (tests and docs may name them)."""
+    """Code and configuration take them from the robot YAMLs, config/robots/*.yaml (ur5.yaml; the
+    UR10's shares the names); tests and docs may name them."""
     names = [*UR5_JOINTS, "tool0", "wrist_3_link", "ee_link"]
     posture = re.compile(r"-1\.2,\s*1\.6,\s*-0\.4,\s*1\.57")
     files = [p for folder in ("tocpl_ros", "training", "config", "launch") for p in (ROOT / folder).rglob("*")
-             if p.suffix in (".py", ".yaml", ".yml") and p != ROOT / "config" / "robots" / "ur5.yaml"]
+             if p.suffix in (".py", ".yaml", ".yml") and p.parent != ROOT / "config" / "robots"]
     assert files
     offenders = [f"{p.relative_to(ROOT)}: {n}" for p in files for n in names if n in p.read_text()]
     offenders += [f"{p.relative_to(ROOT)}: posture" for p in files if posture.search(p.read_text())]

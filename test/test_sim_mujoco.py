@@ -124,7 +124,7 @@ def test_locked_joints_are_fixed_where_the_reduced_model_locks_them(tmp_path):
     from tocpl_ros.config import read_yaml
 
     data = read_yaml(ROOT / "config" / "robots" / "ur5.yaml")
-    data.update(urdf=str(urdf_path("ur5")), locked_positions={"elbow_joint": 1.1})
+    data.update(urdf=str(urdf_path("ur5")), locked_joints={"elbow_joint": 1.1})
     data["controlled_joints"].remove("elbow_joint")
     del data["nominal_posture"]["elbow_joint"]
     ur5 = tmp_path / "ur5_locked_elbow.yaml"
@@ -135,7 +135,7 @@ def test_locked_joints_are_fixed_where_the_reduced_model_locks_them(tmp_path):
         urdf=example_robot_data.load("panda").urdf, controlled_joints=arm, end_effector_frame="panda_hand_tcp",
         base_frame="panda_link0", nominal_posture=dict(zip(arm, [0.0, -0.785, 0.0, -2.356, 0.0, 1.571, 0.785])),
         target_workspace=None, command_interface="effort", control_rate=1000.0, compensates_gravity=True,
-        locked_positions={"panda_finger_joint1": 0.03, "panda_finger_joint2": 0.03},
+        locked_joints={"panda_finger_joint1": 0.03, "panda_finger_joint2": 0.03},
     )))
     rng = np.random.default_rng(5)
     for robot, n in ((ur5, 5), (panda, 7)):

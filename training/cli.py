@@ -24,14 +24,16 @@ from tocpl_training.evaluation.continuous import hold_labels
 from tocpl_training.trainer import POLICY, Trainer
 
 
-def default_config_file(task: str) -> Path | None:
-    path = config_path("train") / f"{Path(task).stem}.yaml"
-    return path if path.is_file() else None
+def default_config_file(task: str, robot: str | None = None) -> Path | None:
+    """config/train/<task>_<robot>.yaml (with a robot), else config/train/<task>.yaml, if present."""
+    names = ([f"{Path(task).stem}_{Path(robot).stem}"] if robot else []) + [Path(task).stem]
+    paths = [config_path("train") / f"{name}.yaml" for name in names]
+    return next((path for path in paths if path.is_file()), None)
 
 
 def default_config(task: str, **overrides) -> TrainConfig:
     """What ``tocpl-train --task TASK`` trains (config/train/<task>.yaml), with ``overrides``."""
-    file = default_config_file(task)
+    file = default_config_file(task, overrides.get("robot"))
     data = read_yaml(file) if file else {"task": task}
     return load_dataclass(TrainConfig, {**data, **overrides}, source=str(file or task))
 
@@ -72,7 +74,7 @@ def resolve_config(args: argparse.Namespace) -> TrainConfig:
     task = cli.get("task", TrainConfig.task)
     data: dict = {}
     source = "command line"
-    file = args.config or default_config_file(task)
+    file = args.config or default_config_file(task, cli.get("robot"))
     if file is not None:
         data = read_yaml(file)
         source = str(file)
@@ -143,7 +145,8 @@ def main(argv: list[str] | None = None) -> int:
             trainer = Trainer.resume(args.resume, **resume_changes(args))
         else:
             config = resolve_config(args)
-            out = args.out or Path("runs") / Path(config.task).stem
+            robot = f"_{Path(config.robot).stem}" if config.robot else ""
+            out = args.out or Path("runs") / f"{Path(config.task).stem}{robot}"
             trainer = Trainer(config, out, parse_key_values(args.task_set, "--task-set"), overwrite=args.overwrite)
     except (ConfigError, CheckpointError) as exc:
         print(f"tocpl-train: {exc}", file=sys.stderr)

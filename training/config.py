@@ -18,6 +18,10 @@ POLICY_STATES = ("rollout", "oc")
 class TrainConfig:
     task: str = "ur5_reach"
     """Task name (config/tasks/<task>.yaml) or a task YAML path."""
+    robot: str | None = None
+    """Robot (config/robots/<robot>.yaml, or a robot YAML path) replacing the task config's: how
+    the generic task 'reach' gets its robot (tocpl-train --task reach --robot panda). None: the
+    task config's own."""
     algo: str = "pddp"
     """'pddp' (projected DDP, Alg. 1), 'plal' (ADMM on the augmented Lagrangian, Alg. 2), or the
     paper's baselines 'pods' (Mora et al. 2021: one Gauss-Newton step on the policy's actions, regress)

@@ -66,9 +66,9 @@ def with_continuation(task: Task, policy, problems: Problems, rng: np.random.Gen
         goal[fresh] = task.sample(int(fresh.sum()), rng).target if task.target_dim else goal[fresh]
         if kick > 0 and start_speed > 0:  # drawn only when asked: the default runs keep their random stream
             kicked = rng.random(n_chain) < kick
-            state[kicked, task.nq:] += rng.uniform(-start_speed, start_speed, (int(kicked.sum()), task.nq))
+            state[kicked, task.nq:] += rng.uniform(-start_speed, start_speed, (int(kicked.sum()), task.nv))
         x0[chained], target[chained] = state, goal
 
     if n_moving and start_speed > 0:
-        x0[moving, task.nq:] = rng.uniform(-start_speed, start_speed, (n_moving, task.nq))
+        x0[moving, task.nq:] = rng.uniform(-start_speed, start_speed, (n_moving, task.nv))
     return Problems(x0, target)

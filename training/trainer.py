@@ -165,7 +165,8 @@ class Trainer:
         self.out_dir = Path(out_dir)
         self.overwrite = overwrite  # a fresh run may replace a training run already in out_dir
         self.task_overrides = dict(task_overrides or {})
-        overrides = {"constrained": config.constrained, **self.task_overrides}
+        robot = {"robot": config.robot} if config.robot else {}
+        overrides = {"constrained": config.constrained, **robot, **self.task_overrides}
         self.task = load_task(config.task, overrides)
         torch.manual_seed(config.seed)
         self.policy = make_policy(self.task, config.seed, hidden=config.hidden)

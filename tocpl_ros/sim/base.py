@@ -132,7 +132,7 @@ class SimulatorBase:
         return self.mass_matrix(q) @ a + self.bias(q, v)
 
     def _difference(self, q0: np.ndarray, q1: np.ndarray) -> np.ndarray:
-        """q1 ⊖ q0 (revolute/prismatic joints: a plain difference)."""
+        """q1 ⊖ q0 of joint positions (a plain difference; a backend may wrap continuous joints)."""
         return q1 - q0
 
     # -- construction helpers ------------------------------------------------------------

@@ -178,13 +178,16 @@ class MujocoArmSimulator(SimulatorBase):
         joints = list(spec.joints)
         bad = [j.name for j in joints if j.type not in _MOVABLE.values()]
         if bad:
-            raise FieldError("urdf", f"{self.urdf_file}: only revolute/prismatic joints are supported, not {bad}")
+            raise FieldError("urdf", f"{self.urdf_file}: only hinge and slide joints (revolute, continuous, prismatic), not {bad}")
         if [j.name for j in joints] != self.joint_names:
             raise FieldError("robot", f"MuJoCo's joints of {self.urdf_file.name} are {[j.name for j in joints]}, "
                                       f"the robot's {self.joint_names}")
-        limits = urdf_joint_limits(root)
-        self.effort_limit = np.array([limits[name][0] for name in self.joint_names])
-        self.velocity_limit = np.array([limits[name][1] for name in self.joint_names])
+        # the robot's limits and armature: the URDF's with the robot YAML's overrides (MuJoCo's
+        # import gives a continuous joint no effort limit)
+        self.effort_limit = self.robot.effort_limit.copy()
+        self.velocity_limit = self.robot.velocity_limit.copy()
+        for joint, armature in zip(joints, self.robot.model.armature):
+            joint.armature = float(armature)
         self._attach_payload(config)
 
         option = spec.option

@@ -28,8 +28,11 @@ from tocpl_ros.sim.config import SimConfig
 
 class ArmSimulator(SimulatorBase):
     """The Pinocchio backend (``backend: pinocchio``): the robot's controlled joints
-    (revolute/prismatic; the others locked), simulated by ABA and semi-implicit Euler
-    (see the module docstring for the physics)."""
+    (revolute, prismatic, continuous; the others locked), simulated by ABA and semi-implicit
+    Euler (see the module docstring for the physics).
+
+    The state ``q`` is one position per joint, as /joint_states carries it (a continuous joint's
+    angle is not wrapped); Pinocchio gets the model's q (cos θ, sin θ of a continuous joint)."""
 
     backend = "pinocchio"
 
@@ -55,38 +58,47 @@ class ArmSimulator(SimulatorBase):
     def acceleration(self, q: np.ndarray, v: np.ndarray, tau: np.ndarray, h: float | None = None) -> np.ndarray:
         """Joint acceleration for motor torque ``tau`` (losses linearly implicit over ``h``)."""
         if not self.has_losses:
-            return pin.aba(self.model, self.data, q, v, tau).copy()
+            return pin.aba(self.model, self.data, self._model_q(q), v, tau).copy()
         h = self.dt if h is None else h
         mass = self.mass_matrix(q)
-        bias = pin.nonLinearEffects(self.model, self.data, q, v)
+        bias = pin.nonLinearEffects(self.model, self.data, self._model_q(q), v)
         return np.linalg.solve(mass + h * np.diag(self._loss_slope(v)), tau - bias - self.losses(v))
 
     def mass_matrix(self, q: Sequence[float] | None = None) -> np.ndarray:
         q = self.q if q is None else np.asarray(q, dtype=float)
-        mass = pin.crba(self.model, self.data, q)
+        mass = pin.crba(self.model, self.data, self._model_q(q))
         return np.triu(mass) + np.triu(mass, 1).T
 
     def bias(self, q: Sequence[float] | None = None, v: Sequence[float] | None = None) -> np.ndarray:
         q = self.q if q is None else np.asarray(q, dtype=float)
         v = self.v if v is None else np.asarray(v, dtype=float)
-        return pin.nonLinearEffects(self.model, self.data, q, v).copy()
+        return pin.nonLinearEffects(self.model, self.data, self._model_q(q), v).copy()
 
     def gravity(self, q: Sequence[float] | None = None) -> np.ndarray:
         q = self.q if q is None else np.asarray(q, dtype=float)
-        return pin.computeGeneralizedGravity(self.model, self.data, q).copy()
+        return pin.computeGeneralizedGravity(self.model, self.data, self._model_q(q)).copy()
 
     def energy(self) -> float:
-        kinetic = pin.computeKineticEnergy(self.model, self.data, self.q, self.v)
-        return float(kinetic + pin.computePotentialEnergy(self.model, self.data, self.q))
+        q = self._model_q(self.q)
+        kinetic = pin.computeKineticEnergy(self.model, self.data, q, self.v)
+        return float(kinetic + pin.computePotentialEnergy(self.model, self.data, q))
 
     def inverse_dynamics(self, q: np.ndarray, v: np.ndarray, a: np.ndarray) -> np.ndarray:
-        return pin.rnea(self.model, self.data, q, v, a).copy()
+        return pin.rnea(self.model, self.data, self._model_q(q), v, a).copy()
+
+    def _model_q(self, q: np.ndarray) -> np.ndarray:
+        """The model's q of joint positions (the same array without continuous joints)."""
+        return q if self.robot.nq == self.robot.nv else self.robot.q_from_positions(q)
 
     def _difference(self, q0: np.ndarray, q1: np.ndarray) -> np.ndarray:
-        return pin.difference(self.model, q0, q1)
+        # on the model's configuration space: a continuous joint's difference wraps to (−π, π]
+        return pin.difference(self.model, self._model_q(q0), self._model_q(q1))
 
     def _advance(self, tau: np.ndarray, h: float) -> None:
-        """Semi-implicit Euler: v' = v + h·a, q' = q ⊕ h·v'."""
+        """Semi-implicit Euler: v' = v + h·a, q' = q ⊕ h·v' (in joint positions: q + h·v')."""
         a = self.acceleration(self.q, self.v, tau, h)
         self.v = self.v + h * a
-        self.q = pin.integrate(self.model, self.q, h * self.v)
+        if self.robot.nq == self.robot.nv:
+            self.q = pin.integrate(self.model, self.q, h * self.v)
+        else:  # angles: a continuous joint's position accumulates like its encoder's
+            self.q = self.q + h * self.v

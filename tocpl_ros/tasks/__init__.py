@@ -42,7 +42,10 @@ def task_config_file(name_or_path: str | Path) -> Path:
 def load_task_config(name_or_path: str | Path, overrides: dict[str, Any] | None = None) -> tuple[str, TaskConfig]:
     """(task name, validated config) from config/tasks/<name>.yaml or a YAML path."""
     path = task_config_file(name_or_path)
-    config = load_dataclass(TaskConfig, read_yaml(path), source=str(path))
+    data = read_yaml(path)
+    if overrides and "robot" in overrides:  # a generic task (config/tasks/reach.yaml) names no robot itself
+        data = {**data, "robot": overrides["robot"]}
+    config = load_dataclass(TaskConfig, data, source=str(path))
     if overrides:
         config = with_overrides(config, overrides, source=f"{path} (with overrides)")
     return path.stem, config

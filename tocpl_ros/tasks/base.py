@@ -124,6 +124,12 @@ class Task(ABC):
         """Policy input for states [B, nx] and targets [B, target_dim]."""
         return np.concatenate([x, target], axis=-1) if self.target_dim else np.array(x)
 
+    def state_jacobian(self, x: np.ndarray, jacobian: np.ndarray) -> np.ndarray:
+        """Jacobians [M, nu, ndx] with respect to the tangent dx at states x [M, nx] (Crocoddyl's
+        feedback gains) as Jacobians [M, nu, nx] with respect to x, the policy's input. A state
+        that is a vector space (nx = ndx) has them the same: returned as is."""
+        return jacobian
+
     # -- Crocoddyl --------------------------------------------------------
     @abstractmethod
     def build_problem(self, problem: Problems | None = None, constrained: bool | None = None) -> crocoddyl.ShootingProblem:

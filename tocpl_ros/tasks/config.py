@@ -113,6 +113,9 @@ class TaskConfig:
     frame: str | None = None
     """Frame whose position p(x) enters the 'position' cost and the final error; None: the
     robot's end-effector frame. Robots only."""
+    target_kind: str = "position"
+    """What a reach target is: 'position' (of the end-effector frame, 3 values in the base frame).
+    'pose' (position and orientation) is the name kept for it; it is not implemented yet."""
     u_limit: list[float] | None = None
     """Per-joint torque bound overriding the URDF effort limits (N·m); robots only."""
     lqr: LQRConfig = field(default_factory=LQRConfig)
@@ -130,6 +133,11 @@ class TaskConfig:
         if self.robot is not None and self.urdf is not None:
             raise FieldError("urdf", f"give a robot or a urdf, not both (robot '{self.robot}', urdf '{self.urdf}')")
         if self.kind != "lqr" and self.robot is None and (self.urdf is None or self.frame is None):
-            raise FieldError("robot", f"a '{self.kind}' task needs a robot (or a urdf and a frame)")
+            raise FieldError("robot", f"a '{self.kind}' task needs a robot (or a urdf and a frame); "
+                                      "tocpl-train: --robot NAME")
+        if self.target_kind not in ("position", "pose"):
+            raise FieldError("target_kind", f"'position' or 'pose', got '{self.target_kind}'")
+        if self.target_kind == "pose":
+            raise FieldError("target_kind", "pose targets are not implemented yet (docs/robots.md): use 'position'")
         if self.u_limit is not None and any(u <= 0 for u in self.u_limit):
             raise FieldError("u_limit", f"every bound must be > 0, got {self.u_limit}")

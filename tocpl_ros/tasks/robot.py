@@ -42,7 +42,12 @@ IK_NULL_GAIN = 0.5
 
 
 class RobotTask(Task):
-    """A robot's controlled joints (revolute/prismatic), state x = (q, v), torque box.
+    """A robot's controlled joints, state x = (q, v), torque box.
+
+    q is the model's configuration (nq entries: cos θ, sin θ for a continuous joint, one entry for
+    a revolute or prismatic one), v one velocity per joint (nv); nx = nq + nv. Postures the
+    config or the robot YAML give (``q_nominal``, sampled postures) are joint positions, one per
+    joint (:meth:`RobotModel.q_from_positions` converts).
 
     Cost terms (weights scalar or per entry):
       running: 'position' ½‖p(q) − p̄‖² of the configured frame, 'velocity' ½‖v‖²,
@@ -65,18 +70,28 @@ class RobotTask(Task):
             raise FieldError("frame", f"frame '{frame}' is not in {self.urdf_file.name}")
         self.frame = frame
         self.frame_id = self.model.getFrameId(frame)
-        self.nq = self.model.nq
-        self.nx, self.nu = 2 * self.nq, self.model.nv
+        self.nq, self.nv = self.model.nq, self.model.nv
+        self.nx, self.nu = self.nq + self.nv, self.nv
         self.joint_names = list(self.robot.joint_names)
+        self.joint_encodings = list(self.robot.joint_encodings)
         u_max = np.array(config.u_limit if config.u_limit is not None else self.robot.effort_limit, dtype=float)
         if u_max.shape != (self.nu,) or (u_max <= 0).any():
             raise FieldError("u_limit", f"torque bounds must be {self.nu} positive values, got {u_max} (u_limit or the URDF effort limits)")
         self.u_max, self.u_min = u_max, -u_max
         q_nominal = config.sampling.q_nominal
         self.q_nominal = self.robot.nominal_posture.copy() if q_nominal is None else np.array(q_nominal, dtype=float)
-        if self.q_nominal.shape != (self.nq,):
-            raise FieldError("sampling.q_nominal", f"needs {self.nq} values, got {len(self.q_nominal)}")
-        self.obs_layout = [("q", self.nq), ("v", self.nq)]
+        if self.q_nominal.shape != (self.nv,):
+            raise FieldError("sampling.q_nominal", f"needs {self.nv} values (one per joint), got {len(self.q_nominal)}")
+        self.q_nominal_model = self.robot.q_from_positions(self.q_nominal)
+        """q_nominal as the model's q (nq)."""
+        s = config.sampling
+        for key, h in (("sampling.q0_halfwidth", s.q0_halfwidth), ("sampling.target_joint_halfwidth", s.target_joint_halfwidth)):
+            lo, hi = self._sampling_interval(h)
+            if (lo > hi).any() or (h > 0 and (lo == hi).any()):
+                bad = [n for n, a, b in zip(self.joint_names, lo, hi) if a > b or (h > 0 and a == b)]
+                raise FieldError(key, f"q_nominal ± {h} leaves nothing within the sampling ranges and soft limits of "
+                                      f"joints {bad} ({self.robot.source or 'the robot'})")
+        self.obs_layout = [("q", self.nq), ("v", self.nv)]
         self.state = crocoddyl.StateMultibody(self.model)
         self.actuation = crocoddyl.ActuationModelFull(self.state)
         self._weights = {
@@ -86,7 +101,7 @@ class RobotTask(Task):
 
     # -- costs ------------------------------------------------------------
     def _term_size(self, term: str) -> int:
-        return {"position": 3, "velocity": self.nq, "posture": self.nq, "target_posture": self.nq}.get(term, self.nu)
+        return {"position": 3, "velocity": self.nv, "posture": self.nv, "target_posture": self.nv}.get(term, self.nu)
 
     def _weight(self, phase: str, term: str, weight) -> np.ndarray:
         size = self._term_size(term)
@@ -96,15 +111,18 @@ class RobotTask(Task):
         return w
 
     def _residual(self, term: str, target: np.ndarray):
-        zeros = np.zeros(self.nq)
-        if term == "position":
-            return crocoddyl.ResidualModelFrameTranslation(self.state, self.frame_id, target, self.nu), None
+        # state residuals live in the tangent space (ndx = 2 nv): the masks pick its q or v half
+        zeros, ones = np.zeros(self.nv), np.ones(self.nv)
+        if term == "position":  # targets are in the base frame, Crocoddyl's frame positions in the world's
+            world = self.robot.world_position(target)
+            return crocoddyl.ResidualModelFrameTranslation(self.state, self.frame_id, world, self.nu), None
         if term == "velocity":
-            return crocoddyl.ResidualModelState(self.state, np.zeros(self.nx), self.nu), np.concatenate([zeros, np.ones(self.nq)])
+            xref = np.concatenate([pin.neutral(self.model), zeros])  # a valid q (cos, sin), masked out
+            return crocoddyl.ResidualModelState(self.state, xref, self.nu), np.concatenate([zeros, ones])
         if term in ("posture", "target_posture"):
             q_ref = self.q_nominal if term == "posture" else self.target_posture(target)
-            xref = np.concatenate([q_ref, zeros])
-            return crocoddyl.ResidualModelState(self.state, xref, self.nu), np.concatenate([np.ones(self.nq), zeros])
+            xref = np.concatenate([self.robot.q_from_positions(q_ref), zeros])
+            return crocoddyl.ResidualModelState(self.state, xref, self.nu), np.concatenate([ones, zeros])
         if term == "control":
             return crocoddyl.ResidualModelControl(self.state, self.nu), None
         return crocoddyl.ResidualModelControlGrav(self.state, self.nu), None
@@ -153,13 +171,14 @@ class RobotTask(Task):
             costs = model.differential.costs.costs
             terms = costs.todict()
             if "position" in terms:
-                costs["position"].cost.residual.reference = goal
+                costs["position"].cost.residual.reference = self.robot.world_position(goal)
             if "target_posture" in terms:
-                costs["target_posture"].cost.residual.reference = np.concatenate([self.target_posture(goal), np.zeros(self.nq)])
+                q_ref = self.robot.q_from_positions(self.target_posture(goal))
+                costs["target_posture"].cost.residual.reference = np.concatenate([q_ref, np.zeros(self.nv)])
 
     def nominal_problem(self) -> Problems:
-        x0 = np.concatenate([self.q_nominal, np.zeros(self.nq)])[None]
-        return Problems(x0, self.frame_position(self.q_nominal[None])[:, : self.target_dim])
+        x0 = np.concatenate([self.q_nominal_model, np.zeros(self.nv)])[None]
+        return Problems(x0, self.frame_position(self.q_nominal_model[None])[:, : self.target_dim])
 
     # -- dynamics ----------------------------------------------------------
     def step(self, x, u):
@@ -183,15 +202,56 @@ class RobotTask(Task):
             out[i] = self.robot.frame_position(qi, self.frame_id)
         return out
 
+    def _sampling_interval(self, h: float) -> tuple[np.ndarray, np.ndarray]:
+        """Per joint, [q_nominal − h, q_nominal + h] within the robot's sampling ranges."""
+        return (np.maximum(self.q_nominal - h, self.robot.sampling_lower),
+                np.minimum(self.q_nominal + h, self.robot.sampling_upper))
+
+    def sample_positions(self, n: int, h: float, rng: np.random.Generator) -> np.ndarray:
+        """n postures [n, nv] (joint positions): q_nominal + U(-h, h) per joint; a joint whose
+        interval the robot's sampling ranges or soft limits cut samples uniformly what is left
+        (the same draw, rescaled: a robot that cuts nothing gets exactly q_nominal + U(-h, h))."""
+        offsets = rng.uniform(-h, h, (n, self.nv))
+        q = self.q_nominal + offsets
+        lo, hi = self._sampling_interval(h)
+        cut = (lo > self.q_nominal - h) | (hi < self.q_nominal + h)
+        if h > 0 and cut.any():
+            q = np.where(cut, lo + (offsets + h) / (2 * h) * (hi - lo), q)
+        return q
+
     def sample_x0(self, n: int, rng: np.random.Generator) -> np.ndarray:
-        """x0 = (q_nominal + U(-h0, h0), U(-hv, hv)) per joint."""
+        """x0 = (q_nominal + U(-h0, h0), U(-hv, hv)) per joint (see :meth:`sample_positions`)."""
         s = self.config.sampling
-        q0 = self.q_nominal + rng.uniform(-s.q0_halfwidth, s.q0_halfwidth, (n, self.nq))
-        v0 = rng.uniform(-s.v0_halfwidth, s.v0_halfwidth, (n, self.nq))
+        q0 = self.robot.q_from_positions(self.sample_positions(n, s.q0_halfwidth, rng))
+        v0 = rng.uniform(-s.v0_halfwidth, s.v0_halfwidth, (n, self.nv))
         return np.concatenate([q0, v0], axis=1)
 
+    def state_jacobian(self, x: np.ndarray, jacobian: np.ndarray) -> np.ndarray:
+        """Jacobians [M, nu, 2 nv] with respect to the tangent dx at states x [M, nx] (Crocoddyl's
+        gains) as Jacobians [M, nu, nx] with respect to x itself (the policy's input): J·E⁺ with
+        E = ∂x/∂dx, so that (J·E⁺)·E = J along the joints' motions. For a robot without continuous
+        joints x and dx are the same: returned as is."""
+        if self.nq == self.nv:
+            return jacobian
+        out = np.empty((len(x), jacobian.shape[1], self.nx))
+        for i, xi in enumerate(x):
+            out[i] = jacobian[i] @ np.linalg.pinv(self._dx_to_x(xi[: self.nq]))
+        return out
+
+    def _dx_to_x(self, q: np.ndarray) -> np.ndarray:
+        """E = ∂x/∂dx [nx, 2 nv] at configuration q: d(cos θ, sin θ)/dθ = (−sin θ, cos θ) for a
+        continuous joint, 1 otherwise, and the identity for v."""
+        E = np.zeros((self.nx, 2 * self.nv))
+        for j, i in enumerate(self.robot.q_index):
+            if self.robot.is_continuous[j]:
+                E[i, j], E[i + 1, j] = -q[i + 1], q[i]
+            else:
+                E[i, j] = 1.0
+        E[self.nq:, self.nv:] = np.eye(self.nv)
+        return E
+
     def gravity(self, q: np.ndarray) -> np.ndarray:
-        """Gravity torques g(q) for configurations [B, nq] -> [B, nq]."""
+        """Gravity torques g(q) for configurations [B, nq] -> [B, nv]."""
         return np.stack([self.robot.gravity(qi) for qi in q])
 
 
@@ -233,22 +293,21 @@ class ReachTask(RobotTask):
     def __init__(self, name, config):
         self._target_postures: dict[bytes, np.ndarray] = {}
         super().__init__(name, config)
-        self.obs_layout = [("q", self.nq), ("v", self.nq), ("target", 3)]
+        self.obs_layout = [("q", self.nq), ("v", self.nv), ("target", 3)]
 
     def sample(self, n, seed):
         rng = np.random.default_rng(seed)
         x0 = self.sample_x0(n, rng)
-        h = self.config.sampling.target_joint_halfwidth
-        q_target = self.q_nominal + rng.uniform(-h, h, (n, self.nq))
-        return Problems(x0, self.frame_position(q_target))
+        q_target = self.sample_positions(n, self.config.sampling.target_joint_halfwidth, rng)
+        return Problems(x0, self.frame_position(self.robot.q_from_positions(q_target)))
 
     def final_error(self, x, target):
         return np.linalg.norm(self.frame_position(x[:, : self.nq]) - target, axis=1)
 
     def target_posture(self, target: np.ndarray) -> np.ndarray:
-        """q*(p̄): the posture that puts the frame on ``target``, nearest q_nominal (inverse kinematics
-        by damped least squares with the pull to q_nominal projected on the Jacobian's null space),
-        within the joint limits. A function of the target alone, so a policy that sees the target can
+        """q*(p̄), joint positions [nv]: the posture that puts the frame on ``target``, nearest
+        q_nominal (inverse kinematics by damped least squares with the pull to q_nominal projected
+        on the Jacobian's null space), within the soft joint limits. A function of the target alone, so a policy that sees the target can
         learn where to rest; its posture term has no gradient at the target, unlike one around
         q_nominal, which pulls the resting arm off the target."""
         key = np.asarray(target, dtype=float).tobytes()
@@ -256,13 +315,16 @@ class ReachTask(RobotTask):
         if cached is not None:
             return cached.copy()
         target = np.asarray(target, dtype=float)
-        lo, hi = self.model.lowerPositionLimit, self.model.upperPositionLimit
+        lo, hi = self.robot.soft_lower_limit, self.robot.soft_upper_limit
+        world_target = self.robot.world_position(target)
         q = self.q_nominal.copy()
-        eye = np.eye(self.nq)
+        eye = np.eye(self.nv)
         for _ in range(IK_ITERATIONS):
-            pin.framesForwardKinematics(self.model, self.data, q)
-            error = target - self.data.oMf[self.frame_id].translation
-            J = pin.computeFrameJacobian(self.model, self.data, q, self.frame_id, pin.LOCAL_WORLD_ALIGNED)[:3]
+            # in joint positions: the Jacobian's columns are d/dθ for revolute and continuous joints alike
+            q_model = self.robot.q_from_positions(q)
+            pin.framesForwardKinematics(self.model, self.data, q_model)
+            error = world_target - self.data.oMf[self.frame_id].translation
+            J = pin.computeFrameJacobian(self.model, self.data, q_model, self.frame_id, pin.LOCAL_WORLD_ALIGNED)[:3]
             J_pinv = J.T @ np.linalg.inv(J @ J.T + IK_DAMPING * np.eye(3))
             step = J_pinv @ error + IK_NULL_GAIN * (eye - J_pinv @ J) @ (self.q_nominal - q)
             q = np.clip(q + step, lo, hi)

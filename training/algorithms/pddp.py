@@ -29,5 +29,8 @@ class PDDP(Algorithm):
 
     def supervision(self, batch: OCBatch) -> SupervisedData:
         obs = self.observations(batch.xs[:, :-1], batch.problems)
-        jac = -batch.K.reshape(-1, self.task.nu, self.task.nx) if self.config.sobolev else None
+        jac = None
+        if self.config.sobolev:  # K is per tangent dx [nu, 2 nv]; the policy's input is x [nx] (cos, sin of a continuous joint)
+            states = batch.xs[:, :-1].reshape(-1, self.task.nx)
+            jac = self.task.state_jacobian(states, -batch.K.reshape(len(states), self.task.nu, -1))
         return SupervisedData(obs.reshape(-1, obs.shape[-1]), batch.us.reshape(-1, self.task.nu), jac)

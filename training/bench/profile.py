@@ -107,7 +107,8 @@ def time_one_offs(run: Path, data: dict) -> list[tuple[str, float]]:
     from tocpl_training.oc.phase import OCPhaseRunner
 
     config = load_dataclass(TrainConfig, data["train_config"], source=str(run / CHECKPOINT))
-    task = load_task(config.task, {"constrained": config.constrained, **(data.get("task_overrides") or {})})
+    robot = {"robot": config.robot} if config.robot else {}
+    task = load_task(config.task, {"constrained": config.constrained, **robot, **(data.get("task_overrides") or {})})
     runner = OCPhaseRunner(task, constrained=config.constrained, workers=config.workers, backend="process")
     try:
         HeldOut.make(task, 2, config.eval_seed, runner)  # the pool's start-up is not the references' cost

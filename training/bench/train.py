@@ -3,6 +3,7 @@ the held-out figures of docs/training.md "Training benchmarks" and docs/continuo
 
     tocpl-train-bench --tasks ur5_reach --seeds 0 1 2
     tocpl-train-bench --tasks lqr pendulum double_pendulum ur5_reach --seeds 0 1 2 --out runs/bench
+    tocpl-train-bench --tasks reach --robot panda --seeds 0 1 2
 
 Every run is a normal run folder (metrics.csv, learning_curve.png, policy.onnx) under --out.
 Wall time is the whole run, set-up and evaluation included, measured on this machine.
@@ -28,12 +29,13 @@ from tocpl_training.trainer import POLICY, Trainer
 def run_one(task: str, seed: int, out: Path, overrides: dict) -> dict:
     config = default_config(task, **overrides, seed=seed)
     start = time.perf_counter()
-    trainer = Trainer(config, out / f"{task}_seed{seed}", overwrite=True)  # a benchmark re-run regenerates its runs
+    name = f"{task}_{Path(config.robot).stem}" if config.robot else task
+    trainer = Trainer(config, out / f"{name}_seed{seed}", overwrite=True)  # a benchmark re-run regenerates its runs
     rows = trainer.run()
     total = time.perf_counter() - start
     export_onnx(trainer.final_policy(), trainer.task, trainer.out_dir / POLICY, to_dict(config))
     delivered = trainer.final_metrics()  # the last iterate, or the one select_best chose on validation
-    return {"task": task, "seed": seed, "variant": config.variant, "iterations": len(rows),
+    return {"task": name, "seed": seed, "variant": config.variant, "iterations": len(rows),
             "delivered": int(delivered["iteration"]), **delivered,
             "dynamics_evaluations": rows[-1]["dynamics_evaluations"], "wall_time": total,  # what the run spent
             "oc_total_seconds": float(sum(r["oc_seconds"] for r in rows))}
@@ -79,10 +81,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=Path("runs/bench"))
     parser.add_argument("--iterations", type=int, help="override the default iteration budget")
     parser.add_argument("--workers", type=int, help="override the OC-phase worker count")
+    parser.add_argument("--robot", help="the robot of every task (config/robots/<robot>.yaml), e.g. --tasks reach --robot panda")
     parser.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
                         help="override a TrainConfig field of every run (YAML value), e.g. --set supervised_steps=200")
     args = parser.parse_args(argv)
-    overrides = {k: v for k, v in (("iterations", args.iterations), ("workers", args.workers)) if v is not None}
+    overrides = {k: v for k, v in (("iterations", args.iterations), ("workers", args.workers), ("robot", args.robot))
+                 if v is not None}
     for item in args.set:
         field, sep, value = item.partition("=")
         if not sep or not field:
@@ -91,7 +95,7 @@ def main(argv: list[str] | None = None) -> int:
     from tocpl_ros.tasks import load_task
 
     try:
-        units = {task: load_task(task).error_unit for task in args.tasks}
+        units = {task: load_task(task, {"robot": args.robot} if args.robot else None).error_unit for task in args.tasks}
         results = []
         for task in args.tasks:
             for seed in args.seeds:
@@ -103,7 +107,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     print("\nmedian over seeds:")
     for task in args.tasks:
-        rows = [r for r in results if r["task"] == task]
+        name = f"{task}_{Path(args.robot).stem}" if args.robot else task
+        rows = [r for r in results if r["task"] == name]
         median = {k: float(np.median([r[k] for r in rows])) for k in rows[0] if isinstance(rows[0][k], float)}
         print(format_row({**rows[0], **median, "seed": "med", "delivered": "–"}, units[task]))
     return 0

@@ -114,14 +114,14 @@ def evaluate_continuous(task: Task, policy, problems: Problems, tolerance: float
 
     if scenarios.start_speed > 0:
         x0 = problems.x0.copy()
-        x0[:, task.nq:] = rng.uniform(-scenarios.start_speed, scenarios.start_speed, (n, task.nq))
+        x0[:, task.nq:] = rng.uniform(-scenarios.start_speed, scenarios.start_speed, (n, task.nv))
         xs, alive = _roll(task, policy, x0, problems.target, T, np.ones(n, dtype=bool))
         out |= _summary("moving_start", _errors(task, xs[:, -1], problems.target, alive), tolerance)
 
     if scenarios.push_speed > 0:
         # push after the T of holding (the first hold mark): the arm is at its target, at rest
         kicked, alive = at_T.copy(), alive_at_T
-        kicked[:, task.nq:] += scenarios.push_speed * rng.choice([-1.0, 1.0], (n, task.nq))
+        kicked[:, task.nq:] += scenarios.push_speed * rng.choice([-1.0, 1.0], (n, task.nv))
         xs, alive = _roll(task, policy, kicked, problems.target, T, alive)
         out["push_recovered"] = float(np.mean(_errors(task, xs[:, -1], problems.target, alive) <= tolerance))
     return out

@@ -169,13 +169,15 @@ def trajectories_figure(task: Task, policy: Policy, problems: Problems, out: Pat
     runs = [(f"policy rollout (cost {policy_cost:.4g})", traj.xs[0], traj.us[0], "k", "-"),
             (f"TO from policy: {warm.iterations} it (cost {warm.cost:.4g})", warm.xs, warm.us, "tab:blue", "--"),
             (f"TO cold: {cold.iterations} it (cost {cold.cost:.4g})", cold.xs, cold.us, "tab:red", ":")]
-    n_states = task.nq if isinstance(task, RobotTask) else task.nx
+    n_states = task.nv if isinstance(task, RobotTask) else task.nx  # robots: one position per joint
     names = task.joint_names or [f"x{i}" for i in range(task.nx)]
     cols = max(n_states, task.nu)
     plt = _plt()
     fig, axes = plt.subplots(2, cols, figsize=(2.6 * cols, 5.5), squeeze=False, sharex=True)
     t = task.dt * np.arange(task.horizon + 1)
     for label, xs, us, color, ls in runs:
+        if isinstance(task, RobotTask):  # a continuous joint's angle, not its (cos, sin)
+            xs = task.robot.positions_from_q(np.asarray(xs)[:, : task.nq])
         for i in range(n_states):
             axes[0, i].plot(t, xs[:, i], color=color, ls=ls, label=label)
         for i in range(task.nu):
