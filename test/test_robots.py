@@ -310,3 +310,21 @@ def test_algorithms_with_terms_inside_the_ocp_refuse_continuous_joints(tmp_path)
         with pytest.raises(ConfigError, match="continuous joints") as info:
             Trainer(TrainConfig(task="reach", robot="kinova", algo=algo, problems=2, workers=1), tmp_path / algo)
         assert info.value.key == "algo"
+
+
+@pytest.mark.parametrize("backend", ["pinocchio", "mujoco"])
+def test_the_simulator_adds_gravity_for_a_robot_whose_controller_does(backend):
+    """A Franka's controller adds g(q) to the commanded torques (panda.yaml: compensates_gravity),
+    so the policy node sends u − g(q): the simulated Panda must add it back, and hold still under
+    a zero torque command; the UR5 (compensates_gravity false) falls under the same command."""
+    held = {}
+    for robot in ("panda", "ur5"):
+        sim = make_simulator(SimConfig(robot=robot, backend=backend, hold_until_command=False, damping=1.0))
+        q0 = sim.q.copy()
+        sim.set_command(np.zeros(sim.nv), "effort")
+        for _ in range(300):  # 0.3 s
+            sim.step()
+        held[robot] = float(np.abs(sim.q - q0).max())
+        assert np.allclose(sim.effort, sim.gravity() if robot == "panda" else 0.0, atol=1e-9), robot
+    assert held["panda"] < 1e-6, held
+    assert held["ur5"] > 1e-2, held

@@ -4,6 +4,9 @@ command modes with their computed-torque servo, saturation and the step loop.
 Command modes, like the ros2_control forward controllers of a UR:
 
 - ``effort``: the commanded torque is applied (saturated) and held until the next command;
+  for a robot whose controller compensates gravity itself (the robot YAML's
+  ``compensates_gravity``: a Franka, a UR in direct torque control) the drives add g(q) to it,
+  as that controller does, so that a command meant for the real arm (u − g(q)) runs unchanged;
 - ``velocity`` / ``position``: a joint servo inside the simulator turns the held command
   into torques. It is a model-based (computed-torque) servo, the model being the
   simulator's own (payload included):
@@ -79,6 +82,7 @@ class SimulatorBase:
         self.urdf_file = self.robot.urdf_file
         self.joint_names = list(self.robot.joint_names)
         self.payload_frame = config.payload_frame or self.robot.end_effector_frame
+        self.compensates_gravity = self.robot.compensates_gravity
         self._load(config)
         self.nq = self.nv = len(self.joint_names)
         self.effort_limit = np.asarray(self.effort_limit, dtype=float)
@@ -236,12 +240,10 @@ class SimulatorBase:
         if cmd is None:
             if self.hold_until_command or mode == "position":
                 mode, cmd = "position", self.hold_q
-            elif mode == "effort":
-                return np.zeros(self.nv)
-            else:
+            else:  # zero torque (effort) or zero velocity
                 cmd = np.zeros(self.nv)
         if mode == "effort":
-            tau = cmd
+            tau = cmd + self.gravity() if self.compensates_gravity else cmd
         elif mode == "velocity":
             tau = self.servo_torque(self.kv * (cmd - self.v), h)
         else:
