@@ -429,3 +429,57 @@ def test_mpc_node_solves_the_policys_task_and_old_files_start(policies, ros_loop
     finally:
         for proc in procs.values():
             stop_process(proc)
+
+
+@pytest.mark.slow
+@pytest.mark.ros
+def test_a_panda_trained_with_its_robot_yaml_reaches_a_target_through_arm_policy(ros_loopback_env, tmp_path):
+    """Issue 25's shipped example end to end: `tocpl-train --task reach --robot panda`'s default
+    (~1 min on 2 idle cores), exported, driven by `tocpl-bringup arm_policy robot:=panda` on the
+    simulated Panda (1 kHz, effort without gravity: the simulated Franka adds g(q) back) to a
+    held-out target: within 2 cm after 5 s, every command within the Panda's effort limits."""
+    from tocpl_ros.config import to_dict
+    from tocpl_ros.ros.probe import Probe, ToolKinematics, follow
+    from tocpl_training.cli import default_config
+    from tocpl_training.export import export_onnx
+    from tocpl_training.trainer import Trainer
+
+    config = default_config("reach", robot="panda", eval_problems=20)
+    trainer = Trainer(config, tmp_path / "run")
+    trainer.run()
+    policy = export_onnx(trainer.policy, trainer.task, tmp_path / "policy.onnx", to_dict(config))
+    target = np.asarray(load_task("reach", {"robot": "panda"}).sample(1, 123).target[0])
+
+    domain, env = _domain(ros_loopback_env, 4)
+    exe = Path(sys.executable).parent / "tocpl-bringup"
+    cmd = [str(exe)] if exe.is_file() else [sys.executable, "-m", "tocpl_ros.bringup.cli"]
+    log = tmp_path / "bringup.log"
+    probe = Probe(domain, record_commands=True, name="panda_test_probe", base_frame="panda_link0")
+    proc = None
+    try:
+        with log.open("w") as out:
+            proc = subprocess.Popen(
+                cmd + ["arm_policy", "robot:=panda", f"policy:={policy}", "target:=" + ",".join(f"{x:.6f}" for x in target),
+                       "realtime_priority:=0", "--sigterm-timeout", "5", "--sigkill-timeout", "5"],
+                env=env, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
+            )
+        wait_for(lambda: probe.last_joint_state() is not None and len(probe.commands) > 0, 120,
+                 "joint states and commands of arm_policy robot:=panda", proc, log)
+        assert "output effort without gravity" in log.read_text() and "robot panda, 7 joints" in log.read_text()
+        result = follow(probe, ToolKinematics("panda"), target, 5.0)
+        print(f"\nPanda through arm_policy: {1e3 * result['error_1s']:.1f} mm at 1 s, {1e3 * result['final_error']:.1f} mm at 5 s")
+        assert result["final_error"] <= 0.02, result
+        limits = load_robot("panda").effort_limit
+        with probe.lock:
+            commands = [c for _, c in probe.commands]
+        assert all(np.all(np.abs(c) <= limits + 1e-9) for c in commands)
+        assert proc.poll() is None, log.read_text()[-3000:]
+    finally:
+        if proc is not None and proc.poll() is None:
+            proc.send_signal(2)
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                stop_process(proc)
+        probe.close()
+    assert proc.returncode == 0, log.read_text()[-3000:]
