@@ -17,54 +17,8 @@ same parameters. Every node gets the same ROS_DOMAIN_ID and ROS_AUTOMATIC_DISCOV
 reach a real robot on the network).
 """
 
-from launch import LaunchDescription
-from launch.actions import DeclareLaunchArgument, LogInfo, OpaqueFunction
-from launch.substitutions import LaunchConfiguration
-from launch_ros.actions import Node
-
-from tocpl_ros.bringup.graph import LAUNCH_ARGUMENTS, BringupError, graph_for, node_environment
-
-GRAPH = "ur5_policy"
-
-
-def _nodes(context, *args, **kwargs):
-    """The graph for the launch arguments' values (evaluated when the launch runs)."""
-    values = {a.name: LaunchConfiguration(a.name).perform(context) for a in LAUNCH_ARGUMENTS}
-    try:
-        specs = graph_for(GRAPH, **values)
-    except BringupError as exc:
-        raise RuntimeError(f"{GRAPH}.launch.py: {exc}") from None
-    env = node_environment()
-    actions = [
-        LogInfo(
-            msg=f"{GRAPH}: " + ", ".join(s.name for s in specs)
-            + f"; DDS: ROS_AUTOMATIC_DISCOVERY_RANGE={env['ROS_AUTOMATIC_DISCOVERY_RANGE']} "
-            f"ROS_DOMAIN_ID={env['ROS_DOMAIN_ID']}"
-        )
-    ]
-    for spec in specs:
-        actions.append(
-            Node(
-                package=spec.package,
-                executable=spec.executable,
-                name=spec.name,
-                output="screen",
-                # params files first, then the parameters set by the arguments (the last wins)
-                parameters=[str(path) for path in spec.params_files] + [dict(spec.parameters)],
-                remappings=list(spec.remappings),
-                arguments=list(spec.arguments),
-                ros_arguments=list(spec.ros_arguments),
-                additional_env=dict(env),
-            )
-        )
-    return actions
+from tocpl_ros.bringup.launch_file import launch_description
 
 
 def generate_launch_description():
-    declared = []
-    for arg in LAUNCH_ARGUMENTS:
-        kwargs = {"default_value": arg.default, "description": arg.description}
-        if arg.choices:
-            kwargs["choices"] = list(arg.choices)
-        declared.append(DeclareLaunchArgument(arg.name, **kwargs))
-    return LaunchDescription(declared + [OpaqueFunction(function=_nodes)])
+    return launch_description("ur5_policy")

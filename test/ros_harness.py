@@ -526,3 +526,43 @@ def remove_dead_fastdds_segments(shm: Path = Path("/dev/shm"), min_age: float = 
             continue
     return removed
 
+
+# ---------------------------------------------------------------------- launch files without launch
+
+
+class _Recorded:
+    """Stand-in launch action: remembers its constructor arguments."""
+
+    def __init__(self, *args, **kwargs):
+        self.args, self.kwargs = args, kwargs
+
+
+def stand_in_launch_modules(monkeypatch) -> None:
+    """Minimal ``launch`` / ``launch_ros`` modules with the names tocpl_ros/bringup/launch_file.py
+    uses (not installable here: ENVIRONMENT.md). They only record what they are given: the
+    translation of the graph into launch actions is what the tests check."""
+    import types
+
+    class LaunchConfiguration:
+        def __init__(self, name):
+            self.name = name
+
+        def perform(self, context):
+            return context.launch_configurations[self.name]
+
+    launch = types.ModuleType("launch")
+    launch.LaunchDescription = type("LaunchDescription", (_Recorded,), {})
+    actions = types.ModuleType("launch.actions")
+    for name in ("DeclareLaunchArgument", "OpaqueFunction", "LogInfo"):
+        setattr(actions, name, type(name, (_Recorded,), {}))
+    substitutions = types.ModuleType("launch.substitutions")
+    substitutions.LaunchConfiguration = LaunchConfiguration
+    launch_ros = types.ModuleType("launch_ros")
+    ros_actions = types.ModuleType("launch_ros.actions")
+    ros_actions.Node = type("Node", (_Recorded,), {})
+    launch.actions, launch.substitutions, launch_ros.actions = actions, substitutions, ros_actions
+    for name, module in {"launch": launch, "launch.actions": actions, "launch.substitutions": substitutions,
+                         "launch_ros": launch_ros, "launch_ros.actions": ros_actions}.items():
+        monkeypatch.setitem(sys.modules, name, module)
+    # launch_file.py imported again against these modules, and forgotten after the test
+    monkeypatch.delitem(sys.modules, "tocpl_ros.bringup.launch_file", raising=False)

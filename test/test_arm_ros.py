@@ -9,6 +9,7 @@ under test is the contract and the checks, not the policy's precision. DDS stays
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import math
 import subprocess
@@ -29,7 +30,7 @@ from tocpl_ros.resources import console_command
 from tocpl_ros.robot import load_robot
 from tocpl_ros.tasks import load_task
 
-from ros_harness import communicate, node_env, stop_process, wait_for
+from ros_harness import communicate, node_env, stand_in_launch_modules, stop_process, wait_for
 
 ROOT = Path(__file__).resolve().parents[1]
 ARM_LAUNCH_FILE = ROOT / "launch" / "arm_policy.launch.py"
@@ -191,40 +192,9 @@ def test_arm_policy_graph(policies, tmp_path):
     assert [s.name for s in graph_for("ur5_policy", policy=str(policies["ur5"]))] == ["ur5_sim", "policy_node"]
 
 
-def _stand_in_launch_modules(monkeypatch) -> None:
-    """Minimal ``launch`` / ``launch_ros`` modules that record what the launch file gives them
-    (not installable here: ENVIRONMENT.md); the translation of graph_for is what is under test."""
-
-    class Recorded:
-        def __init__(self, *args, **kwargs):
-            self.args, self.kwargs = args, kwargs
-
-    class LaunchConfiguration:
-        def __init__(self, name):
-            self.name = name
-
-        def perform(self, context):
-            return context.launch_configurations[self.name]
-
-    launch = types.ModuleType("launch")
-    launch.LaunchDescription = type("LaunchDescription", (Recorded,), {})
-    actions = types.ModuleType("launch.actions")
-    for name in ("DeclareLaunchArgument", "OpaqueFunction", "LogInfo"):
-        setattr(actions, name, type(name, (Recorded,), {}))
-    substitutions = types.ModuleType("launch.substitutions")
-    substitutions.LaunchConfiguration = LaunchConfiguration
-    launch_ros = types.ModuleType("launch_ros")
-    ros_actions = types.ModuleType("launch_ros.actions")
-    ros_actions.Node = type("Node", (Recorded,), {})
-    launch.actions, launch.substitutions, launch_ros.actions = actions, substitutions, ros_actions
-    for name, module in {"launch": launch, "launch.actions": actions, "launch.substitutions": substitutions,
-                         "launch_ros": launch_ros, "launch_ros.actions": ros_actions}.items():
-        monkeypatch.setitem(sys.modules, name, module)
-
-
 @pytest.mark.parametrize("overrides", [{"robot": "ur5"}, {"robot": "double_pendulum", "use_mpc": "true", "rate": "1000"}])
 def test_arm_launch_file_creates_the_graph(monkeypatch, policies, overrides):
-    _stand_in_launch_modules(monkeypatch)
+    stand_in_launch_modules(monkeypatch)
     spec = importlib.util.spec_from_file_location("arm_policy_launch", ARM_LAUNCH_FILE)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
@@ -338,6 +308,30 @@ def test_arm_sim_simulates_another_robot(ros_loopback_env, tmp_path):
     assert bad.returncode == 2 and "payload_frame" in bad.stderr and "tool0" in bad.stderr, bad.stderr
 
 
+@contextlib.contextmanager
+def _arm_policy(env: dict[str, str], log: Path, robot: str, policy, target):
+    """``tocpl-bringup arm_policy robot:=ROBOT`` as a process, its output in ``log``; Ctrl-C at the
+    end, after which it must exit 0."""
+    exe = Path(sys.executable).parent / "tocpl-bringup"
+    cmd = [str(exe)] if exe.is_file() else [sys.executable, "-m", "tocpl_ros.bringup.cli"]
+    with log.open("w") as out:
+        proc = subprocess.Popen(
+            cmd + ["arm_policy", f"robot:={robot}", f"policy:={policy}", "target:=" + ",".join(f"{x:.6f}" for x in target),
+                   "realtime_priority:=0", "--sigterm-timeout", "5", "--sigkill-timeout", "5"],
+            env=env, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
+        )
+    try:
+        yield proc
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(2)
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                stop_process(proc)
+    assert proc.returncode == 0, log.read_text()[-3000:]
+
+
 @pytest.mark.ros
 def test_arm_policy_bringup_drives_the_arm_and_checks_target_frames(policies, ros_loopback_env, tmp_path):
     """tocpl-bringup arm_policy robot:=ur5: arm_sim + policy_node come up on the robot, the policy's
@@ -346,58 +340,43 @@ def test_arm_policy_bringup_drives_the_arm_and_checks_target_frames(policies, ro
     from tocpl_ros.ros.probe import Probe
 
     domain, env = _domain(ros_loopback_env, 2)
-    exe = Path(sys.executable).parent / "tocpl-bringup"
-    cmd = [str(exe)] if exe.is_file() else [sys.executable, "-m", "tocpl_ros.bringup.cli"]
     log = tmp_path / "bringup.log"
     probe = Probe(domain, record_commands=True, name="arm_policy_test_probe", base_frame="base_link")
-    proc = None
     try:
-        with log.open("w") as out:
-            proc = subprocess.Popen(
-                cmd + ["arm_policy", "robot:=ur5", f"policy:={policies['ur5']}", "target:=" + ",".join(map(str, UR5_TARGET)),
-                       "realtime_priority:=0", "--sigterm-timeout", "5", "--sigkill-timeout", "5"],
-                env=env, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
-            )
-        wait_for(lambda: probe.last_joint_state() is not None and probe.last_diagnostics() is not None
-                 and len(probe.commands) > 0, 90, "joint states, commands and diagnostics of arm_policy", proc, log)
-        text = log.read_text()
-        assert "started arm_sim" in text and "started policy_node" in text and "ur5_sim" not in text
-        assert "robot ur5" in text
-        with probe.lock:
-            q_first = probe.joint_states[0][2]
-        # the policy's commands move the simulated arm (an untrained policy: somewhere, not to the target)
-        wait_for(lambda: float(np.max(np.abs(probe.last_joint_state()[2] - q_first))) > 1e-3, 30,
-                 "the arm to move under the policy's commands", proc, log)
-        wait_for(lambda: int(probe.last_diagnostics()[1].get("policy_ticks", "0")) > 0, 30, "policy ticks", proc, log)
-        assert probe.last_diagnostics()[1]["target"] == " ".join(f"{x:.4f}" for x in UR5_TARGET)
+        with _arm_policy(env, log, "ur5", policies["ur5"], UR5_TARGET) as proc:
+            wait_for(lambda: probe.last_joint_state() is not None and probe.last_diagnostics() is not None
+                     and len(probe.commands) > 0, 90, "joint states, commands and diagnostics of arm_policy", proc, log)
+            text = log.read_text()
+            assert "started arm_sim" in text and "started policy_node" in text and "ur5_sim" not in text
+            assert "robot ur5" in text
+            with probe.lock:
+                q_first = probe.joint_states[0][2]
+            # the policy's commands move the simulated arm (an untrained policy: somewhere, not to the target)
+            wait_for(lambda: float(np.max(np.abs(probe.last_joint_state()[2] - q_first))) > 1e-3, 30,
+                     "the arm to move under the policy's commands", proc, log)
+            wait_for(lambda: int(probe.last_diagnostics()[1].get("policy_ticks", "0")) > 0, 30, "policy ticks", proc, log)
+            assert probe.last_diagnostics()[1]["target"] == " ".join(f"{x:.4f}" for x in UR5_TARGET)
 
-        probe.send_target([0.45, 0.0, 0.5], frame_id="world")
-        wait_for(lambda: probe.last_diagnostics()[1].get("rejected.target_frame") == "1", 30,
-                 "the foreign frame counted on /diagnostics", proc, log)
-        assert probe.last_diagnostics()[1]["target"] == " ".join(f"{x:.4f}" for x in UR5_TARGET)  # kept
-        wait_for(lambda: "rejected (target_frame)" in log.read_text(), 10, "the refusal in the log", proc, log)
-        assert "frame 'world' is not the robot's base frame 'base_link'" in log.read_text()
+            probe.send_target([0.45, 0.0, 0.5], frame_id="world")
+            wait_for(lambda: probe.last_diagnostics()[1].get("rejected.target_frame") == "1", 30,
+                     "the foreign frame counted on /diagnostics", proc, log)
+            assert probe.last_diagnostics()[1]["target"] == " ".join(f"{x:.4f}" for x in UR5_TARGET)  # kept
+            wait_for(lambda: "rejected (target_frame)" in log.read_text(), 10, "the refusal in the log", proc, log)
+            assert "frame 'world' is not the robot's base frame 'base_link'" in log.read_text()
 
-        probe.send_target_pose([0.45, 0.0, 0.5], quaternion=(0.0, 0.0, math.sin(0.3), math.cos(0.3)))
-        wait_for(lambda: probe.last_diagnostics()[1]["target"] == "0.4500 0.0000 0.5000", 30,
-                 "the /target_pose position taken as the target", proc, log)
-        assert probe.last_diagnostics()[1].get("rejected.target_frame") == "1"
-        wait_for(lambda: "the orientation is ignored" in log.read_text(), 10, "the orientation note", proc, log)
-        assert proc.poll() is None, log.read_text()[-3000:]
-        # every command stayed within the torque limits
-        limits = load_robot("ur5").effort_limit
-        with probe.lock:
-            commands = [c for _, c in probe.commands]
-        assert commands and all(np.all(np.abs(c) <= limits + 1e-9) for c in commands)
+            probe.send_target_pose([0.45, 0.0, 0.5], quaternion=(0.0, 0.0, math.sin(0.3), math.cos(0.3)))
+            wait_for(lambda: probe.last_diagnostics()[1]["target"] == "0.4500 0.0000 0.5000", 30,
+                     "the /target_pose position taken as the target", proc, log)
+            assert probe.last_diagnostics()[1].get("rejected.target_frame") == "1"
+            wait_for(lambda: "the orientation is ignored" in log.read_text(), 10, "the orientation note", proc, log)
+            assert proc.poll() is None, log.read_text()[-3000:]
+            # every command stayed within the torque limits
+            limits = load_robot("ur5").effort_limit
+            with probe.lock:
+                commands = [c for _, c in probe.commands]
+            assert commands and all(np.all(np.abs(c) <= limits + 1e-9) for c in commands)
     finally:
-        if proc is not None and proc.poll() is None:
-            proc.send_signal(2)
-            try:
-                proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                stop_process(proc)
         probe.close()
-    assert proc.returncode == 0, log.read_text()[-3000:]
 
 
 
@@ -451,35 +430,20 @@ def test_a_panda_trained_with_its_robot_yaml_reaches_a_target_through_arm_policy
     target = np.asarray(load_task("reach", {"robot": "panda"}).sample(1, 123).target[0])
 
     domain, env = _domain(ros_loopback_env, 4)
-    exe = Path(sys.executable).parent / "tocpl-bringup"
-    cmd = [str(exe)] if exe.is_file() else [sys.executable, "-m", "tocpl_ros.bringup.cli"]
     log = tmp_path / "bringup.log"
     probe = Probe(domain, record_commands=True, name="panda_test_probe", base_frame="panda_link0")
-    proc = None
     try:
-        with log.open("w") as out:
-            proc = subprocess.Popen(
-                cmd + ["arm_policy", "robot:=panda", f"policy:={policy}", "target:=" + ",".join(f"{x:.6f}" for x in target),
-                       "realtime_priority:=0", "--sigterm-timeout", "5", "--sigkill-timeout", "5"],
-                env=env, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
-            )
-        wait_for(lambda: probe.last_joint_state() is not None and len(probe.commands) > 0, 120,
-                 "joint states and commands of arm_policy robot:=panda", proc, log)
-        assert "output effort without gravity" in log.read_text() and "robot panda, 7 joints" in log.read_text()
-        result = follow(probe, ToolKinematics("panda"), target, 5.0)
-        print(f"\nPanda through arm_policy: {1e3 * result['error_1s']:.1f} mm at 1 s, {1e3 * result['final_error']:.1f} mm at 5 s")
-        assert result["final_error"] <= 0.02, result
-        limits = load_robot("panda").effort_limit
-        with probe.lock:
-            commands = [c for _, c in probe.commands]
-        assert all(np.all(np.abs(c) <= limits + 1e-9) for c in commands)
-        assert proc.poll() is None, log.read_text()[-3000:]
+        with _arm_policy(env, log, "panda", policy, target) as proc:
+            wait_for(lambda: probe.last_joint_state() is not None and len(probe.commands) > 0, 120,
+                     "joint states and commands of arm_policy robot:=panda", proc, log)
+            assert "output effort without gravity" in log.read_text() and "robot panda, 7 joints" in log.read_text()
+            result = follow(probe, ToolKinematics("panda"), target, 5.0)
+            print(f"\nPanda through arm_policy: {1e3 * result['error_1s']:.1f} mm at 1 s, {1e3 * result['final_error']:.1f} mm at 5 s")
+            assert result["final_error"] <= 0.02, result
+            limits = load_robot("panda").effort_limit
+            with probe.lock:
+                commands = [c for _, c in probe.commands]
+            assert all(np.all(np.abs(c) <= limits + 1e-9) for c in commands)
+            assert proc.poll() is None, log.read_text()[-3000:]
     finally:
-        if proc is not None and proc.poll() is None:
-            proc.send_signal(2)
-            try:
-                proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                stop_process(proc)
         probe.close()
-    assert proc.returncode == 0, log.read_text()[-3000:]

@@ -51,7 +51,7 @@ from tocpl_ros.interfaces import MPC_PLAN_TOPIC
 from tocpl_ros.resources import config_path
 from tocpl_ros.ros.environment import DISCOVERY_RANGE_VAR, DOMAIN_ID_VAR
 
-from ros_harness import OutputProcess
+from ros_harness import OutputProcess, stand_in_launch_modules
 
 ROOT = Path(__file__).resolve().parents[1]
 LAUNCH_FILE = ROOT / "launch" / "ur5_policy.launch.py"
@@ -303,47 +303,19 @@ def test_node_environment_keeps_explicit_settings_and_shares_one_domain():
 
 
 def test_launch_file_parses():
-    tree = ast.parse(LAUNCH_FILE.read_text(), filename=str(LAUNCH_FILE))
-    functions = {n.name for n in tree.body if isinstance(n, ast.FunctionDef)}
-    assert "generate_launch_description" in functions
+    """The launch files return the launch description of their graph, built from the graph's
+    description with launch's own actions (tocpl_ros/bringup/launch_file.py)."""
+    for graph in ("ur5_policy", "arm_policy"):
+        text = (LAUNCH_FILE.parent / f"{graph}.launch.py").read_text()
+        tree = ast.parse(text, filename=graph)
+        assert "generate_launch_description" in {n.name for n in tree.body if isinstance(n, ast.FunctionDef)}
+        assert f'launch_description("{graph}")' in text
+    module = Path(bringup.__file__).with_name("launch_file.py")
+    tree = ast.parse(module.read_text(), filename=str(module))
     imported = {(n.module, a.name) for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) for a in n.names}
     assert {("launch", "LaunchDescription"), ("launch.actions", "DeclareLaunchArgument"),
             ("launch.actions", "OpaqueFunction"), ("launch_ros.actions", "Node"),
             ("tocpl_ros.bringup.graph", "graph_for")} <= imported
-
-
-class _Recorded:
-    """Stand-in action: remembers its constructor arguments."""
-
-    def __init__(self, *args, **kwargs):
-        self.args, self.kwargs = args, kwargs
-
-
-def _stand_in_launch_modules(monkeypatch) -> None:
-    """Minimal ``launch`` / ``launch_ros`` modules with the names the launch file uses. They only
-    record what they are given; the launch file's translation is what is under test."""
-
-    class LaunchConfiguration:
-        def __init__(self, name):
-            self.name = name
-
-        def perform(self, context):
-            return context.launch_configurations[self.name]
-
-    launch = types.ModuleType("launch")
-    launch.LaunchDescription = type("LaunchDescription", (_Recorded,), {})
-    actions = types.ModuleType("launch.actions")
-    for name in ("DeclareLaunchArgument", "OpaqueFunction", "LogInfo"):
-        setattr(actions, name, type(name, (_Recorded,), {}))
-    substitutions = types.ModuleType("launch.substitutions")
-    substitutions.LaunchConfiguration = LaunchConfiguration
-    launch_ros = types.ModuleType("launch_ros")
-    ros_actions = types.ModuleType("launch_ros.actions")
-    ros_actions.Node = type("Node", (_Recorded,), {})
-    launch.actions, launch.substitutions, launch_ros.actions = actions, substitutions, ros_actions
-    for name, module in {"launch": launch, "launch.actions": actions, "launch.substitutions": substitutions,
-                         "launch_ros": launch_ros, "launch_ros.actions": ros_actions}.items():
-        monkeypatch.setitem(sys.modules, name, module)
 
 
 def _load_launch_file():
@@ -375,7 +347,7 @@ def _evaluate(description, overrides: dict[str, str]):
     ],
 )
 def test_launch_file_creates_the_graph(monkeypatch, policy_file, overrides):
-    _stand_in_launch_modules(monkeypatch)
+    stand_in_launch_modules(monkeypatch)
     module = _load_launch_file()
     description = module.generate_launch_description()
     declared, actions = _evaluate(description, {"policy": str(policy_file), **overrides})
@@ -400,7 +372,7 @@ def test_launch_file_creates_the_graph(monkeypatch, policy_file, overrides):
 
 
 def test_launch_file_reports_bad_arguments(monkeypatch, policy_file):
-    _stand_in_launch_modules(monkeypatch)
+    stand_in_launch_modules(monkeypatch)
     description = _load_launch_file().generate_launch_description()
     with pytest.raises(RuntimeError, match=r"ur5_policy\.launch\.py: argument 'target': expected three numbers"):
         _evaluate(description, {"policy": str(policy_file), "target": "1,2"})
