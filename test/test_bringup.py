@@ -38,15 +38,9 @@ import yaml
 
 from tocpl_ros.bringup import cli as bringup_cli, graph as bringup
 from tocpl_ros.bringup.cli import parse_launch_args
-from tocpl_ros.bringup.graph import (
-    LAUNCH_ARGUMENTS,
-    BringupError,
-    NodeSpec,
-    format_param_value,
-    graph_for,
-    parse_target,
-)
+from tocpl_ros.bringup.graph import LAUNCH_ARGUMENTS, BringupError, graph_for
 from tocpl_ros.bringup.processes import Bringup, find_executable
+from tocpl_ros.bringup.spec import NodeSpec, format_param_value, parse_target
 from tocpl_ros.interfaces import MPC_PLAN_TOPIC
 from tocpl_ros.resources import config_path
 from tocpl_ros.ros.environment import DISCOVERY_RANGE_VAR, DOMAIN_ID_VAR

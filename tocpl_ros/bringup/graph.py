@@ -32,15 +32,25 @@ monitoring only: nothing in the graph applies it.
 from __future__ import annotations
 
 import difflib
-import math
 import os
-from collections.abc import Mapping
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import yaml
 
+from tocpl_ros.bringup.spec import (
+    LOG_LEVELS,
+    BringupError,
+    LaunchArgument,
+    NodeSpec,
+    node_environment,
+    parse_bool,
+    parse_choice,
+    parse_policy,
+    parse_priority,
+    parse_rate,
+    parse_target,
+)
 from tocpl_ros.interfaces import (
     ARM_SIM_NODE,
     MPC_COMMAND_TOPIC,
@@ -52,75 +62,16 @@ from tocpl_ros.interfaces import (
     SIM_NODE,
 )
 from tocpl_ros.resources import PACKAGE_NAME, config_path
-from tocpl_ros.ros.environment import DISCOVERY_RANGE_VAR, DOMAIN_ID_VAR, loopback_ros_env
 
-__all__ = [
+__all__ = [  # BringupError and node_environment (spec.py) with the graphs, for the launch file and the tools
     "BringupError",
-    "LaunchArgument",
-    "NodeSpec",
     "GRAPHS",
     "ARM_LAUNCH_ARGUMENTS",
     "LAUNCH_ARGUMENTS",
     "graph_for",
     "launch_arguments",
-    "parse_bool",
-    "parse_target",
-    "format_param_value",
     "node_environment",
 ]
-
-LOG_LEVELS = ("debug", "info", "warn", "error", "fatal")
-_TRUE = ("true", "1", "yes", "on")
-_FALSE = ("false", "0", "no", "off")
-
-
-class BringupError(ValueError):
-    """A launch argument or the installation does not allow starting the graph (the message says why)."""
-
-
-@dataclass(frozen=True)
-class LaunchArgument:
-    """One launch argument: ``DeclareLaunchArgument(name, default_value=default, description=...)``."""
-
-    name: str
-    default: str
-    description: str
-    choices: tuple[str, ...] | None = None
-
-
-@dataclass
-class NodeSpec:
-    """One node of a graph, in the terms of ``launch_ros.actions.Node``."""
-
-    package: str
-    executable: str
-    name: str
-    """Node name (``-r __node:=name``); also the section of its params files."""
-    parameters: dict[str, Any] = field(default_factory=dict)
-    """Parameters set by the launch arguments (applied after the params files)."""
-    params_files: list[Path] = field(default_factory=list)
-    """ROS 2 params files from config/, in order."""
-    remappings: list[tuple[str, str]] = field(default_factory=list)
-    arguments: list[str] = field(default_factory=list)
-    """Extra command-line arguments before ``--ros-args``."""
-    ros_arguments: list[str] = field(default_factory=list)
-    """Extra ROS arguments (after ``--ros-args``), e.g. ``--log-level info``."""
-    description: str = ""
-    missing_hint: str = ""
-    """Added to the error when the executable is not installed."""
-
-    def command(self, executable_path: str | Path) -> list[str]:
-        """The command line ``launch_ros`` would build: executable, arguments, ``--ros-args``,
-        ROS arguments, node name, params files, ``-p`` parameters, remappings."""
-        cmd = [str(executable_path), *self.arguments, "--ros-args", *self.ros_arguments, "-r", f"__node:={self.name}"]
-        for path in self.params_files:
-            cmd += ["--params-file", str(path)]
-        for key, value in self.parameters.items():
-            cmd += ["-p", f"{key}:={format_param_value(value)}"]
-        for src, dst in self.remappings:
-            cmd += ["-r", f"{src}:={dst}"]
-        return cmd
-
 
 # ----------------------------------------------------------------------------- ur5_policy
 
@@ -173,101 +124,18 @@ LAUNCH_ARGUMENTS: tuple[LaunchArgument, ...] = (
 )
 
 
-def parse_bool(name: str, value: Any) -> bool:
-    """``true``/``false`` (also 1/0, yes/no, on/off, any case) or a bool."""
-    if isinstance(value, bool):
-        return value
-    text = str(value).strip().lower()
-    if text in _TRUE:
-        return True
-    if text in _FALSE:
-        return False
-    raise BringupError(f"argument '{name}': expected true or false, got {value!r}")
-
-
-def parse_target(value: Any) -> list[float] | None:
-    """``"x,y,z"`` (also ``"[x, y, z]"`` or spaces) or a sequence of 3 numbers -> [x, y, z];
-    empty -> None. Raises BringupError saying what is wrong."""
-    if value is None:
-        return None
-    if isinstance(value, str):
-        text = value.strip()
-        if text.startswith("[") and text.endswith("]"):
-            text = text[1:-1]
-        if not text.strip():
-            return None
-        parts = [p for p in text.replace(",", " ").split()]
-    else:
-        try:
-            parts = list(value)
-        except TypeError:
-            raise BringupError(f"argument 'target': expected 'x,y,z' (m), got {value!r}") from None
-    if len(parts) != 3:
-        raise BringupError(
-            f"argument 'target': expected three numbers 'x,y,z' (m, base frame), got {value!r} ({len(parts)} values)"
-        )
-    try:
-        xyz = [float(p) for p in parts]
-    except (TypeError, ValueError):
-        raise BringupError(f"argument 'target': expected three numbers 'x,y,z' (m, base frame), got {value!r}") from None
-    if not all(math.isfinite(x) for x in xyz):
-        raise BringupError(f"argument 'target': the coordinates must be finite, got {value!r}")
-    return xyz
-
-
-def _parse_rate(value: Any) -> float:
-    try:
-        rate = float(value)
-    except (TypeError, ValueError):
-        raise BringupError(f"argument 'rate': expected a number of Hz, got {value!r}") from None
-    if not (math.isfinite(rate) and 0 < rate <= 10000):
-        raise BringupError(f"argument 'rate': must be in (0, 10000] Hz, got {value!r}")
-    return rate
-
-
-def _parse_priority(value: Any) -> int:
-    text = str(value).strip()
-    try:
-        priority = int(text)
-    except ValueError:
-        raise BringupError(f"argument 'realtime_priority': expected an integer in 0..99, got {value!r}") from None
-    if isinstance(value, bool) or not 0 <= priority <= 99:
-        raise BringupError(f"argument 'realtime_priority': must be in 0..99 (0: normal scheduling), got {value!r}")
-    return priority
-
-
-def _parse_choice(arg: LaunchArgument, value: Any) -> str:
-    text = str(value).strip()
-    if arg.choices and text not in arg.choices:
-        raise BringupError(f"argument '{arg.name}': must be one of {', '.join(arg.choices)}, got {value!r}")
-    return text
-
-
-def _parse_policy(value: Any) -> Path:
-    text = "" if value is None else str(value).strip()
-    if not text:
-        raise BringupError(
-            "argument 'policy' is required: the .onnx policy file (e.g. policy:=runs/ur5/policy.onnx, "
-            "written by tocpl-train or tocpl-export)"
-        )
-    path = Path(os.path.expanduser(text)).absolute()
-    if not path.is_file():
-        raise BringupError(f"argument 'policy': no such file: {path}" + (f" (given as {text!r})" if text != str(path) else ""))
-    return path
-
-
 def _ur5_policy(args: dict[str, Any]) -> list[NodeSpec]:
-    policy = _parse_policy(args["policy"])
+    policy = parse_policy(args["policy"])
     target = parse_target(args["target"])
     use_mpc = parse_bool("use_mpc", args["use_mpc"])
     use_sim = parse_bool("use_sim", args["use_sim"])
     autostart = parse_bool("autostart", args["autostart"])
-    rate = _parse_rate(args["rate"])
-    realtime = {"realtime_priority": _parse_priority(args["realtime_priority"])}
+    rate = parse_rate(args["rate"])
+    realtime = {"realtime_priority": parse_priority(args["realtime_priority"])}
     by_name = {a.name: a for a in LAUNCH_ARGUMENTS}
-    backend = _parse_choice(by_name["sim_backend"], args["sim_backend"])
-    output_mode = _parse_choice(by_name["output_mode"], args["output_mode"])
-    log_level = _parse_choice(by_name["log_level"], args["log_level"])
+    backend = parse_choice(by_name["sim_backend"], args["sim_backend"])
+    output_mode = parse_choice(by_name["output_mode"], args["output_mode"])
+    log_level = parse_choice(by_name["log_level"], args["log_level"])
     ros_arguments = ["--log-level", log_level]
 
     nodes: list[NodeSpec] = []
@@ -420,7 +288,7 @@ def _robot_settings(value: Any) -> tuple[str, dict[str, Any]]:
 
 def _arm_policy(args: dict[str, Any]) -> list[NodeSpec]:
     robot, settings = _robot_settings(args["robot"])
-    policy = _parse_policy(args["policy"])
+    policy = parse_policy(args["policy"])
     target = parse_target(args["target"])
     use_mpc = parse_bool("use_mpc", args["use_mpc"])
     use_sim = parse_bool("use_sim", args["use_sim"])
@@ -428,18 +296,18 @@ def _arm_policy(args: dict[str, Any]) -> list[NodeSpec]:
     by_name = {a.name: a for a in ARM_LAUNCH_ARGUMENTS}
     # the robot's own rate and command interface unless the arguments say otherwise
     if str(args["rate"]).strip():
-        rate = _parse_rate(args["rate"])
+        rate = parse_rate(args["rate"])
     elif settings.get("control_rate") is not None:
-        rate = _parse_rate(settings["control_rate"])
+        rate = parse_rate(settings["control_rate"])
     else:
         raise BringupError(f"argument 'rate': robot {robot!r} has no control_rate: give one, e.g. rate:=500")
-    output_mode = _parse_choice(by_name["output_mode"], args["output_mode"]) or str(settings.get("command_interface", ""))
+    output_mode = parse_choice(by_name["output_mode"], args["output_mode"]) or str(settings.get("command_interface", ""))
     if output_mode not in OUTPUT_MODES:
         raise BringupError(f"argument 'output_mode': robot {robot!r} gives command_interface {output_mode!r}; "
                            f"give one of {', '.join(OUTPUT_MODES)}")
-    realtime = {"realtime_priority": _parse_priority(args["realtime_priority"])}
-    backend = _parse_choice(by_name["sim_backend"], args["sim_backend"])
-    ros_arguments = ["--log-level", _parse_choice(by_name["log_level"], args["log_level"])]
+    realtime = {"realtime_priority": parse_priority(args["realtime_priority"])}
+    backend = parse_choice(by_name["sim_backend"], args["sim_backend"])
+    ros_arguments = ["--log-level", parse_choice(by_name["log_level"], args["log_level"])]
     mpc_task = str(args["mpc_task"] or "").strip()
 
     nodes: list[NodeSpec] = []
@@ -530,22 +398,3 @@ def graph_for(name: str = "ur5_policy", **args: Any) -> list[NodeSpec]:
     defaults. Raises BringupError naming the argument and the problem."""
     key, (_, builder, _) = _graph(name)
     return builder(resolve_arguments(key, **args))
-
-
-def format_param_value(value: Any) -> str:
-    """A parameter value as the YAML text of ``-p name:=value`` (strings quoted when YAML would
-    read them as something else: ``'true'``, ``'500'``)."""
-    text = yaml.safe_dump(value, default_flow_style=True, width=1 << 30).strip()
-    if text.endswith("\n..."):
-        text = text[: -len("\n...")].strip()
-    elif text.endswith("..."):
-        text = text[:-3].strip()
-    return text
-
-
-def node_environment(base: Mapping[str, str] | None = None) -> dict[str, str]:
-    """The DDS variables every node of a graph gets: ``ROS_AUTOMATIC_DISCOVERY_RANGE``
-    (LOCALHOST unless set) and one ``ROS_DOMAIN_ID`` shared by all nodes (the one set, else
-    one derived for this run), see :func:`tocpl_ros.ros.environment.loopback_ros_env`."""
-    env = loopback_ros_env(base)
-    return {DISCOVERY_RANGE_VAR: env[DISCOVERY_RANGE_VAR], DOMAIN_ID_VAR: env[DOMAIN_ID_VAR]}

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
 
-from tocpl_ros.bringup.graph import BringupError, NodeSpec
+from tocpl_ros.bringup.spec import BringupError, NodeSpec
 from tocpl_ros.ros.environment import loopback_ros_env
 
 PROG = "tocpl-bringup"
