@@ -1,0 +1,225 @@
+"""Continuous joints through the ROS side (issue 25, part 2): the Kinova (three continuous joints:
+nq = 9, nv = 6, the model's q has cos θ, sin θ of each) driven by the policy controller, the plan
+follower and the MPC loop, and end to end through DDS with ``arm_policy robot:=kinova``.
+
+The policy is a small untrained one exported to a real ONNX file: what is under test is the
+encoding, the wrapped differences and the node contract, not the policy's precision.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import crocoddyl
+import numpy as np
+import pinocchio as pin
+import pytest
+
+from tocpl_ros.control.config import ControllerConfig
+from tocpl_ros.control.controller import PolicyController
+from tocpl_ros.control.plan import Plan, decode_plan, encode_plan
+from tocpl_ros.policy_file import INPUT_NAME, OUTPUT_NAME, read_onnx_metadata
+from tocpl_ros.tasks import load_task
+
+from ros_harness import node_env, stop_process, wait_for
+
+TARGET = np.array([0.6, 0.0, 0.5])
+
+
+@pytest.fixture(scope="module")
+def task():
+    return load_task("reach", {"robot": "kinova"})
+
+
+@pytest.fixture(scope="module")
+def policy(task, tmp_path_factory):
+    from tocpl_training.export import export_onnx
+    from tocpl_training.learning.policy import make_policy
+
+    return export_onnx(make_policy(task, seed=0).eval(), task, tmp_path_factory.mktemp("kinova") / "kinova.onnx")
+
+
+def _controller(policy, **settings) -> PolicyController:
+    config = ControllerConfig(fade_in=0.0, initial_target=TARGET.tolist(), **settings)
+    controller = PolicyController(policy, config)
+    controller.start()
+    return controller
+
+
+def _state(task, seed: int = 1) -> tuple[np.ndarray, np.ndarray]:
+    """Joint positions (one per joint, as /joint_states) and velocities near the nominal posture."""
+    rng = np.random.default_rng(seed)
+    return task.q_nominal + rng.uniform(-0.3, 0.3, task.nv), rng.uniform(-0.5, 0.5, task.nv)
+
+
+def _command(controller, positions, velocities, stamp=1.0):
+    assert controller.update_joint_state(controller.joint_names, positions, velocities, stamp) is None
+    return controller.compute(stamp)
+
+
+# ============================================================================ the policy controller (ROS-free)
+
+
+def test_the_kinova_policy_file_says_cos_sin_and_the_controller_takes_it(policy, task):
+    md = read_onnx_metadata(policy)
+    assert md.joint_encodings == task.joint_encodings == ["cos_sin", "angle", "angle", "cos_sin", "angle", "cos_sin"]
+    controller = _controller(policy)
+    assert (controller.nq, controller.nv) == (9, 6) and dict(md.obs_layout)["q"] == 9
+
+
+def test_observation_and_command_are_the_tasks_for_the_same_state(policy, task):
+    controller = _controller(policy)
+    q, v = _state(task)
+    command = _command(controller, q, v)
+    assert not command.safe, command.reason
+    x = np.concatenate([task.robot.q_from_positions(q), v])
+    expected_obs = task.observation(x[None], TARGET[None]).astype(np.float32)
+    np.testing.assert_allclose(controller._obs, expected_obs, rtol=0, atol=1e-6)
+    u = controller.policy.session.run([OUTPUT_NAME], {INPUT_NAME: expected_obs})[0][0]
+    # the Kinova's controller does not compensate gravity: the policy's torque is sent as is
+    np.testing.assert_allclose(command.values, np.clip(u, controller.u_lo, controller.u_hi), atol=1e-5)
+    assert (np.abs(command.values) <= task.robot.effort_limit + 1e-9).all()
+
+
+def test_a_continuous_joint_at_theta_and_theta_plus_two_pi_gives_the_same_command(policy, task):
+    q, v = _state(task, 2)
+    turned = q.copy()
+    turned[task.robot.is_continuous] += 2 * np.pi * np.array([1, -1, 2])  # beyond ±π: no limits, accepted
+    a = _command(_controller(policy), q, v)
+    b = _command(_controller(policy), turned, v)
+    assert not a.safe and not b.safe, (a.reason, b.reason)
+    np.testing.assert_allclose(a.values, b.values, atol=1e-5)
+
+
+def test_a_revolute_joint_beyond_its_limits_is_still_refused(policy, task):
+    controller = _controller(policy)
+    q, v = _state(task)
+    q[1] += 2 * np.pi  # joint 2 is revolute: 2π further is another, out-of-range, posture
+    assert "beyond the URDF limits" in controller.update_joint_state(controller.joint_names, q, v, 1.0)
+
+
+def test_the_hold_safe_command_takes_the_short_way_round(policy, task):
+    """Held at π − 0.1 on joint 1 (continuous), the arm found at −π + 0.1: 0.2 rad past it, not 2π − 0.2
+    back. The hold PD's acceleration is kp·(q_hold ⊖ q) − kd·v with pin.difference's ⊖."""
+    controller = _controller(policy)
+    model = controller.model
+    q_hold, v = _state(task, 3)
+    q_hold[0] = np.pi - 0.1
+    controller.stop()
+    held = _command(controller, q_hold, np.zeros(6), 1.0)
+    assert held.safe and np.allclose(controller.held_posture, q_hold)
+    q = q_hold.copy()
+    q[0] = -np.pi + 0.1
+    command = _command(controller, q, v, 1.001)
+    assert command.safe and command.reason == "stopped"
+    cfg, robot = controller.config, task.robot
+    mq, mq_hold = robot.q_from_positions(q), robot.q_from_positions(q_hold)
+    dq = pin.difference(model, mq, mq_hold)
+    assert dq[0] == pytest.approx(-0.2, abs=1e-12)
+    a = cfg.hold_kp * dq - cfg.hold_kd * v
+    expected = np.clip(robot.gravity(mq) + robot.mass_matrix(mq) @ a, controller.u_lo, controller.u_hi)
+    np.testing.assert_allclose(command.values, expected, atol=1e-9)
+    assert (np.abs(command.values) <= robot.effort_limit + 1e-9).all()
+
+
+def test_the_stale_state_prediction_runs_on_the_models_q(policy, task):
+    controller = _controller(policy)
+    q, v = _state(task, 4)
+    q[0] = np.pi - 0.01  # rolls across ±π while predicted
+    v[0] = 2.0
+    _command(controller, q, v, 1.0)
+    for k in range(1, 21):  # no new state: stale after stale_periods, braking on the prediction
+        command = controller.compute(1.0 + k * controller.config.period)
+    assert command.safe and "stale" in command.reason
+    assert np.isfinite(command.values).all() and (np.abs(command.values) <= task.robot.effort_limit + 1e-9).all()
+
+
+# ============================================================================ feedback in the tangent space
+
+
+def test_the_mpc_loops_state_difference_is_crocoddyls(policy, task):
+    controller = _controller(policy)
+    state = crocoddyl.StateMultibody(controller.model)
+    q, v = _state(task, 5)
+    q_ref, v_ref = q + 0.05, v - 0.1
+    q[0], q_ref[0] = np.pi - 0.02, -np.pi + 0.03  # across ±π
+    x, x_ref = (np.concatenate([task.robot.q_from_positions(a), b]) for a, b in ((q, v), (q_ref, v_ref)))
+    np.testing.assert_allclose(controller.state_difference(x, x_ref), state.diff(x_ref, x), atol=1e-12)
+    # /mpc/plan and /mpc/feedback carry joint positions: (positions, v), 2 nv values
+    c = task.robot.is_continuous
+    wrapped = np.where(c, np.arctan2(np.sin(q), np.cos(q)), q)  # a continuous joint's angle in (−π, π]
+    np.testing.assert_allclose(controller.positions_state(x), np.concatenate([wrapped, v]), atol=1e-12)
+
+
+def test_the_plan_followers_feedback_agrees_with_pinocchios_difference(policy, task):
+    controller = _controller(policy)
+    follower = controller.follow_plans()
+    robot, rng = task.robot, np.random.default_rng(6)
+    q_bar, v_bar = _state(task, 7)
+    q_bar[0] = np.pi - 0.04  # the plan's posture on one side of ±π, the arm's on the other
+    x_bar = np.stack([np.concatenate([q_bar, v_bar])] * 3)
+    x_bar[1:, 0] += 0.02  # and the plan crosses ±π (unwrapped: π − 0.02 at step 1)
+    K = rng.normal(size=(2, 6, 12))
+    plan = Plan("converged", 5.0, task.dt, TARGET.copy(), rng.normal(size=(2, 6)), K, x_bar)
+    assert follower.offer(decode_plan(encode_plan(plan), 6, 12, 3)) is None
+    q, v = q_bar.copy(), v_bar + 0.01
+    q[0] = -np.pi + 0.01  # 0.05 rad further than x̄_0
+    u, key, message = follower.plan_command(5.0, np.concatenate([q, v]), TARGET)
+    assert key == "", message
+    dq = pin.difference(controller.model, robot.q_from_positions(q_bar), robot.q_from_positions(q))
+    assert dq[0] == pytest.approx(0.05, abs=1e-12)
+    expected = np.clip(plan.u_bar[0] - K[0] @ np.concatenate([dq, v - v_bar]), controller.u_lo, controller.u_hi)
+    np.testing.assert_allclose(u, expected, atol=1e-9)
+
+
+# ============================================================================ through DDS
+
+
+@pytest.mark.ros
+def test_arm_policy_drives_the_kinova_with_mpc_plans(policy, ros_loopback_env, tmp_path):
+    """tocpl-bringup arm_policy robot:=kinova use_mpc:=true: arm_sim publishes the six joint angles,
+    the policy node drives (every command within the Kinova's effort limits, policy ticks > 0), and
+    the MPC node solves the policy's task (cos/sin state) with plans the policy node accepts."""
+    from tocpl_ros.ros.environment import derive_domain_id
+    from tocpl_ros.ros.probe import Probe
+
+    domain = derive_domain_id(int(ros_loopback_env["ROS_DOMAIN_ID"]) + 7)
+    robot = load_task("reach", {"robot": "kinova"}).robot
+    exe = Path(sys.executable).parent / "tocpl-bringup"
+    cmd = [str(exe)] if exe.is_file() else [sys.executable, "-m", "tocpl_ros.bringup.cli"]
+    log = tmp_path / "bringup.log"
+    probe = Probe(domain, record_commands=True, name="kinova_test_probe", base_frame=robot.base_frame)
+    proc = None
+    try:
+        with log.open("w") as out:
+            proc = subprocess.Popen(
+                cmd + ["arm_policy", "robot:=kinova", f"policy:={policy}", "target:=" + ",".join(map(str, TARGET)),
+                       "use_mpc:=true", "realtime_priority:=0", "--sigterm-timeout", "5", "--sigkill-timeout", "5"],
+                env=node_env(domain), stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
+            )
+
+        def plans_accepted() -> bool:
+            diag = probe.last_diagnostics()
+            return diag is not None and int(diag[1].get("mpc_plans_accepted", 0)) > 0
+
+        wait_for(plans_accepted, 240, "a /mpc/plan accepted by the policy node (mpc_plans_accepted > 0)", proc, log)
+        t = time.monotonic()
+        assert probe.wait_for(lambda: probe.last_diagnostics()[0] > t, 10.0)
+        diag = probe.last_diagnostics()[1]
+        assert int(diag["policy_ticks"]) > 0 and int(diag.get("mpc_rejected.size", 0)) == 0, diag
+        _, names, positions, velocities = probe.last_joint_state()
+        assert names == robot.joint_names and len(positions) == len(velocities) == 6
+        commands = np.array([c for _, c in probe.commands])
+        assert len(commands) > 0 and commands.shape[1] == 6
+        assert np.isfinite(commands).all() and (np.abs(commands) <= robot.effort_limit + 1e-9).all()
+        text = log.read_text()
+        assert "robot kinova, 6 joints" in text and "MPC on task reach (the policy's own), robot kinova" in text, text[-3000:]
+        proc.send_signal(2)
+        assert proc.wait(timeout=60) == 0, log.read_text()[-3000:]
+    finally:
+        probe.close()
+        if proc is not None:
+            stop_process(proc)
