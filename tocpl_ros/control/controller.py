@@ -30,6 +30,12 @@ policy's torque into the command of an output mode, with the safety layer around
   (:mod:`tocpl_ros.control.plan_follower`: the policy as its fallback, blended at each switch), through
   the same clamp, output conversion, fade-in and safe command.
 
+Continuous joints (a Kinova's): the state kept is the joint positions of /joint_states (one angle
+per joint); the observation, g(q), M(q) and the dynamics take the model's q (cos θ, sin θ,
+:meth:`PolicyController.model_q`), a continuous joint has no position limits, and the hold command
+and the plan feedback take its difference the short way round (pin.difference). A robot without
+them runs the same arithmetic as before.
+
 Times (``stamp``, ``received``, ``now``) are seconds as floats; ``received`` and
 ``now`` must come from the same clock (the node uses ``time.monotonic()``).
 
