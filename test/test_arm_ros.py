@@ -126,7 +126,7 @@ def test_controller_refuses_another_robots_policy(policies):
     for kind, values, message in (
         ("pose", {"target_kind": "pose"}, r"pose targets .* are not supported by this node yet"),
         ("cos_sin", {"joint_encodings": '["cos_sin", "angle", "angle", "angle", "angle", "angle"]'},
-         r"joint encodings \['cos_sin'\] .* not supported by this node yet"),
+         r"joint encodings \(tocpl\.joint_encodings\) differ from robot ur5's: shoulder_pan_joint: policy 'cos_sin', robot 'angle'"),
         ("base", {"base_frame": "world"}, r"targets are in frame 'world' \(tocpl\.base_frame\), robot ur5's base frame is 'base_link'"),
         ("tool", {"end_effector_frame": "gripper"}, r"end-effector frame 'gripper' \(tocpl\.end_effector_frame\) is not in ur5\.urdf"),
     ):

@@ -30,6 +30,12 @@ policy's torque into the command of an output mode, with the safety layer around
   (:mod:`tocpl_ros.control.plan_follower`: the policy as its fallback, blended at each switch), through
   the same clamp, output conversion, fade-in and safe command.
 
+Continuous joints (a Kinova's): the state kept is the joint positions of /joint_states (one angle
+per joint); the observation, g(q), M(q) and the dynamics take the model's q (cos θ, sin θ,
+:meth:`PolicyController.model_q`), a continuous joint has no position limits, and the hold command
+and the plan feedback take its difference the short way round (pin.difference). A robot without
+them runs the same arithmetic as before.
+
 Times (``stamp``, ``received``, ``now``) are seconds as floats; ``received`` and
 ``now`` must come from the same clock (the node uses ``time.monotonic()``).
 
@@ -90,7 +96,10 @@ class PolicyController:
         self.model, self.urdf_file = self.robot.model, self.robot.urdf_file
         self.data = self.model.createData()
         self.robot_joint_names = list(self.robot.joint_names)
-        self.nq = self.model.nq
+        self.nq, self.nv = self.model.nq, self.model.nv
+        """The model's q size (a continuous joint has two entries, cos θ and sin θ) and the joint count."""
+        self._continuous = np.asarray(self.robot.is_continuous, dtype=bool)
+        self._has_continuous = bool(self._continuous.any())
         self._check_model()
 
         self.joint_names = list(md.joint_names)
@@ -169,7 +178,8 @@ class PolicyController:
         from tocpl_ros.control.plan_follower import PlanFollower
 
         target_dim = 3 if self._needs_target else 0
-        self.follower = PlanFollower(self.nq, 2 * self.nq, target_dim, config, self.u_lo, self.u_hi)
+        self.follower = PlanFollower(self.nv, 2 * self.nv, target_dim, config, self.u_lo, self.u_hi,
+                                     continuous=self._continuous)
         return self.follower
 
     # ------------------------------------------------------------------ metadata
@@ -248,17 +258,17 @@ class PolicyController:
             unknown = [x for x in names if x not in index]
             if unknown and not self.config.allow_extra_joints:
                 return self._reject("unknown_joint", f"unknown joints {unknown[:6]} (policy joints: {self.joint_names})")
-            if n - len(unknown) != self.nq:
+            if n - len(unknown) != self.nv:
                 missing = [x for x in self.joint_names if x not in set(names)]
                 return self._reject("missing_joint", f"missing joints {missing}")
             order = np.fromiter((index.get(x, -1) for x in names), dtype=np.int64, count=n)
             used = order >= 0
-            q = np.empty(self.nq)
-            v = np.empty(self.nq)
+            q = np.empty(self.nv)
+            v = np.empty(self.nv)
             q[order[used]] = pos[used]
             v[order[used]] = vel[used]
             if not (np.isfinite(q).all() and np.isfinite(v).all()):
-                bad = [self.joint_names[i] for i in range(self.nq) if not (math.isfinite(q[i]) and math.isfinite(v[i]))]
+                bad = [self.joint_names[i] for i in range(self.nv) if not (math.isfinite(q[i]) and math.isfinite(v[i]))]
                 return self._reject("nonfinite", f"NaN/Inf in the state of {bad}")
             if (q < self._q_ok_lo).any() or (q > self._q_ok_hi).any():
                 bad = [self.joint_names[i] for i in np.flatnonzero((q < self._q_ok_lo) | (q > self._q_ok_hi))]
@@ -292,7 +302,7 @@ class PolicyController:
             return self._reject("malformed", f"malformed joint state ({type(exc).__name__}: {exc})")
 
     def _target_from_posture(self) -> None:
-        xyz = self.robot.frame_position(self._q, self.frame_id)
+        xyz = self.robot.frame_position(self.model_q(self._q), self.frame_id)
         self.target = np.clip(xyz, self._tmin, self._tmax)
 
     def update_target(self, xyz: Sequence[float], frame: str = "") -> str | None:
@@ -345,6 +355,41 @@ class PolicyController:
         return None if self._q is None else self._q.copy()
 
     @property
+    def x(self) -> np.ndarray | None:
+        """The OCP's state of the last accepted state: (the model's q [nq], v [nv]), or None."""
+        return None if self._q is None else np.concatenate([self.model_q(self._q), self._v])
+
+    def model_q(self, positions: np.ndarray) -> np.ndarray:
+        """The model's q [nq] of joint positions [nv] (a continuous joint's cos θ, sin θ): what the
+        dynamics and the policy's observation take. The positions themselves without continuous joints."""
+        return self.robot.q_from_positions(positions) if self._has_continuous else positions
+
+    def position_difference(self, q: np.ndarray, q_ref: np.ndarray) -> np.ndarray:
+        """q ⊖ q_ref of joint positions [nv]: a continuous joint's difference wrapped to [−π, π] (the
+        short way round, as pin.difference), the others' plain."""
+        d = q - q_ref
+        if self._has_continuous:
+            c = self._continuous
+            d[c] = np.arctan2(np.sin(d[c]), np.cos(d[c]))
+        return d
+
+    def state_difference(self, x: np.ndarray, x_ref: np.ndarray) -> np.ndarray:
+        """x ⊖ x_ref [2 nv] of OCP states (model q, v) [nq + nv]: Crocoddyl's StateMultibody.diff,
+        the tangent-space difference its feedback gains K multiply."""
+        if not self._has_continuous:
+            return x - x_ref
+        nq = self.nq
+        dq = pin.difference(self.model, x_ref[:nq], x[:nq])
+        return np.concatenate([np.asarray(dq, dtype=float), x[nq:] - x_ref[nq:]])
+
+    def positions_state(self, x: np.ndarray) -> np.ndarray:
+        """OCP states (model q, v) [..., nq + nv] as (joint positions, v) [..., 2 nv] (angles in (−π, π])."""
+        if not self._has_continuous:
+            return x
+        x = np.asarray(x, dtype=float)
+        return np.concatenate([self.robot.positions_from_q(x[..., : self.nq]), x[..., self.nq:]], axis=-1)
+
+    @property
     def v(self) -> np.ndarray | None:
         """Joint velocities of the last accepted state, or None."""
         return None if self._v is None else self._v.copy()
@@ -369,6 +414,7 @@ class PolicyController:
         return math.inf if self._received is None else now - self._received
 
     def gravity(self, q: np.ndarray) -> np.ndarray:
+        """g(q) [nv] at the model's q [nq] (:meth:`model_q` of positions)."""
         return self.robot.gravity(q)
 
     def output_limits(self, q: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
@@ -381,11 +427,12 @@ class PolicyController:
             return self.q_lo.copy(), self.q_hi.copy()
         if self.config.exclude_gravity:
             q = self._q if q is None else q
-            g = self.gravity(q)
+            g = self.gravity(self.model_q(q))
             return self.u_lo - g, self.u_hi - g
         return self.u_lo.copy(), self.u_hi.copy()
 
     def mass_matrix(self, q: np.ndarray) -> np.ndarray:
+        """M(q) [nv, nv] at the model's q [nq]."""
         return self.robot.mass_matrix(q)
 
     def _predicted_state(self, now: float | None) -> tuple[np.ndarray, np.ndarray]:
@@ -404,7 +451,8 @@ class PolicyController:
             steps = min(PREDICTION_MAX_STEPS, max(1, math.ceil(elapsed / self.config.period - 1e-9)))
             h = min(elapsed / steps, self.config.period)
             for _ in range(steps):  # semi-implicit Euler, as the simulator and the OCP
-                v = v + h * np.asarray(pin.aba(self.model, self.data, q, v, u))
+                # positions integrate as angles (a continuous joint's too); the dynamics take the model's q
+                v = v + h * np.asarray(pin.aba(self.model, self.data, self.model_q(q), v, u))
                 q = np.clip(q + h * v, self.q_lo, self.q_hi)
         self._pred = (q, v, now)
         return q, v
@@ -417,21 +465,23 @@ class PolicyController:
         if self._q_hold is None:
             self._q_hold = self._q.copy()
         if cfg.output_mode == "velocity":
-            return np.zeros(self.nq)
+            return np.zeros(self.nv)
         if cfg.output_mode == "position":
             return np.clip(self._q_hold, self.q_lo, self.q_hi)
         if cfg.safe_mode == "gravity":
             q = self._q
-            g = self.gravity(q)
+            g = self.gravity(self.model_q(q))
             u = g
         else:
             q, v = (self._q, self._v) if fresh else self._predicted_state(now)
             if cfg.safe_mode == "hold":
-                a = cfg.hold_kp * (self._q_hold - q) - cfg.hold_kd * v
+                # wrapped for a continuous joint: θ and θ + 2π are one posture, held the short way round
+                a = cfg.hold_kp * self.position_difference(self._q_hold, q) - cfg.hold_kd * v
             else:  # zero_velocity
                 a = -cfg.hold_kd * v
-            g = self.gravity(q)
-            u = g + self.mass_matrix(q) @ a
+            mq = self.model_q(q)
+            g = self.gravity(mq)
+            u = g + self.mass_matrix(mq) @ a
         u = np.clip(u, self.u_lo, self.u_hi)
         self._last_u = u  # the torque the robot will hold: what the prediction integrates
         return u - g if cfg.exclude_gravity else u
@@ -441,12 +491,12 @@ class PolicyController:
         q, v = self._q, self._v
         obs = self._obs[0]
         for block, sl in self._slices:
-            obs[sl] = q if block == "q" else v if block == "v" else self.target
+            obs[sl] = self.model_q(q) if block == "q" else v if block == "v" else self.target
         t0 = time.perf_counter()
         out = self.policy.session.run([OUTPUT_NAME], {INPUT_NAME: self._obs})[0]
         self.stats.inference.add(time.perf_counter() - t0)
         u = np.asarray(out, dtype=float).reshape(-1)
-        if u.shape != (self.nq,) or not np.isfinite(u).all():
+        if u.shape != (self.nv,) or not np.isfinite(u).all():
             return None
         clamped = np.clip(u, self.u_lo, self.u_hi)
         if (clamped != u).any():
@@ -471,9 +521,9 @@ class PolicyController:
         cfg, q, v = self.config, self._q, self._v
         u = np.clip(u, self.u_lo, self.u_hi)
         if cfg.output_mode == "effort":
-            return u - self.gravity(q) if cfg.exclude_gravity else u
+            return u - self.gravity(self.model_q(q)) if cfg.exclude_gravity else u
         dt = cfg.period
-        a = pin.aba(self.model, self.data, q, v, u)
+        a = pin.aba(self.model, self.data, self.model_q(q), v, u)
         v_next = np.clip(v + dt * np.asarray(a, dtype=float), -self.v_lim, self.v_lim)
         if cfg.output_mode == "velocity":
             return v_next
@@ -514,7 +564,7 @@ class PolicyController:
         if self.config.output_mode == "position":
             hold = self._q_hold if self._q_hold is not None else self._q
             return np.clip(hold, self.q_lo, self.q_hi)
-        return np.zeros(self.nq)
+        return np.zeros(self.nv)
 
     def _finalise(self, command: Command) -> Command:
         """Every published value finite and inside the output limits."""
@@ -522,7 +572,7 @@ class PolicyController:
         if values is None:
             self.stats.safe_ticks += 1
             return command
-        ok = values.shape == (self.nq,) and np.isfinite(values).all()
+        ok = values.shape == (self.nv,) and np.isfinite(values).all()
         if not ok:
             self.stats.safe_reasons["nonfinite_output"] += 1
             values = self._fallback()
@@ -578,7 +628,7 @@ class PolicyController:
         else:
             self.state = "running"
         if cfg.output_mode == "effort":  # the torque the robot holds if the data stops now
-            self._last_u = values + self.gravity(self._q) if cfg.exclude_gravity else values
+            self._last_u = values + self.gravity(self.model_q(self._q)) if cfg.exclude_gravity else values
         self._last_was_policy = True
         self.last_reason = reason
         return Command(values, False, reason)

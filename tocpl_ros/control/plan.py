@@ -30,7 +30,10 @@ PLAN_VERSION = 1
 PLAN_HEADER = ("version", "status", "stamp", "dt", "steps", "nu", "nx", "target_dim", "sequence", "iterations",
                "solve_time", "warm_start")
 """The first values of a ``/mpc/plan`` message, in order. Then: target [target_dim], ū [steps, nu],
-K [steps, nu, nx] (row-major), x̄ [steps + 1, nx]. A failure report has steps = 0."""
+K [steps, nu, nx] (row-major), x̄ [steps + 1, nx]. A failure report has steps = 0.
+States are joint positions (one per joint, as /joint_states) and velocities: nx = 2 nv, also for
+a robot with continuous joints (the OCP's x has their cos θ, sin θ; K is in its tangent space, 2 nv
+columns, so it multiplies the position difference, wrapped for a continuous joint)."""
 PLAN_STATUSES = STATUSES
 """Status codes (index = code): the MPC's statuses; 0 is the only usable plan."""
 WARM_START_CODES = ("", "policy", "shifted", "cold")
@@ -89,10 +92,13 @@ def encode_plan(plan: Plan) -> np.ndarray:
     return np.concatenate(parts)
 
 
-def encode_result(result, stamp: float, target: np.ndarray, sequence: int, nu: int, nx: int) -> np.ndarray:
+def encode_result(result, stamp: float, target: np.ndarray, sequence: int, nu: int, nx: int,
+                  to_positions=None, continuous: np.ndarray | None = None) -> np.ndarray:
     """The ``/mpc/plan`` array of a :class:`tocpl_ros.mpc.config.MPCResult` solved from the joint state
     stamped ``stamp`` towards ``target``: its steps with a gain when it converged (ū_0 is the
-    result's clipped ``u_bar``), else a failure report with its status."""
+    result's clipped ``u_bar``), else a failure report with its status. ``to_positions``: maps the
+    OCP's states [..., nq + nv] to (joint positions, v) [..., nx] when nq ≠ nv; ``continuous`` (per
+    joint) unwraps those joints' angles along the plan, so that x̄ is continuous in time."""
     target = np.asarray(target, dtype=float).reshape(-1)
     common = dict(stamp=float(stamp), dt=float(result.dt), target=target, sequence=int(sequence),
                   iterations=int(result.iterations), solve_time=float(result.solve_time),
@@ -102,8 +108,13 @@ def encode_result(result, stamp: float, target: np.ndarray, sequence: int, nu: i
         n = min(len(gains), len(result.us), len(result.xs) - 1)
         u_bar = np.array(result.us[:n], dtype=float)
         u_bar[0] = result.u_bar
-        plan = Plan("converged", u_bar=u_bar, K=np.asarray(gains[:n], dtype=float),
-                    x_bar=np.array(result.xs[: n + 1], dtype=float), **common)
+        x_bar = np.array(result.xs[: n + 1], dtype=float)
+        if to_positions is not None:
+            x_bar = np.asarray(to_positions(x_bar), dtype=float)
+            if continuous is not None and np.any(continuous):
+                joints = np.flatnonzero(continuous)
+                x_bar[:, joints] = np.unwrap(x_bar[:, joints], axis=0)
+        plan = Plan("converged", u_bar=u_bar, K=np.asarray(gains[:n], dtype=float), x_bar=x_bar, **common)
     else:
         status = result.status if result.status in PLAN_STATUSES and result.status != "converged" else "error"
         plan = Plan(status, u_bar=np.zeros((0, nu)), K=np.zeros((0, nu, nx)), x_bar=np.zeros((0, nx)), **common)

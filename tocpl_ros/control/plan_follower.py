@@ -11,8 +11,11 @@ a fast loop applying its plan with feedback; agimus-controller's linear feedback
   no clock shared between the two processes (nor machines);
 - ū_k, K_k are held over step k (the OCP's zero-order hold, dt = the task's step); x̄(t) is
   interpolated linearly between x̄_k and x̄_{k+1}, so the nominal motion within a step is not
-  taken for a deviation. K is Crocoddyl's: its forward pass applies u = ū − K (x ⊖ x̄); the arms
-  here have nq = nv (no continuous joints, PolicyController refuses others), so ⊖ is −;
+  taken for a deviation. K is Crocoddyl's: its forward pass applies u = ū − K (x ⊖ x̄), K in the
+  tangent space (2 nv columns). x and x̄ here are joint positions (one per joint, /joint_states'
+  coordinates) and velocities, 2 nv values, also for a robot with continuous joints (whose model
+  q has cos θ, sin θ): ⊖ is − except on a continuous joint's position, whose difference is wrapped
+  to [−π, π] (the short way round), which is what pin.difference gives on the model's q;
 - the plan is *unusable* (and the policy's command is used) when: none was received yet; its
   state is older than ``max_age`` (or ahead by more), or the age is beyond the steps it carries;
   the newest report of the MPC is a failure (not converged, non-finite, error; a solve that
@@ -85,8 +88,14 @@ class PlanFollower:
     the node calls it under its lock."""
 
     def __init__(self, nu: int, nx: int, target_dim: int, config: PlanFollowerConfig | None = None,
-                 u_lo: np.ndarray | None = None, u_hi: np.ndarray | None = None):
+                 u_lo: np.ndarray | None = None, u_hi: np.ndarray | None = None,
+                 continuous: np.ndarray | None = None):
         self.nu, self.nx, self.target_dim = int(nu), int(nx), int(target_dim)
+        # per joint (nx / 2): a continuous joint's position differences are wrapped (see the module docstring)
+        mask = np.zeros(self.nx, dtype=bool)
+        if continuous is not None:
+            mask[: self.nx // 2] = np.asarray(continuous, dtype=bool)
+        self._wrap = mask if mask.any() else None
         self.config = config or PlanFollowerConfig()
         self.u_lo = np.full(self.nu, -np.inf) if u_lo is None else np.asarray(u_lo, dtype=float)
         self.u_hi = np.full(self.nu, np.inf) if u_hi is None else np.asarray(u_hi, dtype=float)
@@ -181,11 +190,15 @@ class PlanFollower:
         a = max(age, 0.0) / plan.dt
         k = min(int(a + 1e-6), plan.steps - 1)  # (a step boundary computed from stamps: 0.06 / 0.02 = 2.99..)
         w = min(max(a - k, 0.0), 1.0)
-        x_ref = (1.0 - w) * plan.x_bar[k] + w * plan.x_bar[k + 1]
         x = np.asarray(x, dtype=float)
         if x.shape != (self.nx,):
             return None, "no_state", f"state of size {x.size}, the plan's is {self.nx}"
-        deviation = x - x_ref
+        if self._wrap is None:
+            x_ref = (1.0 - w) * plan.x_bar[k] + w * plan.x_bar[k + 1]
+            deviation = x - x_ref
+        else:  # interpolated and compared the short way round (a plan may cross ±π)
+            x_ref = plan.x_bar[k] + w * self._wrapped(plan.x_bar[k + 1] - plan.x_bar[k])
+            deviation = self._wrapped(x - x_ref)
         far = float(np.abs(deviation[: self.nx // 2]).max())
         if not far <= cfg.max_deviation:
             return None, "deviation", (f"the arm is {far:.3f} rad from the MPC plan's posture (limit "
@@ -197,6 +210,11 @@ class PlanFollower:
         if len(self.ages) > 20000:
             del self.ages[:10000]
         return np.clip(u, self.u_lo, self.u_hi), "", ""
+
+    def _wrapped(self, d: np.ndarray) -> np.ndarray:
+        m = self._wrap
+        d[m] = np.arctan2(np.sin(d[m]), np.cos(d[m]))
+        return d
 
     def command(self, stamp: float | None, x: np.ndarray, target: np.ndarray | None,
                 u_policy: np.ndarray | None) -> np.ndarray | None:

@@ -10,7 +10,7 @@ import numpy as np
 from tocpl_ros.config import ConfigError
 from tocpl_ros.control.config import OBS_BLOCKS
 from tocpl_ros.policy_file import PolicyFileError, PolicyMetadata
-from tocpl_ros.robot import RobotModel, find_robot, load_robot, robot_config_file
+from tocpl_ros.robot import ENCODINGS, RobotModel, find_robot, load_robot, robot_config_file
 
 
 def policy_robot(metadata: PolicyMetadata, robot: str | Path | None = None, urdf: str | Path | None = None,
@@ -60,8 +60,6 @@ def check_policy_model(md: PolicyMetadata, source: str, robot: RobotModel) -> No
     """Raise PolicyFileError unless the policy file (metadata ``md`` of file ``source``) is consistent
     with the robot: joint names and order, torque bounds within the effort limits, observation blocks."""
     model, urdf = robot.model, robot.urdf_file.name
-    if model.nq != model.nv:
-        raise PolicyFileError(f"{urdf}: joints with nq != nv are not supported")
     problem = name_difference(
         md.joint_names, list(robot.joint_names), "policy (tocpl.joint_names)", f"robot {robot.name} ({urdf})"
     )
@@ -121,10 +119,17 @@ def check_policy_description(md: PolicyMetadata, source: str, robot: RobotModel)
     if md.target_kind == "pose":
         raise PolicyFileError(f"{source}: pose targets (tocpl.target_kind 'pose') are not supported by this node yet: "
                               "use a policy with position targets")
-    other = sorted({e for e in md.joint_encodings if e != "angle"})
-    if other:
-        raise PolicyFileError(f"{source}: joint encodings {other} (tocpl.joint_encodings) are not supported by this "
-                              "node yet: only 'angle'")
+    known_encodings = sorted(set(ENCODINGS.values()))
+    unknown = sorted({e for e in md.joint_encodings if e not in known_encodings})
+    if unknown:
+        raise PolicyFileError(f"{source}: joint encodings {unknown} (tocpl.joint_encodings) are not supported by this "
+                              f"node (known: {known_encodings})")
+    # the observation is built with the robot's encoding: a file that says otherwise was trained on another one
+    if "joint_encodings" not in md.defaults_used and list(md.joint_encodings) != list(robot.joint_encodings):
+        differ = [f"{n}: policy '{a}', robot '{b}'" for n, a, b in
+                  zip(robot.joint_names, md.joint_encodings, robot.joint_encodings) if a != b]
+        raise PolicyFileError(f"{source}: joint encodings (tocpl.joint_encodings) differ from robot {robot.name}'s: "
+                              + ("; ".join(differ) or f"{list(md.joint_encodings)} vs {list(robot.joint_encodings)}"))
 
 
 def name_difference(got: Sequence[str], want: Sequence[str], got_label: str, want_label: str) -> str:

@@ -65,8 +65,8 @@ class MPCLoop:
         seconds the tick may spend waiting for a solve (None: one period minus TICK_MARGIN)."""
         c = self.controller
         self.counts["ticks"] += 1
-        q, v, target = c.q, c.v, c.target
-        if q is None or v is None:
+        x, target = c.x, c.target  # the OCP's state: the model's q (cos θ, sin θ of a continuous joint), v
+        if x is None:
             self.counts["no_state_ticks"] += 1
             self.last_status, self.last_message = "waiting", "no joint state received yet"
             return None
@@ -83,7 +83,6 @@ class MPCLoop:
             self.counts["no_target_ticks"] += 1
             self.last_status, self.last_message = "waiting", "no target"
             return None
-        x = np.concatenate([q, v])
         if budget is not None and budget < self.config.deadline:
             self.counts["short_budget_ticks"] += 1  # less than the deadline left in this period
         try:
@@ -149,7 +148,8 @@ class MPCLoop:
         c = self.controller
         try:
             self.plan_sequence += 1
-            self.plans.append(encode_result(result, request[1], request[2], self.plan_sequence, c.nq, 2 * c.nq))
+            self.plans.append(encode_result(result, request[1], request[2], self.plan_sequence, c.nv, 2 * c.nv,
+                                            to_positions=c.positions_state, continuous=c.robot.is_continuous))
             self.counts["plans_published"] += 1
         except Exception:  # a plan that cannot be encoded is not published; the command still is
             self.counts["plan_errors"] += 1
@@ -168,9 +168,11 @@ class MPCLoop:
             else:
                 u_bar, x_bar, K = law
                 u_bar = np.clip(u_bar, c.u_lo, c.u_hi)
-                command = np.clip(u_bar - K @ (x - x_bar), c.u_lo, c.u_hi)
-                feedback = np.concatenate([u_bar, x_bar, K.reshape(-1)])
-                if command.shape == (c.nq,) and np.isfinite(command).all() and np.isfinite(feedback).all():
+                # K is in the tangent space: x ⊖ x̄ (pin.difference on a continuous joint), not x − x̄
+                command = np.clip(u_bar - K @ c.state_difference(x, x_bar), c.u_lo, c.u_hi)
+                # states in /mpc/feedback as in /mpc/plan: joint positions and velocities (2 nv)
+                feedback = np.concatenate([u_bar, c.positions_state(x_bar), K.reshape(-1)])
+                if command.shape == (c.nv,) and np.isfinite(command).all() and np.isfinite(feedback).all():
                     self.counts["mpc_ticks"] += 1
                     self.last_status, self.last_message = "mpc", ""
                     return command, feedback
@@ -192,15 +194,15 @@ class MPCLoop:
             command = self.solver.policy_command(x, target)
         except Exception:
             command = None
-        if command is None or command.shape != (c.nq,) or not np.isfinite(command).all():
+        if command is None or command.shape != (c.nv,) or not np.isfinite(command).all():
             self.counts["brake_ticks"] += 1
             self.last_status = "brake"
             q, v = x[: c.nq], x[c.nq:]
             command = c.gravity(q) - c.mass_matrix(q) @ (c.config.hold_kd * v)
             if not np.isfinite(command).all():
-                command = np.zeros(c.nq)
+                command = np.zeros(c.nv)
         command = np.clip(command, c.u_lo, c.u_hi)
-        return command, np.concatenate([command, x, np.zeros(c.nq * x.size)])
+        return command, np.concatenate([command, c.positions_state(x), np.zeros(c.nv * 2 * c.nv)])
 
     def diagnostics(self) -> dict[str, str]:
         """Flat key → value strings (solve statistics of the window since the last call)."""

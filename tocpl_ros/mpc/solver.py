@@ -147,7 +147,7 @@ class RecedingHorizonMPC:
     def _shift_fits(self, x: np.ndarray, prediction: np.ndarray) -> bool:
         """The previous solution, shifted to now, describes the measured state (within
         HYBRID_SHIFT_TOLERANCE): 'hybrid' shifts it; not after a jump (a reset, a push, a long gap)."""
-        nq = len(x) // 2
+        nq = self.task.nq  # the model's q: with continuous joints nq > nv
         dq, dv = HYBRID_SHIFT_TOLERANCE
         return bool(np.abs(x[:nq] - prediction[:nq]).max() <= dq and np.abs(x[nq:] - prediction[nq:]).max() <= dv)
 
