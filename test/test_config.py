@@ -46,8 +46,8 @@ def test_unknown_task_names_the_task_and_lists_the_known_ones():
 
 
 def test_unknown_cost_term(tmp_path):
-    path = write_variant(tmp_path, "ur5_reach", lambda d: d["costs"]["running"].update(orientation=1.0))
-    raises_naming(path, "costs.running.orientation", "unknown cost term", "position")
+    path = write_variant(tmp_path, "ur5_reach", lambda d: d["costs"]["running"].update(jerk=1.0))
+    raises_naming(path, "costs.running.jerk", "unknown cost term", "position")
 
 
 def test_negative_weight(tmp_path):

@@ -172,13 +172,6 @@ def test_targets_are_in_the_base_frame_wherever_it_is(tmp_path):
     np.testing.assert_allclose(ends, solve(reference, reference.sample(2, 0)), atol=1e-6)
 
 
-def test_pose_targets_are_refused_until_they_exist():
-    assert load_task("reach", {"robot": "panda"}).config.target_kind == "position"
-    with pytest.raises(ConfigError, match="not implemented yet") as info:
-        load_task("reach", {"robot": "panda", "target_kind": "pose"})
-    assert info.value.key == "target_kind"
-
-
 def test_the_generic_reach_task_needs_a_robot():
     with pytest.raises(ConfigError, match="--robot") as info:
         load_task("reach")

@@ -24,7 +24,9 @@ tocpl.locked_joints  JSON object joint name -> position (rad or m) of the URDF's
                      movable joints that are not controlled ({}: none)
 tocpl.end_effector_frame  the frame the target is for, plain text ("": none)
 tocpl.base_frame     the frame targets are expressed in, plain text ("": none)
-tocpl.target_kind    'position', 'pose' or 'none' (no target in the observation)
+tocpl.target_kind    'position', 'pose' or 'none' (no target in the observation);
+                     'position': the 'target' block is p (3, m, base frame); 'pose': 9 values,
+                     p then the first two columns of the frame's rotation matrix (base frame)
 tocpl.joint_encodings  JSON list, one per controlled joint: how its position enters
                      the 'q' block ('angle': the value; 'cos_sin': cos, sin)
 ===================  ===========================================================

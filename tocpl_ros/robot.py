@@ -549,6 +549,19 @@ class RobotModel:
         """A position [3] in the base frame as one in the URDF's world frame (Pinocchio's oMf)."""
         return np.asarray(p, dtype=float) if self._world_to_base is None else self._world_to_base.actInv(np.asarray(p, dtype=float))
 
+    def frame_rotation(self, q: np.ndarray, frame_id: int | None = None) -> np.ndarray:
+        """Rotation matrix [3, 3] of a frame (default: the end effector) in the base frame at q."""
+        pin.framesForwardKinematics(self.model, self.data, q)
+        placement = self.data.oMf[self.end_effector_id if frame_id is None else frame_id]
+        if self._world_to_base is not None:
+            placement = self._world_to_base * placement
+        return placement.rotation.copy()
+
+    def world_rotation(self, rotation: np.ndarray) -> np.ndarray:
+        """A rotation [3, 3] in the base frame as one in the URDF's world frame (Pinocchio's oMf)."""
+        rotation = np.asarray(rotation, dtype=float)
+        return rotation if self._world_to_base is None else self._world_to_base.rotation.T @ rotation
+
     def end_effector_position(self, q: np.ndarray) -> np.ndarray:
         """Position [3] of the end-effector frame in the base frame at q."""
         return self.frame_position(q)

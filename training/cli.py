@@ -122,6 +122,8 @@ def progress_line(row: dict, config: TrainConfig, unit: str) -> str:
         return (line + f"regression {row['regression_loss']:.3g} | OC {row['oc_seconds']:.2f}s supervised "
                 f"{row['supervised_seconds']:.2f}s | evals {row['dynamics_evaluations']:.3g} | {row['wall_time']:.0f}s")
     line += f"at T: mean {scale * row['final_error_mean']:.3g} {shown} p95 {scale * row['final_error_p95']:.3g} | "
+    if "orientation_error_mean_deg" in row:  # pose targets
+        line += f"orientation mean {row['orientation_error_mean_deg']:.3g} deg p95 {row['orientation_error_p95_deg']:.3g} | "
     holds = [label for label in hold_labels(row) if label != "T"]
     if holds:  # continuous use: the longest hold, the sequence, the push
         line += f"hold {holds[-1]}: {error('hold_' + holds[-1])} | "

@@ -95,10 +95,31 @@ class HeldOut:
         return HeldOut(problems, costs)
 
 
-def worst_error_over(task: Task, traj: Trajectories, problems: Problems, start: int, stop: int) -> np.ndarray:
-    """Per problem, the largest final-error measure over steps start..stop (inf where the rollout diverged)."""
-    errors = np.stack([task.final_error(traj.xs[:, t], problems.target) for t in range(start, stop + 1)], axis=1)
+ORIENTATION_TOLERANCE = float(np.deg2rad(2.0))
+"""A pose target is solved when the orientation is within 2° too (the issue's mean target)."""
+
+
+def has_orientation(task: Task) -> bool:
+    """Reach with pose targets: an orientation error next to the position error."""
+    return bool(getattr(task, "has_orientation", False))
+
+
+def worst_error_over(task: Task, traj: Trajectories, problems: Problems, start: int, stop: int,
+                     error: Callable | None = None) -> np.ndarray:
+    """Per problem, the largest final-error measure (or ``error``'s: e.g. the orientation's) over steps
+    start..stop (inf where the rollout diverged)."""
+    error = task.final_error if error is None else error
+    errors = np.stack([error(traj.xs[:, t], problems.target) for t in range(start, stop + 1)], axis=1)
     return np.where(traj.diverged, np.inf, errors.max(axis=1))
+
+
+def orientation_within(task: Task, traj: Trajectories, problems: Problems) -> np.ndarray:
+    """Per problem, the orientation within ORIENTATION_TOLERANCE at T and over [T, 2T] (all True
+    for tasks without orientation: their 'solved' is unchanged)."""
+    if not has_orientation(task):
+        return np.ones(len(problems), dtype=bool)
+    T = task.horizon
+    return worst_error_over(task, traj, problems, T, 2 * T, task.orientation_error) <= ORIENTATION_TOLERANCE
 
 
 def evaluate_policy(task: Task, policy: MLPPolicy, held_out: HeldOut) -> dict[str, float]:
@@ -112,7 +133,13 @@ def evaluate_policy(task: Task, policy: MLPPolicy, held_out: HeldOut) -> dict[st
     metric, tol = success_tolerance(task)
     # Solved = there at T and still there over [T, 2T] (errors), or within the cost gap (lqr).
     solved = (np.maximum(ev.final_error, hold_max) if metric == "final_error" else gap) <= tol
+    solved &= orientation_within(task, traj, held_out.problems)
     final = np.where(ev.diverged, np.inf, ev.final_error)
+    orientation = {}
+    if has_orientation(task):  # pose targets: the orientation at T (deg), next to the position error
+        angle = np.where(ev.diverged, np.inf, np.rad2deg(task.orientation_error(traj.xs[:, T], held_out.problems.target)))
+        orientation = {"orientation_error_mean_deg": float(np.mean(angle)),
+                       "orientation_error_p95_deg": float(np.percentile(angle, 95, method="higher"))}
     return {
         "policy_cost": float(np.mean(np.where(ev.diverged, np.nan, ev.cost))) if not ev.diverged.all() else float("inf"),
         "to_cost": float(held_out.to_cost.mean()),
@@ -124,7 +151,7 @@ def evaluate_policy(task: Task, policy: MLPPolicy, held_out: HeldOut) -> dict[st
         "within_tolerance": float(np.mean(solved & ~traj.diverged)),
         "diverged": float(traj.diverged.sum()),
         "max_bound_violation": float(ev.bound_violation.max()),
-    }
+    } | orientation
 
 
 def validation_score(task: Task, policy: MLPPolicy, problems: Problems) -> dict[str, float]:
@@ -139,7 +166,8 @@ def validation_score(task: Task, policy: MLPPolicy, problems: Problems) -> dict[
     cost = float(np.mean(ev.cost)) if not traj.diverged.any() else float("inf")
     within = float("nan")
     if metric == "final_error":
-        within = float(np.mean(worst_error_over(task, traj, problems, T, 2 * T) <= tol))
+        within = float(np.mean((worst_error_over(task, traj, problems, T, 2 * T) <= tol)
+                               & orientation_within(task, traj, problems)))
     return {"validation_within": within, "validation_cost": cost}
 
 

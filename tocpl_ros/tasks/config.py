@@ -114,8 +114,9 @@ class TaskConfig:
     """Frame whose position p(x) enters the 'position' cost and the final error; None: the
     robot's end-effector frame. Robots only."""
     target_kind: str = "position"
-    """What a reach target is: 'position' (of the end-effector frame, 3 values in the base frame).
-    'pose' (position and orientation) is the name kept for it; it is not implemented yet."""
+    """What a reach target is: 'position' (of the end-effector frame, 3 values in the base frame) or
+    'pose' (9 values: that position, then the first two columns of the frame's rotation matrix in
+    the base frame; the 'orientation' cost term applies). Reach tasks only."""
     u_limit: list[float] | None = None
     """Per-joint torque bound overriding the URDF effort limits (N·m); robots only."""
     lqr: LQRConfig = field(default_factory=LQRConfig)
@@ -137,7 +138,7 @@ class TaskConfig:
                                       "tocpl-train: --robot NAME")
         if self.target_kind not in ("position", "pose"):
             raise FieldError("target_kind", f"'position' or 'pose', got '{self.target_kind}'")
-        if self.target_kind == "pose":
-            raise FieldError("target_kind", "pose targets are not implemented yet (docs/robots.md): use 'position'")
+        if self.target_kind == "pose" and self.kind != "reach":
+            raise FieldError("target_kind", f"pose targets are for reach tasks, not '{self.kind}'")
         if self.u_limit is not None and any(u <= 0 for u in self.u_limit):
             raise FieldError("u_limit", f"every bound must be > 0, got {self.u_limit}")

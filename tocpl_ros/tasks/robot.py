@@ -34,6 +34,26 @@ def task_robot(config: TaskConfig) -> RobotModel:
         raise FieldError(key, str(exc)) from exc
 
 
+def pose_target(position: np.ndarray, rotation: np.ndarray) -> np.ndarray:
+    """Pose targets [B, 9] from positions [B, 3] and rotation matrices [B, 3, 3] (base frame):
+    the position, then the rotation's first two columns (x axis, y axis of the frame). Continuous in
+    the orientation, unlike a quaternion (q and −q) or Euler angles (wrap, gimbal lock)."""
+    rotation = np.asarray(rotation, dtype=float)
+    return np.concatenate([position, rotation[:, :, 0], rotation[:, :, 1]], axis=1)
+
+
+def target_rotation(target: np.ndarray) -> np.ndarray:
+    """The rotation matrix [3, 3] of one pose target [9] (:func:`pose_target`): its two columns
+    made orthonormal (Gram-Schmidt: a target written by hand need not be exact), the third their
+    cross product."""
+    x = np.asarray(target[3:6], dtype=float)
+    y = np.asarray(target[6:9], dtype=float)
+    x = x / np.linalg.norm(x)
+    y = y - x * (x @ y)
+    y = y / np.linalg.norm(y)
+    return np.column_stack([x, y, np.cross(x, y)])
+
+
 IK_ITERATIONS = 200
 IK_DAMPING = 1e-8
 """Damping of the least-squares IK (m²): a regularisation only, the targets are reachable."""
@@ -55,11 +75,12 @@ class RobotTask(Task):
                gravity compensation), 'posture' ½‖q − q_nominal‖², 'target_posture'
                ½‖q − q*(p̄)‖² (reach: q* the posture on the target nearest q_nominal,
                :meth:`ReachTask.target_posture`);
-      terminal: 'position', 'velocity', 'posture', 'target_posture'.
+      terminal: 'position', 'velocity', 'posture', 'target_posture';
+      both: 'orientation' ½‖log₃(R̄ᵀR(q))‖² of the frame's rotation (rad; reach with pose targets).
     """
 
-    running_terms = ("position", "velocity", "control", "control_gravity", "posture", "target_posture")
-    terminal_terms = ("position", "velocity", "posture", "target_posture")
+    running_terms = ("position", "orientation", "velocity", "control", "control_gravity", "posture", "target_posture")
+    terminal_terms = ("position", "orientation", "velocity", "posture", "target_posture")
 
     def __init__(self, name: str, config: TaskConfig):
         super().__init__(name, config)
@@ -101,7 +122,7 @@ class RobotTask(Task):
 
     # -- costs ------------------------------------------------------------
     def _term_size(self, term: str) -> int:
-        return {"position": 3, "velocity": self.nv, "posture": self.nv, "target_posture": self.nv}.get(term, self.nu)
+        return {"position": 3, "orientation": 3, "velocity": self.nv, "posture": self.nv, "target_posture": self.nv}.get(term, self.nu)
 
     def _weight(self, phase: str, term: str, weight) -> np.ndarray:
         size = self._term_size(term)
@@ -114,8 +135,11 @@ class RobotTask(Task):
         # state residuals live in the tangent space (ndx = 2 nv): the masks pick its q or v half
         zeros, ones = np.zeros(self.nv), np.ones(self.nv)
         if term == "position":  # targets are in the base frame, Crocoddyl's frame positions in the world's
-            world = self.robot.world_position(target)
+            world = self.robot.world_position(target[:3])  # a pose target: its position part
             return crocoddyl.ResidualModelFrameTranslation(self.state, self.frame_id, world, self.nu), None
+        if term == "orientation":  # log₃(R̄ᵀR), in the frame's own axes
+            world = self.robot.world_rotation(target_rotation(target))
+            return crocoddyl.ResidualModelFrameRotation(self.state, self.frame_id, world, self.nu), None
         if term == "velocity":
             xref = np.concatenate([pin.neutral(self.model), zeros])  # a valid q (cos, sin), masked out
             return crocoddyl.ResidualModelState(self.state, xref, self.nu), np.concatenate([zeros, ones])
@@ -171,14 +195,16 @@ class RobotTask(Task):
             costs = model.differential.costs.costs
             terms = costs.todict()
             if "position" in terms:
-                costs["position"].cost.residual.reference = self.robot.world_position(goal)
+                costs["position"].cost.residual.reference = self.robot.world_position(goal[:3])
+            if "orientation" in terms:
+                costs["orientation"].cost.residual.reference = self.robot.world_rotation(target_rotation(goal))
             if "target_posture" in terms:
                 q_ref = self.robot.q_from_positions(self.target_posture(goal))
                 costs["target_posture"].cost.residual.reference = np.concatenate([q_ref, np.zeros(self.nv)])
 
     def nominal_problem(self) -> Problems:
         x0 = np.concatenate([self.q_nominal_model, np.zeros(self.nv)])[None]
-        return Problems(x0, self.frame_position(self.q_nominal_model[None])[:, : self.target_dim])
+        return Problems(x0, self.frame_target(self.q_nominal_model[None])[:, : self.target_dim])
 
     # -- dynamics ----------------------------------------------------------
     def step(self, x, u):
@@ -201,6 +227,17 @@ class RobotTask(Task):
         for i, qi in enumerate(q):
             out[i] = self.robot.frame_position(qi, self.frame_id)
         return out
+
+    def frame_rotation(self, q: np.ndarray) -> np.ndarray:
+        """Rotation matrices of the task frame in the base frame for configurations [B, nq] -> [B, 3, 3]."""
+        return np.stack([self.robot.frame_rotation(qi, self.frame_id) for qi in q]) if len(q) else np.empty((0, 3, 3))
+
+    def frame_target(self, q: np.ndarray) -> np.ndarray:
+        """The target a configuration [B, nq] reaches: its frame position [B, 3]; with pose
+        targets the position and the rotation's first two columns [B, 9] (:func:`pose_target`)."""
+        if self.config.target_kind != "pose":
+            return self.frame_position(q)
+        return pose_target(self.frame_position(q), self.frame_rotation(q))
 
     def _sampling_interval(self, h: float) -> tuple[np.ndarray, np.ndarray]:
         """Per joint, [q_nominal − h, q_nominal + h] within the robot's sampling ranges."""
@@ -292,17 +329,39 @@ class ReachTask(RobotTask):
 
     def __init__(self, name, config):
         self._target_postures: dict[bytes, np.ndarray] = {}
+        self.target_dim = 9 if config.target_kind == "pose" else 3
         super().__init__(name, config)
-        self.obs_layout = [("q", self.nq), ("v", self.nv), ("target", 3)]
+        for phase in ("running", "terminal"):
+            if "orientation" in getattr(config.costs, phase) and config.target_kind != "pose":
+                raise FieldError(f"costs.{phase}.orientation", "needs pose targets (target_kind: pose)")
+        self.obs_layout = [("q", self.nq), ("v", self.nv), ("target", self.target_dim)]
 
     def sample(self, n, seed):
         rng = np.random.default_rng(seed)
         x0 = self.sample_x0(n, rng)
         q_target = self.sample_positions(n, self.config.sampling.target_joint_halfwidth, rng)
-        return Problems(x0, self.frame_position(self.robot.q_from_positions(q_target)))
+        return Problems(x0, self.frame_target(self.robot.q_from_positions(q_target)))
 
     def final_error(self, x, target):
-        return np.linalg.norm(self.frame_position(x[:, : self.nq]) - target, axis=1)
+        """Distance of the frame to the target position (m); a pose target's orientation error is
+        :meth:`orientation_error`."""
+        return np.linalg.norm(self.frame_position(x[:, : self.nq]) - target[:, :3], axis=1)
+
+    @property
+    def has_orientation(self) -> bool:
+        """Pose targets: an orientation error to report next to the position error."""
+        return self.target_dim == 9
+
+    def orientation_error(self, x: np.ndarray, target: np.ndarray) -> np.ndarray:
+        """Angle (rad) of the rotation between the frame and the pose target, states [B, nx] and
+        targets [B, 9] -> [B]; zeros for position targets."""
+        if not self.has_orientation:
+            return np.zeros(len(x))
+        rotations = self.frame_rotation(x[:, : self.nq])
+        out = np.empty(len(x))
+        for i, (r, t) in enumerate(zip(rotations, target)):
+            out[i] = np.linalg.norm(pin.log3(target_rotation(t).T @ r))
+        return out
 
     def target_posture(self, target: np.ndarray) -> np.ndarray:
         """q*(p̄), joint positions [nv]: the posture that puts the frame on ``target``, nearest
@@ -316,7 +375,10 @@ class ReachTask(RobotTask):
             return cached.copy()
         target = np.asarray(target, dtype=float)
         lo, hi = self.robot.soft_lower_limit, self.robot.soft_upper_limit
-        world_target = self.robot.world_position(target)
+        world_target = self.robot.world_position(target[:3])
+        # a pose target: the rotation too (6 rows; a 6-joint arm has no null space left)
+        world_rotation = self.robot.world_rotation(target_rotation(target)) if len(target) == 9 else None
+        rows = 3 if world_rotation is None else 6
         q = self.q_nominal.copy()
         eye = np.eye(self.nv)
         for _ in range(IK_ITERATIONS):
@@ -324,8 +386,10 @@ class ReachTask(RobotTask):
             q_model = self.robot.q_from_positions(q)
             pin.framesForwardKinematics(self.model, self.data, q_model)
             error = world_target - self.data.oMf[self.frame_id].translation
-            J = pin.computeFrameJacobian(self.model, self.data, q_model, self.frame_id, pin.LOCAL_WORLD_ALIGNED)[:3]
-            J_pinv = J.T @ np.linalg.inv(J @ J.T + IK_DAMPING * np.eye(3))
+            if world_rotation is not None:  # the rotation still to do, in world axes (LOCAL_WORLD_ALIGNED's)
+                error = np.concatenate([error, pin.log3(world_rotation @ self.data.oMf[self.frame_id].rotation.T)])
+            J = pin.computeFrameJacobian(self.model, self.data, q_model, self.frame_id, pin.LOCAL_WORLD_ALIGNED)[:rows]
+            J_pinv = J.T @ np.linalg.inv(J @ J.T + IK_DAMPING * np.eye(rows))
             step = J_pinv @ error + IK_NULL_GAIN * (eye - J_pinv @ J) @ (self.q_nominal - q)
             q = np.clip(q + step, lo, hi)
             if np.abs(step).max() < 1e-10:

@@ -12,6 +12,9 @@ the task's own discrete dynamics, no reset:
 - push: after holding for T, a velocity kick of ±h on every joint (random signs); the share back
   within tolerance T later.
 
+With pose targets (reach_pose) every scenario also reports the orientation error (mean, p95, deg:
+``<scenario>_orientation_mean_deg``) and "within tolerance" needs the orientation within 2° too.
+
 Robot tasks only (reach, upright): they have joint velocities to kick. Figures are in the
 task's error unit (m, rad); tolerances are the trainer's (1 cm, 2°).
 """
@@ -67,6 +70,33 @@ def _summary(prefix: str, error: np.ndarray, tolerance: float) -> dict[str, floa
     }
 
 
+ORIENTATION_TOLERANCE = float(np.deg2rad(2.0))
+"""Pose targets: within tolerance needs the orientation within 2° too (the trainer's)."""
+
+
+def _scores(task: RobotTask, prefix: str, x: np.ndarray, target: np.ndarray, alive: np.ndarray,
+            tolerance: float) -> dict[str, float]:
+    """_summary of the position error; with pose targets also the orientation's mean and p95 (deg),
+    and within tolerance needs both."""
+    error = _errors(task, x, target, alive)
+    out = _summary(prefix, error, tolerance)
+    if getattr(task, "has_orientation", False):
+        angle = np.where(alive, task.orientation_error(x, target), np.inf)
+        deg = np.rad2deg(angle)
+        out[f"{prefix}_orientation_mean_deg"] = float(np.mean(deg))
+        out[f"{prefix}_orientation_p95_deg"] = float(np.percentile(deg, 95, method="higher"))
+        out[f"{prefix}_within"] = float(np.mean((error <= tolerance) & (angle <= ORIENTATION_TOLERANCE)))
+    return out
+
+
+def _back(task: RobotTask, x: np.ndarray, target: np.ndarray, alive: np.ndarray, tolerance: float) -> np.ndarray:
+    """Per problem, within tolerance (position, and orientation for pose targets)."""
+    within = _errors(task, x, target, alive) <= tolerance
+    if getattr(task, "has_orientation", False):
+        within &= np.where(alive, task.orientation_error(x, target), np.inf) <= ORIENTATION_TOLERANCE
+    return within
+
+
 def seconds_label(seconds: float) -> str:
     return f"{seconds:g}s"
 
@@ -97,7 +127,7 @@ def evaluate_continuous(task: Task, policy, problems: Problems, tolerance: float
         label = "T" if mark == T else seconds_label(mark * task.dt)
         if mark == T:
             at_T, alive_at_T = x, alive  # the push starts from here
-        out |= _summary(f"hold_{label}", _errors(task, x, problems.target, alive), tolerance)
+        out |= _scores(task, f"hold_{label}", x, problems.target, alive, tolerance)
         out[f"hold_{label}_speed_median"] = float(np.median(np.where(alive, _speed(task, x), np.inf)))
     out["hold_diverged"] = float((~alive).sum())
 
@@ -108,20 +138,21 @@ def evaluate_continuous(task: Task, policy, problems: Problems, tolerance: float
             target = problems.target[rng.permutation(n)] if k else problems.target
             xs, alive = _roll(task, policy, x, target, T, alive)
             x = xs[:, -1]
-            ends.append(_errors(task, x, target, alive))
-        out |= _summary("sequence", np.concatenate(ends), tolerance)
+            ends.append((x, target, alive))
+        x, target, alive_ends = (np.concatenate(a) for a in zip(*ends))
+        out |= _scores(task, "sequence", x, target, alive_ends, tolerance)
         out["sequence_diverged"] = float((~alive).sum())
 
     if scenarios.start_speed > 0:
         x0 = problems.x0.copy()
         x0[:, task.nq:] = rng.uniform(-scenarios.start_speed, scenarios.start_speed, (n, task.nv))
         xs, alive = _roll(task, policy, x0, problems.target, T, np.ones(n, dtype=bool))
-        out |= _summary("moving_start", _errors(task, xs[:, -1], problems.target, alive), tolerance)
+        out |= _scores(task, "moving_start", xs[:, -1], problems.target, alive, tolerance)
 
     if scenarios.push_speed > 0:
         # push after the T of holding (the first hold mark): the arm is at its target, at rest
         kicked, alive = at_T.copy(), alive_at_T
         kicked[:, task.nq:] += scenarios.push_speed * rng.choice([-1.0, 1.0], (n, task.nv))
         xs, alive = _roll(task, policy, kicked, problems.target, T, alive)
-        out["push_recovered"] = float(np.mean(_errors(task, xs[:, -1], problems.target, alive) <= tolerance))
+        out["push_recovered"] = float(np.mean(_back(task, xs[:, -1], problems.target, alive, tolerance)))
     return out

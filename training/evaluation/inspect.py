@@ -130,7 +130,8 @@ def final_positions_figure(task: Task, policies: dict[str, Policy], problems: Pr
     for (label, policy), color in zip(policies.items(), ("tab:blue", "tab:orange")):
         traj = task.rollout(policy, problems, horizon=task.horizon)
         ok = ~traj.diverged
-        offset = 100.0 * (task.frame_position(traj.xs[:, -1, : task.nq]) - problems.target)[ok]
+        # a pose target's first 3 values are its position (the figure shows the position error)
+        offset = 100.0 * (task.frame_position(traj.xs[:, -1, : task.nq]) - problems.target[:, :3])[ok]
         error = np.linalg.norm(offset, axis=1)
         for ax, (i, j) in zip(axes, ((0, 1), (0, 2))):
             text = f"{label}: mean {error.mean():.2f} cm" if len(error) else f"{label}: all diverged"
