@@ -5,26 +5,14 @@ targets unchanged."""
 
 from __future__ import annotations
 
-import crocoddyl
 import numpy as np
 import pinocchio as pin
 import pytest
+from test_robots import solve  # Crocoddyl's SolverBoxFDDP on each problem: final states
 
 from tocpl_ros.config import ConfigError
 from tocpl_ros.tasks import load_task
 from tocpl_ros.tasks.robot import pose_target, target_rotation
-
-
-def solve(task, problems, max_iter=200):
-    """Crocoddyl's SolverBoxFDDP on each problem: final states [N, nx]."""
-    shooting = task.build_problem(problems[0])
-    ends = []
-    for i in range(len(problems)):
-        task.set_problem(shooting, problems[i])
-        solver = crocoddyl.SolverBoxFDDP(shooting)
-        solver.solve([], [], max_iter)
-        ends.append(np.array(solver.xs[-1]))
-    return np.array(ends)
 
 
 @pytest.fixture(scope="module")

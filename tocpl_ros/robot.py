@@ -537,13 +537,15 @@ class RobotModel:
         return self.config.compensates_gravity
 
     # -- kinematics and dynamics (one configuration, joint order of joint_names) ----------
-    def frame_position(self, q: np.ndarray, frame_id: int | None = None) -> np.ndarray:
-        """Position [3] of a frame (default: the end effector) in the base frame at q."""
+    def frame_placement(self, q: np.ndarray, frame_id: int | None = None) -> pin.SE3:
+        """Placement of a frame (default: the end effector) in the base frame at q."""
         pin.framesForwardKinematics(self.model, self.data, q)
         placement = self.data.oMf[self.end_effector_id if frame_id is None else frame_id]
-        if self._world_to_base is not None:
-            placement = self._world_to_base * placement
-        return placement.translation.copy()
+        return placement.copy() if self._world_to_base is None else self._world_to_base * placement
+
+    def frame_position(self, q: np.ndarray, frame_id: int | None = None) -> np.ndarray:
+        """Position [3] of a frame (default: the end effector) in the base frame at q."""
+        return self.frame_placement(q, frame_id).translation.copy()
 
     def world_position(self, p: np.ndarray) -> np.ndarray:
         """A position [3] in the base frame as one in the URDF's world frame (Pinocchio's oMf)."""
@@ -551,11 +553,7 @@ class RobotModel:
 
     def frame_rotation(self, q: np.ndarray, frame_id: int | None = None) -> np.ndarray:
         """Rotation matrix [3, 3] of a frame (default: the end effector) in the base frame at q."""
-        pin.framesForwardKinematics(self.model, self.data, q)
-        placement = self.data.oMf[self.end_effector_id if frame_id is None else frame_id]
-        if self._world_to_base is not None:
-            placement = self._world_to_base * placement
-        return placement.rotation.copy()
+        return self.frame_placement(q, frame_id).rotation.copy()
 
     def world_rotation(self, rotation: np.ndarray) -> np.ndarray:
         """A rotation [3, 3] in the base frame as one in the URDF's world frame (Pinocchio's oMf)."""
