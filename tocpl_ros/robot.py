@@ -285,6 +285,7 @@ ENCODINGS = {"revolute": "angle", "prismatic": "linear", "continuous": "cos_sin"
 one length (m), or (cos θ, sin θ) for a continuous joint (Pinocchio's q of it: no wrap at ±π)."""
 
 
+
 class RobotModel:
     """The Pinocchio model of a robot's controlled joints, from its :class:`RobotConfig`.
 

@@ -58,6 +58,7 @@ import pinocchio as pin
 
 from tocpl_ros.config import FieldError
 from tocpl_ros.control.config import Command, ControllerConfig
+from tocpl_ros.control.plan_follower import PlanFollower, wrap_angles
 from tocpl_ros.control.policy_check import check_policy_model, name_difference, policy_robot
 from tocpl_ros.control.stats import ControllerStats
 from tocpl_ros.policy_file import INPUT_NAME, OUTPUT_NAME, OnnxPolicy, PolicyFileError, PolicyMetadata
@@ -175,8 +176,6 @@ class PolicyController:
         is the newest usable plan's u = ū_k − K_k (x − x̄(t)), else the policy's, blended at each
         switch; everything else (clamp, output mode, fade-in, stale data, safe command) is unchanged.
         Returns the :class:`~tocpl_ros.control.plan_follower.PlanFollower` (feed it with ``offer``)."""
-        from tocpl_ros.control.plan_follower import PlanFollower
-
         target_dim = 3 if self._needs_target else 0
         self.follower = PlanFollower(self.nv, 2 * self.nv, target_dim, config, self.u_lo, self.u_hi,
                                      continuous=self._continuous)
@@ -368,10 +367,7 @@ class PolicyController:
         """q ⊖ q_ref of joint positions [nv]: a continuous joint's difference wrapped to [−π, π] (the
         short way round, as pin.difference), the others' plain."""
         d = q - q_ref
-        if self._has_continuous:
-            c = self._continuous
-            d[c] = np.arctan2(np.sin(d[c]), np.cos(d[c]))
-        return d
+        return wrap_angles(d, self._continuous) if self._has_continuous else d
 
     def state_difference(self, x: np.ndarray, x_ref: np.ndarray) -> np.ndarray:
         """x ⊖ x_ref [2 nv] of OCP states (model q, v) [nq + nv]: Crocoddyl's StateMultibody.diff,

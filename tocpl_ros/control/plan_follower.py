@@ -50,6 +50,14 @@ from tocpl_ros.control.plan import Plan, PlanError, decode_plan
 
 __all__ = ["PlanFollower", "PlanFollowerConfig"]
 
+def wrap_angles(d: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """``d`` with its ``mask`` entries wrapped to [−π, π] in place (a continuous joint's position
+    difference the short way round, as pin.difference); returns ``d``. Here and not in
+    tocpl_ros.robot: this module stays free of Pinocchio."""
+    d[mask] = np.arctan2(np.sin(d[mask]), np.cos(d[mask]))
+    return d
+
+
 @dataclass
 class PlanFollowerConfig:
     """Settings of the plan following (the policy node's ``mpc_*`` parameters)."""
@@ -197,8 +205,8 @@ class PlanFollower:
             x_ref = (1.0 - w) * plan.x_bar[k] + w * plan.x_bar[k + 1]
             deviation = x - x_ref
         else:  # interpolated and compared the short way round (a plan may cross ±π)
-            x_ref = plan.x_bar[k] + w * self._wrapped(plan.x_bar[k + 1] - plan.x_bar[k])
-            deviation = self._wrapped(x - x_ref)
+            x_ref = plan.x_bar[k] + w * wrap_angles(plan.x_bar[k + 1] - plan.x_bar[k], self._wrap)
+            deviation = wrap_angles(x - x_ref, self._wrap)
         far = float(np.abs(deviation[: self.nx // 2]).max())
         if not far <= cfg.max_deviation:
             return None, "deviation", (f"the arm is {far:.3f} rad from the MPC plan's posture (limit "
@@ -210,11 +218,6 @@ class PlanFollower:
         if len(self.ages) > 20000:
             del self.ages[:10000]
         return np.clip(u, self.u_lo, self.u_hi), "", ""
-
-    def _wrapped(self, d: np.ndarray) -> np.ndarray:
-        m = self._wrap
-        d[m] = np.arctan2(np.sin(d[m]), np.cos(d[m]))
-        return d
 
     def command(self, stamp: float | None, x: np.ndarray, target: np.ndarray | None,
                 u_policy: np.ndarray | None) -> np.ndarray | None:
