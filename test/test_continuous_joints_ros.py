@@ -12,7 +12,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import crocoddyl
 import numpy as np
 import pinocchio as pin
 import pytest
@@ -139,20 +138,6 @@ def test_the_stale_state_prediction_runs_on_the_models_q(policy, task):
 # ============================================================================ feedback in the tangent space
 
 
-def test_the_mpc_loops_state_difference_is_crocoddyls(policy, task):
-    controller = _controller(policy)
-    state = crocoddyl.StateMultibody(controller.model)
-    q, v = _state(task, 5)
-    q_ref, v_ref = q + 0.05, v - 0.1
-    q[0], q_ref[0] = np.pi - 0.02, -np.pi + 0.03  # across ±π
-    x, x_ref = (np.concatenate([task.robot.q_from_positions(a), b]) for a, b in ((q, v), (q_ref, v_ref)))
-    np.testing.assert_allclose(controller.state_difference(x, x_ref), state.diff(x_ref, x), atol=1e-12)
-    # /mpc/plan and /mpc/feedback carry joint positions: (positions, v), 2 nv values
-    c = task.robot.is_continuous
-    wrapped = np.where(c, np.arctan2(np.sin(q), np.cos(q)), q)  # a continuous joint's angle in (−π, π]
-    np.testing.assert_allclose(controller.positions_state(x), np.concatenate([wrapped, v]), atol=1e-12)
-
-
 def test_the_plan_followers_feedback_agrees_with_pinocchios_difference(policy, task):
     controller = _controller(policy)
     follower = controller.follow_plans()
@@ -186,7 +171,7 @@ def test_a_crocoddyl_plan_of_the_kinova_goes_through_the_plan_message_to_the_fol
     x0 = np.concatenate([task.robot.nominal_q, np.zeros(6)])
     result = RecedingHorizonMPC(task, None, MPCConfig(deadline=1.0, max_iter=50, warm_start="cold")).solve(x0, TARGET)
     assert result.ok, result.message
-    data = encode_result(result, 2.0, TARGET, 1, 6, 12, to_positions=controller.positions_state,
+    data = encode_result(result, 2.0, TARGET, 1, 6, 12, to_positions=controller.robot.positions_state,
                          continuous=task.robot.is_continuous)
     assert follower.offer(data) is None
     np.testing.assert_allclose(follower.plan.x_bar[0], np.concatenate([task.robot.nominal_posture, np.zeros(6)])

@@ -147,6 +147,8 @@ def test_robot_side_reaches_no_trainer(name):
 
 
 def test_robot_imports_only_the_configuration():
-    """robot.py is the one place that loads URDFs: everything robot-specific imports it, not the reverse."""
+    """robot.py and robot_config.py are the one place that loads URDFs: everything robot-specific
+    imports them, not the reverse; the description reads without Pinocchio."""
     assert _reached("tocpl_ros.robot") <= {"tocpl_ros", "tocpl_ros.config", "tocpl_ros.interfaces",
-                                           "tocpl_ros.resources"}
+                                           "tocpl_ros.resources", "tocpl_ros.robot_config"}
+    assert "pinocchio" not in _third_party(IMPORTS["tocpl_ros.robot_config"])

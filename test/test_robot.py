@@ -18,7 +18,8 @@ from tocpl_ros.config import ConfigError, FieldError, field_docs, load_dataclass
 from tocpl_ros.control.config import ControllerConfig
 from tocpl_ros.control.policy_check import policy_robot
 from tocpl_ros.policy_file import PolicyMetadata
-from tocpl_ros.robot import RobotConfig, RobotModel, WorkspaceBox, available_robots, find_robot, load_robot
+from tocpl_ros.robot import RobotModel, load_robot
+from tocpl_ros.robot_config import RobotConfig, WorkspaceBox, available_robots, find_robot
 from tocpl_ros.tasks import load_task, make_task
 from tocpl_ros.tasks.config import CostConfig, TaskConfig
 

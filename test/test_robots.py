@@ -201,6 +201,22 @@ def test_continuous_joints_are_cos_sin_in_q_and_one_angle_in_joint_states():
     np.testing.assert_allclose(robot.end_effector_position(q_pin), robot.end_effector_position(q[0]), atol=1e-12)
 
 
+def test_a_state_difference_is_crocoddyls_and_a_state_reads_as_joint_positions():
+    """The MPC loop's feedback u − K (x ⊖ x̄) needs Crocoddyl's tangent difference; /mpc/plan and
+    /mpc/feedback carry (joint positions, v), 2 nv values."""
+    robot = load_robot("kinova")
+    state = crocoddyl.StateMultibody(robot.model)
+    rng = np.random.default_rng(5)
+    q, v = robot.nominal_posture + rng.uniform(-0.3, 0.3, robot.nv), rng.uniform(-0.5, 0.5, robot.nv)
+    q_ref, v_ref = q + 0.05, v - 0.1
+    q[0], q_ref[0] = np.pi - 0.02, -np.pi + 0.03  # across ±π
+    x, x_ref = (np.concatenate([robot.q_from_positions(a), b]) for a, b in ((q, v), (q_ref, v_ref)))
+    np.testing.assert_allclose(robot.state_difference(x, x_ref), state.diff(x_ref, x), atol=1e-12)
+    wrapped = np.where(robot.is_continuous, np.arctan2(np.sin(q), np.cos(q)), q)  # in (−π, π]
+    np.testing.assert_allclose(robot.positions_state(x), np.concatenate([wrapped, v]), atol=1e-12)
+    np.testing.assert_allclose(robot.positions_state(np.stack([x, x_ref]))[1], np.concatenate([robot.positions_from_q(x_ref[:9]), v_ref]))
+
+
 def test_a_task_on_continuous_joints_observes_cos_sin_and_its_ocp_reaches_the_targets():
     task = load_task("reach", {"robot": "kinova"})
     assert (task.nq, task.nv, task.nx, task.nu) == (9, 6, 15, 6)

@@ -369,22 +369,6 @@ class PolicyController:
         d = q - q_ref
         return wrap_angles(d, self._continuous) if self._has_continuous else d
 
-    def state_difference(self, x: np.ndarray, x_ref: np.ndarray) -> np.ndarray:
-        """x ⊖ x_ref [2 nv] of OCP states (model q, v) [nq + nv]: Crocoddyl's StateMultibody.diff,
-        the tangent-space difference its feedback gains K multiply."""
-        if not self._has_continuous:
-            return x - x_ref
-        nq = self.nq
-        dq = pin.difference(self.model, x_ref[:nq], x[:nq])
-        return np.concatenate([np.asarray(dq, dtype=float), x[nq:] - x_ref[nq:]])
-
-    def positions_state(self, x: np.ndarray) -> np.ndarray:
-        """OCP states (model q, v) [..., nq + nv] as (joint positions, v) [..., 2 nv] (angles in (−π, π])."""
-        if not self._has_continuous:
-            return x
-        x = np.asarray(x, dtype=float)
-        return np.concatenate([self.robot.positions_from_q(x[..., : self.nq]), x[..., self.nq:]], axis=-1)
-
     @property
     def v(self) -> np.ndarray | None:
         """Joint velocities of the last accepted state, or None."""

@@ -10,7 +10,8 @@ import numpy as np
 from tocpl_ros.config import ConfigError
 from tocpl_ros.control.config import OBS_BLOCKS
 from tocpl_ros.policy_file import PolicyFileError, PolicyMetadata
-from tocpl_ros.robot import ENCODINGS, RobotModel, find_robot, load_robot, robot_config_file
+from tocpl_ros.robot import ENCODINGS, RobotModel, load_robot
+from tocpl_ros.robot_config import find_robot, robot_config_file
 
 
 def policy_robot(metadata: PolicyMetadata, robot: str | Path | None = None, urdf: str | Path | None = None,

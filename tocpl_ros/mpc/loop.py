@@ -149,7 +149,7 @@ class MPCLoop:
         try:
             self.plan_sequence += 1
             self.plans.append(encode_result(result, request[1], request[2], self.plan_sequence, c.nv, 2 * c.nv,
-                                            to_positions=c.positions_state, continuous=c.robot.is_continuous))
+                                            to_positions=c.robot.positions_state, continuous=c.robot.is_continuous))
             self.counts["plans_published"] += 1
         except Exception:  # a plan that cannot be encoded is not published; the command still is
             self.counts["plan_errors"] += 1
@@ -169,9 +169,9 @@ class MPCLoop:
                 u_bar, x_bar, K = law
                 u_bar = np.clip(u_bar, c.u_lo, c.u_hi)
                 # K is in the tangent space: x ⊖ x̄ (pin.difference on a continuous joint), not x − x̄
-                command = np.clip(u_bar - K @ c.state_difference(x, x_bar), c.u_lo, c.u_hi)
+                command = np.clip(u_bar - K @ c.robot.state_difference(x, x_bar), c.u_lo, c.u_hi)
                 # states in /mpc/feedback as in /mpc/plan: joint positions and velocities (2 nv)
-                feedback = np.concatenate([u_bar, c.positions_state(x_bar), K.reshape(-1)])
+                feedback = np.concatenate([u_bar, c.robot.positions_state(x_bar), K.reshape(-1)])
                 if command.shape == (c.nv,) and np.isfinite(command).all() and np.isfinite(feedback).all():
                     self.counts["mpc_ticks"] += 1
                     self.last_status, self.last_message = "mpc", ""
@@ -202,7 +202,7 @@ class MPCLoop:
             if not np.isfinite(command).all():
                 command = np.zeros(c.nv)
         command = np.clip(command, c.u_lo, c.u_hi)
-        return command, np.concatenate([command, c.positions_state(x), np.zeros(c.nv * 2 * c.nv)])
+        return command, np.concatenate([command, c.robot.positions_state(x), np.zeros(c.nv * 2 * c.nv)])
 
     def diagnostics(self) -> dict[str, str]:
         """Flat key → value strings (solve statistics of the window since the last call)."""

@@ -157,7 +157,7 @@ class Probe(SpinningNode):
 
         self.PointStamped, self.PoseStamped = PointStamped, PoseStamped
         if base_frame is None:  # the frame the targets are in: the demo robot's base
-            from tocpl_ros.robot import load_robot_config
+            from tocpl_ros.robot_config import load_robot_config
 
             base_frame = load_robot_config(demo_robot())[1].base_frame
         self.base_frame = base_frame

@@ -34,7 +34,8 @@ import numpy as np
 
 from tocpl_ros.config import ConfigError, FieldError
 from tocpl_ros.interfaces import OUTPUT_MODES
-from tocpl_ros.robot import RobotModel, load_robot, robot_config_file
+from tocpl_ros.robot import RobotModel, load_robot
+from tocpl_ros.robot_config import robot_config_file
 from tocpl_ros.sim.config import SimConfig
 
 

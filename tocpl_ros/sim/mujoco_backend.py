@@ -65,7 +65,7 @@ import numpy as np
 import pinocchio as pin
 
 from tocpl_ros.config import FieldError
-from tocpl_ros.robot import find_urdf
+from tocpl_ros.robot_config import find_urdf
 from tocpl_ros.sim.base import SimulatorBase
 from tocpl_ros.sim.config import SimConfig
 
