@@ -323,11 +323,21 @@ def running(command: list[str], env: dict[str, str], log: Path):
         stop_process(proc)
 
 
-def stop_process(proc: subprocess.Popen | None) -> None:
-    """Kill ``proc`` if it still runs (None: never started) and reap it."""
-    if proc is not None and proc.poll() is None:
-        proc.kill()
-        proc.wait(timeout=10)
+def stop_process(proc: subprocess.Popen | None, grace: float = 0.0) -> None:
+    """Stop ``proc`` if it still runs (None: never started) and reap it: killed at once, or with
+    ``grace`` > 0 given Ctrl-C first and killed if still running ``grace`` s later (a tocpl-bringup
+    stops its nodes on Ctrl-C; killed outright it would leave them running)."""
+    if proc is None or proc.poll() is not None:
+        return
+    if grace > 0:
+        proc.send_signal(signal.SIGINT)
+        try:
+            proc.wait(timeout=grace)
+            return
+        except subprocess.TimeoutExpired:
+            pass
+    proc.kill()
+    proc.wait(timeout=10)
 
 
 def tail(log: Path, chars: int = 3000) -> str:

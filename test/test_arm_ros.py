@@ -323,12 +323,7 @@ def _arm_policy(env: dict[str, str], log: Path, robot: str, policy, target):
     try:
         yield proc
     finally:
-        if proc.poll() is None:
-            proc.send_signal(2)
-            try:
-                proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                stop_process(proc)
+        stop_process(proc, grace=30)
     assert proc.returncode == 0, log.read_text()[-3000:]
 
 

@@ -235,11 +235,4 @@ def test_arm_policy_drives_the_kinova_with_mpc_plans(policy, ros_node_env, tmp_p
         assert proc.wait(timeout=60) == 0, log.read_text()[-3000:]
     finally:
         probe.close()
-        if proc is not None and proc.poll() is None:
-            # Ctrl-C first: killed outright, tocpl-bringup would leave its three nodes running
-            proc.send_signal(2)
-            try:
-                proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                pass
-        stop_process(proc)
+        stop_process(proc, grace=30)
