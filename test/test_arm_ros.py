@@ -124,7 +124,8 @@ def test_controller_refuses_another_robots_policy(policies):
     with pytest.raises(PolicyFileError, match=r"locked joints differ from robot ur5's on \['gripper_joint'\]"):
         PolicyController(policies["locked"])
     for kind, values, message in (
-        ("pose", {"target_kind": "pose"}, r"pose targets .* are not supported by this node yet"),
+        # a pose policy's target block has 9 values (position, two rotation columns)
+        ("pose", {"target_kind": "pose"}, r"observation block 'target' has size 3, expected 9"),
         ("cos_sin", {"joint_encodings": '["cos_sin", "angle", "angle", "angle", "angle", "angle"]'},
          r"joint encodings \(tocpl\.joint_encodings\) differ from robot ur5's: shoulder_pan_joint: policy 'cos_sin', robot 'angle'"),
         ("base", {"base_frame": "world"}, r"targets are in frame 'world' \(tocpl\.base_frame\), robot ur5's base frame is 'base_link'"),
