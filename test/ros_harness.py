@@ -323,6 +323,31 @@ def running(command: list[str], env: dict[str, str], log: Path):
         stop_process(proc)
 
 
+@contextlib.contextmanager
+def arm_policy(env: dict[str, str], log: Path, robot: str, policy, target, *arguments: str):
+    """``tocpl-bringup arm_policy robot:=ROBOT policy:=... target:=...`` (3 values, or a pose's 7:
+    x, y, z, qx, qy, qz, qw) and further ``name:=value`` arguments, as a process, its output in
+    ``log``; Ctrl-C at the end, after which it must exit 0."""
+    exe = Path(sys.executable).parent / "tocpl-bringup"
+    cmd = [str(exe)] if exe.is_file() else [sys.executable, "-m", "tocpl_ros.bringup.cli"]
+    with log.open("w") as out:
+        proc = subprocess.Popen(
+            cmd + ["arm_policy", f"robot:={robot}", f"policy:={policy}", "target:=" + ",".join(f"{x:.6f}" for x in target),
+                   "realtime_priority:=0", *arguments, "--sigterm-timeout", "5", "--sigkill-timeout", "5"],
+            env=env, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
+        )
+    try:
+        yield proc
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGINT)
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                stop_process(proc)
+    assert proc.returncode == 0, log.read_text()[-3000:]
+
+
 def stop_process(proc: subprocess.Popen | None) -> None:
     """Kill ``proc`` if it still runs (None: never started) and reap it."""
     if proc is not None and proc.poll() is None:

@@ -9,11 +9,9 @@ under test is the contract and the checks, not the policy's precision. DDS stays
 
 from __future__ import annotations
 
-import contextlib
 import importlib.util
 import math
 import subprocess
-import sys
 import types
 from pathlib import Path
 
@@ -30,7 +28,7 @@ from tocpl_ros.resources import console_command
 from tocpl_ros.robot import load_robot
 from tocpl_ros.tasks import load_task
 
-from ros_harness import communicate, node_env, stand_in_launch_modules, stop_process, wait_for
+from ros_harness import arm_policy, communicate, node_env, stand_in_launch_modules, stop_process, wait_for
 
 ROOT = Path(__file__).resolve().parents[1]
 ARM_LAUNCH_FILE = ROOT / "launch" / "arm_policy.launch.py"
@@ -309,30 +307,6 @@ def test_arm_sim_simulates_another_robot(ros_loopback_env, tmp_path):
     assert bad.returncode == 2 and "payload_frame" in bad.stderr and "tool0" in bad.stderr, bad.stderr
 
 
-@contextlib.contextmanager
-def _arm_policy(env: dict[str, str], log: Path, robot: str, policy, target):
-    """``tocpl-bringup arm_policy robot:=ROBOT`` as a process, its output in ``log``; Ctrl-C at the
-    end, after which it must exit 0."""
-    exe = Path(sys.executable).parent / "tocpl-bringup"
-    cmd = [str(exe)] if exe.is_file() else [sys.executable, "-m", "tocpl_ros.bringup.cli"]
-    with log.open("w") as out:
-        proc = subprocess.Popen(
-            cmd + ["arm_policy", f"robot:={robot}", f"policy:={policy}", "target:=" + ",".join(f"{x:.6f}" for x in target),
-                   "realtime_priority:=0", "--sigterm-timeout", "5", "--sigkill-timeout", "5"],
-            env=env, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
-        )
-    try:
-        yield proc
-    finally:
-        if proc.poll() is None:
-            proc.send_signal(2)
-            try:
-                proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                stop_process(proc)
-    assert proc.returncode == 0, log.read_text()[-3000:]
-
-
 @pytest.mark.ros
 def test_arm_policy_bringup_drives_the_arm_and_checks_target_frames(policies, ros_loopback_env, tmp_path):
     """tocpl-bringup arm_policy robot:=ur5: arm_sim + policy_node come up on the robot, the policy's
@@ -344,7 +318,7 @@ def test_arm_policy_bringup_drives_the_arm_and_checks_target_frames(policies, ro
     log = tmp_path / "bringup.log"
     probe = Probe(domain, record_commands=True, name="arm_policy_test_probe", base_frame="base_link")
     try:
-        with _arm_policy(env, log, "ur5", policies["ur5"], UR5_TARGET) as proc:
+        with arm_policy(env, log, "ur5", policies["ur5"], UR5_TARGET) as proc:
             wait_for(lambda: probe.last_joint_state() is not None and probe.last_diagnostics() is not None
                      and len(probe.commands) > 0, 90, "joint states, commands and diagnostics of arm_policy", proc, log)
             text = log.read_text()
@@ -434,7 +408,7 @@ def test_a_panda_trained_with_its_robot_yaml_reaches_a_target_through_arm_policy
     log = tmp_path / "bringup.log"
     probe = Probe(domain, record_commands=True, name="panda_test_probe", base_frame="panda_link0")
     try:
-        with _arm_policy(env, log, "panda", policy, target) as proc:
+        with arm_policy(env, log, "panda", policy, target) as proc:
             wait_for(lambda: probe.last_joint_state() is not None and len(probe.commands) > 0, 120,
                      "joint states and commands of arm_policy robot:=panda", proc, log)
             assert "output effort without gravity" in log.read_text() and "robot panda, 7 joints" in log.read_text()

@@ -264,7 +264,7 @@ def take_target(controller, lock: threading.Lock, log: ThrottledLog, msg) -> Non
             reason = controller.update_target((p.x, p.y, p.z), frame=msg.header.frame_id)
         rejected = controller.stats.rejected_total > rejected_before
         key = controller.last_rejected if rejected else "clamped"
-        target = controller.target_diagnostics()
+        target = describe_target(controller)
     if reason:
         log.warning(f"target.{key}", f"{topic} {'rejected' if rejected else 'clamped'} ({key}): {reason}")
     if not rejected and pose != controller.pose_targets:
@@ -273,7 +273,17 @@ def take_target(controller, lock: threading.Lock, log: ThrottledLog, msg) -> Non
                 f"(send a pose on {TARGET_POSE_TOPIC} to change it)")
         log.logger.info(f"{topic}: {note}", once=True)
     if not reason and controller.target is not before:
-        log.logger.info(f"{topic}: {' '.join(f'{k} {v}' for k, v in target.items())}", throttle_duration_sec=0.5)
+        log.logger.info(f"{topic}: {target}", throttle_duration_sec=0.5)
+
+
+def describe_target(controller) -> str:
+    """A PolicyController's target for the log: its position (m), a pose's orientation as a
+    quaternion (x y z w)."""
+    values = controller.target_diagnostics()
+    if values["target"] == "none":
+        return "none"
+    orientation = values.get("target_orientation")
+    return f"[{values['target']}]" + (f" orientation (x y z w) [{orientation}]" if orientation else "")
 
 
 def log_policy_version(logger, path, metadata) -> None:
