@@ -345,7 +345,24 @@ def arm_policy(env: dict[str, str], log: Path, robot: str, policy, target, *argu
                 proc.wait(timeout=30)
             except subprocess.TimeoutExpired:
                 stop_process(proc)
+        kill_left_nodes(log)
     assert proc.returncode == 0, log.read_text()[-3000:]
+
+
+def kill_left_nodes(log: Path) -> list[int]:
+    """SIGKILL the nodes a tocpl-bringup logged as started ('started NAME (pid N)') that still run:
+    each node is a session of its own, so a bringup killed outright (wait_for's SIGABRT) leaves them
+    running, publishing on the test's domain. Returns the pids killed."""
+    killed = []
+    for name, pid in re.findall(r"started (\w+) \(pid (\d+)\)", log.read_text() if log.exists() else ""):
+        try:
+            if name not in Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace"):
+                continue  # gone, its pid reused by another process
+            os.kill(int(pid), signal.SIGKILL)
+            killed.append(int(pid))
+        except (FileNotFoundError, ProcessLookupError):
+            pass
+    return killed
 
 
 def stop_process(proc: subprocess.Popen | None) -> None:
