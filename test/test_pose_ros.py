@@ -240,7 +240,7 @@ def test_a_small_panda_pose_policy_and_the_mpc_reach_a_held_out_pose_through_arm
     """`tocpl-train --task reach_pose --robot panda` with a small budget (5 iterations of 32 problems,
     ~30 s on 2 idle cores), driven by `tocpl-bringup arm_policy robot:=panda use_mpc:=true` to the first
     held-out pose (the trainer's eval seed) given as target:=x,y,z,qx,qy,qz,qw, at 500 Hz: once the policy node
-    follows the MPC's plans, within 3 mm and 1° after 10 s, every command within the Panda's effort
+    follows the MPC's plans, within 5 mm and 1° after 15 s, every command within the Panda's effort
     limits (what a Franka checks: its commands exclude gravity)."""
     from tocpl_ros.config import to_dict
     from tocpl_ros.ros.probe import HELD_OUT_SEED, Probe, ToolKinematics, follow
@@ -265,16 +265,18 @@ def test_a_small_panda_pose_policy_and_the_mpc_reach_a_held_out_pose_through_arm
             wait_for(lambda: probe.last_diagnostics() is not None
                      and int(probe.last_diagnostics()[1].get("mpc_plans_accepted", 0)) > 0, 240,
                      "the policy node following the MPC's plans", proc, log)
-            result = follow(probe, ToolKinematics("panda"), target, 10.0, within=0.003, within_deg=1.0)
+            result = follow(probe, ToolKinematics("panda"), target, 15.0, within=0.005, within_deg=1.0)
             diag = probe.last_diagnostics()[1]
-            mpc = {k: v for k, v in diag.items() if k.startswith(("mpc_plan_ticks", "mpc_policy_ticks", "mpc_fallback."))}
+            mpc = {k: v for k, v in diag.items()
+                   if k.startswith(("mpc_plan_ticks", "mpc_policy_ticks", "mpc_fallback.", "safe_ticks", "safe.stale"))}
             print(f"\nPanda pose through arm_policy with the MPC: {1e3 * result['error_1s']:.2f} mm, "
                   f"{result['orientation_1s_deg']:.3f} deg at 1 s; {1e3 * result['final_error']:.2f} mm, "
-                  f"{result['final_orientation_deg']:.3f} deg at 10 s (within 3 mm and 1 deg from "
+                  f"{result['final_orientation_deg']:.3f} deg at 15 s (within 5 mm and 1 deg from "
                   f"{result['settled_at']:.1f} s on); {mpc}")
-            # a policy node that rarely follows a plan (mpc_fallback.plan_old: the MPC's solves starved of CPU) ends
-            # where the policy alone would, centimetres and degrees away
-            assert result["final_error"] <= 0.003 and result["final_orientation_deg"] <= 1.0, (result, mpc)
+            # the policy alone rests centimetres and degrees away (docs/robots.md); a policy node that rarely follows a
+            # plan (mpc_fallback.plan_old: the MPC's solves starved of CPU) or often holds (safe.stale: late joint states,
+            # each followed by a fade-in) converges slowly
+            assert result["final_error"] <= 0.005 and result["final_orientation_deg"] <= 1.0, (result, mpc)
             limits = load_robot("panda").effort_limit
             with probe.lock:
                 commands = np.array([c for _, c in probe.commands])
