@@ -340,6 +340,43 @@ def stop_process(proc: subprocess.Popen | None, grace: float = 0.0) -> None:
     proc.wait(timeout=10)
 
 
+@contextlib.contextmanager
+def arm_policy(env: dict[str, str], log: Path, robot: str, policy, target, *arguments: str):
+    """``tocpl-bringup arm_policy robot:=ROBOT policy:=... target:=...`` (3 values, or a pose's 7:
+    x, y, z, qx, qy, qz, qw) and further ``name:=value`` arguments, as a process, its output in
+    ``log``; Ctrl-C at the end, after which it must exit 0."""
+    exe = Path(sys.executable).parent / "tocpl-bringup"
+    cmd = [str(exe)] if exe.is_file() else [sys.executable, "-m", "tocpl_ros.bringup.cli"]
+    with log.open("w") as out:
+        proc = subprocess.Popen(
+            cmd + ["arm_policy", f"robot:={robot}", f"policy:={policy}", "target:=" + ",".join(f"{x:.6f}" for x in target),
+                   "realtime_priority:=0", *arguments, "--sigterm-timeout", "5", "--sigkill-timeout", "5"],
+            env=env, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
+        )
+    try:
+        yield proc
+    finally:
+        stop_process(proc, grace=30)
+        kill_left_nodes(log)
+    assert proc.returncode == 0, log.read_text()[-3000:]
+
+
+def kill_left_nodes(log: Path) -> list[int]:
+    """SIGKILL the nodes a tocpl-bringup logged as started ('started NAME (pid N)') that still run:
+    each node is a session of its own, so a bringup killed outright (wait_for's SIGABRT) leaves them
+    running, publishing on the test's domain. Returns the pids killed."""
+    killed = []
+    for name, pid in re.findall(r"started (\w+) \(pid (\d+)\)", log.read_text() if log.exists() else ""):
+        try:
+            if name not in Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace"):
+                continue  # gone, its pid reused by another process
+            os.kill(int(pid), signal.SIGKILL)
+            killed.append(int(pid))
+        except (FileNotFoundError, ProcessLookupError):
+            pass
+    return killed
+
+
 def tail(log: Path, chars: int = 3000) -> str:
     return f"--- {log.name} ---\n" + (log.read_text()[-chars:] if log.exists() else "")
 

@@ -9,11 +9,9 @@ under test is the contract and the checks, not the policy's precision. DDS stays
 
 from __future__ import annotations
 
-import contextlib
 import importlib.util
 import math
 import subprocess
-import sys
 import types
 from pathlib import Path
 
@@ -30,7 +28,7 @@ from tocpl_ros.resources import console_command
 from tocpl_ros.robot import load_robot
 from tocpl_ros.tasks import load_task
 
-from ros_harness import communicate, node_env, stand_in_launch_modules, stop_process, wait_for
+from ros_harness import arm_policy, communicate, node_env, stand_in_launch_modules, stop_process, wait_for
 
 ROOT = Path(__file__).resolve().parents[1]
 ARM_LAUNCH_FILE = ROOT / "launch" / "arm_policy.launch.py"
@@ -124,7 +122,8 @@ def test_controller_refuses_another_robots_policy(policies):
     with pytest.raises(PolicyFileError, match=r"locked joints differ from robot ur5's on \['gripper_joint'\]"):
         PolicyController(policies["locked"])
     for kind, values, message in (
-        ("pose", {"target_kind": "pose"}, r"pose targets .* are not supported by this node yet"),
+        # a pose policy's target block has 9 values (position, two rotation columns)
+        ("pose", {"target_kind": "pose"}, r"observation block 'target' has size 3, expected 9"),
         ("cos_sin", {"joint_encodings": '["cos_sin", "angle", "angle", "angle", "angle", "angle"]'},
          r"joint encodings \(tocpl\.joint_encodings\) differ from robot ur5's: shoulder_pan_joint: policy 'cos_sin', robot 'angle'"),
         ("base", {"base_frame": "world"}, r"targets are in frame 'world' \(tocpl\.base_frame\), robot ur5's base frame is 'base_link'"),
@@ -308,25 +307,6 @@ def test_arm_sim_simulates_another_robot(ros_loopback_env, tmp_path):
     assert bad.returncode == 2 and "payload_frame" in bad.stderr and "tool0" in bad.stderr, bad.stderr
 
 
-@contextlib.contextmanager
-def _arm_policy(env: dict[str, str], log: Path, robot: str, policy, target):
-    """``tocpl-bringup arm_policy robot:=ROBOT`` as a process, its output in ``log``; Ctrl-C at the
-    end, after which it must exit 0."""
-    exe = Path(sys.executable).parent / "tocpl-bringup"
-    cmd = [str(exe)] if exe.is_file() else [sys.executable, "-m", "tocpl_ros.bringup.cli"]
-    with log.open("w") as out:
-        proc = subprocess.Popen(
-            cmd + ["arm_policy", f"robot:={robot}", f"policy:={policy}", "target:=" + ",".join(f"{x:.6f}" for x in target),
-                   "realtime_priority:=0", "--sigterm-timeout", "5", "--sigkill-timeout", "5"],
-            env=env, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
-        )
-    try:
-        yield proc
-    finally:
-        stop_process(proc, grace=30)
-    assert proc.returncode == 0, log.read_text()[-3000:]
-
-
 @pytest.mark.ros
 def test_arm_policy_bringup_drives_the_arm_and_checks_target_frames(policies, ros_loopback_env, tmp_path):
     """tocpl-bringup arm_policy robot:=ur5: arm_sim + policy_node come up on the robot, the policy's
@@ -338,7 +318,7 @@ def test_arm_policy_bringup_drives_the_arm_and_checks_target_frames(policies, ro
     log = tmp_path / "bringup.log"
     probe = Probe(domain, record_commands=True, name="arm_policy_test_probe", base_frame="base_link")
     try:
-        with _arm_policy(env, log, "ur5", policies["ur5"], UR5_TARGET) as proc:
+        with arm_policy(env, log, "ur5", policies["ur5"], UR5_TARGET) as proc:
             wait_for(lambda: probe.last_joint_state() is not None and probe.last_diagnostics() is not None
                      and len(probe.commands) > 0, 90, "joint states, commands and diagnostics of arm_policy", proc, log)
             text = log.read_text()
@@ -428,7 +408,7 @@ def test_a_panda_trained_with_its_robot_yaml_reaches_a_target_through_arm_policy
     log = tmp_path / "bringup.log"
     probe = Probe(domain, record_commands=True, name="panda_test_probe", base_frame="panda_link0")
     try:
-        with _arm_policy(env, log, "panda", policy, target) as proc:
+        with arm_policy(env, log, "panda", policy, target) as proc:
             wait_for(lambda: probe.last_joint_state() is not None and len(probe.commands) > 0, 120,
                      "joint states and commands of arm_policy robot:=panda", proc, log)
             assert "output effort without gravity" in log.read_text() and "robot panda, 7 joints" in log.read_text()

@@ -191,9 +191,10 @@ def test_use_mpc_adds_the_mpc_node(policy_file):
     [
         ({"polcy": "x"}, r"unknown argument 'polcy' for ur5_policy \(did you mean 'policy'\?\); known: policy, target"),
         ({"frequency": "1"}, r"unknown argument 'frequency'"),
-        ({"target": "0.4,0.1"}, r"argument 'target': expected three numbers 'x,y,z'.*2 values"),
-        ({"target": "0.4,0.1,0.5,1"}, r"argument 'target': expected three numbers.*4 values"),
-        ({"target": "a,b,c"}, r"argument 'target': expected three numbers 'x,y,z' \(m, base frame\), got 'a,b,c'"),
+        ({"target": "0.4,0.1"}, r"argument 'target': expected 'x,y,z' \(m, base frame\) or a pose 'x,y,z,qx,qy,qz,qw'.*2 values"),
+        ({"target": "0.4,0.1,0.5,1"}, r"argument 'target': expected 'x,y,z'.*4 values"),
+        ({"target": "a,b,c"}, r"argument 'target': expected 'x,y,z' \(m, base frame\) or a pose .*, got 'a,b,c'"),
+        ({"target": "0.4,0.1,0.5,0,0,0,0"}, r"argument 'target': the quaternion \(qx, qy, qz, qw\) of .* has zero norm"),
         ({"target": "0.4,nan,0.5"}, r"argument 'target': the coordinates must be finite"),
         ({"use_mpc": "maybe"}, r"argument 'use_mpc': expected true or false, got 'maybe'"),
         ({"use_sim": "2"}, r"argument 'use_sim': expected true or false"),
@@ -368,7 +369,7 @@ def test_launch_file_creates_the_graph(monkeypatch, policy_file, overrides):
 def test_launch_file_reports_bad_arguments(monkeypatch, policy_file):
     stand_in_launch_modules(monkeypatch)
     description = _load_launch_file().generate_launch_description()
-    with pytest.raises(RuntimeError, match=r"ur5_policy\.launch\.py: argument 'target': expected three numbers"):
+    with pytest.raises(RuntimeError, match=r"ur5_policy\.launch\.py: argument 'target': expected 'x,y,z'"):
         _evaluate(description, {"policy": str(policy_file), "target": "1,2"})
     with pytest.raises(RuntimeError, match=r"argument 'policy' is required"):
         _evaluate(description, {})

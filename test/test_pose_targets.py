@@ -86,7 +86,7 @@ def test_pose_settings_are_checked():
 
 
 def test_a_small_pose_training_exports_a_policy_with_target_kind_pose(tmp_path):
-    from tocpl_ros.control.policy_check import check_policy_description
+    from tocpl_ros.control.policy_check import check_policy_model
     from tocpl_ros.policy_file import OnnxPolicy, PolicyFileError
     from tocpl_training.cli import main as train_main
 
@@ -105,6 +105,8 @@ def test_a_small_pose_training_exports_a_policy_with_target_kind_pose(tmp_path):
     assert u.shape == (3, 7) and np.isfinite(u).all()
     text = (out / "metrics.csv").read_text()
     assert "orientation_error_mean_deg" in text and "hold_T_orientation_mean_deg" in text
-    # the ROS nodes do not take pose targets yet: they refuse the file, saying so
-    with pytest.raises(PolicyFileError, match="pose targets"):
-        check_policy_description(md, "policy.onnx", task.robot)
+    # the ROS nodes take it (test_pose_ros.py drives them); a target block of another size is refused
+    check_policy_model(md, "policy.onnx", task.robot)
+    md.obs_layout = [("q", 7), ("v", 7), ("target", 3)]
+    with pytest.raises(PolicyFileError, match=r"observation block 'target' has size 3, expected 9"):
+        check_policy_model(md, "policy.onnx", task.robot)

@@ -83,8 +83,9 @@ LAUNCH_ARGUMENTS: tuple[LaunchArgument, ...] = (
     LaunchArgument(
         "target",
         "",
-        "Initial target of the end effector 'x,y,z' (m, robot base frame) until one arrives on /target; "
-        "empty: hold the end effector where it is at the first joint state.",
+        "Initial target of the end effector 'x,y,z' (m, robot base frame), or a pose 'x,y,z,qx,qy,qz,qw' (its "
+        "orientation as a quaternion; a position policy takes the position), until one arrives on /target or "
+        "/target_pose; empty: hold the end effector where it is at the first joint state.",
     ),
     LaunchArgument(
         "use_mpc",
@@ -213,8 +214,10 @@ ARM_LAUNCH_ARGUMENTS: tuple[LaunchArgument, ...] = (
     LaunchArgument(
         "target",
         "",
-        "Initial target of the end effector 'x,y,z' (m, the robot's base frame) until one arrives on /target "
-        "(PointStamped) or /target_pose (PoseStamped); empty: hold the end effector where it is at the first joint state.",
+        "Initial target of the end effector 'x,y,z' (m, the robot's base frame), or a pose 'x,y,z,qx,qy,qz,qw' (its "
+        "orientation as a quaternion, for a pose policy; a position policy takes the position), until one arrives on "
+        "/target (PointStamped) or /target_pose (PoseStamped); empty: hold the end effector where it is at the first "
+        "joint state (a pose policy given 'x,y,z': its orientation there).",
     ),
     LaunchArgument(
         "use_mpc",

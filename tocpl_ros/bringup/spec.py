@@ -83,8 +83,10 @@ def parse_bool(name: str, value: Any) -> bool:
 
 
 def parse_target(value: Any) -> list[float] | None:
-    """``"x,y,z"`` (also ``"[x, y, z]"`` or spaces) or a sequence of 3 numbers -> [x, y, z];
-    empty -> None. Raises BringupError saying what is wrong."""
+    """``"x,y,z"`` (m, base frame) or a pose ``"x,y,z,qx,qy,qz,qw"`` (the end effector's
+    orientation as a quaternion, /target_pose's convention; also ``"[...]"`` or spaces), or a
+    sequence of 3 or 7 numbers -> the list; empty -> None. Raises BringupError saying what is wrong."""
+    expected = "'x,y,z' (m, base frame) or a pose 'x,y,z,qx,qy,qz,qw'"
     if value is None:
         return None
     if isinstance(value, str):
@@ -98,18 +100,18 @@ def parse_target(value: Any) -> list[float] | None:
         try:
             parts = list(value)
         except TypeError:
-            raise BringupError(f"argument 'target': expected 'x,y,z' (m), got {value!r}") from None
-    if len(parts) != 3:
-        raise BringupError(
-            f"argument 'target': expected three numbers 'x,y,z' (m, base frame), got {value!r} ({len(parts)} values)"
-        )
+            raise BringupError(f"argument 'target': expected {expected}, got {value!r}") from None
+    if len(parts) not in (3, 7):
+        raise BringupError(f"argument 'target': expected {expected}, got {value!r} ({len(parts)} values)")
     try:
-        xyz = [float(p) for p in parts]
+        values = [float(p) for p in parts]
     except (TypeError, ValueError):
-        raise BringupError(f"argument 'target': expected three numbers 'x,y,z' (m, base frame), got {value!r}") from None
-    if not all(math.isfinite(x) for x in xyz):
+        raise BringupError(f"argument 'target': expected {expected}, got {value!r}") from None
+    if not all(math.isfinite(x) for x in values):
         raise BringupError(f"argument 'target': the coordinates must be finite, got {value!r}")
-    return xyz
+    if len(values) == 7 and math.hypot(*values[3:]) < 1e-6:
+        raise BringupError(f"argument 'target': the quaternion (qx, qy, qz, qw) of {value!r} has zero norm")
+    return values
 
 
 def parse_rate(value: Any) -> float:

@@ -60,8 +60,11 @@ class ControllerConfig:
     target_out_of_limits: str = "clamp"
     """A target outside target_limits is 'clamp'ed into the box or 'reject'ed (kept the old one)."""
     initial_target: list[float] | None = None
-    """Target [x, y, z] until one arrives; None: the end-effector position at the first
-    accepted joint state (hold where the robot is). Clamped/rejected like any target."""
+    """Target [x, y, z] (m, base frame), or a pose [x, y, z, qx, qy, qz, qw] (the quaternion of
+    the end-effector frame's orientation), until one arrives; None: where the end effector is at
+    the first accepted joint state (hold there). A pose policy given [x, y, z] takes the frame's
+    orientation at the first joint state; a position policy takes the position of a pose. Clamped
+    or rejected like any target."""
     max_joint_velocity: float = 10.0
     """Sanity bound (rad/s): joint states with |v| above it are rejected; velocity commands are
     also clamped to it (besides the URDF velocity limits)."""
@@ -118,8 +121,9 @@ class ControllerConfig:
                 if lo > hi:
                     raise FieldError("target_limits", f"{axis}_min {lo} > {axis}_max {hi}")
         if self.initial_target is not None:
-            if len(self.initial_target) != 3:
-                raise FieldError("initial_target", f"needs 3 values [x, y, z], got {len(self.initial_target)}")
+            if len(self.initial_target) not in (3, 7):
+                raise FieldError("initial_target", "needs 3 values [x, y, z] or 7 [x, y, z, qx, qy, qz, qw], "
+                                                   f"got {len(self.initial_target)}")
             for i, value in enumerate(self.initial_target):
                 number(f"initial_target[{i}]", value)
         if self.expected_dt is not None:

@@ -62,6 +62,7 @@ from tocpl_ros.control.plan_follower import PlanFollower, wrap_angles
 from tocpl_ros.control.policy_check import check_policy_model, name_difference, policy_robot
 from tocpl_ros.control.stats import ControllerStats
 from tocpl_ros.policy_file import INPUT_NAME, OUTPUT_NAME, OnnxPolicy, PolicyFileError, PolicyMetadata
+from tocpl_ros.pose import pose_target, pose_target_from_quaternion, quaternion_from_rotation, target_rotation
 from tocpl_ros.robot import RobotModel
 
 PREDICTION_MAX_STEPS = 50
@@ -122,6 +123,10 @@ class PolicyController:
             self._slices.append((block, slice(start, start + size)))
             start += size
         self._needs_target = any(b == "target" for b, _ in md.obs_layout)
+        self.target_dim = dict(md.obs_layout).get("target", 0)
+        """Values of the target: 3 (a position), 9 (a pose: :mod:`tocpl_ros.pose`) or 0 (none)."""
+        self.pose_targets = md.target_kind == "pose"
+        """The policy takes pose targets (tocpl.target_kind 'pose'): a position and an orientation."""
         # the frame the policy was trained to move: its file's, else its task's, else the robot's end effector
         frame = md.task_config.get("frame") if isinstance(md.task_config, dict) else None
         frame = md.end_effector_frame or frame or self.robot.end_effector_frame
@@ -130,10 +135,14 @@ class PolicyController:
         self.frame_id: int | None = None
         if self.model.existFrame(frame):
             self.frame_id = self.model.getFrameId(frame)
-        if self._needs_target and self.config.initial_target is None and self.frame_id is None:
+        initial = self.config.initial_target
+        # a pose policy given a position alone takes the frame's orientation at the first joint state
+        from_posture = initial is None or (self.pose_targets and len(initial) == 3)
+        if self._needs_target and from_posture and self.frame_id is None:
             raise PolicyFileError(
                 f"{source}: the observation has a target but frame '{frame}' (the task's or the robot's end effector) "
                 f"is not in {self.urdf_file.name}: set initial_target explicitly"
+                + (" (with an orientation: x, y, z, qx, qy, qz, qw)" if self.pose_targets else "")
             )
         limits = self.config.target_limits
         if limits is None and self._needs_target:
@@ -151,10 +160,15 @@ class PolicyController:
         self._restart_stamp: float | None = None  # first older stamp after the stream went stale
         self._ticks_since_state = 0
         self.target: np.ndarray | None = None
-        if self.config.initial_target is not None:
-            reason = self.update_target(self.config.initial_target)
-            if self.target is None:
-                raise PolicyFileError(f"initial_target {self.config.initial_target}: {reason}")
+        """The target [target_dim] in the base frame (a pose's: :mod:`tocpl_ros.pose`), or None."""
+        self._pending_position: np.ndarray | None = None
+        """A pose policy's target position taken before its orientation is known (none before the
+        first joint state): the target is this position with the frame's orientation there."""
+        if initial is not None:
+            rejected = self.stats.rejected_total
+            reason = self.update_target(initial) if len(initial) == 3 else self.update_pose_target(initial[:3], initial[3:])
+            if self.stats.rejected_total > rejected:
+                raise PolicyFileError(f"initial_target {initial}: {reason}")
         self._running = False
         self._fade_start: float | None = None
         self._q_hold: np.ndarray | None = None
@@ -176,8 +190,7 @@ class PolicyController:
         is the newest usable plan's u = ū_k − K_k (x − x̄(t)), else the policy's, blended at each
         switch; everything else (clamp, output mode, fade-in, stale data, safe command) is unchanged.
         Returns the :class:`~tocpl_ros.control.plan_follower.PlanFollower` (feed it with ``offer``)."""
-        target_dim = 3 if self._needs_target else 0
-        self.follower = PlanFollower(self.nv, 2 * self.nv, target_dim, config, self.u_lo, self.u_hi,
+        self.follower = PlanFollower(self.nv, 2 * self.nv, self.target_dim, config, self.u_lo, self.u_hi,
                                      continuous=self._continuous)
         return self.follower
 
@@ -301,14 +314,33 @@ class PolicyController:
             return self._reject("malformed", f"malformed joint state ({type(exc).__name__}: {exc})")
 
     def _target_from_posture(self) -> None:
-        xyz = self.robot.frame_position(self.model_q(self._q), self.frame_id)
-        self.target = np.clip(xyz, self._tmin, self._tmax)
+        """The target where the end effector is (hold there): its position clipped into the box,
+        or the position taken before (a pose policy's: see update_target); a pose's orientation
+        is the frame's."""
+        placement = self.robot.frame_placement(self.model_q(self._q), self.frame_id)
+        position = self._pending_position
+        if position is None:
+            position = np.clip(placement.translation, self._tmin, self._tmax)
+        self._pending_position = None
+        self.target = pose_target(position[None], placement.rotation[None])[0] if self.pose_targets else position
 
     def update_target(self, xyz: Sequence[float], frame: str = "") -> str | None:
-        """Set the target [x, y, z], expressed in ``frame`` ("" : the base frame). Returns None if
-        taken as is, else what happened: rejected (a frame other than the base frame: there are no
-        transforms here; NaN/Inf, wrong length, outside target_limits with 'reject': the old target
-        is kept) or clamped into target_limits (with 'clamp'). Counted in ``stats``; never raises."""
+        """Set the target position [x, y, z], expressed in ``frame`` ("" : the base frame). A pose
+        policy keeps its target's orientation (before the first joint state: the frame's orientation
+        there). Returns None if taken as is, else what happened: rejected (a frame other than the
+        base frame: there are no transforms here; NaN/Inf, wrong length, outside target_limits with
+        'reject': the old target is kept) or clamped into target_limits (with 'clamp'). Counted in
+        ``stats``; never raises."""
+        return self._take_target(xyz, None, frame)
+
+    def update_pose_target(self, xyz: Sequence[float], quaternion: Sequence[float], frame: str = "") -> str | None:
+        """Set a target pose: position [x, y, z] and orientation (quaternion x, y, z, w, normalised
+        here) of the end-effector frame in ``frame``. A pose policy takes both (a quaternion with
+        NaN/Inf or zero norm is rejected, the old target kept), a position policy the position
+        alone. The position as in :meth:`update_target`; never raises."""
+        return self._take_target(xyz, quaternion, frame)
+
+    def _take_target(self, xyz, quaternion, frame: str) -> str | None:
         if frame and frame != self.base_frame:
             return self._reject("target_frame", f"target rejected: frame '{frame}' is not the robot's base frame "
                                                 f"'{self.base_frame}' (targets are not transformed: send them in "
@@ -321,16 +353,49 @@ class PolicyController:
             return self._reject("target_malformed", f"target rejected: needs 3 values, got {p.size}")
         if not np.isfinite(p).all():
             return self._reject("target_nonfinite", f"target rejected: NaN/Inf in {p.tolist()}")
+        axes = None
+        if quaternion is not None and self.pose_targets:
+            try:
+                axes = pose_target_from_quaternion(p, quaternion)[3:]
+            except (TypeError, ValueError) as exc:
+                return self._reject("target_orientation", f"target rejected: {exc}")
         inside = bool(((p >= self._tmin) & (p <= self._tmax)).all())
         if inside:
-            self.target = p
+            self._set_target(p, axes)
             return None
         box = f"[{', '.join(f'{a:g}..{b:g}' for a, b in zip(self._tmin, self._tmax))}]"
         if self.config.target_out_of_limits == "reject":
             return self._reject("target_out_of_limits", f"target {p.tolist()} rejected: outside target_limits {box}")
-        self.target = np.clip(p, self._tmin, self._tmax)
+        clamped = np.clip(p, self._tmin, self._tmax)
+        self._set_target(clamped, axes)
         self.stats.targets_clamped += 1
-        return f"target {p.tolist()} clamped to {self.target.tolist()} (target_limits {box})"
+        return f"target {p.tolist()} clamped to {clamped.tolist()} (target_limits {box})"
+
+    def _set_target(self, position: np.ndarray, axes: np.ndarray | None) -> None:
+        """The target from a checked position and, for a pose policy, the rotation's two columns
+        (None: the target's orientation kept)."""
+        if not self.pose_targets:
+            self.target = position
+        elif axes is not None:
+            self.target = np.concatenate([position, axes])
+        elif self.target is not None:
+            self.target = np.concatenate([position, self.target[3:]])
+        else:  # no orientation to keep yet: the frame's at the first joint state
+            self._pending_position = position
+
+    def target_diagnostics(self) -> dict[str, str]:
+        """The target for /diagnostics: its position (m), and a pose's orientation as a quaternion
+        (x, y, z, w, the /target_pose convention)."""
+        target = self.target
+        if target is None:
+            out = {"target": "none"}
+            if self.pose_targets:
+                out["target_orientation"] = "none"
+            return out
+        out = {"target": " ".join(f"{x:.4f}" for x in target[:3])}
+        if self.pose_targets:
+            out["target_orientation"] = " ".join(f"{x:.4f}" for x in quaternion_from_rotation(target_rotation(target)))
+        return out
 
     # ------------------------------------------------------------------ start/stop
 
@@ -637,7 +702,7 @@ class PolicyController:
             "inference_max_us": f"{inf['max'] * 1e6:.1f}",
             "compute_p50_us": f"{comp['p50'] * 1e6:.1f}",
             "compute_p99_us": f"{comp['p99'] * 1e6:.1f}",
-            "target": "none" if self.target is None else " ".join(f"{x:.4f}" for x in self.target),
+            **self.target_diagnostics(),
         }
         for key, count in sorted(s.rejected.items()):
             out[f"rejected.{key}"] = str(count)

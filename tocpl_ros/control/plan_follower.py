@@ -73,7 +73,8 @@ class PlanFollowerConfig:
     is reached on the blend_periods-th tick after the switch, each step of the blend is 1/blend_periods
     of the difference at the switch (plus the new source's own change). 1: no blend."""
     target_tolerance: float = 0.001
-    """A plan solved for a target farther than this (m) from the loop's target is not followed."""
+    """A plan solved for a target farther than this (m) from the loop's target is not followed (a
+    pose target: the norm over its 9 values, whose rotation columns differ by about the angle, rad)."""
     max_deviation: float = 0.1
     """A plan whose reference posture x̄(t) is farther than this (rad, any joint) from the measured
     one is not followed: its feedback law is a linearisation around x̄ (a reset or a push of the arm

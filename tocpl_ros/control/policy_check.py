@@ -80,7 +80,8 @@ def check_policy_model(md: PolicyMetadata, source: str, robot: RobotModel) -> No
             f"{source}: torque bounds (tocpl.u_min/u_max) exceed the URDF effort limits of {urdf}: " + "; ".join(over)
         )
     check_policy_description(md, source, robot)
-    sizes = {"q": model.nq, "v": model.nv, "target": 3}
+    # a pose target: position and the rotation's first two columns (tocpl_ros.pose)
+    sizes = {"q": model.nq, "v": model.nv, "target": 9 if md.target_kind == "pose" else 3}
     for block, size in md.obs_layout:
         if block not in sizes:
             raise PolicyFileError(
@@ -92,7 +93,7 @@ def check_policy_model(md: PolicyMetadata, source: str, robot: RobotModel) -> No
 
 def check_policy_description(md: PolicyMetadata, source: str, robot: RobotModel) -> None:
     """Raise PolicyFileError unless the robot keys of the policy file (tocpl.robot, locked_joints,
-    base_frame, end_effector_frame, target_kind, joint_encodings) fit the robot and this node.
+    base_frame, end_effector_frame, joint_encodings) fit the robot and this node.
     A key an older file did not carry (``md.defaults_used``) is not compared."""
     known = [k for k in ("robot", "locked_joints", "base_frame", "end_effector_frame") if k not in md.defaults_used]
     # a robot of a robot YAML has its name; one built from a URDF alone (older files) has none to compare
@@ -117,9 +118,6 @@ def check_policy_description(md: PolicyMetadata, source: str, robot: RobotModel)
     if "end_effector_frame" in known and md.end_effector_frame and not robot.model.existFrame(md.end_effector_frame):
         raise PolicyFileError(f"{source}: the policy's end-effector frame '{md.end_effector_frame}' "
                               f"(tocpl.end_effector_frame) is not in {robot.urdf_file.name}")
-    if md.target_kind == "pose":
-        raise PolicyFileError(f"{source}: pose targets (tocpl.target_kind 'pose') are not supported by this node yet: "
-                              "use a policy with position targets")
     known_encodings = sorted(set(ENCODINGS.values()))
     unknown = sorted({e for e in md.joint_encodings if e not in known_encodings})
     if unknown:

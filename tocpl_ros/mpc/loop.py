@@ -233,7 +233,7 @@ class MPCLoop:
             "window_solves": str(st["n"]),
             "accepted_joint_states": str(s.accepted_states),
             "rejected_inputs": str(s.rejected_total),
-            "target": "none" if self.controller.target is None else " ".join(f"{x:.4f}" for x in self.controller.target),
+            **self.controller.target_diagnostics(),
         }
         counters = ("ticks", "requests", "solves", "converged", "fallbacks", "mpc_ticks", "policy_ticks", "busy_ticks",
                     "solver_down_ticks", "short_budget_ticks", "stale_ticks", "no_state_ticks", "no_target_ticks",

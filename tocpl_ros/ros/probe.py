@@ -1,7 +1,11 @@
 """Driving a running node graph from outside, as an operator would (``tocpl-demo``,
 ``tocpl-mpc-loop-bench`` and the bring-up tests): a probe node that records ``/joint_states``,
-``/diagnostics`` and commands and sends targets, the end effector's position from the joint
-states, and the held-out targets of the demo's task."""
+``/diagnostics`` and commands and sends targets, the end effector's position (and orientation,
+for pose targets) from the joint states, and the held-out targets of the demo's task.
+
+A target is a task's: 3 values (a position, m, base frame) or 9 (a pose, :mod:`tocpl_ros.pose`);
+the errors are the end effector's distance to its position and, for a pose, the angle of the
+rotation to its orientation."""
 
 from __future__ import annotations
 
@@ -11,6 +15,7 @@ import time
 import numpy as np
 
 from tocpl_ros.interfaces import COMMAND_TOPICS, DIAGNOSTICS_TOPIC, JOINT_STATES_TOPIC, TARGET_POSE_TOPIC, TARGET_TOPIC
+from tocpl_ros.pose import quaternion_from_rotation, rotation_angle, target_rotation
 
 TASK = "ur5_reach"
 HELD_OUT_SEED = 1_000_003
@@ -25,7 +30,7 @@ def demo_robot() -> str:
 
 
 class ToolKinematics:
-    """Position of the robot's end effector (in its base frame) from joint states given by name
+    """Pose of the robot's end effector (in its base frame) from joint states given by name
     (:class:`tocpl_ros.robot.RobotModel`, ROS-free). ``robot``: a robot name or YAML path; None:
     the demo task's robot."""
 
@@ -41,7 +46,20 @@ class ToolKinematics:
         return np.array([by_name[name] for name in self.joint_names], dtype=float)
 
     def position(self, q: np.ndarray) -> np.ndarray:
-        return self.robot.end_effector_position(np.asarray(q, dtype=float))
+        """The end effector's position [3] at joint positions q [nv] (/joint_states')."""
+        return self.robot.end_effector_position(self.robot.q_from_positions(q))
+
+    def rotation(self, q: np.ndarray) -> np.ndarray:
+        """The end effector's rotation matrix [3, 3] in the base frame at joint positions q [nv]."""
+        return self.robot.frame_rotation(self.robot.q_from_positions(q))
+
+    def errors(self, q: np.ndarray, target) -> tuple[float, float]:
+        """(distance to the target's position (m), angle to a pose target's orientation (rad); nan
+        for a position target) at joint positions q."""
+        target = np.asarray(target, dtype=float)
+        distance = float(np.linalg.norm(self.position(q) - target[:3]))
+        angle = rotation_angle(target_rotation(target), self.rotation(q)) if target.size == 9 else float("nan")
+        return distance, angle
 
     def gravity(self, q: np.ndarray) -> np.ndarray:
         return self.robot.gravity(np.asarray(q, dtype=float))
@@ -237,6 +255,15 @@ class Probe(SpinningNode):
         o.x, o.y, o.z, o.w = (float(v) for v in quaternion)
         self.target_pose_pub.publish(msg)
 
+    def send_task_target(self, target, frame_id: str | None = None, timeout: float = 10.0) -> None:
+        """A task's target as the nodes take it: 3 values (a position) on /target, 9 (a pose) on
+        /target_pose, its orientation as a quaternion."""
+        target = np.asarray(target, dtype=float).reshape(-1)
+        if target.size == 9:
+            self.send_target_pose(target[:3], quaternion_from_rotation(target_rotation(target)), frame_id, timeout)
+        else:
+            self.send_target(target, frame_id, timeout)
+
 
 def demo_targets(n: int, seed: int = HELD_OUT_SEED) -> np.ndarray:
     """``n`` targets of the ur5_reach task's distribution, [n, 3] (m, base frame)."""
@@ -246,47 +273,60 @@ def demo_targets(n: int, seed: int = HELD_OUT_SEED) -> np.ndarray:
 
 
 def tool_error(probe: Probe, kin: ToolKinematics, target: np.ndarray) -> float:
+    """The end effector's distance (m) to the target's position at the last joint state."""
+    return tool_errors(probe, kin, target)[0]
+
+
+def tool_errors(probe: Probe, kin: ToolKinematics, target: np.ndarray) -> tuple[float, float]:
+    """(distance (m), orientation error (rad; nan for a position target)) at the last joint state."""
     state = probe.last_joint_state()
-    return float(np.linalg.norm(kin.position(kin.q_of(state[1], state[2])) - target))
+    return kin.errors(kin.q_of(state[1], state[2]), target)
 
 
-def follow(probe: Probe, kin: ToolKinematics, target, duration: float, within: float = 0.01) -> dict[str, float]:
+def follow(probe: Probe, kin: ToolKinematics, target, duration: float, within: float = 0.01,
+           within_deg: float = 2.0) -> dict[str, float]:
     """Follow the end effector's distance to ``target`` for ``duration`` s: the error at 1 s (the trained horizon)
-    and at the end, the best error, the time after which it stayed within ``within`` m (nan if it did
-    not), and the largest joint speed at the end."""
+    and at the end, the best error, the time after which it stayed within ``within`` m (and, for a
+    pose target, ``within_deg`` degrees; nan if it did not), and the largest joint speed at the end.
+    For a pose target also the orientation error (degrees) at 1 s, at the end and the best
+    (``orientation_*_deg``; nan for a position target)."""
     target = np.asarray(target, dtype=float)
     started = time.monotonic()
-    error = tool_error(probe, kin, target)
-    best, settled_at, at_1s = error, float("nan"), float("nan")
+    error, angle = tool_errors(probe, kin, target)
+    best, best_angle = error, angle
+    settled_at, at_1s, angle_1s = float("nan"), float("nan"), float("nan")
     while time.monotonic() - started < duration:
         time.sleep(0.01)
-        error = tool_error(probe, kin, target)
-        best = min(best, error)
+        error, angle = tool_errors(probe, kin, target)
+        best, best_angle = min(best, error), min(best_angle, angle)
         elapsed = time.monotonic() - started
         if np.isnan(at_1s) and elapsed >= 1.0:
-            at_1s = error
-        if error <= within:
+            at_1s, angle_1s = error, angle
+        if error <= within and not np.degrees(angle) > within_deg:  # (nan: a position target)
             if np.isnan(settled_at):
                 settled_at = elapsed
         else:
             settled_at = float("nan")
     speed = float(np.abs(probe.last_joint_state()[3]).max())
     return {"error_1s": at_1s, "final_error": error, "best_error": best, "settled_at": settled_at,
-            "max_joint_speed": speed}
+            "max_joint_speed": speed, "orientation_1s_deg": float(np.degrees(angle_1s)),
+            "final_orientation_deg": float(np.degrees(angle)), "best_orientation_deg": float(np.degrees(best_angle))}
 
 
 def reach(probe: Probe, kin: ToolKinematics, target, duration: float, within: float = 0.01,
           before=None, after=None) -> dict[str, float]:
-    """Send ``target`` and follow the end effector for ``duration`` s (see ``follow``; also the start error).
-    ``before()`` runs just before the target is sent (e.g. reset the simulator; the start error is
-    measured after it), ``after()`` just after (e.g. start the policy)."""
+    """Send ``target`` (:meth:`Probe.send_task_target`) and follow the end effector for ``duration`` s
+    (see ``follow``; also the start errors). ``before()`` runs just before the target is sent (e.g.
+    reset the simulator; the start error is measured after it), ``after()`` just after (e.g. start
+    the policy)."""
     target = np.asarray(target, dtype=float)
     if before is not None:
         before()
         done = time.monotonic()
         probe.wait_for(lambda: probe.last_joint_state()[0] > done + 0.003, 2.0, poll=0.002)
-    start_error = tool_error(probe, kin, target)
-    probe.send_target(target)
+    start_error, start_angle = tool_errors(probe, kin, target)
+    probe.send_task_target(target)
     if after is not None:
         after()
-    return {"start_error": start_error, **follow(probe, kin, target, duration, within)}
+    return {"start_error": start_error, "start_orientation_deg": float(np.degrees(start_angle)),
+            **follow(probe, kin, target, duration, within)}

@@ -248,24 +248,42 @@ def take_target(controller, lock: threading.Lock, log: ThrottledLog, msg) -> Non
     header.frame_id must be the robot's base frame (empty: taken as the base frame; another one
     is rejected: nothing here transforms), NaN/Inf rejected, outside target_limits clamped or
     rejected (target_out_of_limits); every outcome logged, rejections rate-limited per reason and
-    counted on /diagnostics. Of a PoseStamped a position-target policy takes the position (the
-    orientation is not part of its problem; said once)."""
+    counted on /diagnostics. A pose policy takes a PoseStamped whole (a quaternion with NaN/Inf or
+    zero norm rejected, normalised otherwise) and of a PointStamped the position, keeping its
+    target's orientation; a position policy takes the position of either (said once)."""
     pose = hasattr(msg, "pose")
     p = msg.pose.position if pose else msg.point
     topic = TARGET_POSE_TOPIC if pose else TARGET_TOPIC
     with lock:
         before = controller.target
         rejected_before = controller.stats.rejected_total
-        reason = controller.update_target((p.x, p.y, p.z), frame=msg.header.frame_id)
+        if pose:
+            o = msg.pose.orientation
+            reason = controller.update_pose_target((p.x, p.y, p.z), (o.x, o.y, o.z, o.w), frame=msg.header.frame_id)
+        else:
+            reason = controller.update_target((p.x, p.y, p.z), frame=msg.header.frame_id)
         rejected = controller.stats.rejected_total > rejected_before
         key = controller.last_rejected if rejected else "clamped"
-        target = None if controller.target is None else controller.target.tolist()
+        target = describe_target(controller)
     if reason:
         log.warning(f"target.{key}", f"{topic} {'rejected' if rejected else 'clamped'} ({key}): {reason}")
-    if pose and not rejected:
-        log.logger.info(f"{topic}: the policy takes position targets: the orientation is ignored", once=True)
+    if not rejected and pose != controller.pose_targets:
+        note = ("the policy takes position targets: the orientation is ignored" if pose else
+                "the policy takes pose targets: the position replaces its target's, the orientation is kept "
+                f"(send a pose on {TARGET_POSE_TOPIC} to change it)")
+        log.logger.info(f"{topic}: {note}", once=True)
     if not reason and controller.target is not before:
         log.logger.info(f"{topic}: {target}", throttle_duration_sec=0.5)
+
+
+def describe_target(controller) -> str:
+    """A PolicyController's target for the log: its position (m), a pose's orientation as a
+    quaternion (x y z w)."""
+    values = controller.target_diagnostics()
+    if values["target"] == "none":
+        return "none"
+    orientation = values.get("target_orientation")
+    return f"[{values['target']}]" + (f" orientation (x y z w) [{orientation}]" if orientation else "")
 
 
 def log_policy_version(logger, path, metadata) -> None:

@@ -16,6 +16,7 @@ import numpy as np
 import pinocchio as pin
 
 from tocpl_ros.config import FieldError
+from tocpl_ros.pose import pose_target, target_rotation
 from tocpl_ros.robot import RobotModel, load_robot
 from tocpl_ros.tasks.base import Problems, Task
 from tocpl_ros.tasks.config import TaskConfig
@@ -32,26 +33,6 @@ def task_robot(config: TaskConfig) -> RobotModel:
         return RobotModel.from_urdf(config.urdf, config.frame)
     except FileNotFoundError as exc:
         raise FieldError(key, str(exc)) from exc
-
-
-def pose_target(position: np.ndarray, rotation: np.ndarray) -> np.ndarray:
-    """Pose targets [B, 9] from positions [B, 3] and rotation matrices [B, 3, 3] (base frame):
-    the position, then the rotation's first two columns (x axis, y axis of the frame). Continuous in
-    the orientation, unlike a quaternion (q and −q) or Euler angles (wrap, gimbal lock)."""
-    rotation = np.asarray(rotation, dtype=float)
-    return np.concatenate([position, rotation[:, :, 0], rotation[:, :, 1]], axis=1)
-
-
-def target_rotation(target: np.ndarray) -> np.ndarray:
-    """The rotation matrix [3, 3] of one pose target [9] (:func:`pose_target`): its two columns
-    made orthonormal (Gram-Schmidt: a target written by hand need not be exact), the third their
-    cross product."""
-    x = np.asarray(target[3:6], dtype=float)
-    y = np.asarray(target[6:9], dtype=float)
-    x = x / np.linalg.norm(x)
-    y = y - x * (x @ y)
-    y = y / np.linalg.norm(y)
-    return np.column_stack([x, y, np.cross(x, y)])
 
 
 IK_ITERATIONS = 200

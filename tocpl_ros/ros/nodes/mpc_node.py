@@ -3,8 +3,9 @@ layer over :class:`tocpl_ros.mpc.loop.MPCLoop` and :class:`tocpl_ros.mpc.worker.
 :class:`tocpl_ros.mpc.solver.RecedingHorizonMPC` in a solver process).
 
 Subscribes ``/joint_states`` (sensor_msgs/JointState, sensor-data QoS, taken by joint
-name), ``/target`` (geometry_msgs/PointStamped) and ``/target_pose`` (geometry_msgs/PoseStamped,
-its position), in the robot's base frame (another frame_id is rejected). The OCP is the one the
+name), ``/target`` (geometry_msgs/PointStamped) and ``/target_pose`` (geometry_msgs/PoseStamped), in
+the robot's base frame (another frame_id is rejected), taken as the policy node takes them (a pose
+policy's target: position and orientation, :func:`tocpl_ros.ros.runtime.take_target`). The OCP is the one the
 policy was trained on (its file's ``tocpl.task_config``) unless ``task`` names another; it is solved in a solver
 process of the node's own (:class:`tocpl_ros.mpc.worker.MPCWorker`; Crocoddyl keeps the GIL for whole
 iterations, so a thread would still hold up the timer), so a solve never delays a command (its
@@ -227,7 +228,8 @@ class MPCNode(Node):
             f"MPC on task {task.name}{own}, robot {controller.robot.name} (horizon {solver.horizon} x {task.dt:g} s, "
             f"solver process {solver.pid}) "
             f"at {mpc_config.rate:g} Hz, warm start {mpc_config.warm_start}, max_iter {mpc_config.max_iter}, deadline {deadline}, "
-            f"policy {p['policy_path']} (fallback) -> {MPC_COMMAND_TOPIC}, {MPC_FEEDBACK_TOPIC}, {MPC_PLAN_TOPIC}"
+            f"policy {p['policy_path']} (fallback) -> {MPC_COMMAND_TOPIC}, {MPC_FEEDBACK_TOPIC}, {MPC_PLAN_TOPIC}; "
+            f"{'pose' if controller.pose_targets else 'position'} targets on {TARGET_TOPIC}, {TARGET_POSE_TOPIC}"
         )
 
     def _warm_up(self, task) -> None:

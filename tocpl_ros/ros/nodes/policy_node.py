@@ -2,9 +2,11 @@
 :class:`tocpl_ros.control.controller.PolicyController`).
 
 Subscribes ``/joint_states`` (sensor_msgs/JointState, sensor-data QoS, taken by joint
-name), ``/target`` (geometry_msgs/PointStamped) and ``/target_pose`` (geometry_msgs/PoseStamped: its
-position), both in the robot's base frame (header.frame_id empty or the base frame; another frame
-is rejected, logged and counted); publishes
+name), ``/target`` (geometry_msgs/PointStamped) and ``/target_pose`` (geometry_msgs/PoseStamped), both
+in the robot's base frame (header.frame_id empty or the base frame; another frame is rejected,
+logged and counted): a position policy takes the position of either; a pose policy
+(``tocpl.target_kind: pose``) takes a PoseStamped whole (its quaternion normalised; NaN/Inf or
+zero norm rejected) and of a PointStamped the position, its target's orientation kept; publishes
 std_msgs/Float64MultiArray on the output mode's forward-controller topic
 (``/forward_{effort,velocity,position}_controller/commands``, reliable QoS) at ``rate``
 from its own thread at absolute steady-clock deadlines (:mod:`tocpl_ros.ros.fast_loop`), and
@@ -82,6 +84,7 @@ from tocpl_ros.ros.runtime import (
     StartupError,
     ThrottledLog,
     declare_parameters,
+    describe_target,
     log_policy_version,
     run_node,
     take_joint_state,
@@ -193,7 +196,7 @@ class PolicyNode(Node):
 
         if self.params["autostart"]:
             self.controller.start()
-        target = "end effector at the first joint state" if self.controller.target is None else self.controller.target.tolist()
+        target = "end effector at the first joint state" if self.controller.target is None else describe_target(self.controller)
         mpc = ""
         if self.follower is not None:
             fc = self.follower.config
@@ -206,7 +209,8 @@ class PolicyNode(Node):
             f"{self.command_topic} at {config.rate:g} Hz, output {config.output_mode}"
             f"{' without gravity' if config.exclude_gravity and config.output_mode == 'effort' else ''}, "
             f"safe mode {config.safe_mode}, stale after {config.stale_periods} periods, fade-in {config.fade_in:g} s, "
-            f"initial target {target} (base frame {self.controller.base_frame}: {TARGET_TOPIC}, {TARGET_POSE_TOPIC}), "
+            f"{'pose' if self.controller.pose_targets else 'position'} targets, initial target {target} "
+            f"(base frame {self.controller.base_frame}: {TARGET_TOPIC}, {TARGET_POSE_TOPIC}), "
             f"{'running' if self.params['autostart'] else 'stopped (call ~/start)'}"
         )
         # Started by the executor's first callback: until then the process's start-up (imports,
