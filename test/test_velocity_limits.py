@@ -82,7 +82,7 @@ def test_a_robot_without_velocity_limits_is_refused_naming_the_term(tmp_path):
     import pinocchio as pin
     import yaml
 
-    from tocpl_ros.robot import example_robot_urdf
+    from tocpl_ros.robot_config import example_robot_urdf
 
     urdf = example_robot_urdf("double_pendulum")[0]
     frame = pin.buildModelFromUrdf(str(urdf)).frames[-1].name
