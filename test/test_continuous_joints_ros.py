@@ -259,8 +259,8 @@ def test_the_closed_loop_simulation_runs_a_robot_with_continuous_joints(task):
 def test_a_trained_kinova_follows_the_mpc_plans_to_a_target(ros_node_env, tmp_path):
     """issue 25: with a trained Kinova policy (a small budget: 4 iterations of 32 problems, ~1 min)
     as the warm start, the MPC's solves converge and the policy node follows its plans through DDS:
-    on the plan at every tick after the first plan (no fallback), the tool within 1 mm of a
-    held-out target 5 s after the start (the policy alone: see docs/robots.md)."""
+    at least 80 % of the fast loop's ticks on the plan, the tool within 0.5 mm of a held-out target
+    5 s after the start (the policy alone: 1.4 mm with a fully trained policy, docs/robots.md)."""
     from tocpl_ros.config import to_dict
     from tocpl_ros.ros.probe import Probe, ToolKinematics, tool_error
     from tocpl_training.cli import default_config
@@ -306,10 +306,9 @@ def test_a_trained_kinova_follows_the_mpc_plans_to_a_target(ros_node_env, tmp_pa
         print(f"\ntrained Kinova with the MPC: {1e3 * start_error:.1f} mm at the start, {1e3 * error:.3f} mm after 5 s;",
               {k: v for k, v in diag.items() if k.startswith(("policy_ticks", "mpc_plan", "mpc_policy", "mpc_fallback"))},
               {k: mpc.get(k) for k in ("solves", "converged", "fallbacks", "iterations_max")})
-        assert error <= 1e-3, (error, diag)
-        assert int(diag["mpc_plan_ticks"]) > 0 and int(diag["policy_ticks"]) > 0, diag
-        # the plan drove: at most a few fast-loop ticks on the policy (a late plan under load)
-        assert int(diag["mpc_policy_ticks"]) <= 0.05 * int(diag["policy_ticks"]), diag
+        assert error <= 5e-4, (error, diag)  # measured 0.001-0.005 mm; the trained policy alone: 1.3-1.5 mm
+        # the plan drove: most fast-loop ticks on it (under load a late plan falls back now and then)
+        assert int(diag["mpc_plan_ticks"]) >= 0.8 * int(diag["policy_ticks"]) > 0, diag
         assert int(mpc["converged"]) >= 0.9 * int(mpc["solves"]), mpc
         assert not [k for k in diag if k.startswith("mpc_rejected.")], diag
         proc.send_signal(2)
