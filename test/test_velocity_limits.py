@@ -102,3 +102,22 @@ def test_problems_of_a_limited_task_are_the_reach_tasks():
     assert isinstance(a, Problems)
     np.testing.assert_array_equal(a.x0, b.x0)
     np.testing.assert_array_equal(a.target, b.target)
+
+
+def test_the_held_out_evaluation_reports_peak_speeds_relative_to_the_limits():
+    """peak_speed_ratio_*: each rollout's fastest joint over its limit; diverged rollouts left out;
+    nothing for a task without velocity limits (lqr)."""
+    from tocpl_ros.tasks import Trajectories
+    from tocpl_training.trainer import peak_speed_ratios
+
+    task = load_task("reach", KINOVA)
+    x0 = task.sample(3, seed=0).x0
+    xs = np.repeat(x0[:, None], 4, axis=1)
+    xs[0, 2, task.nq + 1] = -0.5 * task.robot.velocity_limit[1]  # half the limit, backwards
+    xs[1, 1, task.nq + 4] = 2.0 * task.robot.velocity_limit[4]
+    xs[2, 3, task.nq] = 10.0 * task.robot.velocity_limit[0]  # this rollout diverged
+    traj = Trajectories(xs, np.zeros((3, 3, task.nu)), np.array([False, False, True]))
+    figures = peak_speed_ratios(task, traj)
+    assert figures["peak_speed_ratio_max"] == pytest.approx(2.0)
+    assert figures["peak_speed_ratio_median"] == pytest.approx(1.25)
+    assert peak_speed_ratios(load_task("lqr"), traj) == {}
