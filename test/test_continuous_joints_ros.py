@@ -3,7 +3,8 @@ nq = 9, nv = 6, the model's q has cos θ, sin θ of each) driven by the policy c
 follower and the MPC loop, and end to end through DDS with ``arm_policy robot:=kinova``.
 
 The policy is a small untrained one exported to a real ONNX file: what is under test is the
-encoding, the wrapped differences and the node contract, not the policy's precision.
+encoding, the wrapped differences and the node contract, not the policy's precision; one slow
+test trains a Kinova policy on a small budget to see the MPC's plans followed to a target.
 """
 
 from __future__ import annotations
