@@ -21,7 +21,7 @@ ROS_PACKAGES = {
 }
 # The ROS users: the nodes and their runtime, and the tools that drive a running graph.
 ROS_MODULES = ("tocpl_ros.ros.runtime", "tocpl_ros.bringup.launch_file", "tocpl_ros.ros.diagnostics", "tocpl_ros.ros.probe",
-               "tocpl_ros.ros.nodes", "tocpl_ros.tools.demo", "tocpl_ros.bench.load",
+               "tocpl_ros.ros.nodes", "tocpl_ros.tools.demo", "tocpl_ros.tools.arm_target", "tocpl_ros.bench.load",
                "tocpl_ros.bench.mpc_loop")
 TRAINER_ONLY = {"torch", "tocpl_training", "stable_baselines3", "gymnasium", "ray"}
 

@@ -122,8 +122,24 @@ def orientation_within(task: Task, traj: Trajectories, problems: Problems) -> np
     return worst_error_over(task, traj, problems, T, 2 * T, task.orientation_error) <= ORIENTATION_TOLERANCE
 
 
+def peak_speed_ratios(task: Task, traj: Trajectories) -> dict[str, float]:
+    """Over the rollouts that did not diverge, each one's fastest joint speed relative to that
+    joint's velocity limit (1: at the limit): median, p95, max as ``peak_speed_ratio_*``. Empty for
+    a task without a robot or whose robot lacks a velocity limit > 0 on some joint."""
+    robot = getattr(task, "robot", None)
+    limit = None if robot is None else np.asarray(robot.velocity_limit, dtype=float)
+    if limit is None or not (np.isfinite(limit) & (limit > 0)).all() or traj.diverged.all():
+        return {}
+    v = traj.xs[~traj.diverged][:, :, task.nq:]
+    peak = np.abs(v / limit).max(axis=(1, 2))
+    return {"peak_speed_ratio_median": float(np.median(peak)),
+            "peak_speed_ratio_p95": float(np.percentile(peak, 95, method="higher")),
+            "peak_speed_ratio_max": float(peak.max())}
+
+
 def evaluate_policy(task: Task, policy: MLPPolicy, held_out: HeldOut) -> dict[str, float]:
-    """Roll the policy out for 2T steps: precision at T, holding over [T, 2T], cost gap to TO over [0, T]."""
+    """Roll the policy out for 2T steps: precision at T, holding over [T, 2T], cost gap to TO over [0, T],
+    joint speeds relative to the robot's limits over [0, 2T]."""
     T = task.horizon
     traj = task.rollout(policy.act, held_out.problems, horizon=2 * T)
     first = Trajectories(traj.xs[:, : T + 1], traj.us[:, :T], traj.diverged)
@@ -151,7 +167,7 @@ def evaluate_policy(task: Task, policy: MLPPolicy, held_out: HeldOut) -> dict[st
         "within_tolerance": float(np.mean(solved & ~traj.diverged)),
         "diverged": float(traj.diverged.sum()),
         "max_bound_violation": float(ev.bound_violation.max()),
-    } | orientation
+    } | orientation | peak_speed_ratios(task, traj)
 
 
 def validation_score(task: Task, policy: MLPPolicy, problems: Problems) -> dict[str, float]:

@@ -58,7 +58,8 @@ def run_closed_loop(
             if result.u_bar is None:
                 u = np.zeros(task.nu)
             else:
-                u = np.clip(result.u_bar - result.K @ (x - result.x_bar), mpc.u_min, mpc.u_max)
+                # x ⊖ x̄ in the tangent space of K (a continuous joint's (cos, sin) differ from it)
+                u = np.clip(result.u_bar - result.K @ task.state.diff(result.x_bar, x), mpc.u_min, mpc.u_max)
             plant.calc(data, x, u)
             x = np.array(data.xnext)
         xs[k + 1] = x

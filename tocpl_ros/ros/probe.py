@@ -42,6 +42,7 @@ class ToolKinematics:
         self.joint_names = list(self.robot.joint_names)
 
     def q_of(self, names, positions) -> np.ndarray:
+        """The controlled joints' positions (one per joint, as /joint_states), in the robot's order."""
         by_name = dict(zip(names, positions))
         return np.array([by_name[name] for name in self.joint_names], dtype=float)
 
@@ -62,7 +63,7 @@ class ToolKinematics:
         return distance, angle
 
     def gravity(self, q: np.ndarray) -> np.ndarray:
-        return self.robot.gravity(np.asarray(q, dtype=float))
+        return self.robot.gravity(self.robot.q_from_positions(np.asarray(q, dtype=float)))
 
 
 class SpinningNode:

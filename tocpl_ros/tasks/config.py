@@ -119,6 +119,10 @@ class TaskConfig:
     the base frame; the 'orientation' cost term applies). Reach tasks only."""
     u_limit: list[float] | None = None
     """Per-joint torque bound overriding the URDF effort limits (N·m); robots only."""
+    velocity_limit_factor: float = 0.9
+    """The 'velocity_limit' cost term's free band: joint speeds within ±factor × the robot's velocity
+    limits (RobotModel.velocity_limit) cost nothing, beyond it the term's weight × ½(excess)². Below 1
+    so that the soft barrier's overshoot stays inside the limits. Ignored without that term."""
     lqr: LQRConfig = field(default_factory=LQRConfig)
     """Dynamics of the lqr task."""
     solver: SolverConfig = field(default_factory=SolverConfig)
@@ -140,5 +144,7 @@ class TaskConfig:
             raise FieldError("target_kind", f"'position' or 'pose', got '{self.target_kind}'")
         if self.target_kind == "pose" and self.kind != "reach":
             raise FieldError("target_kind", f"pose targets are for reach tasks, not '{self.kind}'")
+        if self.velocity_limit_factor <= 0:
+            raise FieldError("velocity_limit_factor", f"must be > 0, got {self.velocity_limit_factor}")
         if self.u_limit is not None and any(u <= 0 for u in self.u_limit):
             raise FieldError("u_limit", f"every bound must be > 0, got {self.u_limit}")

@@ -57,11 +57,15 @@ class RobotTask(Task):
                ½‖q − q*(p̄)‖² (reach: q* the posture on the target nearest q_nominal,
                :meth:`ReachTask.target_posture`);
       terminal: 'position', 'velocity', 'posture', 'target_posture';
-      both: 'orientation' ½‖log₃(R̄ᵀR(q))‖² of the frame's rotation (rad; reach with pose targets).
+      both: 'orientation' ½‖log₃(R̄ᵀR(q))‖² of the frame's rotation (rad; reach with pose targets),
+            'velocity_limit' ½‖max(|v| − f·v_max, 0)‖² (a quadratic barrier on the joint speeds
+            beyond the factor f = ``velocity_limit_factor`` of the robot's velocity limits; scalar
+            weight only).
     """
 
-    running_terms = ("position", "orientation", "velocity", "control", "control_gravity", "posture", "target_posture")
-    terminal_terms = ("position", "orientation", "velocity", "posture", "target_posture")
+    running_terms = ("position", "orientation", "velocity", "velocity_limit", "control", "control_gravity", "posture",
+                     "target_posture")
+    terminal_terms = ("position", "orientation", "velocity", "velocity_limit", "posture", "target_posture")
 
     def __init__(self, name: str, config: TaskConfig):
         super().__init__(name, config)
@@ -106,11 +110,35 @@ class RobotTask(Task):
         return {"position": 3, "orientation": 3, "velocity": self.nv, "posture": self.nv, "target_posture": self.nv}.get(term, self.nu)
 
     def _weight(self, phase: str, term: str, weight) -> np.ndarray:
+        if term == "velocity_limit":
+            return self._velocity_limit_weight(phase, weight)
         size = self._term_size(term)
         w = np.full(size, float(weight)) if np.ndim(weight) == 0 else np.asarray(weight, dtype=float)
         if w.shape != (size,):
             raise FieldError(f"costs.{phase}.{term}", f"expected a scalar or {size} weights, got {len(w)}")
         return w
+
+    def _velocity_limit_weight(self, phase: str, weight) -> np.ndarray:
+        # Crocoddyl's weighted barrier's Hessian does not match its gradient: one scalar weight instead
+        key = f"costs.{phase}.velocity_limit"
+        if np.ndim(weight) != 0:
+            raise FieldError(key, f"takes one scalar weight, got {weight}")
+        limit = self.robot.velocity_limit
+        if limit.shape != (self.nv,) or not (np.isfinite(limit) & (limit > 0)).all():
+            raise FieldError(key, f"needs a velocity limit > 0 for every joint ({self.robot.source or self.urdf_file.name}: "
+                                  f"velocity_limits), got {limit}")
+        return np.array([float(weight)])
+
+    def velocity_bound(self) -> np.ndarray:
+        """Per joint, the speed beyond which the 'velocity_limit' term costs (rad/s or m/s):
+        ``velocity_limit_factor`` × the robot's velocity limit."""
+        return self.config.velocity_limit_factor * self.robot.velocity_limit
+
+    def _velocity_barrier(self) -> crocoddyl.ActivationModelQuadraticBarrier:
+        """½‖max(v − b, 0) + min(v + b, 0)‖² on the tangent state residual: no bound on its q half."""
+        free = np.full(self.nv, np.inf)
+        bound = np.concatenate([free, self.velocity_bound()])
+        return crocoddyl.ActivationModelQuadraticBarrier(crocoddyl.ActivationBounds(-bound, bound))
 
     def _residual(self, term: str, target: np.ndarray):
         # state residuals live in the tangent space (ndx = 2 nv): the masks pick its q or v half
@@ -121,7 +149,7 @@ class RobotTask(Task):
         if term == "orientation":  # log₃(R̄ᵀR), in the frame's own axes
             world = self.robot.world_rotation(target_rotation(target))
             return crocoddyl.ResidualModelFrameRotation(self.state, self.frame_id, world, self.nu), None
-        if term == "velocity":
+        if term in ("velocity", "velocity_limit"):
             xref = np.concatenate([pin.neutral(self.model), zeros])  # a valid q (cos, sin), masked out
             return crocoddyl.ResidualModelState(self.state, xref, self.nu), np.concatenate([zeros, ones])
         if term in ("posture", "target_posture"):
@@ -136,6 +164,9 @@ class RobotTask(Task):
         costs = crocoddyl.CostModelSum(self.state, self.nu)
         for term, weight in self._weights[phase].items():
             residual, mask = self._residual(term, target)
+            if term == "velocity_limit":
+                costs.addCost(term, crocoddyl.CostModelResidual(self.state, self._velocity_barrier(), residual), weight[0])
+                continue
             full = weight if mask is None else self._expand(weight, mask)
             activation = crocoddyl.ActivationModelWeightedQuad(full)
             costs.addCost(term, crocoddyl.CostModelResidual(self.state, activation, residual), 1.0)
