@@ -20,7 +20,7 @@ from tocpl_ros.tasks import TaskConfig, load_task, make_task
 from tocpl_training import export as export_mod
 from tocpl_training.checkpoint import policy_payload, save_checkpoint
 from tocpl_training.export import OPSET, export_onnx, main
-from tocpl_training.learning.policy import make_policy
+from tocpl_training.learning.policy import NumpyPolicy, make_policy
 
 ROOT = Path(__file__).resolve().parents[1]
 TASKS = ["ur5_reach", "lqr", "pendulum"]
@@ -106,6 +106,22 @@ def test_onnxruntime_matches_torch(task, exported):
     assert session.get_outputs()[0].shape[1] == task.nu
     raw = session.run(["u"], {"obs": obs[:257].astype(np.float32)})[0]
     assert raw.dtype == np.float32 and raw.shape == (257, task.nu)
+
+
+@pytest.mark.parametrize("activation", ["silu", "tanh"])
+def test_smooth_activation_exports_and_has_its_numpy_twin(ur5, tmp_path, activation):
+    """A policy with a smooth hidden activation: its ONNX file and NumpyPolicy (PLAL's consensus residual,
+    value and input Jacobian) compute what torch does."""
+    policy = make_policy(ur5, seed=0, hidden=(32, 32), activation=activation).eval()
+    obs = random_obs(policy, 200)
+    path = export_onnx(policy, ur5, tmp_path / "policy.onnx", train_config=TRAIN_CONFIG)
+    np.testing.assert_allclose(OnnxPolicy(path)(obs), torch_u(policy, obs), rtol=1e-5, atol=1e-5 * ur5.u_max.max())
+    twin, p64 = NumpyPolicy(policy), policy.double()
+    for o in obs[:3]:
+        u, jacobian = twin.value_and_jacobian(o)
+        x = torch.as_tensor(o)
+        np.testing.assert_allclose(u, p64(x).detach().numpy(), rtol=0, atol=1e-9)
+        np.testing.assert_allclose(jacobian, torch.autograd.functional.jacobian(p64, x).numpy(), rtol=0, atol=1e-9)
 
 
 def test_outputs_stay_in_the_box_for_huge_inputs(task, exported):

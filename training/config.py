@@ -12,6 +12,7 @@ MU_SCHEDULES = ("fixed", "bcl")
 WARM_STARTS = ("policy", "previous", "cold")
 BACKENDS = ("process", "ray")
 POLICY_STATES = ("rollout", "oc")
+ACTIVATIONS = ("relu", "silu", "tanh")  # learning/policy.py's ACTIVATIONS (this module imports no torch)
 
 
 @dataclass
@@ -135,6 +136,9 @@ class TrainConfig:
     the policy once the OC data stop changing, instead of letting it drift."""
     hidden: list[int] = field(default_factory=lambda: [256, 256])
     """Hidden layer widths of the policy MLP."""
+    activation: str = "relu"
+    """Hidden activation of the policy MLP: 'relu' (the paper's), 'silu' or 'tanh' (smooth: its input
+    Jacobian, which the Sobolev term fits, is continuous)."""
     eval_problems: int = 100
     """Held-out problems evaluated after every iteration (fixed set, drawn from eval_seed)."""
     eval_seed: int = 1_000_003
@@ -254,6 +258,8 @@ class TrainConfig:
                 math.isfinite(self.eval_final_hold_seconds) and self.eval_final_hold_seconds >= 0):
             raise FieldError("eval_hold_seconds", f"times must be > 0 s, got {self.eval_hold_seconds} and "
                              f"eval_final_hold_seconds {self.eval_final_hold_seconds}")
+        if self.activation not in ACTIVATIONS:
+            raise FieldError("activation", f"unknown activation '{self.activation}' (known: {', '.join(ACTIVATIONS)})")
         if not self.hidden or any(h < 1 for h in self.hidden):
             raise FieldError("hidden", f"needs at least one positive width, got {self.hidden}")
 

@@ -213,7 +213,7 @@ class Trainer:
         overrides = {"constrained": config.constrained, **robot, **self.task_overrides}
         self.task = load_task(config.task, overrides)
         torch.manual_seed(config.seed)
-        self.policy = make_policy(self.task, config.seed, hidden=config.hidden)
+        self.policy = make_policy(self.task, config.seed, hidden=config.hidden, activation=config.activation)
         self.counter = DynamicsCounter()
         self.runner = OCPhaseRunner(self.task, constrained=config.constrained, workers=config.workers,
                                    backend=config.backend, ray_address=config.ray_address)

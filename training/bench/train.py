@@ -50,7 +50,14 @@ def format_row(r: dict, unit: str) -> str:
             f"evals {r['dynamics_evaluations']:9.3g}  {r['wall_time']:6.0f} s "
             f"(OC phase {r['oc_total_seconds']:.1f} s, "
             f"the rest {(r['wall_time'] - r['oc_total_seconds']) / r['oc_total_seconds']:.1f}x it)")
+    if "orientation_error_mean_deg" in r:  # pose targets: the orientation at T next to the position
+        line += f"\n    orientation (mean/p95 deg): at T {orientation(r, 'orientation_error')}"
     return line + continuous_lines(r, scale, shown)
+
+
+def orientation(r: dict, prefix: str) -> str:
+    """'mean/p95' in degrees of a pose run's orientation figures ``<prefix>_mean_deg`` / ``_p95_deg``."""
+    return f"{r[prefix + '_mean_deg']:.3g}/{r[prefix + '_p95_deg']:.3g}"
 
 
 def continuous_lines(r: dict, scale: float, shown: str) -> str:
@@ -59,7 +66,9 @@ def continuous_lines(r: dict, scale: float, shown: str) -> str:
         return ""
 
     def err(key: str) -> str:
-        return f"{scale * r[key + '_error_mean']:.3g}/{scale * r[key + '_error_p95']:.3g}"
+        """mean/p95 of the position error, with pose targets then the orientation's in degrees."""
+        text = f"{scale * r[key + '_error_mean']:.3g}/{scale * r[key + '_error_p95']:.3g}"
+        return text + (f" {orientation(r, key + '_orientation')} deg" if key + "_orientation_mean_deg" in r else "")
 
     holds = hold_labels(r)
     text = "\n    continuous use (mean/p95 " + shown + "): hold " + ", ".join(

@@ -1,9 +1,9 @@
 """The policy network π_θ: an MLP whose input normalisation and output box are part of it.
 
 π(obs) = u_mid + u_half · tanh(MLP((obs − obs_mean) / obs_scale)), two hidden layers of
-256 ReLU units (the paper's architecture). Normalisation and scaling are buffers of
-the module, so a checkpoint or an ONNX export is a complete controller: raw
-observation in, torque inside [u_min, u_max] out.
+256 ReLU units by default (the paper's architecture; ``activation`` may choose a smooth one).
+Normalisation and scaling are buffers of the module, so a checkpoint or an ONNX export is a
+complete controller: raw observation in, torque inside [u_min, u_max] out.
 """
 
 from __future__ import annotations
@@ -28,6 +28,12 @@ class PolicySpec:
     obs_mean: list[float]
     obs_scale: list[float]
     hidden: list[int] = field(default_factory=lambda: [256, 256])
+    activation: str = "relu"
+    """Hidden activation, a key of ACTIVATIONS (checkpoints written before this field: 'relu')."""
+
+
+ACTIVATIONS = {"relu": nn.ReLU, "silu": nn.SiLU, "tanh": nn.Tanh}
+"""Hidden activations a policy may use; NumpyPolicy and the ONNX export follow each."""
 
 
 class MLPPolicy(nn.Module):
@@ -37,7 +43,7 @@ class MLPPolicy(nn.Module):
         layers: list[nn.Module] = []
         width = spec.obs_dim
         for h in spec.hidden:
-            layers += [nn.Linear(width, h), nn.ReLU()]
+            layers += [nn.Linear(width, h), ACTIVATIONS[spec.activation]()]
             width = h
         layers.append(nn.Linear(width, spec.nu))
         self.net = nn.Sequential(*layers)
@@ -69,7 +75,8 @@ class MLPPolicy(nn.Module):
         ]
 
 
-def policy_spec_for(task: Task, n_samples: int = 4096, seed: int = 12345, hidden=(256, 256)) -> PolicySpec:
+def policy_spec_for(task: Task, n_samples: int = 4096, seed: int = 12345, hidden=(256, 256),
+                    activation: str = "relu") -> PolicySpec:
     """Spec whose normalisation comes from the task distribution P.
 
     Means and scales are those of observations at the sampled initial states;
@@ -89,13 +96,14 @@ def policy_spec_for(task: Task, n_samples: int = 4096, seed: int = 12345, hidden
         obs_mean=mean.tolist(),
         obs_scale=scale.tolist(),
         hidden=list(hidden),
+        activation=activation,
     )
 
 
-def make_policy(task: Task, seed: int, hidden=(256, 256)) -> MLPPolicy:
+def make_policy(task: Task, seed: int, hidden=(256, 256), activation: str = "relu") -> MLPPolicy:
     """A freshly initialised policy for the task (weights from ``seed``)."""
     torch.manual_seed(seed)
-    return MLPPolicy(policy_spec_for(task, hidden=hidden))
+    return MLPPolicy(policy_spec_for(task, hidden=hidden, activation=activation))
 
 
 class NumpyPolicy:
@@ -107,6 +115,7 @@ class NumpyPolicy:
 
     def __init__(self, policy: MLPPolicy):
         self.layers = policy.numpy_weights()
+        self.activation = policy.spec.activation
         self.obs_mean = policy.obs_mean.double().numpy()
         self.obs_scale = policy.obs_scale.double().numpy()
         self.u_mid = policy.u_mid.double().numpy()
@@ -124,12 +133,25 @@ class NumpyPolicy:
             if jacobian:
                 J = W @ J
             if i < len(self.layers) - 1:
-                active = h > 0
-                h = h * active
+                h, slope = _activation_and_slope(self.activation, h)
                 if jacobian:
-                    J = J * active[:, None]
+                    J = J * slope[:, None]
         t = np.tanh(h)
         u = self.u_mid + self.u_half * t
         if jacobian:
             J = (self.u_half * (1 - t * t))[:, None] * J
         return u, J
+
+
+def _activation_and_slope(name: str, z: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """A hidden activation of ACTIVATIONS in numpy, and its derivative at z."""
+    if name == "relu":
+        active = z > 0
+        return z * active, active.astype(z.dtype)
+    if name == "silu":
+        s = 1.0 / (1.0 + np.exp(-z))
+        return z * s, s * (1.0 + z * (1.0 - s))
+    if name == "tanh":
+        t = np.tanh(z)
+        return t, 1.0 - t * t
+    raise ValueError(f"unknown activation '{name}' (known: {', '.join(ACTIVATIONS)})")
