@@ -9,10 +9,7 @@ test trains a Kinova policy on a small budget to see the MPC's plans followed to
 
 from __future__ import annotations
 
-import subprocess
-import sys
 import time
-from pathlib import Path
 
 import numpy as np
 import pinocchio as pin
@@ -24,7 +21,7 @@ from tocpl_ros.control.plan import Plan, decode_plan, encode_plan
 from tocpl_ros.policy_file import INPUT_NAME, OUTPUT_NAME, read_onnx_metadata
 from tocpl_ros.tasks import load_task
 
-from ros_harness import stop_process, wait_for
+from ros_harness import arm_policy, wait_for
 
 TARGET = np.array([0.6, 0.0, 0.5])
 
@@ -202,43 +199,32 @@ def test_arm_policy_drives_the_kinova_with_mpc_plans(policy, ros_node_env, tmp_p
 
     domain, env = ros_node_env(7)  # a domain of its own (within TOCPL_TEST_DOMAINS if set)
     robot = load_task("reach", {"robot": "kinova"}).robot
-    exe = Path(sys.executable).parent / "tocpl-bringup"
-    cmd = [str(exe)] if exe.is_file() else [sys.executable, "-m", "tocpl_ros.bringup.cli"]
     log = tmp_path / "bringup.log"
     probe = Probe(domain, record_commands=True, name="kinova_test_probe", base_frame=robot.base_frame)
-    proc = None
     try:
-        with log.open("w") as out:
-            proc = subprocess.Popen(
-                cmd + ["arm_policy", "robot:=kinova", f"policy:={policy}", "target:=" + ",".join(map(str, TARGET)),
-                       "use_mpc:=true", "autostart:=false", "realtime_priority:=0", "--sigterm-timeout", "5", "--sigkill-timeout", "5"],
-                env=env, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
-            )
+        with arm_policy(env, log, "kinova", policy, TARGET, "use_mpc:=true", "autostart:=false") as proc:
 
-        def plans_received() -> bool:
-            diag = probe.last_diagnostics()
-            return diag is not None and int(diag[1].get("mpc_plans_received", 0)) > 0
+            def plans_received() -> bool:
+                diag = probe.last_diagnostics()
+                return diag is not None and int(diag[1].get("mpc_plans_received", 0)) > 0
 
-        wait_for(plans_received, 240, "a /mpc/plan decoded by the policy node (mpc_plans_received > 0)", proc, log)
-        ok, message = probe.call_trigger("/policy_node/start")
-        assert ok, message
-        wait_for(lambda: int(probe.last_diagnostics()[1]["policy_ticks"]) > 0, 30, "policy ticks", proc, log)
-        diag = probe.last_diagnostics()[1]
-        print("\nKinova through arm_policy:", {k: v for k, v in diag.items() if k.startswith(("policy_ticks", "safe_ticks", "mpc_"))})
-        assert int(diag["policy_ticks"]) > 0, diag
-        assert not [k for k in diag if k.startswith("mpc_rejected.")], diag  # the plan layout is the node's
-        _, names, positions, velocities = probe.last_joint_state()
-        assert names == robot.joint_names and len(positions) == len(velocities) == 6
-        commands = np.array([c for _, c in probe.commands])
-        assert len(commands) > 0 and commands.shape[1] == 6
-        assert np.isfinite(commands).all() and (np.abs(commands) <= robot.effort_limit + 1e-9).all()
-        for line in ("robot kinova, 6 joints", "MPC on task reach (the policy's own), robot kinova"):
-            wait_for(lambda: line in log.read_text(), 30, repr(line), proc, log)  # the nodes' output comes in batches
-        proc.send_signal(2)
-        assert proc.wait(timeout=60) == 0, log.read_text()[-3000:]
+            wait_for(plans_received, 240, "a /mpc/plan decoded by the policy node (mpc_plans_received > 0)", proc, log)
+            ok, message = probe.call_trigger("/policy_node/start")
+            assert ok, message
+            wait_for(lambda: int(probe.last_diagnostics()[1]["policy_ticks"]) > 0, 30, "policy ticks", proc, log)
+            diag = probe.last_diagnostics()[1]
+            print("\nKinova through arm_policy:", {k: v for k, v in diag.items() if k.startswith(("policy_ticks", "safe_ticks", "mpc_"))})
+            assert int(diag["policy_ticks"]) > 0, diag
+            assert not [k for k in diag if k.startswith("mpc_rejected.")], diag  # the plan layout is the node's
+            _, names, positions, velocities = probe.last_joint_state()
+            assert names == robot.joint_names and len(positions) == len(velocities) == 6
+            commands = np.array([c for _, c in probe.commands])
+            assert len(commands) > 0 and commands.shape[1] == 6
+            assert np.isfinite(commands).all() and (np.abs(commands) <= robot.effort_limit + 1e-9).all()
+            for line in ("robot kinova, 6 joints", "MPC on task reach (the policy's own), robot kinova"):
+                wait_for(lambda: line in log.read_text(), 30, repr(line), proc, log)  # the nodes' output comes in batches
     finally:
         probe.close()
-        stop_process(proc, grace=30)
 
 
 def test_the_closed_loop_simulation_runs_a_robot_with_continuous_joints(task):
@@ -277,43 +263,32 @@ def test_a_trained_kinova_follows_the_mpc_plans_to_a_target(ros_node_env, tmp_pa
     target = trainer.task.sample(1, 123).target[0]  # held out: not a training seed
 
     domain, env = ros_node_env(8)
-    exe = Path(sys.executable).parent / "tocpl-bringup"
-    cmd = [str(exe)] if exe.is_file() else [sys.executable, "-m", "tocpl_ros.bringup.cli"]
     log = tmp_path / "bringup.log"
     probe = Probe(domain, name="kinova_mpc_test_probe", base_frame=robot.base_frame)
-    proc = None
     try:
-        with log.open("w") as out:
-            proc = subprocess.Popen(
-                cmd + ["arm_policy", "robot:=kinova", f"policy:={policy}", "target:=" + ",".join(f"{x:.6f}" for x in target),
-                       "use_mpc:=true", "autostart:=false", "realtime_priority:=0", "--sigterm-timeout", "5", "--sigkill-timeout", "5"],
-                env=env, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
-            )
+        with arm_policy(env, log, "kinova", policy, target, "use_mpc:=true", "autostart:=false") as proc:
 
-        def plans_received() -> bool:
-            diag = probe.last_diagnostics()
-            return diag is not None and int(diag[1].get("mpc_plans_accepted", 0)) > 0
+            def plans_received() -> bool:
+                diag = probe.last_diagnostics()
+                return diag is not None and int(diag[1].get("mpc_plans_accepted", 0)) > 0
 
-        # the hold command keeps the arm put until the MPC's solver process is up (autostart:=false)
-        wait_for(plans_received, 240, "a /mpc/plan accepted by the policy node", proc, log)
-        kin = ToolKinematics("kinova")
-        start_error = tool_error(probe, kin, target)
-        ok, message = probe.call_trigger("/policy_node/start")
-        assert ok, message
-        time.sleep(5.0)  # the probe spins in its own thread
-        error = tool_error(probe, kin, target)
-        diag = probe.last_diagnostics()[1]
-        mpc = probe.last_mpc_diagnostics()[1]
-        print(f"\ntrained Kinova with the MPC: {1e3 * start_error:.1f} mm at the start, {1e3 * error:.3f} mm after 5 s;",
-              {k: v for k, v in diag.items() if k.startswith(("policy_ticks", "mpc_plan", "mpc_policy", "mpc_fallback"))},
-              {k: mpc.get(k) for k in ("solves", "converged", "fallbacks", "iterations_max")})
-        assert error <= 5e-4, (error, diag)  # measured 0.001-0.005 mm; the trained policy alone: 1.3-1.5 mm
-        # the plan drove: most fast-loop ticks on it (under load a late plan falls back now and then)
-        assert int(diag["mpc_plan_ticks"]) >= 0.8 * int(diag["policy_ticks"]) > 0, diag
-        assert int(mpc["converged"]) >= 0.9 * int(mpc["solves"]), mpc
-        assert not [k for k in diag if k.startswith("mpc_rejected.")], diag
-        proc.send_signal(2)
-        assert proc.wait(timeout=60) == 0, log.read_text()[-3000:]
+            # the hold command keeps the arm put until the MPC's solver process is up (autostart:=false)
+            wait_for(plans_received, 240, "a /mpc/plan accepted by the policy node", proc, log)
+            kin = ToolKinematics("kinova")
+            start_error = tool_error(probe, kin, target)
+            ok, message = probe.call_trigger("/policy_node/start")
+            assert ok, message
+            time.sleep(5.0)  # the probe spins in its own thread
+            error = tool_error(probe, kin, target)
+            diag = probe.last_diagnostics()[1]
+            mpc = probe.last_mpc_diagnostics()[1]
+            print(f"\ntrained Kinova with the MPC: {1e3 * start_error:.1f} mm at the start, {1e3 * error:.3f} mm after 5 s;",
+                  {k: v for k, v in diag.items() if k.startswith(("policy_ticks", "mpc_plan", "mpc_policy", "mpc_fallback"))},
+                  {k: mpc.get(k) for k in ("solves", "converged", "fallbacks", "iterations_max")})
+            assert error <= 5e-4, (error, diag)  # measured 0.001-0.005 mm; the trained policy alone: 1.3-1.5 mm
+            # the plan drove: most fast-loop ticks on it (under load a late plan falls back now and then)
+            assert int(diag["mpc_plan_ticks"]) >= 0.8 * int(diag["policy_ticks"]) > 0, diag
+            assert int(mpc["converged"]) >= 0.9 * int(mpc["solves"]), mpc
+            assert not [k for k in diag if k.startswith("mpc_rejected.")], diag
     finally:
         probe.close()
-        stop_process(proc, grace=30)

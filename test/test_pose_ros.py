@@ -175,6 +175,13 @@ def test_the_mpc_solves_the_pose_ocp_and_the_fast_loop_follows_its_plan(policy, 
 # ============================================================================ through DDS
 
 
+def _assert_commands_within_the_pandas_limits(probe) -> None:
+    limits = load_robot("panda").effort_limit
+    with probe.lock:
+        commands = np.array([c for _, c in probe.commands])
+    assert len(commands) and np.isfinite(commands).all() and (np.abs(commands) <= limits + 1e-9).all()
+
+
 @pytest.mark.ros
 def test_arm_policy_takes_pose_targets_and_refuses_bad_ones(policy, ros_quiet_domain, tmp_path):
     """tocpl-bringup arm_policy robot:=panda use_mpc:=true autostart:=false target:=x,y,z,qx,qy,qz,qw with an
@@ -225,10 +232,7 @@ def test_arm_policy_takes_pose_targets_and_refuses_bad_ones(policy, ros_quiet_do
             for line in ("pose targets, initial target [0.4000 0.1000 0.5000] orientation (x y z w)",
                          "MPC on task reach_pose (the policy's own), robot panda", "the orientation is kept"):
                 wait_for(lambda: line in log.read_text(), 30, repr(line), proc, log)
-            limits = load_robot("panda").effort_limit
-            with probe.lock:
-                commands = np.array([c for _, c in probe.commands])
-            assert len(commands) and np.isfinite(commands).all() and (np.abs(commands) <= limits + 1e-9).all()
+            _assert_commands_within_the_pandas_limits(probe)
             assert proc.poll() is None, log.read_text()[-3000:]
     finally:
         probe.close()
@@ -277,10 +281,7 @@ def test_a_small_panda_pose_policy_and_the_mpc_reach_a_held_out_pose_through_arm
             # plan (mpc_fallback.plan_old: the MPC's solves starved of CPU) or often holds (safe.stale: late joint states,
             # each followed by a fade-in) converges slowly
             assert result["final_error"] <= 0.005 and result["final_orientation_deg"] <= 1.0, (result, mpc)
-            limits = load_robot("panda").effort_limit
-            with probe.lock:
-                commands = np.array([c for _, c in probe.commands])
-            assert len(commands) and np.isfinite(commands).all() and (np.abs(commands) <= limits + 1e-9).all()
+            _assert_commands_within_the_pandas_limits(probe)
             assert proc.poll() is None, log.read_text()[-3000:]
     finally:
         probe.close()
