@@ -311,6 +311,56 @@ def test_a_small_training_of_the_reach_task_exports_a_policy_for_its_robot(tmp_p
     assert (np.abs(u) <= task.u_max + 1e-4).all()
 
 
+SLIDER_ARM_URDF = """<robot name="slider_arm">
+  <link name="base"/>
+  <joint name="slide" type="prismatic"><parent link="base"/><child link="carriage"/><axis xyz="1 0 0"/>
+    <limit lower="-0.4" upper="0.4" effort="200" velocity="1.0"/></joint>
+  <link name="carriage"><inertial><mass value="3.0"/><inertia ixx="0.02" iyy="0.02" izz="0.02" ixy="0" ixz="0" iyz="0"/></inertial></link>
+  <joint name="elbow" type="revolute"><parent link="carriage"/><child link="arm"/><axis xyz="0 1 0"/>
+    <limit lower="-2.5" upper="2.5" effort="60" velocity="3.0"/></joint>
+  <link name="arm"><inertial><origin xyz="0 0 0.2"/><mass value="1.0"/>
+    <inertia ixx="0.02" iyy="0.02" izz="0.002" ixy="0" ixz="0" iyz="0"/></inertial></link>
+  <joint name="tool_joint" type="fixed"><parent link="arm"/><child link="tool"/><origin xyz="0 0 0.4"/></joint>
+  <link name="tool"/>
+</robot>
+"""
+
+
+def test_a_prismatic_joint_runs_from_the_robot_yaml_to_the_policy_file_and_the_controller(tmp_path):
+    """issue 25: revolute, prismatic and continuous joints end to end. A slider carrying an arm: its
+    OCP reaches the targets, its policy file says 'linear' for the slide, and the controller the
+    nodes run reads that file and commands the robot from a joint state."""
+    from tocpl_ros.control.config import ControllerConfig
+    from tocpl_ros.control.controller import PolicyController
+    from tocpl_ros.policy_file import read_onnx_metadata
+    from tocpl_training.export import export_onnx
+    from tocpl_training.learning.policy import make_policy
+
+    (tmp_path / "slider_arm.urdf").write_text(SLIDER_ARM_URDF)
+    robot_yaml = tmp_path / "slider_arm.yaml"
+    robot_yaml.write_text(yaml.safe_dump({
+        "urdf": "slider_arm.urdf", "controlled_joints": ["slide", "elbow"], "end_effector_frame": "tool",
+        "base_frame": "base", "nominal_posture": {"slide": 0.0, "elbow": 0.3},
+        "target_workspace": {"x": [-1.0, 1.0], "y": [-0.1, 0.1], "z": [-0.5, 0.5]},
+        "command_interface": "effort", "control_rate": 100.0, "compensates_gravity": False,
+    }))
+    robot = load_robot(robot_yaml)
+    assert robot.joint_kinds == ["prismatic", "revolute"] and robot.joint_encodings == ["linear", "angle"]
+    task = load_task("reach", {"robot": str(robot_yaml)})
+    problems = task.sample(3, 7)
+    ends = solve(task, problems)
+    assert (task.final_error(ends, problems.target) < 1e-3).all()
+
+    policy = export_onnx(make_policy(task, seed=0).eval(), task, tmp_path / "slider_arm.onnx")
+    assert read_onnx_metadata(policy).joint_encodings == ["linear", "angle"]
+    controller = PolicyController(policy, ControllerConfig(fade_in=0.0, initial_target=problems.target[0].tolist()))
+    controller.start()
+    assert controller.update_joint_state(["elbow", "slide"], [0.3, 0.1], [0.0, 0.0], 1.0) is None
+    command = controller.compute(1.0)
+    assert not command.safe, command.reason
+    assert command.values.shape == (2,) and (np.abs(command.values) <= robot.effort_limit + 1e-9).all()
+
+
 def test_algorithms_with_terms_inside_the_ocp_refuse_continuous_joints(tmp_path):
     from tocpl_training.config import TrainConfig
     from tocpl_training.trainer import Trainer

@@ -28,7 +28,8 @@ tocpl.target_kind    'position', 'pose' or 'none' (no target in the observation)
                      'position': the 'target' block is p (3, m, base frame); 'pose': 9 values,
                      p then the first two columns of the frame's rotation matrix (base frame)
 tocpl.joint_encodings  JSON list, one per controlled joint: how its position enters
-                     the 'q' block ('angle': the value; 'cos_sin': cos, sin)
+                     the 'q' block ('angle': the value, rad; 'linear': the value, m
+                     (prismatic); 'cos_sin': cos, sin)
 ===================  ===========================================================
 
 The controlled joints are ``tocpl.joint_names``. A file written before 0.2.0 (``tocpl.version``
@@ -69,7 +70,7 @@ ROBOT_KEYS_SINCE = (0, 2)
 READER_MAJOR = 0
 """Files of a newer major version are refused: their layout may have changed."""
 TARGET_KINDS = ("position", "pose", "none")
-JOINT_ENCODINGS = ("angle", "cos_sin")
+JOINT_ENCODINGS = ("angle", "linear", "cos_sin")
 
 
 class PolicyFileError(ValueError):
