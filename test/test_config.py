@@ -81,6 +81,33 @@ def test_malformed_yaml_names_file_and_line(tmp_path):
     assert str(path) in str(info.value) and "malformed YAML at line" in str(info.value)
 
 
+def test_a_yaml_that_extends_another_says_only_what_differs(tmp_path):
+    (tmp_path / "base.yaml").write_text("horizon: 50\ncosts:\n  running: {position: 10.0, velocity: 0.1}\n  terminal: {position: 1.0e5}\n")
+    (tmp_path / "variant.yaml").write_text("extends: base.yaml\nhorizon: 75\ncosts:\n  running: {velocity: 0.5, extra: 1.0}\n")
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "sub" / "again.yaml").write_text("extends: ../variant.yaml\ncosts: {terminal: {position: 2.0e5}}\n")
+    assert read_yaml(tmp_path / "variant.yaml") == {
+        "horizon": 75, "costs": {"running": {"position": 10.0, "velocity": 0.5, "extra": 1.0}, "terminal": {"position": 1.0e5}}}
+    assert read_yaml(tmp_path / "sub" / "again.yaml")["costs"] == {
+        "running": {"position": 10.0, "velocity": 0.5, "extra": 1.0}, "terminal": {"position": 2.0e5}}
+    # the shipped variants: reach_pose is reach with pose targets, every other setting reach's
+    pose, reach = (read_yaml(config_path("tasks", f"{n}.yaml")) for n in ("reach_pose", "reach"))
+    assert pose["target_kind"] == "pose" and pose["costs"]["running"]["position"] == reach["costs"]["running"]["position"]
+    assert {k: v for k, v in pose.items() if k not in ("target_kind", "costs")} == {k: v for k, v in reach.items() if k != "costs"}
+
+
+@pytest.mark.parametrize("text, words", [
+    ("extends: missing.yaml\n", "no such file"),
+    ("extends: 3\n", "expected the file name"),
+    ("extends: loop.yaml\n", "a cycle"),
+])
+def test_a_bad_extends_names_the_file_and_the_key(tmp_path, text, words):
+    (tmp_path / "loop.yaml").write_text(text)
+    with pytest.raises(ConfigError) as info:
+        read_yaml(tmp_path / "loop.yaml")
+    assert str(tmp_path / "loop.yaml") in str(info.value) and "extends" in str(info.value) and words in str(info.value)
+
+
 def test_overrides_are_validated_and_scientific_notation_is_a_float():
     name, config = load_task_config("ur5_reach", {"costs.terminal.position": 2e5, "horizon": 20})
     assert config.costs.terminal["position"] == 2e5 and config.horizon == 20

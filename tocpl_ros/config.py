@@ -88,9 +88,38 @@ def field_docs(cls: type) -> dict[str, str]:
     return docs
 
 
-def read_yaml(path: str | Path) -> dict[str, Any]:
-    """Read a YAML mapping; a malformed file raises ConfigError naming it."""
+EXTENDS = "extends"
+"""A config file's key naming another YAML (relative to the file's folder) that it starts from."""
+
+
+def read_yaml(path: str | Path, _seen: tuple[Path, ...] = ()) -> dict[str, Any]:
+    """Read a YAML mapping; a malformed file raises ConfigError naming it. A file with
+    ``extends: BASE.yaml`` is BASE's mapping with the file's own keys merged in (nested mappings
+    key by key, anything else replaced): one file per variant says only what differs."""
     path = Path(path)
+    data = _read_mapping(path)
+    if EXTENDS not in data:
+        return data
+    base = data.pop(EXTENDS)
+    if not isinstance(base, str) or not base:
+        raise ConfigError(str(path), EXTENDS, f"expected the file name of another YAML, got {base!r}")
+    base_path = path.parent / base
+    if base_path.resolve() in _seen + (path.resolve(),):
+        raise ConfigError(str(path), EXTENDS, f"{base} extends this file again (a cycle)")
+    if not base_path.is_file():
+        raise ConfigError(str(path), EXTENDS, f"no such file: {base_path}")
+    return merged(read_yaml(base_path, _seen + (path.resolve(),)), data)
+
+
+def merged(base: dict[str, Any], changes: dict[str, Any]) -> dict[str, Any]:
+    """``base`` with ``changes``: nested mappings merged key by key, other values replaced."""
+    out = dict(base)
+    for key, value in changes.items():
+        out[key] = merged(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+    return out
+
+
+def _read_mapping(path: Path) -> dict[str, Any]:
     try:
         text = path.read_text()
     except OSError as exc:
