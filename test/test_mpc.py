@@ -408,7 +408,8 @@ def test_worker_keeps_the_caller_free_during_long_iterations(untrained):
         print(f"solve {result.solve_time * 1e3:.0f} ms, {result.iterations} iterations ({result.status}); caller loop "
               f"period max {max(periods) * 1e3:.1f} ms over {len(periods)} ticks, poll max {max(polls) * 1e3:.2f} ms")
         assert result.solve_time > 0.1 and result.state_time == 0.0, "premise: a solve of several periods"
-        assert len(periods) >= 5 and max(periods) < 0.05, "the caller was held up"
+        # the caller polled all along the solve, each poll returning at once (a blocking receive would take the solve)
+        assert len(periods) >= 5 and sum(polls) < 0.5 * result.solve_time, "the caller was held up"
         np.testing.assert_allclose(worker.policy_command(x, target), result.command if not result.ok else
                                    RecedingHorizonMPC(task, untrained, MPCConfig(deadline=1e-6)).policy_command(x, target))
     finally:
