@@ -733,3 +733,33 @@ def test_fuzz_never_raises_and_commands_stay_in_limits(files, robot, config):
     assert stats.policy_ticks > 300 and stats.safe_ticks > 100, stats
     assert stats.rejected_total > 1000 and stats.accepted_states > 300, stats
     assert {"nonfinite", "length", "unknown_joint", "malformed", "bad_stamp"} <= set(stats.rejected), stats.rejected
+
+
+def test_the_target_keeper_checks_clamps_and_keeps_a_poses_orientation():
+    """tocpl_ros.control.targets: what /target and /target_pose become, without a policy or a node."""
+    from tocpl_ros.control.targets import TargetKeeper
+    from tocpl_ros.pose import target_rotation
+
+    box = ([0.0, -0.5, 0.0], [1.0, 0.5, 1.0])
+    position = TargetKeeper("position", "base_link", *box)
+    assert position.take([0.5, 0.0, 0.5]).message is None and position.value.tolist() == [0.5, 0.0, 0.5]
+    update = position.take([2.0, 0.0, 0.5])
+    assert update.clamped and position.value.tolist() == [1.0, 0.0, 0.5]
+    for given, key in (([0.1, 0.2], "target_malformed"), ([math.nan, 0, 0], "target_nonfinite")):
+        assert position.take(given).rejected == key and position.value.tolist() == [1.0, 0.0, 0.5]  # the old one kept
+    assert position.take([0.5, 0.0, 0.5], frame="world").rejected == "target_frame"
+    strict = TargetKeeper("position", "base_link", *box, out_of_limits="reject")
+    assert strict.take([2.0, 0.0, 0.5]).rejected == "target_out_of_limits" and strict.value is None
+
+    pose = TargetKeeper("pose", "base_link", *box)
+    assert pose.take([0.5, 0.0, 0.5]).message is None and pose.value is None  # no orientation known yet
+    turned = np.array([[0.0, -1.0, 0.0], [1.0, 0.0, 0.0], [0.0, 0.0, 1.0]])  # 90° about z
+    pose.hold(np.array([0.2, 0.2, 0.2]), turned)  # the first joint state: the position given, its orientation
+    np.testing.assert_allclose(pose.value[:3], [0.5, 0.0, 0.5])
+    np.testing.assert_allclose(target_rotation(pose.value), turned, atol=1e-12)
+    assert pose.take([0.4, 0.1, 0.3], [0.0, 0.0, 0.0, 2.0]).message is None  # normalised: the identity
+    np.testing.assert_allclose(target_rotation(pose.value), np.eye(3), atol=1e-12)
+    pose.take([0.6, 0.1, 0.3])  # a position alone keeps the orientation
+    np.testing.assert_allclose(pose.value, [0.6, 0.1, 0.3, 1, 0, 0, 0, 1, 0], atol=1e-12)
+    assert pose.take([0.6, 0.1, 0.3], [0.0, 0.0, 0.0, 0.0]).rejected == "target_orientation"
+    assert pose.diagnostics() == {"target": "0.6000 0.1000 0.3000", "target_orientation": "0.0000 0.0000 0.0000 1.0000"}

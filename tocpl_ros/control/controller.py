@@ -61,8 +61,8 @@ from tocpl_ros.control.config import Command, ControllerConfig
 from tocpl_ros.control.plan_follower import PlanFollower, wrap_angles
 from tocpl_ros.control.policy_check import check_policy_model, name_difference, policy_robot
 from tocpl_ros.control.stats import ControllerStats
+from tocpl_ros.control.targets import TargetKeeper
 from tocpl_ros.policy_file import INPUT_NAME, OUTPUT_NAME, OnnxPolicy, PolicyFileError, PolicyMetadata
-from tocpl_ros.pose import pose_target, pose_target_from_quaternion, quaternion_from_rotation, target_rotation
 from tocpl_ros.robot import RobotModel
 
 PREDICTION_MAX_STEPS = 50
@@ -148,8 +148,8 @@ class PolicyController:
         if limits is None and self._needs_target:
             raise FieldError("target_limits", f"robot '{self.robot.name}' has no target_workspace: set target_limits")
         unbounded = [-math.inf, math.inf] * 3  # no target in the observation: nothing to keep in a box
-        self._tmin = np.array((limits or unbounded)[0::2], dtype=float)
-        self._tmax = np.array((limits or unbounded)[1::2], dtype=float)
+        self.targets = TargetKeeper(md.target_kind, self.base_frame, (limits or unbounded)[0::2],
+                                    (limits or unbounded)[1::2], self.config.target_out_of_limits)
 
         # -- state ------------------------------------------------------------
         self.stats = ControllerStats()
@@ -159,11 +159,6 @@ class PolicyController:
         self._received: float | None = None
         self._restart_stamp: float | None = None  # first older stamp after the stream went stale
         self._ticks_since_state = 0
-        self.target: np.ndarray | None = None
-        """The target [target_dim] in the base frame (a pose's: :mod:`tocpl_ros.pose`), or None."""
-        self._pending_position: np.ndarray | None = None
-        """A pose policy's target position taken before its orientation is known (none before the
-        first joint state): the target is this position with the frame's orientation there."""
         if initial is not None:
             rejected = self.stats.rejected_total
             reason = self.update_target(initial) if len(initial) == 3 else self.update_pose_target(initial[:3], initial[3:])
@@ -314,15 +309,13 @@ class PolicyController:
             return self._reject("malformed", f"malformed joint state ({type(exc).__name__}: {exc})")
 
     def _target_from_posture(self) -> None:
-        """The target where the end effector is (hold there): its position clipped into the box,
-        or the position taken before (a pose policy's: see update_target); a pose's orientation
-        is the frame's."""
         placement = self.robot.frame_placement(self.model_q(self._q), self.frame_id)
-        position = self._pending_position
-        if position is None:
-            position = np.clip(placement.translation, self._tmin, self._tmax)
-        self._pending_position = None
-        self.target = pose_target(position[None], placement.rotation[None])[0] if self.pose_targets else position
+        self.targets.hold(placement.translation, placement.rotation)
+
+    @property
+    def target(self) -> np.ndarray | None:
+        """The target [target_dim] in the base frame (a pose's: :mod:`tocpl_ros.pose`), or None."""
+        return self.targets.value
 
     def update_target(self, xyz: Sequence[float], frame: str = "") -> str | None:
         """Set the target position [x, y, z], expressed in ``frame`` ("" : the base frame). A pose
@@ -331,71 +324,25 @@ class PolicyController:
         base frame: there are no transforms here; NaN/Inf, wrong length, outside target_limits with
         'reject': the old target is kept) or clamped into target_limits (with 'clamp'). Counted in
         ``stats``; never raises."""
-        return self._take_target(xyz, None, frame)
+        return self._counted(self.targets.take(xyz, None, frame))
 
     def update_pose_target(self, xyz: Sequence[float], quaternion: Sequence[float], frame: str = "") -> str | None:
         """Set a target pose: position [x, y, z] and orientation (quaternion x, y, z, w, normalised
         here) of the end-effector frame in ``frame``. A pose policy takes both (a quaternion with
         NaN/Inf or zero norm is rejected, the old target kept), a position policy the position
         alone. The position as in :meth:`update_target`; never raises."""
-        return self._take_target(xyz, quaternion, frame)
+        return self._counted(self.targets.take(xyz, quaternion, frame))
 
-    def _take_target(self, xyz, quaternion, frame: str) -> str | None:
-        if frame and frame != self.base_frame:
-            return self._reject("target_frame", f"target rejected: frame '{frame}' is not the robot's base frame "
-                                                f"'{self.base_frame}' (targets are not transformed: send them in "
-                                                f"'{self.base_frame}', or with an empty frame_id)")
-        try:
-            p = np.asarray(xyz, dtype=float).reshape(-1)
-        except (TypeError, ValueError) as exc:
-            return self._reject("target_malformed", f"target rejected: not numbers ({exc})")
-        if p.shape != (3,):
-            return self._reject("target_malformed", f"target rejected: needs 3 values, got {p.size}")
-        if not np.isfinite(p).all():
-            return self._reject("target_nonfinite", f"target rejected: NaN/Inf in {p.tolist()}")
-        axes = None
-        if quaternion is not None and self.pose_targets:
-            try:
-                axes = pose_target_from_quaternion(p, quaternion)[3:]
-            except (TypeError, ValueError) as exc:
-                return self._reject("target_orientation", f"target rejected: {exc}")
-        inside = bool(((p >= self._tmin) & (p <= self._tmax)).all())
-        if inside:
-            self._set_target(p, axes)
-            return None
-        box = f"[{', '.join(f'{a:g}..{b:g}' for a, b in zip(self._tmin, self._tmax))}]"
-        if self.config.target_out_of_limits == "reject":
-            return self._reject("target_out_of_limits", f"target {p.tolist()} rejected: outside target_limits {box}")
-        clamped = np.clip(p, self._tmin, self._tmax)
-        self._set_target(clamped, axes)
-        self.stats.targets_clamped += 1
-        return f"target {p.tolist()} clamped to {clamped.tolist()} (target_limits {box})"
-
-    def _set_target(self, position: np.ndarray, axes: np.ndarray | None) -> None:
-        """The target from a checked position and, for a pose policy, the rotation's two columns
-        (None: the target's orientation kept)."""
-        if not self.pose_targets:
-            self.target = position
-        elif axes is not None:
-            self.target = np.concatenate([position, axes])
-        elif self.target is not None:
-            self.target = np.concatenate([position, self.target[3:]])
-        else:  # no orientation to keep yet: the frame's at the first joint state
-            self._pending_position = position
+    def _counted(self, update) -> str | None:
+        if update.rejected:
+            return self._reject(update.rejected, update.message)
+        if update.clamped:
+            self.stats.targets_clamped += 1
+        return update.message
 
     def target_diagnostics(self) -> dict[str, str]:
-        """The target for /diagnostics: its position (m), and a pose's orientation as a quaternion
-        (x, y, z, w, the /target_pose convention)."""
-        target = self.target
-        if target is None:
-            out = {"target": "none"}
-            if self.pose_targets:
-                out["target_orientation"] = "none"
-            return out
-        out = {"target": " ".join(f"{x:.4f}" for x in target[:3])}
-        if self.pose_targets:
-            out["target_orientation"] = " ".join(f"{x:.4f}" for x in quaternion_from_rotation(target_rotation(target)))
-        return out
+        """The target for /diagnostics: its position (m), and a pose's orientation as a quaternion."""
+        return self.targets.diagnostics()
 
     # ------------------------------------------------------------------ start/stop
 
