@@ -309,3 +309,19 @@ def test_ur5_sim_node_runs_on_mujoco(ros_node_env):
             probe.close()
         code = node.stop()
     check_sim_exit(node, code)
+
+
+@pytest.mark.parametrize("robot", ["panda", "kinova"])
+def test_another_arms_mujoco_model_is_its_pinocchio_model(robot):
+    """issue 25: arm_sim's MuJoCo backend for any robot YAML: the Panda (fingers locked, gravity
+    added by its controller) and the Kinova (three continuous joints, one angle each in MuJoCo,
+    armature from its YAML) have the dynamics of the model the policies are trained on."""
+    a = make_simulator(SimConfig(robot=robot, backend="pinocchio"))
+    b = make_simulator(SimConfig(robot=robot, backend="mujoco"))
+    rng = np.random.default_rng(3)
+    lo = np.where(np.isfinite(a.robot.lower_position_limit), a.robot.lower_position_limit, -np.pi)
+    hi = np.where(np.isfinite(a.robot.upper_position_limit), a.robot.upper_position_limit, np.pi)
+    for _ in range(20):
+        q, v = rng.uniform(lo, hi), rng.uniform(-1.0, 1.0, a.robot.nv)
+        assert rel(b.mass_matrix(q), a.mass_matrix(q)) < 1e-10
+        assert rel(b.bias(q, v), a.bias(q, v)) < 1e-10
