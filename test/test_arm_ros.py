@@ -103,7 +103,7 @@ def test_older_policy_file_is_read_with_defaults(policies):
         ({"version": "1.0.0"}, (), r"written by tocpl_ros 1\.0\.0, a newer major version than this reader \(0\.x\): update tocpl_ros"),
         ({"version": "next"}, (), r"'tocpl\.version': 'next' is not a tocpl_ros version.*re-export the checkpoint with tocpl-export"),
         ({"target_kind": "joint"}, (), r"'tocpl\.target_kind': expected one of position, pose, none"),
-        ({"joint_encodings": '["angle"]'}, (), r"'tocpl\.joint_encodings': expected one of \['angle', 'cos_sin'\] per joint"),
+        ({"joint_encodings": '["angle"]'}, (), r"'tocpl\.joint_encodings': expected one of \['angle', 'linear', 'cos_sin'\] per joint"),
         ({"locked_joints": '{"elbow_joint": 0.0}'}, (), r"joints \['elbow_joint'\] are controlled"),
         ({"locked_joints": '{"x": NaN}'}, (), r"'tocpl\.locked_joints'"),
     ],
