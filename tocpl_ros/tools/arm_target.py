@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -37,6 +36,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    from tocpl_ros.bringup.graph import graph_for
+    from tocpl_ros.bringup.processes import Bringup
     from tocpl_ros.ros.probe import Probe, ToolKinematics, tool_error
     from tocpl_ros.tasks import load_task
 
@@ -45,15 +46,14 @@ def main(argv: list[str] | None = None) -> int:
     task = load_task("reach", {"robot": args.robot})
     target = task.sample(1, args.seed).target[0]
     log = args.log or args.policy.parent / f"arm_target_{'mpc' if args.use_mpc else 'policy'}.log"
-    exe = Path(sys.executable).parent / "tocpl-bringup"
-    cmd = [str(exe)] if exe.is_file() else [sys.executable, "-m", "tocpl_ros.bringup.cli"]
-    cmd += ["arm_policy", f"robot:={args.robot}", f"policy:={args.policy}",
-            "target:=" + ",".join(f"{x:.6f}" for x in target), f"use_mpc:={str(args.use_mpc).lower()}",
-            "autostart:=false", "realtime_priority:=0", "--sigterm-timeout", "5", "--sigkill-timeout", "5"]
+    specs = graph_for("arm_policy", robot=args.robot, policy=str(args.policy), target=",".join(f"{x:.6f}" for x in target),
+                      use_mpc=str(args.use_mpc).lower(), autostart="false", realtime_priority="0")
+    out = log.open("w")
+    graph = Bringup(specs, env=env, out=out)
     probe = Probe(args.domain, name="arm_target_probe", base_frame=task.robot.base_frame)
-    with log.open("w") as out:
-        proc = subprocess.Popen(cmd, env=env, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT)
     try:
+        graph.start()
+
         def ready() -> bool:
             diag = probe.last_diagnostics()
             if diag is None or probe.last_joint_state() is None:
@@ -89,12 +89,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     finally:
         probe.close()
-        proc.send_signal(2)  # tocpl-bringup stops its nodes on Ctrl-C
-        try:
-            proc.wait(timeout=40)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        graph.stop("done")
+        out.close()
 
 
 if __name__ == "__main__":
