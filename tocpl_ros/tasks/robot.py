@@ -16,7 +16,7 @@ import numpy as np
 import pinocchio as pin
 
 from tocpl_ros.config import FieldError
-from tocpl_ros.pose import pose_target, target_rotation
+from tocpl_ros.pose import pose_target, rotation_angle, target_rotation
 from tocpl_ros.robot import RobotModel, load_robot
 from tocpl_ros.tasks.base import Problems, Task
 from tocpl_ros.tasks.config import TaskConfig
@@ -249,7 +249,9 @@ class RobotTask(Task):
         targets the position and the rotation's first two columns [B, 9] (:func:`pose_target`)."""
         if self.config.target_kind != "pose":
             return self.frame_position(q)
-        return pose_target(self.frame_position(q), self.frame_rotation(q))
+        placements = [self.robot.frame_placement(qi, self.frame_id) for qi in q]  # one forward kinematics each
+        return pose_target(np.array([m.translation for m in placements]).reshape(-1, 3),
+                           np.array([m.rotation for m in placements]).reshape(-1, 3, 3))
 
     def _sampling_interval(self, h: float) -> tuple[np.ndarray, np.ndarray]:
         """Per joint, [q_nominal − h, q_nominal + h] within the robot's sampling ranges."""
@@ -370,10 +372,7 @@ class ReachTask(RobotTask):
         if not self.has_orientation:
             return np.zeros(len(x))
         rotations = self.frame_rotation(x[:, : self.nq])
-        out = np.empty(len(x))
-        for i, (r, t) in enumerate(zip(rotations, target)):
-            out[i] = np.linalg.norm(pin.log3(target_rotation(t).T @ r))
-        return out
+        return np.array([rotation_angle(target_rotation(t), r) for r, t in zip(rotations, target)], dtype=float)
 
     def target_posture(self, target: np.ndarray) -> np.ndarray:
         """q*(p̄), joint positions [nv]: the posture that puts the frame on ``target``, nearest
