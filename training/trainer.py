@@ -40,7 +40,13 @@ from tocpl_training.checkpoint import (
     save_checkpoint,
 )
 from tocpl_training.config import TrainConfig
-from tocpl_training.evaluation.continuous import ContinuousUse, evaluate_continuous, seconds_label
+from tocpl_training.evaluation.continuous import (
+    ORIENTATION_TOLERANCE,
+    ContinuousUse,
+    evaluate_continuous,
+    has_orientation,
+    seconds_label,
+)
 from tocpl_training.learning.policy import MLPPolicy, make_policy
 from tocpl_training.learning.supervised import torch_threads
 from tocpl_training.oc.phase import OCJob, OCPhaseRunner, OCRequest
@@ -93,15 +99,6 @@ class HeldOut:
             task.set_problem(shooting, problems[i])
             costs[i] = solve(shooting, task.config.solver).cost
         return HeldOut(problems, costs)
-
-
-ORIENTATION_TOLERANCE = float(np.deg2rad(2.0))
-"""A pose target is solved when the orientation is within 2° too (the issue's mean target)."""
-
-
-def has_orientation(task: Task) -> bool:
-    """Reach with pose targets: an orientation error next to the position error."""
-    return bool(getattr(task, "has_orientation", False))
 
 
 def worst_error_over(task: Task, traj: Trajectories, problems: Problems, start: int, stop: int,

@@ -71,7 +71,13 @@ def _summary(prefix: str, error: np.ndarray, tolerance: float) -> dict[str, floa
 
 
 ORIENTATION_TOLERANCE = float(np.deg2rad(2.0))
-"""Pose targets: within tolerance needs the orientation within 2° too (the trainer's)."""
+"""A pose target is within tolerance (held out, continuous use, validation) when the orientation is
+within 2° too (the issue's mean target)."""
+
+
+def has_orientation(task: Task) -> bool:
+    """Reach with pose targets: an orientation error next to the position error."""
+    return bool(getattr(task, "has_orientation", False))
 
 
 def _scores(task: RobotTask, prefix: str, x: np.ndarray, target: np.ndarray, alive: np.ndarray,
@@ -80,7 +86,7 @@ def _scores(task: RobotTask, prefix: str, x: np.ndarray, target: np.ndarray, ali
     and within tolerance needs both."""
     error = _errors(task, x, target, alive)
     out = _summary(prefix, error, tolerance)
-    if getattr(task, "has_orientation", False):
+    if has_orientation(task):
         angle = np.where(alive, task.orientation_error(x, target), np.inf)
         deg = np.rad2deg(angle)
         out[f"{prefix}_orientation_mean_deg"] = float(np.mean(deg))
@@ -92,7 +98,7 @@ def _scores(task: RobotTask, prefix: str, x: np.ndarray, target: np.ndarray, ali
 def _back(task: RobotTask, x: np.ndarray, target: np.ndarray, alive: np.ndarray, tolerance: float) -> np.ndarray:
     """Per problem, within tolerance (position, and orientation for pose targets)."""
     within = _errors(task, x, target, alive) <= tolerance
-    if getattr(task, "has_orientation", False):
+    if has_orientation(task):
         within &= np.where(alive, task.orientation_error(x, target), np.inf) <= ORIENTATION_TOLERANCE
     return within
 
