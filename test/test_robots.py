@@ -332,7 +332,8 @@ def test_a_prismatic_joint_runs_from_the_robot_yaml_to_the_policy_file_and_the_c
     nodes run reads that file and commands the robot from a joint state."""
     from tocpl_ros.control.config import ControllerConfig
     from tocpl_ros.control.controller import PolicyController
-    from tocpl_ros.policy_file import read_onnx_metadata
+    from tocpl_ros.policy_file import JOINT_ENCODINGS, read_onnx_metadata
+    from tocpl_ros.robot import ENCODINGS
     from tocpl_training.export import export_onnx
     from tocpl_training.learning.policy import make_policy
 
@@ -353,6 +354,8 @@ def test_a_prismatic_joint_runs_from_the_robot_yaml_to_the_policy_file_and_the_c
 
     policy = export_onnx(make_policy(task, seed=0).eval(), task, tmp_path / "slider_arm.onnx")
     assert read_onnx_metadata(policy).joint_encodings == ["linear", "angle"]
+    # the file reader (no Pinocchio) knows every encoding a robot model can give
+    assert set(JOINT_ENCODINGS) == set(ENCODINGS.values())
     controller = PolicyController(policy, ControllerConfig(fade_in=0.0, initial_target=problems.target[0].tolist()))
     controller.start()
     assert controller.update_joint_state(["elbow", "slide"], [0.3, 0.1], [0.0, 0.0], 1.0) is None

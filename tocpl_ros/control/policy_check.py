@@ -10,7 +10,7 @@ import numpy as np
 from tocpl_ros.config import ConfigError
 from tocpl_ros.control.config import OBS_BLOCKS
 from tocpl_ros.policy_file import PolicyFileError, PolicyMetadata
-from tocpl_ros.robot import ENCODINGS, RobotModel, load_robot
+from tocpl_ros.robot import RobotModel, load_robot
 from tocpl_ros.robot_config import find_robot, robot_config_file
 
 
@@ -118,11 +118,6 @@ def check_policy_description(md: PolicyMetadata, source: str, robot: RobotModel)
     if "end_effector_frame" in known and md.end_effector_frame and not robot.model.existFrame(md.end_effector_frame):
         raise PolicyFileError(f"{source}: the policy's end-effector frame '{md.end_effector_frame}' "
                               f"(tocpl.end_effector_frame) is not in {robot.urdf_file.name}")
-    known_encodings = sorted(set(ENCODINGS.values()))
-    unknown = sorted({e for e in md.joint_encodings if e not in known_encodings})
-    if unknown:
-        raise PolicyFileError(f"{source}: joint encodings {unknown} (tocpl.joint_encodings) are not supported by this "
-                              f"node (known: {known_encodings})")
     # the observation is built with the robot's encoding: a file that says otherwise was trained on another one
     if "joint_encodings" not in md.defaults_used and list(md.joint_encodings) != list(robot.joint_encodings):
         differ = [f"{n}: policy '{a}', robot '{b}'" for n, a, b in
